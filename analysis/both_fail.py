@@ -1,0 +1,128 @@
+"""Settings where FA and DFA both fall below the frozen-blocks baseline (SPEC §8).
+
+A (setting, seed) qualifies when FA and DFA both score below the frozen
+baseline of that setting (mean frozen test_acc over seeds), both report
+positive deep_cos, and both are at least 1.5 x chance. A setting is
+(dataset, d, L, epochs) plus any other data/model/training knob that varies
+in the experiment. Reads MLflow only; never re-trains.
+
+    python analysis/both_fail.py --experiment both_fail_scan-smoke [--tracking-uri URI] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.tables import markdown_table, numeric_or_text
+from raycredit.config import SECTIONS
+from raycredit.errors import UserError
+from raycredit.tracking import load_runs
+
+BASE_SETTING = ["dataset", "d", "L", "epochs"]
+NOT_SETTING = {"rule", "seed", "device", "checkpoint_every"} | set(SECTIONS["rule"].__dataclass_fields__) | set(
+    SECTIONS["diag"].__dataclass_fields__)
+CHANCE_FACTOR = 1.5
+
+
+def runs_frame(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per finished run: typed params and the final metrics the analysis needs."""
+    if runs.empty:
+        return pd.DataFrame()
+    done = runs[runs["status"] == "FINISHED"]
+    out = pd.DataFrame({c.removeprefix("params."): done[c] for c in done.columns if c.startswith("params.")})
+    out = out.apply(numeric_or_text)
+    for m in ("test_acc", "deep_cos", "diverged"):
+        out[m] = done.get(f"metrics.{m}", pd.Series(float("nan"), index=done.index)).astype(float)
+    out["n_classes"] = pd.to_numeric(done.get("tags.n_classes", pd.Series(float("nan"), index=done.index)))
+    return out.reset_index(drop=True)
+
+
+def setting_columns(df: pd.DataFrame) -> list[str]:
+    varying = [c for c in df.columns if c not in NOT_SETTING and c not in BASE_SETTING
+               and c in set().union(*(SECTIONS[s].__dataclass_fields__ for s in ("model", "data", "train")))
+               and df[c].nunique(dropna=False) > 1]
+    return BASE_SETTING + sorted(varying)
+
+
+def both_fail(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-seed rows with the verdict, per-setting counts)."""
+    keys = setting_columns(df)
+    frozen = df[df["rule"] == "frozen"].groupby(keys, dropna=False)["test_acc"].mean().rename("frozen_acc")
+    pair = df[df["rule"].isin(["fa", "dfa"])].pivot_table(
+        index=keys + ["seed"], columns="rule", values=["test_acc", "deep_cos", "n_classes"], aggfunc="first")
+    if pair.empty or "fa" not in pair["test_acc"] or "dfa" not in pair["test_acc"]:
+        return pd.DataFrame(), pd.DataFrame()
+    rows = pd.DataFrame({
+        "fa_acc": pair["test_acc"]["fa"], "dfa_acc": pair["test_acc"]["dfa"],
+        "fa_deep_cos": pair["deep_cos"]["fa"], "dfa_deep_cos": pair["deep_cos"]["dfa"],
+        "chance": 1.0 / pair["n_classes"].max(axis=1),
+    }).dropna(subset=["fa_acc", "dfa_acc"]).reset_index()
+    rows = rows.merge(frozen.reset_index(), on=keys, how="left")
+    floor = CHANCE_FACTOR * rows["chance"]
+    rows["fa_below"] = rows["fa_acc"] < rows["frozen_acc"]
+    rows["dfa_below"] = rows["dfa_acc"] < rows["frozen_acc"]
+    rows["qualifies"] = (rows["fa_below"] & rows["dfa_below"] & (rows["fa_deep_cos"] > 0)
+                         & (rows["dfa_deep_cos"] > 0) & (rows["fa_acc"] >= floor) & (rows["dfa_acc"] >= floor))
+    counts = rows.groupby(keys, dropna=False).agg(
+        seeds=("seed", "size"), qualifying=("qualifies", "sum"), fa_below=("fa_below", "sum"),
+        dfa_below=("dfa_below", "sum"), frozen_acc=("frozen_acc", "first"),
+        fa_acc=("fa_acc", "mean"), dfa_acc=("dfa_acc", "mean")).reset_index()
+    return rows, counts
+
+
+def setting_label(row, keys: list[str], df: pd.DataFrame) -> str:
+    shown = [k for k in keys if k in ("d", "L") or df[k].nunique(dropna=False) > 1]
+    return " ".join(f"{k}={row[k]}" for k in shown)
+
+
+def report(df: pd.DataFrame, out_dir: str | Path) -> str:
+    """Print the per-setting counts and qualifying rows; write both_fail.csv and both_fail.md."""
+    rows, counts = both_fail(df)
+    lines = ["# Both-fail scan: FA and DFA below the frozen-blocks baseline", ""]
+    if counts.empty:
+        lines.append("No setting has both FA and DFA runs finished; nothing to compare.")
+    else:
+        keys = setting_columns(df)
+        for _, c in counts.iterrows():
+            base = "no frozen runs" if pd.isna(c["frozen_acc"]) else f"frozen {c['frozen_acc']:.3f}"
+            lines.append(f"- {setting_label(c, keys, df)}: {int(c['qualifying'])}/{int(c['seeds'])} seeds "
+                         f"(FA below frozen {int(c['fa_below'])}/{int(c['seeds'])}, DFA below "
+                         f"{int(c['dfa_below'])}/{int(c['seeds'])}; {base}, FA {c['fa_acc']:.3f}, "
+                         f"DFA {c['dfa_acc']:.3f})")
+        q = rows[rows["qualifies"]]
+        lines += ["", f"## Qualifying rows ({len(q)})", ""]
+        cols = keys + ["seed", "frozen_acc", "fa_acc", "fa_deep_cos", "dfa_acc", "dfa_deep_cos"]
+        lines.append(markdown_table(q[cols]) if len(q) else "none")
+    text = "\n".join(lines) + "\n"
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows.to_csv(out / "both_fail.csv", index=False)
+    (out / "both_fail.md").write_text(text)
+    print(text + f"\nwrote {out / 'both_fail.csv'} and {out / 'both_fail.md'}")
+    return text
+
+
+def run(tracking_uri: str, experiment: str, out_dir: str | Path) -> str:
+    return report(runs_frame(load_runs(tracking_uri, experiment)), out_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--experiment", required=True, help="MLflow experiment of the scan")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///$PWD/mlflow_runs/mlflow.db)")
+    p.add_argument("--out", help="output folder (default reports/<experiment>)")
+    args = p.parse_args(argv)
+    try:
+        run(args.tracking_uri, args.experiment, args.out or str(Path("reports") / args.experiment))
+    except UserError as e:
+        print(f"both_fail: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Frozen, validated configuration of one training run.
+
+A `Config` has five sections (model, data, rule, train, diag). Field names are
+unique across sections, so a run can be described by a flat dict
+(``{"rule": "fa", "d": 512, "L": 2}``) or the nested form that `asdict` gives.
+Every field carries a one-line doc (shown by ``raycredit train --help``) and its
+valid range; `Config.from_dict` rejects unknown keys, wrong types and
+out-of-range values with a `ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from raycredit.errors import ConfigError
+
+
+def knob(default: Any, doc: str, *, choices=None, lo=None, hi=None, lo_open=False, hi_open=False):
+    """A config field with its one-line doc and valid range (bounds inclusive unless *_open)."""
+    return field(
+        default=default,
+        metadata={"doc": doc, "choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open},
+    )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = knob("resmlp", "architecture", choices=("resmlp",))
+    d: int = knob(256, "residual-stream width", lo=1)
+    L: int = knob(4, "number of residual blocks", lo=1)
+    mlp_ratio: float = knob(4.0, "block hidden width as a multiple of d", lo=0, lo_open=True)
+    residual_add: bool = knob(True, "h_{l+1} = h_l + f_l(h_l); off gives h_{l+1} = f_l(h_l)")
+    out_ln: bool = knob(True, "terminal LayerNorm before the readout")
+    w2_std: float = knob(0.02, "init std of each block's second linear W2 (0 = zero-init blocks)", lo=0)
+    activation: str = knob("gelu", "block nonlinearity", choices=("gelu", "relu"))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = knob("synthetic", "dataset", choices=("synthetic", "cifar10", "cifar100", "npz"))
+    data_dir: str = knob("", "cifar: folder holding the torchvision files; npz: path of the .npz file")
+    download: bool = knob(False, "cifar: download into data_dir when missing")
+    alpha: float = knob(1.0, "synthetic: teacher nonlinearity phi(z) = (1-alpha) z + alpha tanh(z)", lo=0, hi=1)
+    input_dim: int = knob(64, "synthetic: input dimension", lo=1)
+    teacher_depth: int = knob(2, "synthetic: hidden layers of the teacher network", lo=0)
+    teacher_width: int = knob(128, "synthetic: hidden width of the teacher network", lo=1)
+    n_classes: int = knob(10, "synthetic: number of classes C", lo=2)
+    n_train: int = knob(0, "training examples (0 = synthetic 10000 / the whole file)", lo=0)
+    n_test: int = knob(0, "test examples (0 = synthetic 2000 / the whole file)", lo=0)
+    data_seed: int = knob(0, "synthetic: seed of the teacher and inputs (fixed across training seeds)", lo=0)
+    random_targets: bool = knob(False, "fresh uniformly random labels for every training mini-batch (negative control)")
+
+
+@dataclass(frozen=True)
+class RuleConfig:
+    rule: str = knob("bp", "learning rule (see raycredit.rules.RULES)")
+    penalty_lam: float = knob(0.0, "weight of the block-output penalty lam * mean ||f_l(h_l)||^2", lo=0)
+    credit_norm: bool = knob(True, "normalize local credit a / (RMS(a) + 1e-6) per sample before the update")
+    feedback_scale: float = knob(1.0, "fa/dfa: feedback matrix entries ~ N(0, (scale^2)/d)", lo=0, lo_open=True)
+    train_embedding: bool = knob(False, "frozen: also train the embedding (blocks stay at init)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = knob(10, "training epochs", lo=1)
+    batch_size: int = knob(128, "mini-batch size", lo=1)
+    lr: float = knob(1e-3, "learning rate", lo=0, lo_open=True)
+    optimizer: str = knob("adam", "optimizer", choices=("adam", "adamw", "sgd"))
+    momentum: float = knob(0.9, "sgd momentum", lo=0, hi=1, hi_open=True)
+    weight_decay: float = knob(0.0, "weight decay", lo=0)
+    clip_norm: float = knob(1.0, "clip the global gradient norm of each step to this (0 = off)", lo=0)
+    seed: int = knob(0, "training seed: init, feedback matrices, batch order", lo=0)
+    device: str = knob("auto", "auto (cuda when available), cpu or cuda[:i]")
+    checkpoint_every: int = knob(1, "epochs between checkpoints (the last epoch is always saved)", lo=1)
+
+
+@dataclass(frozen=True)
+class DiagConfig:
+    diag_every: int = knob(1, "epochs between diagnostics (the last epoch always has them)", lo=1)
+    probe_size: int = knob(256, "fixed probe batch: the first probe_size test examples", lo=2)
+    rho_dirs: int = knob(32, "random directions M per sample for rho", lo=1)
+    rho_eps: float = knob(1e-3, "perturbation size for rho", lo=0, lo_open=True)
+    nudge_eta: float = knob(1e-2, "step along the RMS-normalized credit for nudge", lo=0, lo_open=True)
+    diag_dtype: str = knob("float64", "dtype of the diagnostic forward passes", choices=("float64", "float32"))
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "rule": RuleConfig,
+    "train": TrainConfig,
+    "diag": DiagConfig,
+}
+KEY_SECTION: dict[str, str] = {f.name: s for s, cls in SECTIONS.items() for f in fields(cls)}
+
+
+def _check(key: str, value: Any, f: dataclasses.Field) -> Any:
+    """Return value coerced to the field's type, or raise ConfigError naming key."""
+    want = f.type if isinstance(f.type, type) else {"int": int, "float": float, "bool": bool, "str": str}[f.type]
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(value, bool) and want is not bool or not isinstance(value, want):
+        raise ConfigError(f"{key}: expected {want.__name__}, got {type(value).__name__} {value!r}")
+    m = f.metadata
+    if m["choices"] is not None and value not in m["choices"]:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, m['choices']))}")
+    if want in (int, float):
+        if value != value:
+            raise ConfigError(f"{key}: NaN is not allowed")
+        lo, hi = m["lo"], m["hi"]
+        if lo is not None and (value <= lo if m["lo_open"] else value < lo):
+            raise ConfigError(f"{key}: {value!r} must be {'>' if m['lo_open'] else '>='} {lo}")
+        if hi is not None and (value >= hi if m["hi_open"] else value > hi):
+            raise ConfigError(f"{key}: {value!r} must be {'<' if m['hi_open'] else '<='} {hi}")
+    return value
+
+
+def _unknown(key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, list(KEY_SECTION) + list(SECTIONS), n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return ConfigError(f"unknown config key {key!r}{hint}")
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rule: RuleConfig = field(default_factory=RuleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    diag: DiagConfig = field(default_factory=DiagConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Config:
+        """Build from a flat or nested dict; unknown keys, wrong types and bad values raise ConfigError."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"config must be a dict, got {type(d).__name__}")
+        per_section: dict[str, dict] = {s: {} for s in SECTIONS}
+        for key, value in d.items():
+            if key in SECTIONS and isinstance(value, dict):
+                for k, v in value.items():
+                    if KEY_SECTION.get(k) != key:
+                        raise _unknown(f"{key}.{k}" if k not in KEY_SECTION else k)
+                    per_section[key][k] = v
+            elif key in KEY_SECTION:
+                per_section[KEY_SECTION[key]][key] = value
+            else:
+                raise _unknown(key)
+        built = {}
+        for s, sec_cls in SECTIONS.items():
+            fmap = {f.name: f for f in fields(sec_cls)}
+            built[s] = sec_cls(**{k: _check(k, v, fmap[k]) for k, v in per_section[s].items()})
+        cfg = cls(**built)
+        cfg._check_cross()
+        return cfg
+
+    def _check_cross(self) -> None:
+        from raycredit.rules import get_rule_class  # rules import config: a module-level import would cycle
+
+        rule_cls = get_rule_class(self.rule.rule)
+        if self.model.arch not in rule_cls.architectures:
+            raise ConfigError(
+                f"rule: {self.rule.rule!r} supports architectures {', '.join(rule_cls.architectures)}, "
+                f"not {self.model.arch!r}"
+            )
+        if self.data.dataset in ("cifar10", "cifar100", "npz") and not self.data.data_dir:
+            raise ConfigError(f"data_dir: dataset {self.data.dataset!r} needs --data-dir")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict:
+        """{key: value} over all sections (keys are unique)."""
+        return {k: v for sec in self.to_dict().values() for k, v in sec.items()}
+
+    def replace(self, **flat_overrides) -> Config:
+        return Config.from_dict({**self.flat(), **flat_overrides})
+
+    def key(self) -> str:
+        """Stable short hash of the whole config: the identity of a trial across restarts."""
+        return stable_hash(self.to_dict())
+
+
+def stable_hash(obj: Any) -> str:
+    """16 hex digits of the SHA-256 of obj's canonical JSON."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def field_docs() -> list[tuple[str, str, dataclasses.Field]]:
+    """(section, key, field) for every knob, in declaration order."""
+    return [(s, f.name, f) for s, cls in SECTIONS.items() for f in fields(cls)]

@@ -1,0 +1,148 @@
+"""Datasets, held whole as tensors on the trial's device (SPEC §3).
+
+`load_data(cfg, device)` returns a `Data` with flattened float32 inputs and
+int64 labels; mini-batches are index_select-ed there, never copied per batch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from raycredit.config import DataConfig
+from raycredit.errors import DataError
+
+SYNTHETIC_DEFAULT_SIZES = (10_000, 2_000)
+CIFAR_STATS = {  # per-channel mean, std of the training images, in [0, 1] pixel units
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+@dataclass
+class Data:
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    n_classes: int
+
+    @property
+    def in_dim(self) -> int:
+        return self.x_train.shape[1]
+
+    def to(self, device) -> Data:
+        return Data(*(t.to(device) for t in (self.x_train, self.y_train, self.x_test, self.y_test)), self.n_classes)
+
+
+def phi(z: torch.Tensor, alpha: float) -> torch.Tensor:
+    return (1 - alpha) * z + alpha * torch.tanh(z)
+
+
+def synthetic(cfg: DataConfig) -> Data:
+    """Teacher-student task: a random phi_alpha teacher labels Gaussian inputs into C classes."""
+    g = torch.Generator().manual_seed(cfg.data_seed)
+    n_train = cfg.n_train or SYNTHETIC_DEFAULT_SIZES[0]
+    n_test = cfg.n_test or SYNTHETIC_DEFAULT_SIZES[1]
+    x = torch.randn(n_train + n_test, cfg.input_dim, generator=g)
+    h, width = x, cfg.input_dim
+    for _ in range(cfg.teacher_depth):
+        w = torch.randn(width, cfg.teacher_width, generator=g) / width**0.5
+        h, width = phi(h @ w, cfg.alpha), cfg.teacher_width
+    z = h @ (torch.randn(width, cfg.n_classes, generator=g) / width**0.5)
+    # standardize each class score so that argmax gives roughly balanced classes
+    z = (z - z.mean(0)) / z.std(0)
+    y = z.argmax(1)
+    return Data(x[:n_train], y[:n_train], x[n_train:], y[n_train:], cfg.n_classes)
+
+
+def _subset(d: Data, cfg: DataConfig) -> Data:
+    n_tr = cfg.n_train or len(d.y_train)
+    n_te = cfg.n_test or len(d.y_test)
+    return Data(d.x_train[:n_tr], d.y_train[:n_tr], d.x_test[:n_te], d.y_test[:n_te], d.n_classes)
+
+
+def cifar(cfg: DataConfig) -> Data:
+    """CIFAR-10/100 through torchvision from cfg.data_dir (download only when cfg.download)."""
+    import torchvision
+
+    cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}[cfg.dataset]
+    root = Path(cfg.data_dir).expanduser().resolve()
+    try:
+        train = cls(str(root), train=True, download=cfg.download)
+        test = cls(str(root), train=False, download=cfg.download)
+    except RuntimeError as e:
+        if "not found" in str(e).lower() or "corrupted" in str(e).lower():
+            hint = "" if cfg.download else " (pass --download to fetch it)"
+            raise DataError(f"{cfg.dataset} not found or corrupted under {root}{hint}") from None
+        raise DataError(f"{cfg.dataset} under {root}: {e}") from None
+    except OSError as e:
+        raise DataError(f"{cfg.dataset} under {root}: {e}") from None
+    except Exception as e:  # truncated pickles raise UnpicklingError, EOFError, ValueError
+        raise DataError(f"{cfg.dataset} under {root} is unreadable: {type(e).__name__}: {e}") from None
+    mean, std = (torch.tensor(s).view(1, 3, 1, 1) for s in CIFAR_STATS[cfg.dataset])
+
+    def prep(ds):
+        x = torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2).float().div_(255)
+        return ((x - mean) / std).flatten(1), torch.as_tensor(ds.targets, dtype=torch.int64)
+
+    n_classes = len(train.classes)
+    return _subset(Data(*prep(train), *prep(test), n_classes), cfg)
+
+
+def npz(cfg: DataConfig) -> Data:
+    """A user's .npz with x_train, y_train, x_test, y_test; labels must be integers in [0, C)."""
+    path = Path(cfg.data_dir).expanduser()
+    if not path.is_file():
+        raise DataError(f"npz file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except Exception as e:
+        raise DataError(f"cannot read npz file {path}: {type(e).__name__}: {e}") from None
+    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
+    if missing:
+        raise DataError(f"npz file {path} lacks {', '.join(missing)} (has {', '.join(arrays) or 'nothing'})")
+    out = []
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim < 2 or y.ndim != 1 or len(x) != len(y) or len(x) == 0:
+            raise DataError(
+                f"npz file {path}: x_{split} must be (N, ...) and y_{split} (N,) with N > 0, "
+                f"got {x.shape} and {y.shape}"
+            )
+        if not np.issubdtype(x.dtype, np.number) or not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"npz file {path}: x_{split} must be numeric and y_{split} integer, "
+                            f"got {x.dtype} and {y.dtype}")
+        out.append((torch.as_tensor(x.reshape(len(x), -1), dtype=torch.float32), torch.as_tensor(y, dtype=torch.int64)))
+    (xtr, ytr), (xte, yte) = out
+    if xtr.shape[1] != xte.shape[1]:
+        raise DataError(f"npz file {path}: x_train has {xtr.shape[1]} features, x_test {xte.shape[1]}")
+    n_classes = int(max(ytr.max(), yte.max())) + 1
+    if min(ytr.min(), yte.min()) < 0 or n_classes < 2:
+        raise DataError(f"npz file {path}: labels must be integers in [0, C) with C >= 2")
+    if not (torch.isfinite(xtr).all() and torch.isfinite(xte).all()):
+        raise DataError(f"npz file {path}: inputs contain NaN or inf")
+    return _subset(Data(xtr, ytr, xte, yte, n_classes), cfg)
+
+
+LOADERS = {"synthetic": synthetic, "cifar10": cifar, "cifar100": cifar, "npz": npz}
+
+
+def load_data(cfg: DataConfig, device: torch.device | str = "cpu") -> Data:
+    return LOADERS[cfg.dataset](cfg).to(device)
+
+
+def check_data(cfg: DataConfig) -> None:
+    """Raise DataError now if the dataset cannot be loaded (run before any trial starts)."""
+    if cfg.dataset in ("cifar10", "cifar100"):
+        root = Path(cfg.data_dir).expanduser()
+        if cfg.download:
+            os.makedirs(root, exist_ok=True)
+        elif not root.is_dir():
+            raise DataError(f"data dir {root} does not exist (pass --download to fetch {cfg.dataset} into it)")
+    LOADERS[cfg.dataset](cfg)

@@ -1,0 +1,201 @@
+"""All Ray calls: connecting to a cluster, the Tune trainable, running and resuming a sweep.
+
+One trial = one Config = one MLflow run. The trainable is a thin adapter
+around `train(cfg)`: it restores from Tune's checkpoint, logs every epoch to
+its MLflow run (see `raycredit.tracking`), and reports to Tune with a
+checkpoint every `checkpoint_every` epochs and at the end.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Ray binds to the machine's address unless told otherwise; this keeps local instances on 127.0.0.1 (SPEC §11).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# the classic reporter lets the progress table show the swept knobs instead of the whole nested config
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+import shutil  # noqa: E402
+import socket  # noqa: E402
+import tempfile  # noqa: E402
+from dataclasses import asdict, dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from raycredit.config import Config  # noqa: E402
+from raycredit.errors import UserError  # noqa: E402
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """What every trial of one sweep shares."""
+
+    search: str
+    experiment_id: str
+    tracking_uri: str
+    code_version: str
+    cpus_per_trial: float
+    gpus_per_trial: float
+
+
+def resolve_address(address: str | None) -> str | None:
+    """None for a new local instance; else a reachable host:port, or UserError."""
+    if address in (None, "", "local"):
+        return None
+    if address == "auto":
+        resolved = os.environ.get("RAY_ADDRESS", "")
+        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        if not resolved and current.exists():
+            resolved = current.read_text().strip()
+        if not resolved:
+            raise UserError("--address auto: no running Ray cluster found (start one with `ray start --head`, "
+                            "or omit --address for a local instance)")
+    else:
+        resolved = address.removeprefix("ray://") if address.startswith("ray://") else address
+    host, _, port = resolved.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address {address!r}: expected host:port, 'auto' or nothing")
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            pass
+    except OSError as e:
+        reason = e.strerror or e
+        raise UserError(f"--address {address!r}: cannot reach a Ray cluster at {resolved} ({reason})") from None
+    return resolved
+
+
+def connect(address: str | None) -> None:
+    """Join the cluster at `address` (already resolved), or start a local instance on 127.0.0.1."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address is None:
+        ray.init(address="local", include_dashboard=False, log_to_driver=True)
+    else:
+        ray.init(address=address, log_to_driver=True)
+
+
+def cluster_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def trial_name(trial) -> str:
+    c = trial.config["cfg"]
+    return f"{c['rule']['rule']}-d{c['model']['d']}-L{c['model']['L']}-s{c['train']['seed']}-{trial.trial_id}"
+
+
+def trial_dirname(trial) -> str:
+    return trial.trial_id
+
+
+def _trainable(config: dict, settings: dict) -> None:
+    import ray
+    import torch
+    from ray import tune
+
+    from raycredit.tracking import TrialRun
+    from raycredit.train import load_checkpoint, save_checkpoint, train
+
+    s = SweepSettings(**settings)
+    cfg = Config.from_dict(config["cfg"])
+    key = cfg.key()
+    torch.set_num_threads(max(1, int(s.cpus_per_trial)))
+    on_gpu = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
+    run_cfg = cfg.replace(device="cuda" if on_gpu else "cpu")
+
+    restored = tune.get_checkpoint()
+    ckpt = None
+    if restored is not None:
+        with restored.as_directory() as d:
+            ckpt = load_checkpoint(Path(d) / CHECKPOINT_FILE)
+    run = TrialRun(
+        s.tracking_uri, s.experiment_id, key,
+        run_name=f"{cfg.rule.rule}-d{cfg.model.d}-L{cfg.model.L}-seed{cfg.train.seed}",
+        params=cfg.flat(),
+        tags={"rule": cfg.rule.rule, "search": s.search, "dataset": cfg.data.dataset,
+              "seed": cfg.train.seed, "code_version": s.code_version},
+    )
+    keep = Path(tempfile.mkdtemp(prefix="raycredit-ckpt-"))
+    last_saved: list[Path] = []
+
+    def on_epoch(epoch: int, metrics: dict, checkpoint_fn) -> None:
+        run.log_epoch(epoch, metrics)
+        final = epoch == cfg.train.epochs or metrics["diverged"]
+        report = {**metrics, "run_key": key}
+        if checkpoint_fn is not None and (final or epoch % cfg.train.checkpoint_every == 0):
+            path = keep / CHECKPOINT_FILE
+            save_checkpoint(checkpoint_fn(), path)
+            last_saved[:] = [path]
+            if final:
+                run.log_checkpoint(path)
+            tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(keep)))
+        else:
+            if final and last_saved:
+                run.log_checkpoint(last_saved[0])  # diverged: keep the last finite state
+            tune.report(report)
+
+    try:
+        done = ckpt is not None and (ckpt["epoch"] >= cfg.train.epochs or ckpt["history"][-1]["diverged"])
+        if run.finished and done:
+            tune.report({**ckpt["history"][-1], "run_key": key})  # finished before a driver restart: nothing to redo
+            return
+        result = train(run_cfg, checkpoint=ckpt, on_epoch=on_epoch)
+        run.set_tags({"n_classes": result["n_classes"], "diverged": int(result["final"].get("diverged", 0))})
+        run.finish("FINISHED")
+    except BaseException:
+        run.finish("FAILED")
+        raise
+    finally:
+        shutil.rmtree(keep, ignore_errors=True)
+
+
+def progress_reporter(configs: list[Config]):
+    """Ray's progress table with one column per knob that varies across the sweep."""
+    from ray import tune
+
+    flat = [c.flat() for c in configs]
+    varying = [k for k in flat[0] if any(f[k] != flat[0][k] for f in flat)]
+    sections = {k: s for s, sec in configs[0].to_dict().items() for k in sec}
+    return tune.CLIReporter(
+        parameter_columns={f"cfg/{sections[k]}/{k}": k for k in varying},
+        metric_columns={"epoch": "epoch", "train_loss": "train_loss", "test_acc": "test_acc",
+                        "deep_cos": "deep_cos", "diverged": "diverged"},
+        max_report_frequency=10,
+    )
+
+
+def run_trials(configs: list[Config], settings: SweepSettings, *, name: str, storage: str,
+               max_failures: int) -> dict[str, str]:
+    """Run (or resume) the sweep; returns {run key: 'FINISHED' | 'FAILED'}."""
+    from ray import tune
+
+    resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
+    trainable = tune.with_resources(tune.with_parameters(_trainable, settings=asdict(settings)), resources)
+    path = os.path.join(storage, name)
+    if tune.Tuner.can_restore(path):
+        print(f"resuming sweep from {path}")
+        tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"cfg": tune.grid_search([c.to_dict() for c in configs])},
+            tune_config=tune.TuneConfig(trial_name_creator=trial_name, trial_dirname_creator=trial_dirname,
+                                        reuse_actors=True),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage,
+                failure_config=tune.FailureConfig(max_failures=max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                progress_reporter=progress_reporter(configs),
+                verbose=1,
+            ),
+        )
+    grid = tuner.fit()
+    status = {}
+    for r in grid:
+        status[Config.from_dict(r.config["cfg"]).key()] = "FAILED" if r.error else "FINISHED"
+    return status

@@ -1,0 +1,25 @@
+"""The learning-rule registry: one file per rule, all behind `raycredit.rules.base.Rule`."""
+
+from raycredit.errors import ConfigError
+from raycredit.rules.base import Rule
+from raycredit.rules.bp import BP
+from raycredit.rules.dfa import DFA
+from raycredit.rules.fa import FA
+from raycredit.rules.frozen import Frozen
+
+RULES: dict[str, type[Rule]] = {
+    "bp": BP,
+    "fa": FA,
+    "dfa": DFA,
+    "frozen": Frozen,
+}
+
+
+def get_rule_class(name: str) -> type[Rule]:
+    if name not in RULES:
+        raise ConfigError(f"rule: unknown rule {name!r}; valid rules: {', '.join(RULES)}")
+    return RULES[name]
+
+
+def build_rule(cfg, model, n_classes: int) -> Rule:
+    return get_rule_class(cfg.rule.rule)(cfg, model, n_classes)

@@ -1,0 +1,87 @@
+"""The shared rule interface and the local update form of SPEC §4.
+
+Credit convention: a_i (i = 0..L) is a per-sample estimate of dCE_n/dh_i, the
+gradient of the sample's cross-entropy with respect to layer i. Block l
+(1-based) produces h_l, so its parameters follow the gradient of the local
+loss mean_n <f_l(h_{l-1}), a_l> with h_{l-1} and a_l detached; the embedding
+follows mean_n <h_0, a_0>. Readout and out_ln learn from the exact
+output-local CE gradient. The blocks' forward pass is cut (detach) between
+layers, so no hidden-layer backprop can reach a block in a local rule.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:
+    from raycredit.config import Config
+
+
+def rms_normalize(a: torch.Tensor) -> torch.Tensor:
+    """a / (RMS(a) + 1e-6), RMS per sample over features."""
+    return a / (a.pow(2).mean(-1, keepdim=True).sqrt() + 1e-6)
+
+
+class Rule(nn.Module):
+    """One learning rule. Buffers and submodules (feedback matrices, auxiliary nets) are checkpointed."""
+
+    architectures: ClassVar[tuple[str, ...]] = ("resmlp",)
+    has_credit: ClassVar[bool] = True
+
+    def __init__(self, cfg: Config, model: nn.Module, n_classes: int):
+        super().__init__()
+        self.cfg = cfg.rule
+        self.L = cfg.model.L
+        self.d = cfg.model.d
+        self.n_classes = n_classes
+
+    def feedback_generator(self, cfg: Config) -> torch.Generator:
+        """CPU generator for random feedback, independent of the init and batch streams."""
+        return torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + 0x5EED)
+
+    def trainable_params(self, model: nn.Module) -> list[nn.Parameter]:
+        return [p for p in model.parameters() if p.requires_grad]
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        """(objective whose .backward() fills the update, mean CE detached, logits detached)."""
+        raise NotImplementedError
+
+    def credits(self, model: nn.Module, hs: list[torch.Tensor], logits: torch.Tensor, y: torch.Tensor):
+        """Per-sample credits [a_0, ..., a_L], detached, from a forward pass (hs, logits); None if the rule has none."""
+        raise NotImplementedError
+
+
+class LocalRule(Rule):
+    """Rules that train each block from a credit vector through the local loss <f_l, a_l>."""
+
+    def loss(self, model, x, y):
+        h0 = model.embed(x)
+        h = h0.detach()
+        hs, fs = [h], []
+        for l in range(1, self.L + 1):
+            f = model.f(l, h)
+            fs.append(f)
+            h = model.step(l, h, f.detach()).detach()
+            hs.append(h)
+        hs[-1] = hs[-1].requires_grad_()
+        logits = model.head(hs[-1])
+        ce = F.cross_entropy(logits, y)
+        a = self.credits(model, hs, logits, y)
+        if self.cfg.credit_norm:
+            a = [rms_normalize(ai) for ai in a]
+        local = (h0 * a[0]).sum(-1).mean()
+        for f, al in zip(fs, a[1:], strict=True):
+            local = local + (f * al).sum(-1).mean()
+            if self.cfg.penalty_lam:
+                local = local + self.cfg.penalty_lam * f.pow(2).sum(-1).mean()
+        return ce + local, ce.detach(), logits.detach()
+
+
+def output_local_grad(hL: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Exact per-sample dCE_n/dh_L through the head only (hL must be the head's input)."""
+    ce_sum = F.cross_entropy(logits, y, reduction="sum")
+    return torch.autograd.grad(ce_sum, hL, retain_graph=True)[0].detach()

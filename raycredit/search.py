@@ -1,0 +1,175 @@
+"""What every search script shares: its flags, presets, validation and the sweep itself.
+
+A search file declares PRESETS = {"smoke": Preset(...), "paper": Preset(...)};
+`run_search` parses the common flags (SPEC §7), expands the preset's grid into
+configs, validates all of them and the data before anything starts, connects
+to Ray, runs the trials, then the search's analysis. Bad input exits 2 with one
+line and touches neither MLflow nor the Tune storage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from raycredit import __version__
+from raycredit.config import KEY_SECTION, Config, stable_hash
+from raycredit.errors import UserError
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A search's parameter space: the product of `grid`, on top of `fixed`."""
+
+    grid: dict[str, list]
+    fixed: dict = field(default_factory=dict)
+    doc: str = ""
+
+    def configs(self, overrides: dict) -> list[dict]:
+        """Flat config dicts; overrides replace fixed values and collapse grid axes."""
+        grid = {k: ([overrides[k]] if k in overrides else v) for k, v in self.grid.items()}
+        base = {**self.fixed, **{k: v for k, v in overrides.items() if k not in grid}}
+        return [{**base, **dict(zip(grid, combo, strict=True))} for combo in itertools.product(*grid.values())]
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports bad flags as one line (and exit 2), without the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def parse_value(text: str):
+    """A --set value: int, float, bool or string."""
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def code_version() -> str:
+    """Package version plus the git commit of the checkout (with -dirty for uncommitted changes)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"],
+                             capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+def build_parser(name: str, doc: str, presets: dict[str, Preset], default_preset: str) -> argparse.ArgumentParser:
+    p = OneLineParser(prog=f"{name}.py", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=list(presets), default=default_preset,
+                   help=f"parameter space (default {default_preset}): "
+                        + "; ".join(f"{k}: {v.doc}" for k, v in presets.items()))
+    p.add_argument("--address", help="Ray cluster: host:port or 'auto' (default: a new local instance)")
+    p.add_argument("--dataset", help="override the preset's dataset (synthetic, cifar10, cifar100, npz)")
+    p.add_argument("--data-dir", help="dataset folder (cifar) or .npz file")
+    p.add_argument("--download", action="store_true", help="cifar: download into --data-dir when missing")
+    p.add_argument("--seeds", help="comma-separated training seeds, e.g. 0,1,2 (overrides the preset)")
+    p.add_argument("--epochs", type=int, help="override the preset's epochs")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key for every trial (repeatable)")
+    p.add_argument("--gpus-per-trial", type=float, default=0.25, help="fractional GPUs per trial (default 0.25)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
+    p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial from its checkpoint")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///$PWD/mlflow_runs/mlflow.db)")
+    p.add_argument("--experiment", help=f"MLflow experiment (default {name}-<preset>)")
+    p.add_argument("--storage", default="ray_results", help="Ray Tune storage path (shared on multi-node clusters)")
+    p.add_argument("--no-analysis", action="store_true", help="skip the analysis after the sweep")
+    p.add_argument("--out", help="analysis output folder (default reports/<experiment>)")
+    return p
+
+
+def overrides_from(args: argparse.Namespace) -> dict:
+    ov: dict = {}
+    for key, attr in (("dataset", "dataset"), ("data_dir", "data_dir"), ("epochs", "epochs")):
+        if getattr(args, attr) is not None:
+            ov[key] = getattr(args, attr)
+    if args.download:
+        ov["download"] = True
+    if args.seeds is not None:
+        try:
+            ov["seed"] = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise UserError(f"--seeds {args.seeds!r}: expected comma-separated integers") from None
+        if not ov["seed"]:
+            raise UserError("--seeds: no seeds given")
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE")
+        if key not in KEY_SECTION:
+            Config.from_dict({key: None})  # raises the unknown-key error with suggestions
+        ov[key] = parse_value(value)
+    return ov
+
+
+def expand(preset: Preset, ov: dict) -> list[Config]:
+    seeds = ov.pop("seed", None)
+    grid = dict(preset.grid)
+    if seeds is not None:
+        grid["seed"] = seeds
+    dicts = Preset(grid, preset.fixed).configs(ov)
+    configs, seen = [], set()
+    for d in dicts:
+        cfg = Config.from_dict(d)
+        if cfg.key() not in seen:
+            seen.add(cfg.key())
+            configs.append(cfg)
+    return configs
+
+
+def run_search(name: str, doc: str, presets: dict[str, Preset], *, default_preset: str = "paper",
+               analysis: Callable[[str, str, str], object] | None = None, argv: list[str] | None = None) -> int:
+    """Entry point of a search script; returns the exit code."""
+    args = build_parser(name, doc, presets, default_preset).parse_args(argv)
+    try:
+        return _run(name, presets[args.preset], args, analysis)
+    except UserError as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(name: str, preset: Preset, args, analysis) -> int:
+    from raycredit import engine, tracking
+    from raycredit.data import check_data
+
+    if args.gpus_per_trial < 0 or args.cpus_per_trial <= 0:
+        raise UserError("--gpus-per-trial must be >= 0 and --cpus-per-trial > 0")
+    if args.max_failures < 0:
+        raise UserError("--max-failures must be >= 0")
+    configs = expand(preset, overrides_from(args))
+    for data_cfg in {c.data for c in configs}:
+        check_data(data_cfg)
+    uri = tracking.normalize_uri(args.tracking_uri)
+    storage = str(Path(args.storage).expanduser().resolve())
+    experiment = args.experiment or f"{name}-{args.preset}"
+    engine.connect(engine.resolve_address(args.address))
+
+    gpus = args.gpus_per_trial
+    if gpus > 0 and engine.cluster_gpus() == 0:
+        print(f"notice: the Ray cluster has no GPUs; trials run on CPU (--gpus-per-trial {gpus} ignored)")
+        gpus = 0.0
+    settings = engine.SweepSettings(
+        search=name, experiment_id=tracking.ensure_experiment(uri, experiment), tracking_uri=uri,
+        code_version=code_version(), cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus)
+    # the Tune experiment is named after the exact trial set, so re-running the same command resumes it
+    sweep_id = stable_hash([c.key() for c in configs])[:8]
+    print(f"{name}: {len(configs)} trials, MLflow experiment {experiment!r} at {uri}")
+    status = engine.run_trials(configs, settings, name=f"{experiment}-{sweep_id}", storage=storage,
+                               max_failures=args.max_failures)
+    tracking.close_stale_runs(uri, settings.experiment_id, status)
+    failed = sum(s != "FINISHED" for s in status.values())
+    print(f"{name}: {len(status) - failed} trials finished, {failed} failed")
+    if analysis is not None and not args.no_analysis:
+        analysis(uri, experiment, args.out or str(Path("reports") / experiment))
+    return 1 if failed else 0

@@ -1,0 +1,147 @@
+"""All MLflow calls.
+
+Trials log from inside the trial through `TrialRun`, keyed by a stable run
+key (the config hash): a restored or retried trial finds and continues its
+own run instead of creating a second one (the stock MLflowLoggerCallback
+duplicates runs after `Tuner.restore`, SPEC §11), and epochs that were already
+logged before an interruption are not logged twice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from raycredit.errors import UserError
+
+RUN_KEY_TAG = "raycredit.run_key"
+TERMINAL = ("FINISHED", "FAILED", "KILLED")
+T = TypeVar("T")
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{Path.cwd() / 'mlflow_runs' / 'mlflow.db'}"
+
+
+def normalize_uri(uri: str | None) -> str:
+    """Absolute tracking URI (trials run in other working directories, SPEC §11)."""
+    if not uri:
+        return default_tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+    if "://" not in uri and not uri.startswith("sqlite:"):
+        raise UserError(f"tracking URI {uri!r} is not a URI (use sqlite:///path/mlflow.db or http://host:port)")
+    return uri
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _retry(fn: Callable[[], T], tries: int = 8) -> T:
+    """Retry SQLite 'database is locked' errors that concurrent trials can hit."""
+    for k in range(tries):
+        try:
+            return fn()
+        except Exception as e:
+            if "locked" not in str(e).lower() or k == tries - 1:
+                raise
+            time.sleep(0.2 * 2**k)
+    raise AssertionError("unreachable")
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """Id of experiment `name`, created if needed (local stores keep artifacts beside the database)."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        db.parent.mkdir(parents=True, exist_ok=True)
+    client = _client(uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            raise UserError(f"MLflow experiment {name!r} is deleted; restore it or choose another --experiment")
+        return exp.experiment_id
+    location = (db.parent / "artifacts").as_uri() if uri.startswith("sqlite:///") else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+class TrialRun:
+    """The MLflow run of one trial: found by its run key, or created."""
+
+    def __init__(self, uri: str, experiment_id: str, key: str, *, run_name: str, params: dict, tags: dict):
+        from mlflow.entities import Param
+
+        self.client = _client(uri)
+        found = _retry(lambda: self.client.search_runs(
+            [experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'", max_results=2))
+        if found:
+            run = found[0]
+            self.run_id = run.info.run_id
+            self.status = run.info.status
+            self.last_epoch = int(run.data.metrics.get("epoch", 0))
+        else:
+            run = _retry(lambda: self.client.create_run(
+                experiment_id, run_name=run_name, tags={**tags, RUN_KEY_TAG: key}))
+            self.run_id, self.status, self.last_epoch = run.info.run_id, "RUNNING", 0
+            _retry(lambda: self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()]))
+        if self.status != "RUNNING" and self.status != "FINISHED":
+            _retry(lambda: self.client.update_run(self.run_id, status="RUNNING"))
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "FINISHED"
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Log one epoch's metrics at step=epoch, unless that epoch was logged before an interruption."""
+        from mlflow.entities import Metric
+
+        if epoch <= self.last_epoch:
+            return
+        ts = int(time.time() * 1000)
+        batch = [Metric(k, float(v), ts, epoch) for k, v in metrics.items()]
+        _retry(lambda: self.client.log_batch(self.run_id, metrics=batch))
+        self.last_epoch = epoch
+
+    def set_tags(self, tags: dict) -> None:
+        from mlflow.entities import RunTag
+
+        _retry(lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
+
+    def log_checkpoint(self, path: str | Path) -> None:
+        _retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path="checkpoint"))
+
+    def finish(self, status: str = "FINISHED") -> None:
+        _retry(lambda: self.client.set_terminated(self.run_id, status))
+        self.status = status
+
+
+def close_stale_runs(uri: str, experiment_id: str, keys_status: dict[str, str]) -> int:
+    """Set RUNNING runs whose trial has ended (key -> FINISHED/FAILED) to that status; returns how many."""
+    client = _client(uri)
+    n = 0
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=50000):
+        status = keys_status.get(run.data.tags.get(RUN_KEY_TAG, ""))
+        if status in TERMINAL:
+            _retry(lambda run_id=run.info.run_id, status=status: client.set_terminated(run_id, status))
+            n += 1
+    return n
+
+
+def load_runs(uri: str, experiment: str):
+    """All runs of an experiment as a pandas DataFrame: params.*, metrics.* (last values), tags.*, status."""
+    import mlflow
+
+    uri = normalize_uri(uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise UserError(f"no MLflow store at {uri}")
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = [e.name for e in client.search_experiments()]
+        raise UserError(f"no MLflow experiment {experiment!r} in {uri} (experiments: {', '.join(names) or 'none'})")
+    mlflow.set_tracking_uri(uri)
+    return mlflow.search_runs([exp.experiment_id], output_format="pandas")

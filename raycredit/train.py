@@ -1,0 +1,190 @@
+"""`train(cfg)`: one run, no Ray. Data stays on the device; the host syncs once per epoch.
+
+A checkpoint is a plain dict of tensors and numbers (loadable with
+`torch.load(weights_only=True)`) holding the model, the rule's feedback
+matrices / auxiliary nets, the optimizer, the batch-order generator and the
+history: resuming from it reproduces an uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from raycredit.config import Config
+from raycredit.data import Data, load_data
+from raycredit.diagnostics import diagnose, to_floats
+from raycredit.errors import UserError
+from raycredit.models import build_model
+from raycredit.rules import build_rule
+
+CHECKPOINT_FORMAT = 1
+DIVERGENCE_NORM = 1e30
+# config keys that may differ between a checkpoint and the run resuming from it
+RESUMABLE_CHANGES = {"epochs", "device", "checkpoint_every"}
+
+EpochCallback = Callable[[int, dict, "Callable[[], dict] | None"], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device: {name!r} requested but CUDA is not available")
+    return dev
+
+
+def make_optimizer(cfg: Config, params: list, device: torch.device) -> torch.optim.Optimizer:
+    t = cfg.train
+    fused = {"fused": True} if device.type == "cuda" else {}
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=t.lr, weight_decay=t.weight_decay, **fused)
+
+
+@torch.no_grad()
+def evaluate(model, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> dict[str, torch.Tensor]:
+    loss = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device, dtype=torch.int64)
+    for s in range(0, len(y), chunk):
+        logits = model(x[s:s + chunk])
+        loss += F.cross_entropy(logits, y[s:s + chunk], reduction="sum")
+        correct += (logits.argmax(1) == y[s:s + chunk]).sum()
+    return {"test_loss": loss / len(y), "test_acc": correct / len(y)}
+
+
+@torch.no_grad()
+def last_hidden_norm(model, x: torch.Tensor) -> torch.Tensor:
+    """Largest ||h_L|| over the probe (a divergence signal that needs no diagnostics)."""
+    return model.hiddens(x)[0][-1].norm(dim=-1).max()
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} is not a raycredit checkpoint (format {CHECKPOINT_FORMAT})")
+    return ckpt
+
+
+def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
+    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+
+
+def _check_resumable(cfg: Config, ckpt: dict) -> None:
+    old = Config.from_dict(ckpt["config"]).flat()
+    new = cfg.flat()
+    diff = sorted(k for k in new if new[k] != old[k] and k not in RESUMABLE_CHANGES)
+    if diff:
+        raise UserError(f"checkpoint was written by a different config (differs in {', '.join(diff)})")
+    if ckpt["epoch"] > cfg.train.epochs:
+        raise UserError(f"checkpoint is at epoch {ckpt['epoch']}, beyond epochs={cfg.train.epochs}")
+
+
+def train(cfg: Config, *, checkpoint: dict | None = None, on_epoch: EpochCallback | None = None,
+          progress: bool = False, data: Data | None = None) -> dict:
+    """Train one configuration; returns {"config", "final", "history"} (SPEC §10).
+
+    on_epoch(epoch, metrics, checkpoint_fn) is called after every epoch;
+    checkpoint_fn() builds the checkpoint dict, and is None for a diverged epoch
+    (whose state must not replace the last finite checkpoint).
+    """
+    device = resolve_device(cfg.train.device)
+    data = load_data(cfg.data, device) if data is None else data.to(device)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, data.in_dim, data.n_classes).to(device)
+    rule = build_rule(cfg, model, data.n_classes).to(device)
+    params = rule.trainable_params(model)
+    opt = make_optimizer(cfg, params, device)
+    gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
+    px, py = data.x_test[: cfg.diag.probe_size], data.y_test[: cfg.diag.probe_size]
+
+    if checkpoint is not None:
+        _check_resumable(cfg, checkpoint)
+        model.load_state_dict(checkpoint["model"])
+        rule.load_state_dict(checkpoint["rule"])
+        opt.load_state_dict(checkpoint["optimizer"])
+        gen.set_state(checkpoint["generator"])
+        start, history = checkpoint["epoch"], list(checkpoint["history"])
+        h_norm_init, elapsed = checkpoint["h_norm_init"], checkpoint["elapsed_s"]
+    else:
+        start, history, elapsed = 0, [], 0.0
+        with torch.no_grad():
+            h_norm_init = model.hiddens(px)[0][-1].norm(dim=-1).mean().item()
+    t0 = time.perf_counter() - elapsed
+
+    def make_checkpoint(epoch: int) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": cfg.to_dict(),
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "rule": rule.state_dict(),
+            "optimizer": opt.state_dict(),
+            "generator": gen.get_state(),
+            "history": history,
+            "h_norm_init": h_norm_init,
+            "elapsed_s": time.perf_counter() - t0,
+        }
+
+    n, bs, E = len(data.y_train), cfg.train.batch_size, cfg.train.epochs
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=E, initial=start, desc=f"{cfg.rule.rule} seed={cfg.train.seed}", unit="epoch")
+    for epoch in range(start + 1, E + 1):
+        model.train()
+        perm = torch.randperm(n, generator=gen, device=device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        for s in range(0, n, bs):
+            idx = perm[s:s + bs]
+            x, y = data.x_train[idx], data.y_train[idx]
+            if cfg.data.random_targets:
+                y = torch.randint(0, data.n_classes, y.shape, generator=gen, device=device)
+            opt.zero_grad(set_to_none=True)
+            objective, ce, logits = rule.loss(model, x, y)
+            objective.backward()
+            if cfg.train.clip_norm:
+                torch.nn.utils.clip_grad_norm_(params, cfg.train.clip_norm)
+            opt.step()
+            loss_sum += ce * len(idx)
+            correct += (logits.argmax(1) == y).sum()
+        model.eval()
+        dev_metrics = {"train_loss": loss_sum / n, "train_acc": correct / n,
+                       **evaluate(model, data.x_test, data.y_test), "_h_max": last_hidden_norm(model, px)}
+        metrics = to_floats(dev_metrics)
+        h_max = metrics.pop("_h_max")
+        diverged = not (math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["test_loss"])
+                        and math.isfinite(h_max) and h_max < DIVERGENCE_NORM)
+        if not diverged and (epoch % cfg.diag.diag_every == 0 or epoch == E):
+            metrics.update(diagnose(model, rule, px, py, cfg.diag, seed=cfg.train.seed * 7919 + epoch,
+                                    h_norm_init=h_norm_init))
+        metrics.update(epoch=epoch, diverged=float(diverged), time_s=time.perf_counter() - t0)
+        history.append(metrics)
+        if bar is not None:
+            bar.set_postfix(test_acc=f"{metrics['test_acc']:.3f}", loss=f"{metrics['train_loss']:.3f}")
+            bar.update(1)
+        if on_epoch is not None:
+            on_epoch(epoch, metrics, None if diverged else (lambda e=epoch: make_checkpoint(e)))
+        if diverged:
+            break
+    if bar is not None:
+        bar.close()
+    return {"config": cfg.to_dict(), "final": history[-1] if history else {}, "history": history,
+            "n_classes": data.n_classes}
