@@ -6,7 +6,7 @@ Metric names (one table for the whole project; i = 0..L, l0 = embedding output):
 |---|---|
 | `cos/l{i}` | mean over probe samples of cosine(a_i, dCE_n/dh_i), true gradient from a connected forward graph |
 | `deep_cos` | mean of `cos/l{i}` over i = 1..L |
-| `rho/l{i}` | Pearson corr., over samples x `rho_dirs` unit directions u, of eps<a_i, u> and CE(h_i + eps u) - CE(h_i) |
+| `rho/l{i}` | Pearson corr. over samples x `rho_dirs` unit directions u of eps<a_i, u> and CE(h_i+eps u) - CE(h_i) |
 | `deep_rho` | mean of `rho/l{i}` over i = 1..L |
 | `nudge/l{i}` | mean CE after h_i -> h_i - eta * a_i / RMS(a_i), minus mean CE before (negative = credit descends) |
 | `h_norm/l{i}` | mean ||h_i|| |

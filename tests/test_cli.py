@@ -1,0 +1,75 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+TINY_FLAGS = ["--n-train", "256", "--n-test", "128", "--input-dim", "16", "--d", "16", "--L", "2",
+              "--probe-size", "32", "--rho-dirs", "4", "--device", "cpu", "--no-progress"]
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "raycredit.cli", *args], capture_output=True, text=True)
+
+
+def test_train_writes_result_json_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    p = cli("train", "--rule", "dfa", "--dataset", "synthetic", "--epochs", "2", "--seed", "0", "--out", str(out),
+            *TINY_FLAGS)
+    assert p.returncode == 0, p.stderr
+    r = json.loads((out / "result.json").read_text())
+    assert set(r) >= {"config", "final", "history"}
+    assert r["config"]["rule"]["rule"] == "dfa" and r["config"]["train"]["epochs"] == 2
+    assert len(r["history"]) == 2 and r["final"]["epoch"] == 2
+    for k in ("test_acc", "deep_cos", "deep_rho", "cos/l1", "rho/l2", "nudge/l0", "h_norm/l2", "mode1b"):
+        assert k in r["final"], k
+    assert (out / "checkpoint.pt").exists()
+
+    again = cli("train", "--rule", "dfa", "--epochs", "2", "--out", str(out), *TINY_FLAGS)
+    assert again.returncode == 2 and "--resume" in again.stderr
+
+    longer = cli("train", "--rule", "dfa", "--epochs", "4", "--seed", "0", "--out", str(out), "--resume", *TINY_FLAGS)
+    assert longer.returncode == 0, longer.stderr
+    r4 = json.loads((out / "result.json").read_text())
+    assert [h["epoch"] for h in r4["history"]] == [1, 2, 3, 4]
+    assert r4["history"][:2] == [{**h, "time_s": h2["time_s"]} for h, h2 in zip(r["history"], r4["history"],
+                                                                              strict=False)]
+    fresh = cli("train", "--rule", "dfa", "--epochs", "4", "--seed", "0", "--out", str(tmp_path / "b"), *TINY_FLAGS)
+    assert fresh.returncode == 0
+    rb = json.loads((tmp_path / "b" / "result.json").read_text())
+    drop = lambda h: {k: v for k, v in h.items() if k != "time_s"}  # noqa: E731
+    assert [drop(h) for h in rb["history"]] == [drop(h) for h in r4["history"]]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--rule", "backprop"], "unknown rule 'backprop'"),
+    (["--penalty-lam", "-0.1"], "penalty_lam"),
+    (["--alpha", "2"], "alpha"),
+    (["--bogus", "1"], "unrecognized arguments: --bogus"),
+    (["--d", "abc"], "invalid int value"),
+    (["--optimizer", "lion"], "invalid choice"),
+    (["--dataset", "npz", "--data-dir", "/nonexistent/x.npz"], "npz file not found"),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path, args, words):
+    out = tmp_path / "o"
+    p = cli("train", "--out", str(out), *args)
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], p.stderr
+    assert "Traceback" not in p.stderr
+    assert not out.exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_request_without_cuda_exits_2(tmp_path):
+    p = cli("train", "--out", str(tmp_path / "o"), "--device", "cuda:0", *TINY_FLAGS)
+    assert p.returncode == 2 and "CUDA is not available" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_help_lists_every_knob():
+    from raycredit.config import field_docs
+
+    p = cli("train", "--help")
+    assert p.returncode == 0
+    for _, key, _ in field_docs():
+        assert "--" + key.replace("_", "-") in p.stdout, key

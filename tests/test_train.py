@@ -1,0 +1,91 @@
+"""train(cfg) without Ray: determinism, exact resume, learning, divergence."""
+
+import math
+
+import pytest
+import torch
+
+from raycredit.config import Config
+from raycredit.train import load_checkpoint, save_checkpoint, train
+
+
+def strip_time(history):
+    return [{k: v for k, v in h.items() if k != "time_s"} for h in history]
+
+
+def same(a, b):
+    """Equal, with NaN == NaN."""
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+
+
+def assert_histories_equal(h1, h2):
+    h1, h2 = strip_time(h1), strip_time(h2)
+    assert len(h1) == len(h2)
+    for a, b in zip(h1, h2, strict=True):
+        assert a.keys() == b.keys()
+        bad = {k: (a[k], b[k]) for k in a if not same(a[k], b[k])}
+        assert not bad, bad
+
+
+def test_same_seed_same_metrics_and_other_seed_differs(tiny):
+    cfg = Config.from_dict({**tiny, "rule": "fa"})
+    assert_histories_equal(train(cfg)["history"], train(cfg)["history"])
+    other = train(cfg.replace(seed=1))["history"]
+    assert other[-1]["test_loss"] != train(cfg)["history"][-1]["test_loss"]
+
+
+@pytest.mark.parametrize("rule", ["dfa", "fa", "bp"])
+def test_resume_is_bit_identical(tiny, tmp_path, rule):
+    """4 epochs in one go == 2 epochs + checkpoint file + restore + 2 epochs, exactly."""
+    cfg = Config.from_dict({**tiny, "rule": rule, "epochs": 4, "diag_every": 1})
+    states, resumed_states = {}, {}
+    full = train(cfg, on_epoch=lambda e, m, fn: states.__setitem__(e, fn()))
+    path = tmp_path / "half.pt"
+    train(cfg.replace(epochs=2), on_epoch=lambda e, m, fn: save_checkpoint(fn(), path) if e == 2 else None)
+    resumed = train(cfg, checkpoint=load_checkpoint(path), on_epoch=lambda e, m, fn: resumed_states.__setitem__(e, fn()))
+    assert_histories_equal(full["history"], resumed["history"])
+    assert set(resumed_states) == {3, 4}
+    for part in ("model", "rule"):
+        for name, t in states[4][part].items():
+            assert torch.equal(t, resumed_states[4][part][name]), (part, name)
+
+
+def test_checkpoint_holds_feedback_and_loads_weights_only(tiny, tmp_path):
+    cfg = Config.from_dict({**tiny, "rule": "dfa", "epochs": 1})
+    path = tmp_path / "c.pt"
+    train(cfg, on_epoch=lambda e, m, fn: save_checkpoint(fn(), path))
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["rule"]["B"].shape == (cfg.model.L + 1, 10, cfg.model.d)
+    assert ckpt["epoch"] == 1 and len(ckpt["history"]) == 1
+
+
+def test_bp_clearly_beats_dfa_and_frozen_on_synthetic():
+    base = dict(dataset="synthetic", alpha=1.0, d=128, L=4, n_train=4000, n_test=1000, epochs=8,
+                probe_size=64, rho_dirs=4, diag_every=8, device="cpu")
+    acc = {r: train(Config.from_dict({**base, "rule": r}))["final"]["test_acc"] for r in ("bp", "dfa", "frozen")}
+    assert acc["bp"] > acc["dfa"] + 0.05 and acc["bp"] > acc["frozen"] + 0.05, acc
+
+
+def test_divergence_stops_cleanly_and_withholds_the_checkpoint(tiny):
+    cfg = Config.from_dict({**tiny, "rule": "bp", "optimizer": "sgd", "lr": 1e6, "clip_norm": 0.0, "epochs": 5})
+    seen = []
+    result = train(cfg, on_epoch=lambda e, m, fn: seen.append((e, m["diverged"], fn is None)))
+    assert result["final"]["diverged"] == 1.0
+    assert len(result["history"]) < 5
+    assert seen[-1][1:] == (1.0, True)
+    assert all(d == 0.0 and not none for _, d, none in seen[:-1])
+
+
+def test_random_targets_give_chance_accuracy(tiny):
+    cfg = Config.from_dict({**tiny, "rule": "bp", "random_targets": True, "epochs": 3})
+    assert abs(train(cfg)["final"]["train_acc"] - 0.1) < 0.06
+
+
+def test_history_has_every_diagnostic(tiny):
+    cfg = Config.from_dict({**tiny, "rule": "fa", "epochs": 2, "diag_every": 2})
+    h = train(cfg)["history"]
+    assert "deep_cos" not in h[0] and "test_acc" in h[0]
+    L = cfg.model.L
+    for k in ["deep_cos", "deep_rho", "mode1a", "mode1b", "diverged", "train_loss", "test_loss", "test_acc"] + [
+            f"{m}/l{i}" for m in ("cos", "rho", "nudge", "h_norm", "g_norm") for i in range(L + 1)]:
+        assert k in h[1] and isinstance(h[1][k], float), k
