@@ -42,7 +42,8 @@ def test_resume_is_bit_identical(tiny, tmp_path, rule):
     full = train(cfg, on_epoch=lambda e, m, fn: states.__setitem__(e, fn()))
     path = tmp_path / "half.pt"
     train(cfg.replace(epochs=2), on_epoch=lambda e, m, fn: save_checkpoint(fn(), path) if e == 2 else None)
-    resumed = train(cfg, checkpoint=load_checkpoint(path), on_epoch=lambda e, m, fn: resumed_states.__setitem__(e, fn()))
+    resumed = train(cfg, checkpoint=load_checkpoint(path),
+                    on_epoch=lambda e, m, fn: resumed_states.__setitem__(e, fn()))
     assert_histories_equal(full["history"], resumed["history"])
     assert set(resumed_states) == {3, 4}
     for part in ("model", "rule"):
