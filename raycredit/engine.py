@@ -73,8 +73,13 @@ def connect(address: str | None) -> None:
         return
     if address is None:
         ray.init(address="local", include_dashboard=False, log_to_driver=True)
-    else:
-        ray.init(address=address, log_to_driver=True)
+        return
+    # `ray start` turns token auth on when ~/.ray/auth_token exists but ray.init(address=...) does not (ray 2.60):
+    # make the driver decide the same way, or it is refused by the cluster it was pointed at.
+    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    ray.init(address=address, log_to_driver=True)
 
 
 def cluster_gpus() -> float:
@@ -139,9 +144,9 @@ def _trainable(config: dict, settings: dict) -> None:
             tune.report(report)
 
     try:
-        done = ckpt is not None and (ckpt["epoch"] >= cfg.train.epochs or ckpt["history"][-1]["diverged"])
-        if run.finished and done:
-            tune.report({**ckpt["history"][-1], "run_key": key})  # finished before a driver restart: nothing to redo
+        if run.finished:
+            # finished before the driver died, though Tune's saved state may still show an older checkpoint
+            tune.report({**run.final_metrics(), "run_key": key})
             return
         result = train(run_cfg, checkpoint=ckpt, on_epoch=on_epoch)
         run.set_tags({"n_classes": result["n_classes"], "diverged": int(result["final"].get("diverged", 0))})

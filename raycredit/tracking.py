@@ -80,20 +80,25 @@ class TrialRun:
             [experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'", max_results=2))
         if found:
             run = found[0]
-            self.run_id = run.info.run_id
-            self.status = run.info.status
+            self.run_id, self.status = run.info.run_id, run.info.status
             self.last_epoch = int(run.data.metrics.get("epoch", 0))
+            self._final = dict(run.data.metrics)
+            if self.status not in ("RUNNING", "FINISHED"):  # a failed or killed attempt is being retried
+                _retry(lambda: self.client.update_run(self.run_id, status="RUNNING"))
+                self.status = "RUNNING"
         else:
             run = _retry(lambda: self.client.create_run(
                 experiment_id, run_name=run_name, tags={**tags, RUN_KEY_TAG: key}))
-            self.run_id, self.status, self.last_epoch = run.info.run_id, "RUNNING", 0
+            self.run_id, self.status, self.last_epoch, self._final = run.info.run_id, "RUNNING", 0, {}
             _retry(lambda: self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()]))
-        if self.status != "RUNNING" and self.status != "FINISHED":
-            _retry(lambda: self.client.update_run(self.run_id, status="RUNNING"))
 
     @property
     def finished(self) -> bool:
         return self.status == "FINISHED"
+
+    def final_metrics(self) -> dict[str, float]:
+        """Last logged value of every metric of a run found at start."""
+        return self._final
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         """Log one epoch's metrics at step=epoch, unless that epoch was logged before an interruption."""

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from cifar_fixture import write_cifar10
 
 from raycredit.config import Config
 from raycredit.data import CIFAR_STATS, check_data, load_data
 from raycredit.errors import DataError
+
+from cifar_fixture import write_cifar10
 
 
 def data_cfg(**kw):

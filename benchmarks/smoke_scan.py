@@ -1,0 +1,40 @@
+"""Wall time of `python searches/both_fail_scan.py --preset smoke` (the README's main command).
+
+Runs the search in a scratch folder (its own MLflow store and Tune storage, a
+new local Ray instance), prints the search's output and the measured time.
+
+    python benchmarks/smoke_scan.py [--budget-s 300]
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--budget-s", type=float, default=300.0, help="target wall time in seconds")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="raycredit-bench-") as tmp:
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, str(ROOT / "searches" / "both_fail_scan.py"), "--preset", "smoke"],
+                              cwd=tmp, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+    out = proc.stdout
+    print(out[out.rfind("both_fail_scan: "):] if "both_fail_scan: " in out else out[-4000:])
+    if proc.returncode:
+        print(proc.stderr[-4000:], file=sys.stderr)
+    verdict = "within" if wall <= args.budget_s else "MISSES"
+    print(f"smoke scan: exit {proc.returncode}, {wall:.1f} s wall on {os.cpu_count()} CPU cores "
+          f"({verdict} the {args.budget_s:.0f} s budget)")
+    return proc.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""Assertions about what a sweep left in MLflow."""
+
+from mlflow.tracking import MlflowClient
+
+from raycredit.tracking import RUN_KEY_TAG
+
+
+def runs_of(uri: str, experiment: str):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no experiment {experiment}"
+    return client, client.search_runs([exp.experiment_id], max_results=10000)
+
+
+def assert_one_complete_run_per_trial(uri: str, experiment: str, n_trials: int, epochs: int):
+    """Exactly one FINISHED run per trial, each with params, tags, epochs 1..E once each, a checkpoint."""
+    client, runs = runs_of(uri, experiment)
+    keys = [r.data.tags.get(RUN_KEY_TAG) for r in runs]
+    assert len(runs) == n_trials and len(set(keys)) == n_trials, (len(runs), len(set(keys)))
+    for r in runs:
+        assert r.info.status == "FINISHED", (r.info.run_name, r.info.status)
+        assert {"rule", "search", "dataset", "seed", "code_version"} <= set(r.data.tags)
+        assert {"rule", "d", "L", "lr", "penalty_lam", "seed", "epochs"} <= set(r.data.params)
+        for metric in ("test_acc", "epoch"):
+            steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, metric))
+            assert steps == list(range(1, epochs + 1)), (r.info.run_name, metric, steps)
+        arts = [a.path for a in client.list_artifacts(r.info.run_id, "checkpoint")]
+        assert arts == ["checkpoint/checkpoint.pt"], arts
+    return runs

@@ -1,0 +1,55 @@
+"""analysis/both_fail.py on hand-made run tables (no MLflow, no training)."""
+
+import pandas as pd
+
+from analysis.both_fail import both_fail, report
+
+
+def runs(rows):
+    base = dict(dataset="cifar10", epochs=100, lr=0.001, n_classes=10, diverged=0.0)
+    return pd.DataFrame([{**base, **r} for r in rows])
+
+
+def setting(d, L, frozen, pairs):
+    """Frozen runs with the given accuracies, and (seed, fa_acc, fa_cos, dfa_acc, dfa_cos) pairs."""
+    rows = [dict(rule="frozen", d=d, L=L, seed=s, test_acc=a, deep_cos=float("nan")) for s, a in enumerate(frozen)]
+    for seed, fa, fa_cos, dfa, dfa_cos in pairs:
+        rows += [dict(rule="fa", d=d, L=L, seed=seed, test_acc=fa, deep_cos=fa_cos),
+                 dict(rule="dfa", d=d, L=L, seed=seed, test_acc=dfa, deep_cos=dfa_cos)]
+    return rows
+
+
+def test_qualification_rules(tmp_path):
+    df = runs(setting(512, 2, [0.34, 0.36], [
+        (0, 0.34, 0.48, 0.30, 0.20),   # both below 0.35, positive cos, above 0.15: qualifies
+        (1, 0.37, 0.47, 0.29, 0.18),   # FA above frozen
+        (2, 0.34, -0.01, 0.30, 0.20),  # FA cosine not positive
+        (3, 0.34, 0.40, 0.14, 0.20),   # DFA below 1.5 x chance
+    ]) + setting(256, 4, [0.35], [(0, 0.40, 0.33, 0.30, 0.0)]))
+    rows, counts = both_fail(df)
+    q = rows[rows["qualifies"]]
+    assert list(q["seed"]) == [0] and list(q["d"]) == [512]
+    c = counts.set_index(["d", "L"])
+    assert c.loc[(512, 2), "qualifying"] == 1 and c.loc[(512, 2), "seeds"] == 4
+    assert c.loc[(512, 2), "fa_below"] == 3 and c.loc[(512, 2), "dfa_below"] == 4
+    assert abs(c.loc[(512, 2), "frozen_acc"] - 0.35) < 1e-12
+    text = report(df, tmp_path)
+    assert "- d=256 L=4: 0/1 seeds" in text and "- d=512 L=2: 1/4 seeds" in text
+    written = pd.read_csv(tmp_path / "both_fail.csv")
+    assert len(written) == 5 and written["qualifies"].sum() == 1
+    assert (tmp_path / "both_fail.md").read_text() == text
+
+
+def test_settings_split_on_any_varying_knob(tmp_path):
+    df = pd.concat([runs(setting(64, 2, [0.5], [(0, 0.4, 0.1, 0.4, 0.1)])).assign(alpha=0.0),
+                    runs(setting(64, 2, [0.3], [(0, 0.4, 0.1, 0.4, 0.1)])).assign(alpha=1.0)])
+    rows, counts = both_fail(df)
+    assert len(counts) == 2 and sorted(rows["qualifies"]) == [False, True]
+    assert "alpha=0.0" in report(df, tmp_path)
+
+
+def test_missing_frozen_or_pairs_is_reported_not_crashed(tmp_path):
+    df = runs([dict(rule="frozen", d=64, L=2, seed=0, test_acc=0.3, deep_cos=float("nan"))])
+    assert "nothing to compare" in report(df, tmp_path)
+    df = runs(setting(64, 2, [], [(0, 0.2, 0.1, 0.2, 0.1)]))
+    assert "no frozen runs" in report(df, tmp_path)

@@ -1,0 +1,109 @@
+"""A real `ray start --head` cluster on 127.0.0.1: the smoke scan with --address auto, and a driver killed mid-sweep.
+
+The fixture starts `ray start --head --block` and stops exactly that cluster by
+sending SIGTERM to the process it started (never `ray stop`).
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mlflow_checks import assert_one_complete_run_per_trial, runs_of
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE_TRIALS, SMOKE_EPOCHS = 16, 8  # smoke preset with --seeds 0: 4 rules x 2 d x 2 L
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    port = free_port()
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    log = open(tmp_path_factory.mktemp("head") / "ray_start.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+         f"--port={port}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats"],
+        stdout=log, stderr=subprocess.STDOUT, env=env)
+    address = f"127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert proc.poll() is None and time.time() < deadline, "ray start --head did not come up"
+            time.sleep(0.5)
+    time.sleep(3)  # the raylet registers shortly after the GCS port opens
+    yield address
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log.close()
+
+
+def scan_cmd(tmp: Path, experiment: str):
+    return [sys.executable, str(ROOT / "searches" / "both_fail_scan.py"), "--preset", "smoke", "--seeds", "0",
+            "--address", "auto", "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}", "--storage", str(tmp / "ray"),
+            "--experiment", experiment, "--out", str(tmp / "reports")]
+
+
+def run_env(address: str) -> dict:
+    return {**os.environ, "RAY_ADDRESS": address, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def test_smoke_scan_against_a_running_cluster(head, tmp_path):
+    p = subprocess.run(scan_cmd(tmp_path, "smoke"), cwd=tmp_path, env=run_env(head), capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "notice: the Ray cluster has no GPUs" in p.stdout
+    assert "d=128 L=4:" in p.stdout and "/1 seeds" in p.stdout
+    assert (tmp_path / "reports" / "both_fail.csv").exists() and (tmp_path / "reports" / "both_fail.md").exists()
+    assert_one_complete_run_per_trial(f"sqlite:///{tmp_path / 'mlflow.db'}", "smoke", SMOKE_TRIALS, SMOKE_EPOCHS)
+
+
+def finished_runs(uri: str, experiment: str) -> dict:
+    try:
+        _, runs = runs_of(uri, experiment)
+    except Exception:  # the store or experiment may not exist yet
+        return {}
+    return {r.info.run_id: r.info.end_time for r in runs if r.info.status == "FINISHED"}
+
+
+def test_killed_driver_resumes_without_rerun_or_duplicates(head, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd, env = scan_cmd(tmp_path, "killed"), run_env(head)
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while len(finished_runs(uri, "killed")) < 4:
+            assert first.poll() is None, "the sweep ended before it could be killed"
+            assert time.time() < deadline, "no trial finished in time"
+            time.sleep(0.5)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    before = finished_runs(uri, "killed")
+    assert 4 <= len(before) < SMOKE_TRIALS
+
+    p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "resuming sweep" in p.stdout
+    runs = assert_one_complete_run_per_trial(uri, "killed", SMOKE_TRIALS, SMOKE_EPOCHS)
+    after = {r.info.run_id: r.info.end_time for r in runs}
+    assert {k: after[k] for k in before} == before, "a trial that had finished was run again"
+    assert not MlflowClient(uri).search_runs(
+        [runs[0].info.experiment_id], filter_string="attributes.status = 'RUNNING'")

@@ -1,0 +1,79 @@
+"""The sweep engine on the shared local Ray session (2 CPUs, 1 logical GPU)."""
+
+import socket
+
+import pytest
+
+from raycredit import engine, tracking
+from raycredit.config import Config
+from raycredit.search import run_search
+
+from mlflow_checks import assert_one_complete_run_per_trial, runs_of
+from searches_loader import load_search
+
+
+def test_four_quarter_gpu_trials_share_one_gpu_at_once(ray_session, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp_id = tracking.ensure_experiment(uri, "packing")
+    configs = [Config.from_dict(dict(rule="bp", dataset="synthetic", n_train=3000, n_test=200, input_dim=32, d=64,
+                                     L=2, epochs=3, probe_size=32, rho_dirs=2, diag_every=3, seed=s, device="cpu"))
+               for s in range(4)]
+    settings = engine.SweepSettings(search="packing", experiment_id=exp_id, tracking_uri=uri, code_version="test",
+                                    cpus_per_trial=0.5, gpus_per_trial=0.25)
+    status = engine.run_trials(configs, settings, name="packing", storage=str(tmp_path / "ray"), max_failures=0)
+    assert sorted(status.values()) == ["FINISHED"] * 4
+    runs = assert_one_complete_run_per_trial(uri, "packing", 4, 3)
+    starts = [r.info.start_time for r in runs]
+    ends = [r.info.end_time for r in runs]
+    assert max(starts) < min(ends), "the four 0.25-GPU trials did not all run at the same time"
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--set", "rule=backprop"], "unknown rule 'backprop'"),
+    (["--set", "penalty_lam=-1"], "penalty_lam"),
+    (["--set", "bogus=1"], "unknown config key 'bogus'"),
+    (["--set", "alpha=1.5"], "alpha"),
+    (["--seeds", "a,b"], "--seeds"),
+    (["--address", "127.0.0.1:{port}"], "cannot reach a Ray cluster"),
+    (["--address", "nonsense"], "expected host:port"),
+    (["--dataset", "cifar10", "--data-dir", "{tmp}/missing"], "--download"),
+    (["--dataset", "npz", "--data-dir", "{tmp}/none.npz"], "npz file not found"),
+    (["--gpus-per-trial", "-1"], "--gpus-per-trial"),
+    (["--preset", "huge"], "invalid choice"),
+    (["--epochs", "x"], "invalid int value"),
+])
+def test_bad_search_input_exits_2_and_writes_nothing(tmp_path, capsys, argv, words):
+    scan = load_search("both_fail_scan")
+    argv = [a.format(port=closed_port(), tmp=tmp_path) for a in argv]
+    db, storage = tmp_path / "m.db", tmp_path / "ray"
+    base = ["--preset", "smoke", "--tracking-uri", f"sqlite:///{db}", "--storage", str(storage)]
+    with pytest.raises(SystemExit) as e:
+        raise SystemExit(run_search("both_fail_scan", scan.__doc__, scan.PRESETS, argv=base + argv,
+                                    analysis=None))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err
+    assert not db.exists() and not storage.exists()
+
+
+def test_resumed_trial_reuses_its_run_and_skips_logged_epochs(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = tracking.ensure_experiment(uri, "dedup")
+    kw = dict(run_name="r", params={"a": 1}, tags={"rule": "bp"})
+    first = tracking.TrialRun(uri, exp, "key1", **kw)
+    for e in (1, 2, 3):
+        first.log_epoch(e, {"epoch": e, "test_acc": 0.1 * e})
+    again = tracking.TrialRun(uri, exp, "key1", **kw)  # as after a crash: same key, the run is still RUNNING
+    assert again.run_id == first.run_id and again.last_epoch == 3
+    for e in (2, 3, 4):
+        again.log_epoch(e, {"epoch": e, "test_acc": 0.1 * e})
+    again.finish()
+    client, runs = runs_of(uri, "dedup")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(first.run_id, "test_acc")) == [1, 2, 3, 4]
