@@ -62,7 +62,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, args, words):
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_request_without_cuda_exits_2(tmp_path):
-    p = cli("train", "--out", str(tmp_path / "o"), "--device", "cuda:0", *TINY_FLAGS)
+    p = cli("train", "--out", str(tmp_path / "o"), *TINY_FLAGS, "--device", "cuda:0")
     assert p.returncode == 2 and "CUDA is not available" in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
 
