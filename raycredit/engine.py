@@ -110,13 +110,9 @@ def _trainable(config: dict, settings: dict) -> None:
     key = cfg.key()
     torch.set_num_threads(max(1, int(s.cpus_per_trial)))
     on_gpu = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
+    if ray.get_gpu_ids() and not on_gpu:
+        print(f"notice: Ray assigned GPU {ray.get_gpu_ids()} but torch sees no CUDA device; training on CPU")
     run_cfg = cfg.replace(device="cuda" if on_gpu else "cpu")
-
-    restored = tune.get_checkpoint()
-    ckpt = None
-    if restored is not None:
-        with restored.as_directory() as d:
-            ckpt = load_checkpoint(Path(d) / CHECKPOINT_FILE)
     run = TrialRun(
         s.tracking_uri, s.experiment_id, key,
         run_name=f"{cfg.rule.rule}-d{cfg.model.d}-L{cfg.model.L}-seed{cfg.train.seed}",
@@ -148,6 +144,10 @@ def _trainable(config: dict, settings: dict) -> None:
             # finished before the driver died, though Tune's saved state may still show an older checkpoint
             tune.report({**run.final_metrics(), "run_key": key})
             return
+        ckpt = None
+        if (restored := tune.get_checkpoint()) is not None:
+            with restored.as_directory() as d:
+                ckpt = load_checkpoint(Path(d) / CHECKPOINT_FILE)
         result = train(run_cfg, checkpoint=ckpt, on_epoch=on_epoch)
         run.set_tags({"n_classes": result["n_classes"], "diverged": int(result["final"].get("diverged", 0))})
         run.finish("FINISHED")
@@ -175,7 +175,7 @@ def progress_reporter(configs: list[Config]):
 
 def run_trials(configs: list[Config], settings: SweepSettings, *, name: str, storage: str,
                max_failures: int) -> dict[str, str]:
-    """Run (or resume) the sweep; returns {run key: 'FINISHED' | 'FAILED'}."""
+    """Run (or resume) the sweep; returns {run key: 'FINISHED' | 'FAILED' | 'KILLED' (interrupted, resumable)}."""
     from ray import tune
 
     resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
@@ -202,5 +202,11 @@ def run_trials(configs: list[Config], settings: SweepSettings, *, name: str, sto
     grid = tuner.fit()
     status = {}
     for r in grid:
-        status[Config.from_dict(r.config["cfg"]).key()] = "FAILED" if r.error else "FINISHED"
+        cfg, last = Config.from_dict(r.config["cfg"]), r.metrics or {}
+        if r.error:
+            status[cfg.key()] = "FAILED"
+        elif last.get("epoch") == cfg.train.epochs or last.get("diverged"):
+            status[cfg.key()] = "FINISHED"
+        else:
+            status[cfg.key()] = "KILLED"
     return status

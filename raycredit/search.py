@@ -168,7 +168,11 @@ def _run(name: str, preset: Preset, args, analysis) -> int:
     status = engine.run_trials(configs, settings, name=f"{experiment}-{sweep_id}", storage=storage,
                                max_failures=args.max_failures)
     tracking.close_stale_runs(uri, settings.experiment_id, status)
-    failed = sum(s != "FINISHED" for s in status.values())
+    unfinished = sum(s == "KILLED" for s in status.values())
+    if unfinished:
+        print(f"{name}: interrupted with {unfinished} trials unfinished; re-run the same command to resume")
+        return 130
+    failed = sum(s == "FAILED" for s in status.values())
     print(f"{name}: {len(status) - failed} trials finished, {failed} failed")
     if analysis is not None and not args.no_analysis:
         analysis(uri, experiment, args.out or str(Path("reports") / experiment))

@@ -84,20 +84,30 @@ def finished_runs(uri: str, experiment: str) -> dict:
     return {r.info.run_id: r.info.end_time for r in runs if r.info.status == "FINISHED"}
 
 
-def test_killed_driver_resumes_without_rerun_or_duplicates(head, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cmd, env = scan_cmd(tmp_path, "killed"), run_env(head)
-    with open(tmp_path / "first.log", "w") as log:
-        first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+def interrupt_after(cmd, env, cwd: Path, uri: str, n_finished: int, sig: int) -> int:
+    """Start the search, send `sig` once n_finished of its runs are FINISHED; return its exit code."""
+    with open(cwd / f"driver-{sig}.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.time() + 300
-        while len(finished_runs(uri, "killed")) < 4:
-            assert first.poll() is None, "the sweep ended before it could be killed"
+        while len(finished_runs(uri, "killed")) < n_finished:
+            assert proc.poll() is None, "the sweep ended before it could be interrupted"
             assert time.time() < deadline, "no trial finished in time"
             time.sleep(0.5)
-        first.send_signal(signal.SIGKILL)
-        first.wait()
+        proc.send_signal(sig)
+        return proc.wait(timeout=120)
+
+
+def test_interrupted_and_killed_driver_resumes_without_rerun_or_duplicates(head, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd, env = scan_cmd(tmp_path, "killed"), run_env(head)
+    # Ctrl-C: Tune saves its state, unfinished runs are marked KILLED (not left RUNNING), exit code 130
+    assert interrupt_after(cmd, env, tmp_path, uri, 2, signal.SIGINT) == 130
+    client, runs = runs_of(uri, "killed")
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    # SIGKILL of the resumed driver: nothing gets a chance to clean up
+    assert interrupt_after(cmd, env, tmp_path, uri, 6, signal.SIGKILL) == -signal.SIGKILL
     before = finished_runs(uri, "killed")
-    assert 4 <= len(before) < SMOKE_TRIALS
+    assert 6 <= len(before) < SMOKE_TRIALS
 
     p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
