@@ -200,8 +200,10 @@ def run_trials(configs: list[Config], settings: SweepSettings, *, name: str, sto
             ),
         )
     grid = tuner.fit()
-    status = {}
+    status = {c.key(): "KILLED" for c in configs}  # trials an interruption left unstarted have no config
     for r in grid:
+        if not r.config:
+            continue
         cfg, last = Config.from_dict(r.config["cfg"]), r.metrics or {}
         if r.error:
             status[cfg.key()] = "FAILED"
