@@ -77,3 +77,14 @@ def test_resumed_trial_reuses_its_run_and_skips_logged_epochs(tmp_path):
     client, runs = runs_of(uri, "dedup")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert sorted(m.step for m in client.get_metric_history(first.run_id, "test_acc")) == [1, 2, 3, 4]
+
+
+def test_address_auto_without_a_live_cluster_exits_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{closed_port()}")
+    scan = load_search("both_fail_scan")
+    db = tmp_path / "m.db"
+    code = run_search("both_fail_scan", scan.__doc__, scan.PRESETS, analysis=None, argv=[
+        "--preset", "smoke", "--address", "auto", "--tracking-uri", f"sqlite:///{db}", "--storage", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "cannot reach a Ray cluster" in err[0], err
+    assert not db.exists()
