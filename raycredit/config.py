@@ -120,6 +120,12 @@ def _check(key: str, value: Any, f: dataclasses.Field) -> Any:
     return value
 
 
+def check_key(key: str) -> None:
+    """Raise ConfigError (with close matches) unless key is a config field."""
+    if key not in KEY_SECTION:
+        raise _unknown(key)
+
+
 def _unknown(key: str) -> ConfigError:
     close = difflib.get_close_matches(key, list(KEY_SECTION) + list(SECTIONS), n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raycredit import __version__
-from raycredit.config import KEY_SECTION, Config, stable_hash
+from raycredit.config import Config, check_key, stable_hash
 from raycredit.errors import UserError
 
 
@@ -107,9 +107,8 @@ def overrides_from(args: argparse.Namespace) -> dict:
         key, sep, value = item.partition("=")
         if not sep:
             raise UserError(f"--set {item!r}: expected KEY=VALUE")
-        if key not in KEY_SECTION:
-            Config.from_dict({key: None})  # raises the unknown-key error with suggestions
-        ov[key] = parse_value(value)
+        check_key(key)
+        ov[key] = [parse_value(value)] if key == "seed" else parse_value(value)
     return ov
 
 

@@ -35,7 +35,10 @@ EpochCallback = Callable[[int, dict, "Callable[[], dict] | None"], None]
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device: {name!r} is not a device (use auto, cpu or cuda[:i])") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device: {name!r} requested but CUDA is not available")
     return dev

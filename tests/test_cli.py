@@ -48,6 +48,7 @@ def test_train_writes_result_json_and_resumes(tmp_path):
     (["--bogus", "1"], "unrecognized arguments: --bogus"),
     (["--d", "abc"], "invalid int value"),
     (["--optimizer", "lion"], "invalid choice"),
+    (["--device", "gpu0"], "is not a device"),
     (["--dataset", "npz", "--data-dir", "/nonexistent/x.npz"], "npz file not found"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, args, words):

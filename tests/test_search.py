@@ -1,0 +1,49 @@
+"""Search presets and the common flags, without Ray."""
+
+import pytest
+
+from raycredit.errors import UserError
+from raycredit.search import Preset, build_parser, expand, overrides_from
+
+from searches_loader import load_search
+
+SCAN = load_search("both_fail_scan")
+
+
+def configs(*argv):
+    args = build_parser("both_fail_scan", "", SCAN.PRESETS, "paper").parse_args(list(argv))
+    return expand(SCAN.PRESETS[args.preset], overrides_from(args))
+
+
+def test_presets_are_the_spec_grids():
+    paper = configs("--data-dir", "/data")
+    assert len(paper) == 4 * 2 * 4 * 10
+    assert {c.rule.rule for c in paper} == {"bp", "fa", "dfa", "frozen"}
+    assert {c.model.d for c in paper} == {256, 512} and {c.model.L for c in paper} == {2, 4, 8, 12}
+    assert {c.train.seed for c in paper} == set(range(10)) and {c.data.dataset for c in paper} == {"cifar10"}
+    smoke = configs("--preset", "smoke")
+    assert len(smoke) == 32 and {c.data.dataset for c in smoke} == {"synthetic"}
+
+
+def test_overrides_collapse_axes_and_replace_fixed_values():
+    cs = configs("--preset", "smoke", "--seeds", "3,4,5", "--set", "d=32", "--epochs", "2", "--set", "lr=1e-2")
+    assert len(cs) == 4 * 2 * 3
+    assert {(c.model.d, c.train.epochs, c.train.lr) for c in cs} == {(32, 2, 0.01)}
+    assert {c.train.seed for c in cs} == {3, 4, 5}
+    assert len({c.key() for c in cs}) == len(cs)
+    assert {c.train.seed for c in configs("--preset", "smoke", "--set", "seed=7")} == {7}
+
+
+def test_duplicate_configs_are_run_once():
+    p = Preset(grid={"rule": ["bp", "bp"], "seed": [0]}, fixed={"d": 8, "L": 1})
+    assert len(expand(p, {})) == 1
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--set", "nope=1"], "unknown config key 'nope'"),
+    (["--set", "d"], "KEY=VALUE"),
+    (["--seeds", ","], "no seeds"),
+])
+def test_bad_overrides(argv, words):
+    with pytest.raises(UserError, match=words):
+        configs("--preset", "smoke", *argv)
