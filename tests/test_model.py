@@ -1,0 +1,42 @@
+import torch
+from torch import nn
+
+from raycredit.config import Config
+from raycredit.models import build_model
+
+
+def model(**kw):
+    torch.manual_seed(0)
+    return build_model(Config.from_dict({"d": 16, "L": 3, **kw}).model, in_dim=12, n_classes=5)
+
+
+def test_shapes_and_layer_indexing():
+    m = model(mlp_ratio=2.0)
+    x = torch.randn(7, 12)
+    hs, logits = m.hiddens(x)
+    assert len(hs) == 4 and all(h.shape == (7, 16) for h in hs) and logits.shape == (7, 5)
+    assert m.blocks[0].w1.out_features == 32
+    torch.testing.assert_close(m(x), logits)
+    torch.testing.assert_close(m.forward_from(1, hs[1]), logits)
+    torch.testing.assert_close(hs[2], hs[1] + m.f(2, hs[1]))
+
+
+def test_residual_add_off_makes_blocks_replace_the_stream():
+    m = model(residual_add=False)
+    hs, _ = m.hiddens(torch.randn(4, 12))
+    torch.testing.assert_close(hs[3], m.f(3, hs[2]))
+
+
+def test_zero_w2_blocks_are_identity_and_out_ln_is_optional():
+    m = model(w2_std=0.0, out_ln=False)
+    hs, logits = m.hiddens(torch.randn(4, 12))
+    assert torch.equal(hs[0], hs[3])
+    assert isinstance(m.out_ln, nn.Identity)
+    torch.testing.assert_close(logits, m.readout(hs[3]))
+    assert isinstance(model().out_ln, nn.LayerNorm)
+
+
+def test_w2_std_and_activation_knobs():
+    assert abs(model(w2_std=0.5, d=64).blocks[0].w2.weight.std().item() - 0.5) < 0.05
+    assert isinstance(model(activation="relu").blocks[0].act, nn.ReLU)
+    assert isinstance(model().blocks[0].act, nn.GELU)
