@@ -9,20 +9,20 @@ checkpoint every `checkpoint_every` epochs and at the end.
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
+from raycredit.config import Config
+from raycredit.errors import UserError
+
+# Set before ray is first imported (every ray import is inside a function below).
 # Ray binds to the machine's address unless told otherwise; this keeps local instances on 127.0.0.1 (SPEC §11).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # the classic reporter lets the progress table show the swept knobs instead of the whole nested config
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-
-import shutil  # noqa: E402
-import socket  # noqa: E402
-import tempfile  # noqa: E402
-from dataclasses import asdict, dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from raycredit.config import Config  # noqa: E402
-from raycredit.errors import UserError  # noqa: E402
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
