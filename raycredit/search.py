@@ -164,6 +164,10 @@ def _run(name: str, preset: Preset, args, analysis) -> int:
     # the Tune experiment is named after the exact trial set, so re-running the same command resumes it
     sweep_id = stable_hash([c.key() for c in configs])[:8]
     print(f"{name}: {len(configs)} trials, MLflow experiment {experiment!r} at {uri}")
+    done = len({c.key() for c in configs} & tracking.finished_keys(uri, settings.experiment_id))
+    if done:
+        print(f"notice: {done} of these configs already have a finished run in {experiment!r} and are not "
+              "retrained; pass a new --experiment to run them again (e.g. after changing the code)")
     status = engine.run_trials(configs, settings, name=f"{experiment}-{sweep_id}", storage=storage,
                                max_failures=args.max_failures)
     tracking.close_stale_runs(uri, settings.experiment_id, status)

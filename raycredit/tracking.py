@@ -124,6 +124,12 @@ class TrialRun:
         self.status = status
 
 
+def finished_keys(uri: str, experiment_id: str) -> set[str]:
+    """Run keys of the experiment's FINISHED runs."""
+    runs = _client(uri).search_runs([experiment_id], filter_string="attributes.status = 'FINISHED'", max_results=50000)
+    return {r.data.tags.get(RUN_KEY_TAG) for r in runs}
+
+
 def close_stale_runs(uri: str, experiment_id: str, keys_status: dict[str, str]) -> int:
     """Set RUNNING runs whose trial has ended (key -> FINISHED/FAILED) to that status; returns how many."""
     client = _client(uri)

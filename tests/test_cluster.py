@@ -112,6 +112,7 @@ def test_interrupted_and_killed_driver_resumes_without_rerun_or_duplicates(head,
     p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "resuming sweep" in p.stdout
+    assert "of these configs already have a finished run" in p.stdout
     runs = assert_one_complete_run_per_trial(uri, "killed", SMOKE_TRIALS, SMOKE_EPOCHS)
     after = {r.info.run_id: r.info.end_time for r in runs}
     assert {k: after[k] for k in before} == before, "a trial that had finished was run again"
