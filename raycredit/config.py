@@ -63,6 +63,14 @@ class RuleConfig:
     credit_norm: bool = knob(True, "normalize local credit a / (RMS(a) + 1e-6) per sample before the update")
     feedback_scale: float = knob(1.0, "fa/dfa: feedback matrix entries ~ N(0, (scale^2)/d)", lo=0, lo_open=True)
     train_embedding: bool = knob(False, "frozen: also train the embedding (blocks stay at init)")
+    ep_beta: float = knob(0.01, "ep: nudging strength beta", lo=0, lo_open=True)
+    ep_steps: int = knob(20, "ep: gradient steps of the nudged-phase relaxation", lo=1)
+    ep_step_size: float = knob(0.1, "ep: relaxation step size (too large a step diverges as blocks grow)",
+                               lo=0, lo_open=True)
+    ep_credit: str = knob("error", "ep: credit from the equilibrium's prediction errors, or from the raw state "
+                                   "shift h^beta - h^0", choices=("error", "state_diff"))
+    aux_width: int = knob(0, "hidden width of auxiliary nets (bridges, value/vector nets; 0 = 2 d)", lo=0)
+    aux_lr: float = knob(1e-3, "learning rate of auxiliary nets", lo=0, lo_open=True)
 
 
 @dataclass(frozen=True)

@@ -44,13 +44,15 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def make_optimizer(cfg: Config, params: list, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(cfg: Config, params: list, aux: list, device: torch.device) -> torch.optim.Optimizer:
+    """One optimizer: the model's parameters at lr, the rule's auxiliary nets at aux_lr."""
     t = cfg.train
+    groups = [{"params": params}] + ([{"params": aux, "lr": cfg.rule.aux_lr}] if aux else [])
     fused = {"fused": True} if device.type == "cuda" else {}
     if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=t.lr, weight_decay=t.weight_decay, **fused)
+    return cls(groups, lr=t.lr, weight_decay=t.weight_decay, **fused)
 
 
 @torch.no_grad()
@@ -112,7 +114,7 @@ def train(cfg: Config, *, checkpoint: dict | None = None, on_epoch: EpochCallbac
     model = build_model(cfg.model, data.in_dim, data.n_classes).to(device)
     rule = build_rule(cfg, model, data.n_classes).to(device)
     params = rule.trainable_params(model)
-    opt = make_optimizer(cfg, params, device)
+    opt = make_optimizer(cfg, params, list(rule.parameters()), device)
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
     px, py = data.x_test[: cfg.diag.probe_size], data.y_test[: cfg.diag.probe_size]
 
@@ -152,6 +154,7 @@ def train(cfg: Config, *, checkpoint: dict | None = None, on_epoch: EpochCallbac
         bar = tqdm(total=E, initial=start, desc=f"{cfg.rule.rule} seed={cfg.train.seed}", unit="epoch")
     for epoch in range(start + 1, E + 1):
         model.train()
+        rule.start_epoch(epoch, E)
         perm = torch.randperm(n, generator=gen, device=device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)

@@ -4,14 +4,18 @@ from raycredit.errors import ConfigError
 from raycredit.rules.base import Rule
 from raycredit.rules.bp import BP
 from raycredit.rules.dfa import DFA
+from raycredit.rules.ep import EP
 from raycredit.rules.fa import FA
 from raycredit.rules.frozen import Frozen
+from raycredit.rules.state_bridge import StateBridge
 
 RULES: dict[str, type[Rule]] = {
     "bp": BP,
     "fa": FA,
     "dfa": DFA,
     "frozen": Frozen,
+    "ep": EP,
+    "state_bridge": StateBridge,
 }
 
 

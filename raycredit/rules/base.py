@@ -27,7 +27,11 @@ def rms_normalize(a: torch.Tensor) -> torch.Tensor:
 
 
 class Rule(nn.Module):
-    """One learning rule. Buffers and submodules (feedback matrices, auxiliary nets) are checkpointed."""
+    """One learning rule. Buffers and submodules (feedback matrices, auxiliary nets) are checkpointed.
+
+    The rule's own parameters (auxiliary nets) are trained with lr `aux_lr`
+    by the same optimizer, so their optimizer state is checkpointed too.
+    """
 
     architectures: ClassVar[tuple[str, ...]] = ("resmlp",)
     has_credit: ClassVar[bool] = True
@@ -45,6 +49,9 @@ class Rule(nn.Module):
 
     def trainable_params(self, model: nn.Module) -> list[nn.Parameter]:
         return [p for p in model.parameters() if p.requires_grad]
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        """Called before each epoch (1-based), for rules with schedules."""
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
         """(objective whose .backward() fills the update, mean CE detached, logits detached)."""
@@ -78,7 +85,16 @@ class LocalRule(Rule):
             local = local + (f * al).sum(-1).mean()
             if self.cfg.penalty_lam:
                 local = local + self.cfg.penalty_lam * f.pow(2).sum(-1).mean()
-        return ce + local, ce.detach(), logits.detach()
+        return ce + local + self.aux_objective(hs, logits, y), ce.detach(), logits.detach()
+
+    def aux_objective(self, hs: list[torch.Tensor], logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor | float:
+        """Loss of the rule's auxiliary nets on this batch (hs detached); 0 for rules without any."""
+        return 0.0
+
+
+def mlp(d_in: int, width: int, d_out: int) -> nn.Sequential:
+    """The auxiliary nets' shape: d_in -> width -> d_out with a GELU."""
+    return nn.Sequential(nn.Linear(d_in, width), nn.GELU(), nn.Linear(width, d_out))
 
 
 def output_local_grad(hL: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,34 @@
+"""state_bridge: per-layer bridge nets S_l(h_l) ~ h_L; credit a_l = J_{S_l}(h_l)^T dCE/dh_L.
+
+Each bridge is trained on detached states with the normalized MSE
+||S_l(h_l) - h_L||^2 / (||h_L||^2 + 1e-6); dCE/dh_L is the exact output-local
+gradient, so a_L is exact and a_l carries the bridge's Jacobian in place of
+the network's.
+"""
+
+import torch
+from torch import nn
+
+from raycredit.rules.base import LocalRule, mlp, output_local_grad
+
+
+class StateBridge(LocalRule):
+    def __init__(self, cfg, model, n_classes):
+        super().__init__(cfg, model, n_classes)
+        width = self.cfg.aux_width or 2 * self.d
+        self.bridges = nn.ModuleList(mlp(self.d, width, self.d) for _ in range(self.L))  # S_0 .. S_{L-1}
+
+    def credits(self, model, hs, logits, y):
+        gL = output_local_grad(hs[-1], logits, y)
+        a = []
+        with torch.enable_grad():
+            for l, bridge in enumerate(self.bridges):
+                h = hs[l].detach().requires_grad_()
+                a.append(torch.autograd.grad(bridge(h), h, grad_outputs=gL)[0].detach())
+        return a + [gL]
+
+    def aux_objective(self, hs, logits, y):
+        target = hs[-1].detach()
+        scale = target.pow(2).sum(-1) + 1e-6
+        return sum(((bridge(h.detach()) - target).pow(2).sum(-1) / scale).mean()
+                   for bridge, h in zip(self.bridges, hs, strict=False))

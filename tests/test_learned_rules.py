@@ -1,0 +1,77 @@
+"""Rules whose credit comes from a relaxation or an auxiliary net: ep, state_bridge."""
+
+import pytest
+import torch
+
+from raycredit.config import Config
+from raycredit.data import load_data
+from raycredit.diagnostics import per_sample_cos, probe_forward
+from raycredit.models import build_model
+from raycredit.rules import build_rule
+from raycredit.train import train
+
+
+def double_setup(tiny, **over):
+    cfg = Config.from_dict({**tiny, **over})
+    data = load_data(cfg.data)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, data.in_dim, data.n_classes).double()
+    rule = build_rule(cfg, model, data.n_classes).double()
+    x, y = data.x_test[:64].double(), data.y_test[:64]
+    hs, logits, g = probe_forward(model, x, y)
+    return cfg, model, rule, hs, logits, y, g
+
+
+def test_ep_credit_matches_the_gradient_at_a_converged_relaxation(tiny):
+    # w2_std=0.5 makes the blocks far from identity, so the two credit readings differ
+    knobs = dict(rule="ep", w2_std=0.5, ep_beta=1e-4, ep_steps=1000, ep_step_size=0.1)
+    _, model, rule, hs, logits, y, g = double_setup(tiny, **knobs)
+    cos = [per_sample_cos(a, gi).mean().item() for a, gi in zip(rule.credits(model, hs, logits, y), g, strict=True)]
+    assert min(cos) >= 0.99, cos
+    _, model, raw, hs, logits, y, g = double_setup(tiny, **knobs, ep_credit="state_diff")
+    raw_cos = [per_sample_cos(a, gi).mean().item() for a, gi in zip(raw.credits(model, hs, logits, y), g, strict=True)]
+    assert raw_cos[-1] < 0.95, raw_cos
+
+
+def test_ep_with_too_few_steps_is_not_converged(tiny):
+    _, model, rule, hs, logits, y, g = double_setup(tiny, rule="ep", w2_std=0.5, ep_beta=1e-4, ep_steps=1)
+    cos = [per_sample_cos(a, gi).mean().item() for a, gi in zip(rule.credits(model, hs, logits, y), g, strict=True)]
+    assert min(cos) < 0.9, cos
+
+
+def test_state_bridge_credit_is_the_bridge_jacobian_transposed(tiny):
+    cfg, model, rule, hs, logits, y, g = double_setup(tiny, rule="state_bridge")
+    a = rule.credits(model, hs, logits, y)
+    torch.testing.assert_close(a[-1], g[-1])
+    n = 3
+    for l in range(cfg.model.L):
+        J = torch.autograd.functional.jacobian(rule.bridges[l], hs[l][n].detach())
+        torch.testing.assert_close(a[l][n], J.T @ g[-1][n])
+
+
+def test_state_bridges_learn_to_predict_h_L(tiny):
+    cfg = Config.from_dict({**tiny, "rule": "state_bridge", "epochs": 6, "lr": 1e-9, "aux_lr": 1e-2})
+    data = load_data(cfg.data)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, data.in_dim, data.n_classes)
+    rule = build_rule(cfg, model, data.n_classes)
+    with torch.no_grad():
+        hs, logits = model.hiddens(data.x_test)
+        before = float(rule.aux_objective(hs, logits, data.y_test))
+    state = {}
+    train(cfg, on_epoch=lambda e, m, fn: state.update(fn()))
+    model.load_state_dict(state["model"])
+    rule.load_state_dict(state["rule"])
+    with torch.no_grad():
+        hs, logits = model.hiddens(data.x_test)
+        assert float(rule.aux_objective(hs, logits, data.y_test)) < 0.5 * before
+    assert any(k.startswith("bridges.") for k in state["rule"])
+
+
+@pytest.mark.parametrize("rule", ["ep", "state_bridge"])
+def test_learned_rules_train_on_synthetic(rule):
+    base = dict(dataset="synthetic", d=64, L=4, epochs=3, n_train=2000, n_test=500, probe_size=64, rho_dirs=4,
+                diag_every=3, device="cpu")
+    final = train(Config.from_dict({**base, "rule": rule}))["final"]
+    frozen = train(Config.from_dict({**base, "rule": "frozen"}))["final"]
+    assert final["test_acc"] > frozen["test_acc"] and final["deep_cos"] > 0.5, (final, frozen)
