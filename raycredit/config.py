@@ -69,6 +69,15 @@ class RuleConfig:
                                lo=0, lo_open=True)
     ep_credit: str = knob("error", "ep: credit from the equilibrium's prediction errors, or from the raw state "
                                    "shift h^beta - h^0", choices=("error", "state_diff"))
+    s_type: str = knob("eT", "vector_field/credit_bridge: conditioning code s (softmax error eT, dCE/dh_L deltaL, "
+                              "either with a projection of h_L)", choices=("eT", "deltaL", "eT_hL", "deltaL_hL"))
+    vf_dirs: int = knob(4, "vector_field: random directions M per sample and layer", lo=1)
+    vf_eps: float = knob(1e-2, "vector_field: finite-difference step along each direction", lo=0, lo_open=True)
+    one_sided: bool = knob(False, "vector_field: one-sided instead of central differences")
+    tw: float = knob(1.0, "vector_field: weight of matching the exact dCE/dh_L at the last layer", lo=0)
+    shuffle_control: bool = knob(False, "vector_field: shuffle the measured targets across samples (negative control)")
+    warmup_ratio: float = knob(0.2, "vector_field/credit_bridge: fraction of the epochs trained with DFA's credit "
+                                    "while the credit net learns", lo=0, hi=1, hi_open=True)
     aux_width: int = knob(0, "hidden width of auxiliary nets (bridges, value/vector nets; 0 = 2 d)", lo=0)
     aux_lr: float = knob(1e-3, "learning rate of auxiliary nets", lo=0, lo_open=True)
 

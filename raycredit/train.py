@@ -116,6 +116,7 @@ def train(cfg: Config, *, checkpoint: dict | None = None, on_epoch: EpochCallbac
     params = rule.trainable_params(model)
     opt = make_optimizer(cfg, params, list(rule.parameters()), device)
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
+    rule.generator = gen
     px, py = data.x_test[: cfg.diag.probe_size], data.y_test[: cfg.diag.probe_size]
 
     if checkpoint is not None:

@@ -8,6 +8,7 @@ from raycredit.rules.ep import EP
 from raycredit.rules.fa import FA
 from raycredit.rules.frozen import Frozen
 from raycredit.rules.state_bridge import StateBridge
+from raycredit.rules.vector_field import VectorField
 
 RULES: dict[str, type[Rule]] = {
     "bp": BP,
@@ -16,6 +17,7 @@ RULES: dict[str, type[Rule]] = {
     "frozen": Frozen,
     "ep": EP,
     "state_bridge": StateBridge,
+    "vector_field": VectorField,
 }
 
 

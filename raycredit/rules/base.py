@@ -38,6 +38,7 @@ class Rule(nn.Module):
 
     def __init__(self, cfg: Config, model: nn.Module, n_classes: int):
         super().__init__()
+        self.generator: torch.Generator | None = None  # set by the trainer
         self.cfg = cfg.rule
         self.L = cfg.model.L
         self.d = cfg.model.d
@@ -85,10 +86,13 @@ class LocalRule(Rule):
             local = local + (f * al).sum(-1).mean()
             if self.cfg.penalty_lam:
                 local = local + self.cfg.penalty_lam * f.pow(2).sum(-1).mean()
-        return ce + local + self.aux_objective(hs, logits, y), ce.detach(), logits.detach()
+        return ce + local + self.aux_objective(model, hs, logits, y), ce.detach(), logits.detach()
 
-    def aux_objective(self, hs: list[torch.Tensor], logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor | float:
-        """Loss of the rule's auxiliary nets on this batch (hs detached); 0 for rules without any."""
+    def aux_objective(self, model, hs: list[torch.Tensor], logits: torch.Tensor, y: torch.Tensor):
+        """Loss of the rule's auxiliary nets on this batch (hs detached); 0 for rules without any.
+
+        Randomness must come from `self.generator` (the trainer's checkpointed generator).
+        """
         return 0.0
 
 

@@ -6,14 +6,40 @@ import torch.nn.functional as F
 from raycredit.rules.base import LocalRule
 
 
+def dfa_feedback(L: int, n_classes: int, d: int, scale: float, generator: torch.Generator) -> torch.Tensor:
+    """B[l] projects the output error to layer l, l = 0..L; entries ~ N(0, scale^2 / d)."""
+    return torch.randn(L + 1, n_classes, d, generator=generator) * (scale / d**0.5)
+
+
+def dfa_credits(B: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+    e = (logits.softmax(-1) - F.one_hot(y, B.shape[1]).to(logits.dtype)).detach()
+    return [e @ B[l] for l in range(B.shape[0])]
+
+
 class DFA(LocalRule):
     def __init__(self, cfg, model, n_classes):
         super().__init__(cfg, model, n_classes)
-        g = self.feedback_generator(cfg)
-        std = self.cfg.feedback_scale / self.d**0.5
-        # B[l] projects the output error to layer l, l = 0..L
-        self.register_buffer("B", torch.randn(self.L + 1, n_classes, self.d, generator=g) * std)
+        self.register_buffer("B", dfa_feedback(self.L, n_classes, self.d, self.cfg.feedback_scale,
+                                               self.feedback_generator(cfg)))
 
     def credits(self, model, hs, logits, y):
-        e = (logits.softmax(-1) - F.one_hot(y, self.n_classes).to(logits.dtype)).detach()
-        return [e @ self.B[l] for l in range(self.L + 1)]
+        return dfa_credits(self.B, logits, y)
+
+
+class DFAWarmup(LocalRule):
+    """A learned-credit rule that uses DFA's credit for the first `warmup_ratio` of the epochs."""
+
+    def __init__(self, cfg, model, n_classes):
+        super().__init__(cfg, model, n_classes)
+        self.register_buffer("B", dfa_feedback(self.L, n_classes, self.d, self.cfg.feedback_scale,
+                                               self.feedback_generator(cfg)))
+        self.warm = False
+
+    def start_epoch(self, epoch, epochs):
+        self.warm = epoch <= self.cfg.warmup_ratio * epochs
+
+    def credits(self, model, hs, logits, y):
+        return dfa_credits(self.B, logits, y) if self.warm else self.learned_credits(model, hs, logits, y)
+
+    def learned_credits(self, model, hs, logits, y):
+        raise NotImplementedError

@@ -27,7 +27,7 @@ class StateBridge(LocalRule):
                 a.append(torch.autograd.grad(bridge(h), h, grad_outputs=gL)[0].detach())
         return a + [gL]
 
-    def aux_objective(self, hs, logits, y):
+    def aux_objective(self, model, hs, logits, y):
         target = hs[-1].detach()
         scale = target.pow(2).sum(-1) + 1e-6
         return sum(((bridge(h.detach()) - target).pow(2).sum(-1) / scale).mean()
