@@ -76,6 +76,10 @@ class RuleConfig:
     one_sided: bool = knob(False, "vector_field: one-sided instead of central differences")
     tw: float = knob(1.0, "vector_field: weight of matching the exact dCE/dh_L at the last layer", lo=0)
     shuffle_control: bool = knob(False, "vector_field: shuffle the measured targets across samples (negative control)")
+    tgw: float = knob(1.0, "credit_bridge: weight of terminal gradient matching grad V(h_L) ~ dCE/dh_L", lo=0)
+    cb_samples: int = knob(4, "credit_bridge: noisy successor samples K of the bridge-consistency target", lo=1)
+    cb_sigma: float = knob(0.05, "credit_bridge: noise std of those samples", lo=0)
+    cb_temp: float = knob(1.0, "credit_bridge: temperature of the soft-min over successors", lo=0, lo_open=True)
     warmup_ratio: float = knob(0.2, "vector_field/credit_bridge: fraction of the epochs trained with DFA's credit "
                                     "while the credit net learns", lo=0, hi=1, hi_open=True)
     aux_width: int = knob(0, "hidden width of auxiliary nets (bridges, value/vector nets; 0 = 2 d)", lo=0)

@@ -33,6 +33,12 @@ def test_key_is_stable_and_sensitive():
     ({"optimizer": "lion"}, ["optimizer", "adam"]),
     ({"dataset": "cifar10"}, ["data_dir"]),
     ({"lr": float("nan")}, ["lr", "NaN"]),
+    ({"vf_dirs": 0}, ["vf_dirs", ">= 1"]),
+    ({"warmup_ratio": 1.0}, ["warmup_ratio", "< 1"]),
+    ({"warmup_ratio": -0.1}, ["warmup_ratio", ">= 0"]),
+    ({"s_type": "eT_h"}, ["s_type", "eT, deltaL, eT_hL, deltaL_hL"]),
+    ({"ep_beta": 0.0}, ["ep_beta", "> 0"]),
+    ({"ep_credit": "both"}, ["ep_credit"]),
 ])
 def test_bad_values_name_the_key(bad, words):
     with pytest.raises(ConfigError) as e:

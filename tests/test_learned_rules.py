@@ -111,3 +111,23 @@ def test_warmup_epochs_use_dfa_credit(tiny):
         torch.testing.assert_close(a, b)
     rule.start_epoch(3, 4)
     assert not torch.allclose(rule.credits(model, hs, logits, y)[1], dfa_credits(rule.B, logits, y)[1])
+
+
+def test_credit_bridge_learns_only_with_terminal_gradient_matching():
+    """The seeds' first finding: without tgw, V learns values but its gradient carries no credit."""
+    base = dict(dataset="synthetic", d=64, L=3, epochs=4, n_train=2000, n_test=500, probe_size=128, rho_dirs=8,
+                diag_every=4, rule="credit_bridge", lr=1e-9, warmup_ratio=0.0, aux_lr=1e-2, device="cpu")
+    matched = train(Config.from_dict(base))["final"]
+    unmatched = train(Config.from_dict({**base, "tgw": 0.0}))["final"]
+    assert matched["deep_cos"] > 0.5 and matched["deep_rho"] > 0.5, matched
+    assert unmatched["deep_cos"] < matched["deep_cos"] - 0.3, (matched, unmatched)
+
+
+def test_credit_bridge_credit_is_the_value_gradient(tiny):
+    cfg, model, rule, hs, logits, y, g = double_setup(tiny, rule="credit_bridge", warmup_ratio=0.0)
+    s = rule.cond(hs, logits, y)
+    a = rule.credits(model, hs, logits, y)
+    n = 5
+    for l in range(cfg.model.L + 1):
+        grad = torch.autograd.functional.jacobian(lambda h, l=l: rule.V(h[None], l, s[n:n + 1])[0], hs[l][n].detach())
+        torch.testing.assert_close(a[l][n], grad)

@@ -34,7 +34,7 @@ def test_same_seed_same_metrics_and_other_seed_differs(tiny):
     assert other[-1]["test_loss"] != train(cfg)["history"][-1]["test_loss"]
 
 
-@pytest.mark.parametrize("rule", ["dfa", "fa", "bp", "ep", "state_bridge", "vector_field"])
+@pytest.mark.parametrize("rule", ["dfa", "fa", "bp", "ep", "state_bridge", "vector_field", "credit_bridge"])
 def test_resume_is_bit_identical(tiny, tmp_path, rule):
     """4 epochs in one go == 2 epochs + checkpoint file + restore + 2 epochs, exactly."""
     cfg = Config.from_dict({**tiny, "rule": rule, "epochs": 4, "diag_every": 1})

@@ -3,6 +3,7 @@
 from raycredit.errors import ConfigError
 from raycredit.rules.base import Rule
 from raycredit.rules.bp import BP
+from raycredit.rules.credit_bridge import CreditBridge
 from raycredit.rules.dfa import DFA
 from raycredit.rules.ep import EP
 from raycredit.rules.fa import FA
@@ -18,6 +19,7 @@ RULES: dict[str, type[Rule]] = {
     "ep": EP,
     "state_bridge": StateBridge,
     "vector_field": VectorField,
+    "credit_bridge": CreditBridge,
 }
 
 
