@@ -44,9 +44,9 @@ class Rule(nn.Module):
         self.d = cfg.model.d
         self.n_classes = n_classes
 
-    def feedback_generator(self, cfg: Config) -> torch.Generator:
-        """CPU generator for random feedback, independent of the init and batch streams."""
-        return torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + 0x5EED)
+    def feedback_generator(self, cfg: Config, stream: int = 0) -> torch.Generator:
+        """CPU generator for fixed random tensors, independent of the init and batch streams (and of each other)."""
+        return torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + 0x5EED + 7919 * stream)
 
     def trainable_params(self, model: nn.Module) -> list[nn.Parameter]:
         return [p for p in model.parameters() if p.requires_grad]

@@ -21,7 +21,7 @@ from raycredit.rules.dfa import DFAWarmup
 class CreditBridge(DFAWarmup):
     def __init__(self, cfg, model, n_classes):
         super().__init__(cfg, model, n_classes)
-        self.cond = Conditioning(self.cfg.s_type, n_classes, self.d, self.feedback_generator(cfg))
+        self.cond = Conditioning(self.cfg.s_type, n_classes, self.d, self.feedback_generator(cfg, stream=1))
         self.value = mlp(self.d + 1 + self.cond.dim, self.cfg.aux_width or 2 * self.d, 1)
 
     def V(self, h: torch.Tensor, l: int, s: torch.Tensor) -> torch.Tensor:

@@ -31,4 +31,4 @@ class StateBridge(LocalRule):
         target = hs[-1].detach()
         scale = target.pow(2).sum(-1) + 1e-6
         return sum(((bridge(h.detach()) - target).pow(2).sum(-1) / scale).mean()
-                   for bridge, h in zip(self.bridges, hs, strict=False))
+                   for bridge, h in zip(self.bridges, hs[:-1], strict=True))
