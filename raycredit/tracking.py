@@ -83,14 +83,18 @@ class TrialRun:
             self.run_id, self.status = run.info.run_id, run.info.status
             self.last_epoch = int(run.data.metrics.get("epoch", 0))
             self._final = dict(run.data.metrics)
+            logged = run.data.params
             if self.status not in ("RUNNING", "FINISHED"):  # a failed or killed attempt is being retried
                 _retry(lambda: self.client.update_run(self.run_id, status="RUNNING"))
                 self.status = "RUNNING"
         else:
             run = _retry(lambda: self.client.create_run(
                 experiment_id, run_name=run_name, tags={**tags, RUN_KEY_TAG: key}))
-            self.run_id, self.status, self.last_epoch, self._final = run.info.run_id, "RUNNING", 0, {}
-            _retry(lambda: self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()]))
+            self.run_id, self.status, self.last_epoch, self._final, logged = run.info.run_id, "RUNNING", 0, {}, {}
+        # also after a kill between create_run and this call: a run is found but its params are missing
+        missing = [Param(k, str(v)) for k, v in params.items() if k not in logged]
+        if missing:
+            _retry(lambda: self.client.log_batch(self.run_id, params=missing))
 
     @property
     def finished(self) -> bool:

@@ -88,3 +88,16 @@ def test_address_auto_without_a_live_cluster_exits_2(tmp_path, capsys, monkeypat
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "cannot reach a Ray cluster" in err[0], err
     assert not db.exists()
+
+
+def test_run_found_without_params_gets_them(tmp_path):
+    """A trial killed right after create_run leaves a keyed run with no params; its retry must add them."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = tracking.ensure_experiment(uri, "orphan")
+    MlflowClient(uri).create_run(exp, tags={tracking.RUN_KEY_TAG: "k"})
+    run = tracking.TrialRun(uri, exp, "k", run_name="r", params={"d": 8, "rule": "fa"}, tags={})
+    assert MlflowClient(uri).get_run(run.run_id).data.params == {"d": "8", "rule": "fa"}
+    again = tracking.TrialRun(uri, exp, "k", run_name="r", params={"d": 8, "rule": "fa"}, tags={})
+    assert again.run_id == run.run_id
