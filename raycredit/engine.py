@@ -88,9 +88,13 @@ def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0.0))
 
 
+def run_label(cfg: Config) -> str:
+    """Readable name of a trial and its MLflow run."""
+    return f"{cfg.rule.rule}-d{cfg.model.d}-L{cfg.model.L}-seed{cfg.train.seed}"
+
+
 def trial_name(trial) -> str:
-    c = trial.config["cfg"]
-    return f"{c['rule']['rule']}-d{c['model']['d']}-L{c['model']['L']}-s{c['train']['seed']}-{trial.trial_id}"
+    return f"{run_label(Config.from_dict(trial.config['cfg']))}-{trial.trial_id}"
 
 
 def trial_dirname(trial) -> str:
@@ -115,7 +119,7 @@ def _trainable(config: dict, settings: dict) -> None:
     run_cfg = cfg.replace(device="cuda" if on_gpu else "cpu")
     run = TrialRun(
         s.tracking_uri, s.experiment_id, key,
-        run_name=f"{cfg.rule.rule}-d{cfg.model.d}-L{cfg.model.L}-seed{cfg.train.seed}",
+        run_name=run_label(cfg),
         params=cfg.flat(),
         tags={"rule": cfg.rule.rule, "search": s.search, "dataset": cfg.data.dataset,
               "seed": cfg.train.seed, "code_version": s.code_version},
