@@ -80,8 +80,18 @@ class RuleConfig:
     cb_samples: int = knob(4, "credit_bridge: noisy successor samples K of the bridge-consistency target", lo=1)
     cb_sigma: float = knob(0.05, "credit_bridge: noise std of those samples", lo=0)
     cb_temp: float = knob(1.0, "credit_bridge: temperature of the soft-min over successors", lo=0, lo_open=True)
-    warmup_ratio: float = knob(0.2, "vector_field/credit_bridge: fraction of the epochs trained with DFA's credit "
-                                    "while the credit net learns", lo=0, hi=1, hi_open=True)
+    warmup_ratio: float = knob(0.2, "vector_field/credit_bridge/scaffold: fraction of the epochs trained with "
+                                    "DFA's credit first", lo=0, hi=1, hi_open=True)
+    blend_alpha: float = knob(0.75, "scaffold: weight alpha of the auxiliary in a = alpha aux + (1 - alpha) DFA",
+                              lo=0, hi=1)
+    aux_kind: str = knob("random_trainable", "scaffold: the auxiliary (see raycredit.rules.scaffold)",
+                         choices=("vector_field", "random_trainable", "shuffled_trainable", "perlayer_vector",
+                                  "time_only", "constant_input", "zero_target", "gaussian_noise"))
+    freeze_after: int = knob(-1, "scaffold: blended epochs after which the auxiliary stops learning (-1 = never)",
+                             lo=-1)
+    decay_to: float = knob(-1.0, "scaffold: after the freeze alpha goes linearly to this by the last epoch "
+                                 "(-1 = alpha stays)", lo=-1, hi=1)
+    prefit_epochs: int = knob(0, "scaffold: epochs after the warm-up in which only the auxiliary learns", lo=0)
     aux_width: int = knob(0, "hidden width of auxiliary nets (bridges, value/vector nets; 0 = 2 d)", lo=0)
     aux_lr: float = knob(1e-3, "learning rate of auxiliary nets", lo=0, lo_open=True)
 
@@ -194,6 +204,7 @@ class Config:
                 f"rule: {self.rule.rule!r} supports architectures {', '.join(rule_cls.architectures)}, "
                 f"not {self.model.arch!r}"
             )
+        rule_cls.check_config(self)
         if self.data.dataset in ("cifar10", "cifar100", "npz") and not self.data.data_dir:
             raise ConfigError(f"data_dir: dataset {self.data.dataset!r} needs --data-dir")
 

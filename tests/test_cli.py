@@ -50,6 +50,12 @@ def test_train_writes_result_json_and_resumes(tmp_path):
     (["--optimizer", "lion"], "invalid choice"),
     (["--device", "gpu0"], "is not a device"),
     (["--dataset", "npz", "--data-dir", "/nonexistent/x.npz"], "npz file not found"),
+    (["--rule", "scaffold", "--blend-alpha", "1.2"], "blend_alpha: 1.2 must be <= 1"),
+    (["--rule", "scaffold", "--aux-kind", "oracle"], "invalid choice: 'oracle'"),
+    (["--rule", "vector_field", "--vf-dirs", "0"], "vf_dirs: 0 must be >= 1"),
+    (["--rule", "credit_bridge", "--warmup-ratio", "1"], "warmup_ratio: 1.0 must be < 1"),
+    (["--rule", "credit_bridge", "--s-type", "eTT"], "invalid choice: 'eTT'"),
+    (["--rule", "scaffold", "--decay-to", "0.5"], "set freeze_after too"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, args, words):
     out = tmp_path / "o"

@@ -8,6 +8,7 @@ from raycredit.rules.dfa import DFA
 from raycredit.rules.ep import EP
 from raycredit.rules.fa import FA
 from raycredit.rules.frozen import Frozen
+from raycredit.rules.scaffold import Scaffold
 from raycredit.rules.state_bridge import StateBridge
 from raycredit.rules.vector_field import VectorField
 
@@ -20,6 +21,7 @@ RULES: dict[str, type[Rule]] = {
     "state_bridge": StateBridge,
     "vector_field": VectorField,
     "credit_bridge": CreditBridge,
+    "scaffold": Scaffold,
 }
 
 

@@ -44,6 +44,10 @@ class Rule(nn.Module):
         self.d = cfg.model.d
         self.n_classes = n_classes
 
+    @classmethod
+    def check_config(cls, cfg: Config) -> None:
+        """Raise ConfigError for knob combinations this rule cannot run (checked before any trial starts)."""
+
     def feedback_generator(self, cfg: Config, stream: int = 0) -> torch.Generator:
         """CPU generator for fixed random tensors, independent of the init and batch streams (and of each other)."""
         return torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + 0x5EED + 7919 * stream)
@@ -64,7 +68,12 @@ class Rule(nn.Module):
 
 
 class LocalRule(Rule):
-    """Rules that train each block from a credit vector through the local loss <f_l, a_l>."""
+    """Rules that train each block from a credit vector through the local loss <f_l, a_l>.
+
+    While `model_learns` is False the objective is the auxiliary loss alone (a prefit phase).
+    """
+
+    model_learns = True
 
     def loss(self, model, x, y):
         h0 = model.embed(x)
@@ -86,7 +95,8 @@ class LocalRule(Rule):
             local = local + (f * al).sum(-1).mean()
             if self.cfg.penalty_lam:
                 local = local + self.cfg.penalty_lam * f.pow(2).sum(-1).mean()
-        return ce + local + self.aux_objective(model, hs, logits, y), ce.detach(), logits.detach()
+        aux = self.aux_objective(model, hs, logits, y)
+        return (ce + local + aux if self.model_learns else aux), ce.detach(), logits.detach()
 
     def aux_objective(self, model, hs: list[torch.Tensor], logits: torch.Tensor, y: torch.Tensor):
         """Loss of the rule's auxiliary nets on this batch (hs detached); 0 for rules without any.

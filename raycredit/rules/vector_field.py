@@ -14,9 +14,46 @@ while the net learns (a randomly initialized field wrecks the blocks otherwise).
 import torch
 import torch.nn.functional as F
 
+from raycredit.config import RuleConfig
 from raycredit.rules.base import mlp, output_local_grad
 from raycredit.rules.conditioning import Conditioning, with_time
 from raycredit.rules.dfa import DFAWarmup
+
+
+@torch.no_grad()
+def measured_slopes(model, l: int, h: torch.Tensor, y: torch.Tensor, cfg: RuleConfig, generator: torch.Generator,
+                    perm: torch.Tensor | None = None):
+    """(unit directions u: M x N x d, measured directional derivatives D: M x N), both permuted by perm."""
+    m, eps = cfg.vf_dirs, cfg.vf_eps
+    u = torch.randn((m, *h.shape), generator=generator, device=h.device, dtype=h.dtype)
+    u = u / u.norm(dim=-1, keepdim=True)
+    ys = y.repeat(m)
+
+    def ce(shift):
+        return F.cross_entropy(model.forward_from(l, (h + shift).reshape(-1, h.shape[-1])), ys,
+                               reduction="none").view(m, -1)
+
+    if cfg.one_sided:
+        base = F.cross_entropy(model.forward_from(l, h), y, reduction="none")
+        slopes = (ce(eps * u) - base) / eps
+    else:
+        slopes = (ce(eps * u) - ce(-eps * u)) / (2 * eps)
+    return (u, slopes) if perm is None else (u[:, perm], slopes[:, perm])
+
+
+def field_loss(field, model, hs: list[torch.Tensor], logits: torch.Tensor, y: torch.Tensor, cfg: RuleConfig,
+               generator: torch.Generator, perm: torch.Tensor | None = None):
+    """The vector-field objective of the field a_l = field(h_l, l): directional matches plus the terminal term."""
+    loss = 0.0
+    for l in range(len(hs)):
+        h = hs[l].detach()
+        u, slopes = measured_slopes(model, l, h, y, cfg, generator, perm)
+        loss = loss + ((u * field(h, l).unsqueeze(0)).sum(-1) - slopes).pow(2).mean()
+    if cfg.tw:
+        gL = output_local_grad(hs[-1], logits, y)
+        target = gL if perm is None else gL[perm]
+        loss = loss + cfg.tw * (field(hs[-1].detach(), len(hs) - 1) - target).pow(2).sum(-1).mean()
+    return loss
 
 
 class VectorField(DFAWarmup):
@@ -33,37 +70,7 @@ class VectorField(DFAWarmup):
         with torch.no_grad():
             return [self.field(hs[l].detach(), l, s) for l in range(self.L + 1)]
 
-    @torch.no_grad()
-    def measured_slopes(self, model, l: int, h: torch.Tensor, y: torch.Tensor, perm: torch.Tensor | None):
-        """(unit directions u: M x N x d, measured directional derivatives D: M x N), D permuted by perm."""
-        m, eps = self.cfg.vf_dirs, self.cfg.vf_eps
-        u = torch.randn((m, *h.shape), generator=self.generator, device=h.device, dtype=h.dtype)
-        u = u / u.norm(dim=-1, keepdim=True)
-        ys = y.repeat(m)
-
-        def ce(shift):
-            return F.cross_entropy(model.forward_from(l, (h + shift).reshape(-1, h.shape[-1])), ys,
-                                   reduction="none").view(m, -1)
-
-        if self.cfg.one_sided:
-            base = F.cross_entropy(model.forward_from(l, h), y, reduction="none")
-            slopes = (ce(eps * u) - base) / eps
-        else:
-            slopes = (ce(eps * u) - ce(-eps * u)) / (2 * eps)
-        return (u, slopes) if perm is None else (u[:, perm], slopes[:, perm])
-
     def aux_objective(self, model, hs, logits, y):
         s = self.cond(hs, logits, y)
-        n = len(y)
-        perm = torch.randperm(n, generator=self.generator, device=y.device) if self.cfg.shuffle_control else None
-        loss = 0.0
-        for l in range(self.L + 1):
-            h = hs[l].detach()
-            a = self.field(h, l, s)
-            u, slopes = self.measured_slopes(model, l, h, y, perm)
-            loss = loss + ((u * a.unsqueeze(0)).sum(-1) - slopes).pow(2).mean()
-        if self.cfg.tw:
-            gL = output_local_grad(hs[-1], logits, y)
-            target = gL if perm is None else gL[perm]
-            loss = loss + self.cfg.tw * (self.field(hs[-1].detach(), self.L, s) - target).pow(2).sum(-1).mean()
-        return loss
+        perm = torch.randperm(len(y), generator=self.generator, device=y.device) if self.cfg.shuffle_control else None
+        return field_loss(lambda h, l: self.field(h, l, s), model, hs, logits, y, self.cfg, self.generator, perm)

@@ -1,0 +1,146 @@
+"""scaffold: a_l = alpha * aux_l + (1 - alpha) * DFA_l, aux from a continuously trained auxiliary.
+
+The seeds' blend dissection (phases 9-10) as one rule. Schedule over the E epochs:
+
+1. warm-up: the first `warmup_ratio` of the epochs use DFA's credit alone and the auxiliary does not
+   learn (the seeds' hand-off from a DFA trajectory at t0);
+2. prefit: the next `prefit_epochs` epochs train only the auxiliary, on the model as it stands
+   (frozen; its metrics are still logged), so `epochs = E + prefit_epochs` trains the model as long
+   as `dfa` with E epochs;
+3. blend: a_l = alpha aux_l + (1 - alpha) DFA_l, with aux_l rescaled per sample to DFA_l's RMS, so
+   that alpha mixes directions rather than magnitudes (a net trained on loss slopes outputs vectors
+   orders of magnitude smaller than DFA's). The auxiliary learns for `freeze_after` blended epochs
+   (-1: throughout); after the freeze alpha goes linearly to `decay_to` at the last epoch (-1: stays).
+
+Auxiliary kinds (`aux_kind`); all but gaussian_noise learn the vector-field objective of
+`raycredit.rules.vector_field` (measured loss slopes along random directions, terminal weight `tw`),
+except where stated:
+
+| kind | aux_l | learns from |
+|---|---|---|
+| vector_field | MLP(h_l, t_l, s) | measured slopes; may be prefit |
+| random_trainable | MLP(h_l, t_l, s) | measured slopes from its random init (never prefit: the seeds' "random Vec") |
+| shuffled_trainable | MLP(h_l, t_l, s) | slopes shuffled across samples: trainable but semantically empty |
+| perlayer_vector | one trainable vector v_l per layer | measured slopes |
+| time_only | MLP(t_l) | measured slopes: depth but no state |
+| constant_input | MLP(1), the same for every layer | measured slopes: neither depth nor state |
+| zero_target | MLP(h_l, t_l, s) | the target 0 |
+| gaussian_noise | fresh N(0, I) per step | nothing |
+
+The auxiliary's randomness (directions, shuffles, noise) comes from the rule's own generator, saved
+in the checkpoint, so the batch order is DFA's and alpha = 0 trains exactly like `dfa`.
+"""
+
+import torch
+from torch import nn
+
+from raycredit.errors import ConfigError
+from raycredit.rules.base import LocalRule, mlp
+from raycredit.rules.conditioning import Conditioning, with_time
+from raycredit.rules.dfa import dfa_credits, dfa_feedback
+from raycredit.rules.vector_field import field_loss
+
+
+def rms(a: torch.Tensor) -> torch.Tensor:
+    return a.pow(2).mean(-1, keepdim=True).sqrt()
+
+
+STATE_KINDS = ("vector_field", "random_trainable", "shuffled_trainable", "zero_target")
+
+
+class Scaffold(LocalRule):
+    @classmethod
+    def check_config(cls, cfg):
+        c, E = cfg.rule, cfg.train.epochs
+        if c.aux_kind == "gaussian_noise" and (c.prefit_epochs or c.freeze_after >= 0):
+            raise ConfigError("aux_kind: gaussian_noise has nothing to prefit or freeze")
+        if c.aux_kind == "random_trainable" and c.prefit_epochs:
+            raise ConfigError("prefit_epochs: random_trainable is the un-prefit control; prefit vector_field instead")
+        if c.decay_to != -1 and c.decay_to < 0:
+            raise ConfigError(f"decay_to: {c.decay_to!r} must be -1 (no decay) or in [0, 1]")
+        if c.decay_to >= 0 and c.freeze_after < 0:
+            raise ConfigError("decay_to: the decay starts at the freeze; set freeze_after too")
+        if int(c.warmup_ratio * E) + c.prefit_epochs >= E:
+            raise ConfigError(f"prefit_epochs: warm-up ({int(c.warmup_ratio * E)}) + prefit ({c.prefit_epochs}) "
+                              f"epochs leave no blended epoch of epochs={E}")
+
+    def __init__(self, cfg, model, n_classes):
+        super().__init__(cfg, model, n_classes)
+        c = self.cfg
+        self.register_buffer("B", dfa_feedback(self.L, n_classes, self.d, c.feedback_scale,
+                                               self.feedback_generator(cfg)))
+        self.aux_seed = cfg.train.seed * 1_000_003 + 0xA0C5
+        self._aux_gen, self._aux_gen_state = None, None
+        width = c.aux_width or 2 * self.d
+        if c.aux_kind in STATE_KINDS:
+            self.cond = Conditioning(c.s_type, n_classes, self.d, self.feedback_generator(cfg, stream=1))
+            self.net = mlp(self.d + 1 + self.cond.dim, width, self.d)
+        elif c.aux_kind in ("time_only", "constant_input"):
+            self.net = mlp(1, width, self.d)
+        elif c.aux_kind == "perlayer_vector":
+            self.vec = nn.Parameter(torch.randn(self.L + 1, self.d, generator=self.feedback_generator(cfg, 2))
+                                    / self.d**0.5)
+        self.warm_epochs = int(c.warmup_ratio * cfg.train.epochs)
+        self.alpha, self.blending, self.aux_learns = c.blend_alpha, False, False
+
+    def start_epoch(self, epoch, epochs):
+        c = self.cfg
+        b = epoch - self.warm_epochs - c.prefit_epochs  # blended epoch index, 1-based
+        prefit = self.warm_epochs < epoch <= self.warm_epochs + c.prefit_epochs
+        self.model_learns, self.blending = not prefit, b >= 1
+        self.aux_learns = c.aux_kind != "gaussian_noise" and (prefit or self.blending and (
+            c.freeze_after < 0 or b <= c.freeze_after))
+        self.alpha = c.blend_alpha
+        if self.blending and c.decay_to >= 0 and b > c.freeze_after:
+            left = epochs - self.warm_epochs - c.prefit_epochs - c.freeze_after
+            self.alpha += (c.decay_to - c.blend_alpha) * (b - c.freeze_after) / left
+
+    def aux_generator(self, device) -> torch.Generator:
+        if self._aux_gen is None:
+            self._aux_gen = torch.Generator(device=device).manual_seed(self.aux_seed)
+            if self._aux_gen_state is not None:
+                self._aux_gen.set_state(self._aux_gen_state)
+        return self._aux_gen
+
+    def get_extra_state(self):
+        return {"aux_generator": self.aux_generator(self.B.device).get_state()}
+
+    def set_extra_state(self, state):
+        self._aux_gen, self._aux_gen_state = None, state["aux_generator"]
+
+    def field(self, h: torch.Tensor, l: int, s: torch.Tensor | None) -> torch.Tensor:
+        kind = self.cfg.aux_kind
+        if kind in STATE_KINDS:
+            return self.net(with_time(h, l, self.L, s))
+        if kind == "perlayer_vector":
+            return self.vec[l].expand_as(h)
+        if kind == "gaussian_noise":
+            return torch.randn(h.shape, generator=self.aux_generator(h.device), device=h.device, dtype=h.dtype)
+        code = l / self.L if kind == "time_only" else 1.0
+        return self.net(torch.full_like(h[:, :1], code))
+
+    def code(self, hs, logits, y):
+        return self.cond(hs, logits, y) if self.cfg.aux_kind in STATE_KINDS else None
+
+    def credits(self, model, hs, logits, y):
+        dfa = dfa_credits(self.B, logits, y)
+        if not self.blending or self.alpha == 0.0:
+            return dfa
+        s = self.code(hs, logits, y)
+        with torch.no_grad():
+            out = []
+            for l, a_dfa in enumerate(dfa):
+                aux = self.field(hs[l].detach(), l, s)
+                aux = aux * (rms(a_dfa) / rms(aux).clamp_min(torch.finfo(aux.dtype).tiny))
+                out.append(self.alpha * aux + (1 - self.alpha) * a_dfa)
+            return out
+
+    def aux_objective(self, model, hs, logits, y):
+        if not self.aux_learns:
+            return 0.0
+        c, s = self.cfg, self.code(hs, logits, y)
+        if c.aux_kind == "zero_target":
+            return sum(self.field(h.detach(), l, s).pow(2).sum(-1).mean() for l, h in enumerate(hs))
+        gen = self.aux_generator(y.device)
+        perm = torch.randperm(len(y), generator=gen, device=y.device) if c.aux_kind == "shuffled_trainable" else None
+        return field_loss(lambda h, l: self.field(h, l, s), model, hs, logits, y, c, gen, perm)
