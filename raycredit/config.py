@@ -30,7 +30,8 @@ def knob(default: Any, doc: str, *, choices=None, lo=None, hi=None, lo_open=Fals
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = knob("resmlp", "architecture", choices=("resmlp",))
+    arch: str = knob("resmlp", "architecture (vit_mini and small_cnn need image data)",
+                     choices=("resmlp", "vit_mini", "small_cnn"))
     d: int = knob(256, "residual-stream width", lo=1)
     L: int = knob(4, "number of residual blocks", lo=1)
     mlp_ratio: float = knob(4.0, "block hidden width as a multiple of d", lo=0, lo_open=True)
@@ -38,6 +39,8 @@ class ModelConfig:
     out_ln: bool = knob(True, "terminal LayerNorm before the readout")
     w2_std: float = knob(0.02, "init std of each block's second linear W2 (0 = zero-init blocks)", lo=0)
     activation: str = knob("gelu", "block nonlinearity", choices=("gelu", "relu"))
+    patch_size: int = knob(4, "vit_mini: side of the square patches", lo=1)
+    heads: int = knob(4, "vit_mini: attention heads (must divide d)", lo=1)
 
 
 @dataclass(frozen=True)
@@ -205,6 +208,11 @@ class Config:
                 f"not {self.model.arch!r}"
             )
         rule_cls.check_config(self)
+        if self.model.arch != "resmlp" and self.data.dataset == "synthetic":
+            raise ConfigError(f"arch: {self.model.arch} needs image data (cifar10, cifar100 or an npz of images); "
+                              "synthetic gives vectors")
+        if self.model.arch == "vit_mini" and self.model.d % self.model.heads:
+            raise ConfigError(f"heads: {self.model.heads} does not divide d={self.model.d}")
         if self.data.dataset in ("cifar10", "cifar100", "npz") and not self.data.data_dir:
             raise ConfigError(f"data_dir: dataset {self.data.dataset!r} needs --data-dir")
 

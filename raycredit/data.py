@@ -1,7 +1,8 @@
 """Datasets, held whole as tensors on the trial's device (SPEC §3).
 
-`load_data(cfg, device)` returns a `Data` with flattened float32 inputs and
-int64 labels; mini-batches are index_select-ed there, never copied per batch.
+`load_data(cfg, device)` returns a `Data` with flattened float32 inputs (their
+per-example shape kept in `Data.shape`, for the image architectures) and int64
+labels; mini-batches are index_select-ed there, never copied per batch.
 """
 
 from __future__ import annotations
@@ -30,13 +31,19 @@ class Data:
     x_test: torch.Tensor
     y_test: torch.Tensor
     n_classes: int
+    shape: tuple[int, ...] | None = None  # per-example input shape before flattening, e.g. (3, 32, 32)
 
     @property
     def in_dim(self) -> int:
         return self.x_train.shape[1]
 
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return self.shape or (self.in_dim,)
+
     def to(self, device) -> Data:
-        return Data(*(t.to(device) for t in (self.x_train, self.y_train, self.x_test, self.y_test)), self.n_classes)
+        return Data(*(t.to(device) for t in (self.x_train, self.y_train, self.x_test, self.y_test)), self.n_classes,
+                    self.shape)
 
 
 def phi(z: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -63,7 +70,7 @@ def synthetic(cfg: DataConfig) -> Data:
 def _subset(d: Data, cfg: DataConfig) -> Data:
     n_tr = cfg.n_train or len(d.y_train)
     n_te = cfg.n_test or len(d.y_test)
-    return Data(d.x_train[:n_tr], d.y_train[:n_tr], d.x_test[:n_te], d.y_test[:n_te], d.n_classes)
+    return Data(d.x_train[:n_tr], d.y_train[:n_tr], d.x_test[:n_te], d.y_test[:n_te], d.n_classes, d.shape)
 
 
 def cifar(cfg: DataConfig) -> Data:
@@ -91,7 +98,7 @@ def cifar(cfg: DataConfig) -> Data:
         return ((x - mean) / std).flatten(1), torch.as_tensor(ds.targets, dtype=torch.int64)
 
     n_classes = len(train.classes)
-    return _subset(Data(*prep(train), *prep(test), n_classes), cfg)
+    return _subset(Data(*prep(train), *prep(test), n_classes, (3, 32, 32)), cfg)
 
 
 def npz(cfg: DataConfig) -> Data:
@@ -127,7 +134,7 @@ def npz(cfg: DataConfig) -> Data:
         raise DataError(f"npz file {path}: labels must be integers in [0, C) with C >= 2")
     if not (torch.isfinite(xtr).all() and torch.isfinite(xte).all()):
         raise DataError(f"npz file {path}: inputs contain NaN or inf")
-    return _subset(Data(xtr, ytr, xte, yte, n_classes), cfg)
+    return _subset(Data(xtr, ytr, xte, yte, n_classes, tuple(arrays["x_train"].shape[1:])), cfg)
 
 
 LOADERS = {"synthetic": synthetic, "cifar10": cifar, "cifar100": cifar, "npz": npz}

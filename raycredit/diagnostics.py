@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from raycredit.config import DiagConfig
-from raycredit.rules.base import Rule, rms_normalize
+from raycredit.rules.base import Rule, per_sample, rms_normalize
 
 MODE1A_GROWTH = 100.0
 MODE1B_FLOOR = 1e-7
@@ -44,6 +44,7 @@ def to_floats(values: dict[str, torch.Tensor]) -> dict[str, float]:
 
 def per_sample_cos(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     tiny = torch.finfo(a.dtype).tiny
+    a, g = per_sample(a), per_sample(g)
     return (a * g).sum(-1) / (a.norm(dim=-1) * g.norm(dim=-1)).clamp_min(tiny)
 
 
@@ -60,12 +61,12 @@ def perturbation_rho(model, i: int, h: torch.Tensor, a: torch.Tensor, y: torch.T
     preds, meas = [], []
     for start in range(0, dirs, chunk):
         m = min(chunk, dirs - start)
-        u = torch.randn((m, *h.shape), generator=gen, device=h.device, dtype=h.dtype)
+        u = torch.randn((m, len(h), h[0].numel()), generator=gen, device=h.device, dtype=h.dtype)
         u = u / u.norm(dim=-1, keepdim=True)
-        hp = (h.unsqueeze(0) + eps * u).reshape(-1, h.shape[-1])
-        lp = F.cross_entropy(model.forward_from(i, hp), y.repeat(m), reduction="none").view(m, -1)
+        hp = h.unsqueeze(0) + eps * u.view(m, *h.shape)
+        lp = F.cross_entropy(model.forward_from(i, hp.flatten(0, 1)), y.repeat(m), reduction="none").view(m, -1)
         meas.append((lp - base).flatten())
-        preds.append((eps * (u * a.unsqueeze(0)).sum(-1)).flatten())
+        preds.append((eps * (u * per_sample(a).unsqueeze(0)).sum(-1)).flatten())
     return pearson(torch.cat(preds), torch.cat(meas))
 
 
@@ -108,8 +109,8 @@ def diagnose(model, rule: Rule, x: torch.Tensor, y: torch.Tensor, cfg: DiagConfi
     out: dict[str, torch.Tensor] = {}
     L = m.L
     for i in range(L + 1):
-        out[f"h_norm/l{i}"] = hs[i].norm(dim=-1).mean()
-        out[f"g_norm/l{i}"] = g[i].norm(dim=-1).mean()
+        out[f"h_norm/l{i}"] = per_sample(hs[i]).norm(dim=-1).mean()
+        out[f"g_norm/l{i}"] = per_sample(g[i]).norm(dim=-1).mean()
         if credits is not None:
             a = credits[i].to(dtype)
             out[f"cos/l{i}"] = per_sample_cos(a, g[i]).mean()

@@ -23,6 +23,7 @@ from raycredit.diagnostics import diagnose, to_floats
 from raycredit.errors import UserError
 from raycredit.models import build_model
 from raycredit.rules import build_rule
+from raycredit.rules.base import per_sample
 
 CHECKPOINT_FORMAT = 1
 DIVERGENCE_NORM = 1e30
@@ -69,7 +70,7 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> dict
 @torch.no_grad()
 def last_hidden_norm(model, x: torch.Tensor) -> torch.Tensor:
     """Largest ||h_L|| over the probe (a divergence signal that needs no diagnostics)."""
-    return model.hiddens(x)[0][-1].norm(dim=-1).max()
+    return per_sample(model.hiddens(x)[0][-1]).norm(dim=-1).max()
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -111,7 +112,7 @@ def train(cfg: Config, *, checkpoint: dict | None = None, on_epoch: EpochCallbac
     device = resolve_device(cfg.train.device)
     data = load_data(cfg.data, device) if data is None else data.to(device)
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, data.in_dim, data.n_classes).to(device)
+    model = build_model(cfg.model, data.in_shape, data.n_classes).to(device)
     rule = build_rule(cfg, model, data.n_classes).to(device)
     params = rule.trainable_params(model)
     opt = make_optimizer(cfg, params, list(rule.parameters()), device)
@@ -130,7 +131,7 @@ def train(cfg: Config, *, checkpoint: dict | None = None, on_epoch: EpochCallbac
     else:
         start, history, elapsed = 0, [], 0.0
         with torch.no_grad():
-            h_norm_init = model.hiddens(px)[0][-1].norm(dim=-1).mean().item()
+            h_norm_init = per_sample(model.hiddens(px)[0][-1]).norm(dim=-1).mean().item()
     t0 = time.perf_counter() - elapsed
 
     def make_checkpoint(epoch: int) -> dict:

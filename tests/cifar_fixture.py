@@ -1,4 +1,4 @@
-"""A tiny CIFAR-10 written in the real on-disk format (cifar-10-batches-py pickles)."""
+"""Tiny CIFAR-10 / CIFAR-100 written in the real on-disk formats (the python-version pickles)."""
 
 import hashlib
 import pickle
@@ -30,3 +30,26 @@ def write_cifar10(root: Path, per_batch: int = 20, seed: int = 0) -> dict:
     meta_name, meta_md5 = dump("batches.meta", {"label_names": LABELS, "num_cases_per_batch": per_batch})
     return {"train_list": train, "test_list": test,
             "meta": {"filename": meta_name, "key": "label_names", "md5": meta_md5}}
+
+
+def write_cifar100(root: Path, n_train: int = 200, n_test: int = 100, seed: int = 0) -> dict:
+    """Write cifar-100-python/{train,test,meta}; return torchvision's md5 lists for them."""
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def dump(name: str, obj) -> list[str]:
+        (folder / name).write_bytes(pickle.dumps(obj, protocol=2))
+        return [name, hashlib.md5((folder / name).read_bytes()).hexdigest()]
+
+    def split(name: str, n: int):
+        fine = [int(v) for v in rng.integers(0, 100, size=n)]
+        return dump(name, {"filenames": [], "batch_label": name, "fine_labels": fine,
+                           "coarse_labels": [f // 5 for f in fine],
+                           "data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)})
+
+    train, test = split("train", n_train), split("test", n_test)
+    meta_name, meta_md5 = dump("meta", {"fine_label_names": [f"class{i}" for i in range(100)],
+                                        "coarse_label_names": [f"super{i}" for i in range(20)]})
+    return {"train_list": [train], "test_list": [test],
+            "meta": {"filename": meta_name, "key": "fine_label_names", "md5": meta_md5}}

@@ -18,7 +18,7 @@ def double_setup(tiny, **over):
     cfg = Config.from_dict({**tiny, **over})
     data = load_data(cfg.data)
     torch.manual_seed(0)
-    model = build_model(cfg.model, data.in_dim, data.n_classes).double()
+    model = build_model(cfg.model, data.in_shape, data.n_classes).double()
     rule = build_rule(cfg, model, data.n_classes).double()
     x, y = data.x_test[:64].double(), data.y_test[:64]
     hs, logits, g = probe_forward(model, x, y)
@@ -56,7 +56,7 @@ def test_state_bridges_learn_to_predict_h_L(tiny):
     cfg = Config.from_dict({**tiny, "rule": "state_bridge", "epochs": 6, "lr": 1e-9, "aux_lr": 1e-2})
     data = load_data(cfg.data)
     torch.manual_seed(0)
-    model = build_model(cfg.model, data.in_dim, data.n_classes)
+    model = build_model(cfg.model, data.in_shape, data.n_classes)
     rule = build_rule(cfg, model, data.n_classes)
     with torch.no_grad():
         hs, logits = model.hiddens(data.x_test)

@@ -7,7 +7,7 @@ from raycredit.models import build_model
 
 def model(**kw):
     torch.manual_seed(0)
-    return build_model(Config.from_dict({"d": 16, "L": 3, **kw}).model, in_dim=12, n_classes=5)
+    return build_model(Config.from_dict({"d": 16, "L": 3, **kw}).model, in_shape=12, n_classes=5)
 
 
 def test_shapes_and_layer_indexing():

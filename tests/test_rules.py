@@ -17,7 +17,7 @@ def setup(tiny, **over):
     cfg = Config.from_dict({**tiny, **over})
     data = load_data(cfg.data)
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, data.in_dim, data.n_classes)
+    model = build_model(cfg.model, data.in_shape, data.n_classes)
     rule = build_rule(cfg, model, data.n_classes)
     return cfg, data, model, rule
 
@@ -193,7 +193,7 @@ def block_output_norm(tiny, lam):
     train(cfg, on_epoch=lambda e, m, fn: state.update(fn()["model"]))
     data = load_data(cfg.data)
     torch.manual_seed(0)
-    model = build_model(cfg.model, data.in_dim, data.n_classes)
+    model = build_model(cfg.model, data.in_shape, data.n_classes)
     model.load_state_dict(state)
     with torch.no_grad():
         hs, _ = model.hiddens(data.x_test)

@@ -21,9 +21,20 @@ if TYPE_CHECKING:
     from raycredit.config import Config
 
 
+def per_sample(t: torch.Tensor) -> torch.Tensor:
+    """(N, *h_shape) -> (N, features): per-sample quantities treat every h as one vector."""
+    return t.flatten(1)
+
+
 def rms_normalize(a: torch.Tensor) -> torch.Tensor:
-    """a / (RMS(a) + 1e-6), RMS per sample over features."""
-    return a / (a.pow(2).mean(-1, keepdim=True).sqrt() + 1e-6)
+    """a / (RMS(a) + 1e-6), RMS per sample over all its features."""
+    rms = per_sample(a).pow(2).mean(1).sqrt()
+    return a / (rms + 1e-6).view(-1, *[1] * (a.dim() - 1))
+
+
+def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample inner product, shape (N,)."""
+    return per_sample(a * b).sum(1)
 
 
 class Rule(nn.Module):
@@ -33,7 +44,7 @@ class Rule(nn.Module):
     by the same optimizer, so their optimizer state is checkpointed too.
     """
 
-    architectures: ClassVar[tuple[str, ...]] = ("resmlp",)
+    architectures: ClassVar[tuple[str, ...]] = ("resmlp",)  # rules with per-layer d-vector nets are ResMLP-only
     has_credit: ClassVar[bool] = True
 
     def __init__(self, cfg: Config, model: nn.Module, n_classes: int):
@@ -42,6 +53,7 @@ class Rule(nn.Module):
         self.cfg = cfg.rule
         self.L = cfg.model.L
         self.d = cfg.model.d
+        self.h_shape: tuple[int, ...] = tuple(model.h_shape)
         self.n_classes = n_classes
 
     @classmethod
@@ -90,11 +102,11 @@ class LocalRule(Rule):
         a = self.credits(model, hs, logits, y)
         if self.cfg.credit_norm:
             a = [rms_normalize(ai) for ai in a]
-        local = (h0 * a[0]).sum(-1).mean()
+        local = dot(h0, a[0]).mean()
         for f, al in zip(fs, a[1:], strict=True):
-            local = local + (f * al).sum(-1).mean()
+            local = local + dot(f, al).mean()
             if self.cfg.penalty_lam:
-                local = local + self.cfg.penalty_lam * f.pow(2).sum(-1).mean()
+                local = local + self.cfg.penalty_lam * dot(f, f).mean()
         aux = self.aux_objective(model, hs, logits, y)
         return (ce + local + aux if self.model_learns else aux), ce.detach(), logits.detach()
 

@@ -3,10 +3,12 @@
 import torch
 import torch.nn.functional as F
 
+from raycredit.models import ARCHITECTURES
 from raycredit.rules.base import Rule
 
 
 class BP(Rule):
+    architectures = tuple(ARCHITECTURES)
     def loss(self, model, x, y):
         logits = model(x)
         ce = F.cross_entropy(logits, y)

@@ -22,10 +22,12 @@ input's credit is a_0 = (dE/dh_0)/beta, the force the equilibrium exerts on it.
 import torch
 import torch.nn.functional as F
 
+from raycredit.models import ARCHITECTURES
 from raycredit.rules.base import LocalRule
 
 
 class EP(LocalRule):
+    architectures = tuple(ARCHITECTURES)
     def energy(self, model, h0: torch.Tensor, free: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
         """Summed over the batch: every sample's states only feel their own energy."""
         prev, e = h0, 0.0

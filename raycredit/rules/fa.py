@@ -1,11 +1,16 @@
-"""fa: feedback alignment. a_L is the exact output-local gradient; a_l = B_l a_{l+1} with fixed random d x d B_l."""
+"""fa: feedback alignment. a_L is the exact output-local gradient; a_l = B_l a_{l+1} with fixed random d x d B_l.
+
+On vit_mini and small_cnn B_l acts on the width d of every token / position (a random 1x1 feedback).
+"""
 
 import torch
 
+from raycredit.models import ARCHITECTURES
 from raycredit.rules.base import LocalRule, output_local_grad
 
 
 class FA(LocalRule):
+    architectures = tuple(ARCHITECTURES)
     def __init__(self, cfg, model, n_classes):
         super().__init__(cfg, model, n_classes)
         g = self.feedback_generator(cfg)

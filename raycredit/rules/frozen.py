@@ -7,10 +7,12 @@ frozen blocks, so the baseline measures what untrained blocks allow.
 import torch
 import torch.nn.functional as F
 
+from raycredit.models import ARCHITECTURES
 from raycredit.rules.base import Rule
 
 
 class Frozen(Rule):
+    architectures = tuple(ARCHITECTURES)
     has_credit = False
 
     def __init__(self, cfg, model, n_classes):

@@ -67,7 +67,7 @@ class Scaffold(LocalRule):
     def __init__(self, cfg, model, n_classes):
         super().__init__(cfg, model, n_classes)
         c = self.cfg
-        self.register_buffer("B", dfa_feedback(self.L, n_classes, self.d, c.feedback_scale,
+        self.register_buffer("B", dfa_feedback(self.L, n_classes, self.h_shape, c.feedback_scale,
                                                self.feedback_generator(cfg)))
         self.aux_seed = cfg.train.seed * 1_000_003 + 0xA0C5
         self._aux_gen, self._aux_gen_state = None, None
