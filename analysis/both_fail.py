@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.tables import markdown_table, numeric_or_text
+from analysis.tables import finished_runs, markdown_table
 from raycredit.config import SECTIONS
 from raycredit.errors import UserError
 from raycredit.tracking import load_runs
@@ -26,19 +26,6 @@ BASE_SETTING = ["dataset", "d", "L", "epochs"]
 NOT_SETTING = {"rule", "seed", "device", "checkpoint_every"} | set(SECTIONS["rule"].__dataclass_fields__) | set(
     SECTIONS["diag"].__dataclass_fields__)
 CHANCE_FACTOR = 1.5
-
-
-def runs_frame(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per finished run: typed params and the final metrics the analysis needs."""
-    if runs.empty:
-        return pd.DataFrame()
-    done = runs[runs["status"] == "FINISHED"]
-    out = pd.DataFrame({c.removeprefix("params."): done[c] for c in done.columns if c.startswith("params.")})
-    out = out.apply(numeric_or_text)
-    for m in ("test_acc", "deep_cos", "diverged"):
-        out[m] = done.get(f"metrics.{m}", pd.Series(float("nan"), index=done.index)).astype(float)
-    out["n_classes"] = pd.to_numeric(done.get("tags.n_classes", pd.Series(float("nan"), index=done.index)))
-    return out.reset_index(drop=True)
 
 
 def setting_columns(df: pd.DataFrame) -> list[str]:
@@ -107,7 +94,7 @@ def report(df: pd.DataFrame, out_dir: str | Path) -> str:
 
 
 def run(tracking_uri: str, experiment: str, out_dir: str | Path) -> str:
-    return report(runs_frame(load_runs(tracking_uri, experiment)), out_dir)
+    return report(finished_runs(load_runs(tracking_uri, experiment), ("test_acc", "deep_cos", "diverged")), out_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

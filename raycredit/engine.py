@@ -94,14 +94,18 @@ def run_label(cfg: Config) -> str:
 
 
 def trial_name(trial) -> str:
-    return f"{run_label(Config.from_dict(trial.config['cfg']))}-{trial.trial_id}"
+    if "cfg" in trial.config:
+        return f"{run_label(Config.from_dict(trial.config['cfg']))}-{trial.trial_id}"
+    return f"trial-{trial.trial_id}"  # a searcher's trial: its config is drawn when it starts
 
 
 def trial_dirname(trial) -> str:
     return trial.trial_id
 
 
-def _trainable(config: dict, settings: dict) -> None:
+def _trainable(config: dict, settings: dict, base: dict | None = None) -> None:
+    """One trial. Grid sweeps pass the whole config as config["cfg"]; searchers pass the knobs they
+    drew, applied on top of `base`, and the run key then includes the trial id (two draws may coincide)."""
     import ray
     import torch
     from ray import tune
@@ -110,8 +114,12 @@ def _trainable(config: dict, settings: dict) -> None:
     from raycredit.train import load_checkpoint, save_checkpoint, train
 
     s = SweepSettings(**settings)
-    cfg = Config.from_dict(config["cfg"])
-    key = cfg.key()
+    if base is None:
+        cfg = Config.from_dict(config["cfg"])
+        key = cfg.key()
+    else:
+        cfg = Config.from_dict(base).replace(**config)
+        key = f"{cfg.key()}-{tune.get_context().get_trial_id()}"
     torch.set_num_threads(max(1, int(s.cpus_per_trial)))
     on_gpu = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
     if ray.get_gpu_ids() and not on_gpu:
@@ -119,7 +127,7 @@ def _trainable(config: dict, settings: dict) -> None:
     run_cfg = cfg.replace(device="cuda" if on_gpu else "cpu")
     run = TrialRun(
         s.tracking_uri, s.experiment_id, key,
-        run_name=run_label(cfg),
+        run_name=run_label(cfg) if base is None else f"{run_label(cfg)}-{tune.get_context().get_trial_id()}",
         params=cfg.flat(),
         tags={"rule": cfg.rule.rule, "search": s.search, "dataset": cfg.data.dataset,
               "seed": cfg.train.seed, "code_version": s.code_version},
@@ -155,6 +163,10 @@ def _trainable(config: dict, settings: dict) -> None:
         result = train(run_cfg, checkpoint=ckpt, on_epoch=on_epoch)
         run.set_tags({"n_classes": result["n_classes"], "diverged": int(result["final"].get("diverged", 0))})
         run.finish("FINISHED")
+    except SystemExit:
+        # Tune stopped the trial (a scheduler's early stop, or the sweep shutting down): the driver
+        # knows which, and sets the run's status when the sweep ends (tracking.close_stale_runs)
+        raise
     except BaseException:
         run.finish("FAILED")
         raise
@@ -216,3 +228,81 @@ def run_trials(configs: list[Config], settings: SweepSettings, *, name: str, sto
         else:
             status[cfg.key()] = "KILLED"
     return status
+
+
+@dataclass(frozen=True)
+class OptunaSettings:
+    """A model-based search: Optuna's TPE proposes, ASHA stops the laggards early."""
+
+    space: object  # define-by-run function(optuna.Trial) -> dict of constants or None
+    num_samples: int
+    metric: str = "test_acc"
+    mode: str = "max"
+    grace_period: int = 2  # epochs every trial runs before ASHA may stop it
+    max_concurrent: int = 4
+    seed: int = 0
+
+
+@dataclass
+class SearchOutcome:
+    status: dict[str, str]  # run key -> FINISHED / FAILED / KILLED
+    early: set[str]  # run keys of trials the scheduler stopped before their last epoch
+    complete: bool  # every trial of num_samples has ended
+    best: dict | None  # the best trial's drawn knobs
+    best_metrics: dict
+
+
+def run_optuna(base: Config, opt: OptunaSettings, settings: SweepSettings, *, name: str, storage: str,
+               max_failures: int) -> SearchOutcome:
+    """Run (or resume) an Optuna search over knobs on top of `base`.
+
+    Optuna keeps its
+    study in memory and Tune checkpoints the searcher with the experiment: Optuna's RDB storage
+    breaks Tuner.restore (SPEC §11). Trials that ASHA stopped early count as finished.
+    """
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, settings=asdict(settings), base=base.to_dict()), resources)
+    path = os.path.join(storage, name)
+    if tune.Tuner.can_restore(path):
+        print(f"resuming search from {path}")
+        tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
+    else:
+        searcher = OptunaSearch(opt.space, metric=opt.metric, mode=opt.mode,
+                                sampler=optuna.samplers.TPESampler(seed=opt.seed))
+        scheduler = ASHAScheduler(metric=opt.metric, mode=opt.mode, time_attr="epoch", max_t=base.train.epochs,
+                                  grace_period=min(opt.grace_period, base.train.epochs))
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=opt.max_concurrent),
+                                        scheduler=scheduler, num_samples=opt.num_samples,
+                                        trial_name_creator=trial_name, trial_dirname_creator=trial_dirname),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage,
+                failure_config=tune.FailureConfig(max_failures=max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                verbose=1,
+            ),
+        )
+    grid = tuner.fit()
+    out = SearchOutcome({}, set(), grid.num_terminated + grid.num_errors == opt.num_samples, None, {})
+    for r in grid:
+        last = r.metrics or {}
+        if "run_key" not in last:
+            continue
+        full = last.get("epoch") == base.train.epochs or last.get("diverged")
+        out.status[last["run_key"]] = "FAILED" if r.error else "FINISHED" if full or out.complete else "KILLED"
+        if out.complete and not full and not r.error:
+            out.early.add(last["run_key"])
+        value = last.get(opt.metric)
+        if not r.error and value is not None and (
+                out.best is None or (value > out.best_metrics[opt.metric]) == (opt.mode == "max")):
+            out.best, out.best_metrics = dict(r.config), dict(last)
+    return out

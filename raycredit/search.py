@@ -24,17 +24,23 @@ from raycredit.errors import UserError
 
 @dataclass(frozen=True)
 class Preset:
-    """A search's parameter space: the product of `grid`, on top of `fixed`."""
+    """A search's parameter space: the product of `grid`, plus the products of the `also` grids
+    (controls and baselines that do not cross every axis), each on top of `fixed`."""
 
     grid: dict[str, list]
     fixed: dict = field(default_factory=dict)
     doc: str = ""
+    also: tuple[dict[str, list], ...] = ()
+    samples: int = 0  # Optuna searches: trials to draw (the grid is then empty)
 
     def configs(self, overrides: dict) -> list[dict]:
         """Flat config dicts; overrides replace fixed values and collapse grid axes."""
-        grid = {k: ([overrides[k]] if k in overrides else v) for k, v in self.grid.items()}
-        base = {**self.fixed, **{k: v for k, v in overrides.items() if k not in grid}}
-        return [{**base, **dict(zip(grid, combo, strict=True))} for combo in itertools.product(*grid.values())]
+        out = []
+        for space in (self.grid, *self.also):
+            grid = {k: ([overrides[k]] if k in overrides else v) for k, v in space.items()}
+            base = {**self.fixed, **{k: v for k, v in overrides.items() if k not in grid}}
+            out += [{**base, **dict(zip(grid, combo, strict=True))} for combo in itertools.product(*grid.values())]
+        return out
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -65,7 +71,8 @@ def code_version() -> str:
     return f"{__version__}+{sha}" if sha else __version__
 
 
-def build_parser(name: str, doc: str, presets: dict[str, Preset], default_preset: str) -> argparse.ArgumentParser:
+def build_parser(name: str, doc: str, presets: dict[str, Preset], default_preset: str,
+                 optuna: bool = False) -> argparse.ArgumentParser:
     p = OneLineParser(prog=f"{name}.py", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=list(presets), default=default_preset,
                    help=f"parameter space (default {default_preset}): "
@@ -86,6 +93,8 @@ def build_parser(name: str, doc: str, presets: dict[str, Preset], default_preset
     p.add_argument("--storage", default="ray_results", help="Ray Tune storage path (shared on multi-node clusters)")
     p.add_argument("--no-analysis", action="store_true", help="skip the analysis after the sweep")
     p.add_argument("--out", help="analysis output folder (default reports/<experiment>)")
+    if optuna:
+        p.add_argument("--num-samples", type=int, help="trials Optuna draws (default: the preset's)")
     return p
 
 
@@ -114,10 +123,11 @@ def overrides_from(args: argparse.Namespace) -> dict:
 
 def expand(preset: Preset, ov: dict) -> list[Config]:
     seeds = ov.pop("seed", None)
-    grid = dict(preset.grid)
+    spaces = [dict(space) for space in (preset.grid, *preset.also)]
     if seeds is not None:
-        grid["seed"] = seeds
-    dicts = Preset(grid, preset.fixed).configs(ov)
+        for space in spaces:
+            space["seed"] = seeds
+    dicts = Preset(spaces[0], preset.fixed, also=tuple(spaces[1:])).configs(ov)
     configs, seen = [], set()
     for d in dicts:
         cfg = Config.from_dict(d)
@@ -128,17 +138,25 @@ def expand(preset: Preset, ov: dict) -> list[Config]:
 
 
 def run_search(name: str, doc: str, presets: dict[str, Preset], *, default_preset: str = "paper",
-               analysis: Callable[[str, str, str], object] | None = None, argv: list[str] | None = None) -> int:
-    """Entry point of a search script; returns the exit code."""
-    args = build_parser(name, doc, presets, default_preset).parse_args(argv)
+               analysis: Callable[[str, str, str], object] | None = None, argv: list[str] | None = None,
+               space: Callable | None = None) -> int:
+    """Entry point of a search script; returns the exit code.
+
+    With `space` (an Optuna define-by-run function of the trial and the base Config) the search is
+    an Optuna search of `--num-samples` trials on top of the preset's fixed config; otherwise a grid.
+    """
+    args = build_parser(name, doc, presets, default_preset, optuna=space is not None).parse_args(argv)
     try:
+        if space is not None:
+            return _run_optuna(name, presets[args.preset], args, analysis, space)
         return _run(name, presets[args.preset], args, analysis)
     except UserError as e:
         print(f"{name}: error: {e}", file=sys.stderr)
         return 2
 
 
-def _run(name: str, preset: Preset, args, analysis) -> int:
+def _prepare(name: str, args, configs: list[Config]):
+    """Checks shared by every search, then connect: (tracking uri, storage, experiment, SweepSettings)."""
     from raycredit import engine, tracking
     from raycredit.data import check_data
 
@@ -146,14 +164,12 @@ def _run(name: str, preset: Preset, args, analysis) -> int:
         raise UserError("--gpus-per-trial must be >= 0 and --cpus-per-trial > 0")
     if args.max_failures < 0:
         raise UserError("--max-failures must be >= 0")
-    configs = expand(preset, overrides_from(args))
     for data_cfg in {c.data for c in configs}:
         check_data(data_cfg)
     uri = tracking.normalize_uri(args.tracking_uri)
     storage = str(Path(args.storage).expanduser().resolve())
     experiment = args.experiment or f"{name}-{args.preset}"
     engine.connect(engine.resolve_address(args.address))
-
     gpus = args.gpus_per_trial
     if gpus > 0 and engine.cluster_gpus() == 0:
         print(f"notice: the Ray cluster has no GPUs; trials run on CPU (--gpus-per-trial {gpus} ignored)")
@@ -161,6 +177,14 @@ def _run(name: str, preset: Preset, args, analysis) -> int:
     settings = engine.SweepSettings(
         search=name, experiment_id=tracking.ensure_experiment(uri, experiment), tracking_uri=uri,
         code_version=code_version(), cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus)
+    return uri, storage, experiment, settings
+
+
+def _run(name: str, preset: Preset, args, analysis) -> int:
+    from raycredit import engine, tracking
+
+    configs = expand(preset, overrides_from(args))
+    uri, storage, experiment, settings = _prepare(name, args, configs)
     # the Tune experiment is named after the exact trial set, so re-running the same command resumes it
     sweep_id = stable_hash([c.key() for c in configs])[:8]
     print(f"{name}: {len(configs)} trials, MLflow experiment {experiment!r} at {uri}")
@@ -180,3 +204,64 @@ def _run(name: str, preset: Preset, args, analysis) -> int:
     if analysis is not None and not args.no_analysis:
         analysis(uri, experiment, args.out or str(Path("reports") / experiment))
     return 1 if failed else 0
+
+
+def _run_optuna(name: str, preset: Preset, args, analysis, space: Callable) -> int:
+    from raycredit import engine, tracking
+
+    ov = overrides_from(args)
+    seeds = ov.pop("seed", [preset.fixed.get("seed", 0)])
+    if len(seeds) != 1:
+        raise UserError("--seeds: an Optuna search tunes for one seed; pass a single seed")
+    base = Config.from_dict({**preset.fixed, **ov, "seed": seeds[0]})
+    samples = args.num_samples if args.num_samples is not None else preset.samples
+    if samples < 1:
+        raise UserError("--num-samples must be >= 1")
+    probe = space_check(space, base)
+    uri, storage, experiment, settings = _prepare(name, args, [base, probe])
+    opt = engine.OptunaSettings(space=BoundSpace(space, base.to_dict()), num_samples=samples, seed=base.train.seed)
+    # named after the base config and the sample count: the same command resumes the same search
+    sweep_id = stable_hash([base.key(), samples])[:8]
+    print(f"{name}: Optuna (TPE) + ASHA, {samples} trials on top of {experiment!r} at {uri}")
+    out = engine.run_optuna(base, opt, settings, name=f"{experiment}-{sweep_id}", storage=storage,
+                            max_failures=args.max_failures)
+    tracking.close_stale_runs(uri, settings.experiment_id, out.status, out.early)
+    if not out.complete:
+        print(f"{name}: interrupted; re-run the same command to resume")
+        return 130
+    failed = sum(s == "FAILED" for s in out.status.values())
+    print(f"{name}: {len(out.status) - failed} trials finished, {failed} failed")
+    if out.best is not None:
+        metric = opt.metric
+        print(f"{name}: best {metric} {out.best_metrics[metric]:.4f} with "
+              + ", ".join(f"{k}={v}" for k, v in sorted(out.best.items())))
+        tracking.record_summary(uri, settings.experiment_id, key=f"best-{sweep_id}", name=f"{name}-best",
+                                params={**base.replace(**out.best).flat()},
+                                metrics={f"best_{metric}": out.best_metrics[metric]},
+                                tags={"search": name, "best_run_key": out.best_metrics.get("run_key", "")})
+    if analysis is not None and not args.no_analysis:
+        analysis(uri, experiment, args.out or str(Path("reports") / experiment))
+    return 1 if failed else 0
+
+
+@dataclass(frozen=True)
+class BoundSpace:
+    """space(trial, base) as the define-by-run function(trial) OptunaSearch wants. Tune pickles the
+    searcher into its experiment checkpoint, so this is a module-level class around a module-level
+    function, never a closure."""
+
+    space: Callable
+    base: dict
+
+    def __call__(self, trial):
+        return self.space(trial, Config.from_dict(self.base))
+
+
+def space_check(space: Callable, base: Config) -> Config:
+    """Draw once from the space with a throwaway Optuna study and validate the result (bad spaces fail early)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    constants = space(trial, base) or {}
+    return base.replace(**trial.params, **constants)

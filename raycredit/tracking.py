@@ -17,6 +17,8 @@ from typing import TypeVar
 from raycredit.errors import UserError
 
 RUN_KEY_TAG = "raycredit.run_key"
+STOPPED_EARLY_TAG = "raycredit.stopped_early"
+SUMMARY_TAG = "raycredit.summary"  # runs that summarize a search (not trials); analyses skip them
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 T = TypeVar("T")
 
@@ -128,19 +130,49 @@ class TrialRun:
         self.status = status
 
 
+def record_summary(uri: str, experiment_id: str, *, key: str, name: str, params: dict, metrics: dict,
+                   tags: dict) -> str:
+    """Create (once per key) a FINISHED run that records a search's result; returns its run id."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    client = _client(uri)
+    found = _retry(lambda: client.search_runs([experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'",
+                                              max_results=1))
+    if found:
+        return found[0].info.run_id
+    run = _retry(lambda: client.create_run(experiment_id, run_name=name,
+                                           tags={**{k: str(v) for k, v in tags.items()}, RUN_KEY_TAG: key,
+                                                 SUMMARY_TAG: "1"}))
+    ts = int(time.time() * 1000)
+    _retry(lambda: client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()],
+                                    metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()],
+                                    tags=[RunTag("mlflow.note.content", f"best config of {name}")]))
+    _retry(lambda: client.set_terminated(run.info.run_id, "FINISHED"))
+    return run.info.run_id
+
+
 def finished_keys(uri: str, experiment_id: str) -> set[str]:
     """Run keys of the experiment's FINISHED runs."""
     runs = _client(uri).search_runs([experiment_id], filter_string="attributes.status = 'FINISHED'", max_results=50000)
     return {r.data.tags.get(RUN_KEY_TAG) for r in runs}
 
 
-def close_stale_runs(uri: str, experiment_id: str, keys_status: dict[str, str]) -> int:
-    """Set RUNNING runs whose trial has ended (key -> FINISHED/FAILED) to that status; returns how many."""
+def close_stale_runs(uri: str, experiment_id: str, keys_status: dict[str, str], early: set[str] = frozenset()) -> int:
+    """Set RUNNING runs whose trial has ended (key -> FINISHED/FAILED/KILLED) to that status; returns how many.
+
+    Runs of trials a scheduler stopped early (`early`) are FINISHED with the tag raycredit.stopped_early=1.
+    """
+    from mlflow.entities import RunTag
+
     client = _client(uri)
     n = 0
     for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=50000):
-        status = keys_status.get(run.data.tags.get(RUN_KEY_TAG, ""))
+        key = run.data.tags.get(RUN_KEY_TAG, "")
+        status = keys_status.get(key)
         if status in TERMINAL:
+            if key in early:
+                _retry(lambda run_id=run.info.run_id: client.log_batch(
+                    run_id, tags=[RunTag(STOPPED_EARLY_TAG, "1")]))
             _retry(lambda run_id=run.info.run_id, status=status: client.set_terminated(run_id, status))
             n += 1
     return n

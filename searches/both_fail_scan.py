@@ -38,5 +38,10 @@ PRESETS = {
     ),
 }
 
+
+def main(argv: list[str] | None = None) -> int:
+    return run_search("both_fail_scan", __doc__, PRESETS, default_preset="paper", analysis=both_fail.run, argv=argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_search("both_fail_scan", __doc__, PRESETS, default_preset="paper", analysis=both_fail.run))
+    sys.exit(main())

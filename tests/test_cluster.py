@@ -118,3 +118,44 @@ def test_interrupted_and_killed_driver_resumes_without_rerun_or_duplicates(head,
     assert {k: after[k] for k in before} == before, "a trial that had finished was run again"
     assert not MlflowClient(uri).search_runs(
         [runs[0].info.experiment_id], filter_string="attributes.status = 'RUNNING'")
+
+
+def test_optuna_search_killed_and_rerun_completes_its_trials_once(head, tmp_path):
+    from raycredit.tracking import RUN_KEY_TAG, SUMMARY_TAG
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = [sys.executable, str(ROOT / "searches" / "optuna_scaffold.py"), "--preset", "smoke", "--address", "auto",
+           "--tracking-uri", uri, "--storage", str(tmp_path / "ray"), "--experiment", "optuna",
+           "--out", str(tmp_path / "reports"), "--num-samples", "6"]
+    env = run_env(head)
+    with open(tmp_path / "driver.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while True:  # kill once two trials have logged an epoch
+            try:
+                _, runs = runs_of(uri, "optuna")
+            except Exception:
+                runs = []
+            if sum("epoch" in r.data.metrics for r in runs) >= 2:
+                break
+            assert proc.poll() is None and time.time() < deadline, (tmp_path / "driver.log").read_text()[-3000:]
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+
+    p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "resuming search" in p.stdout and "best test_acc" in p.stdout
+    client, runs = runs_of(uri, "optuna")
+    trials = [r for r in runs if SUMMARY_TAG not in r.data.tags]
+    keys = [r.data.tags[RUN_KEY_TAG] for r in trials]
+    assert len(trials) == 6 and len(set(keys)) == 6, keys
+    for r in trials:
+        assert r.info.status == "FINISHED", (r.info.run_name, r.info.status)
+        steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, "test_acc"))
+        assert steps == list(range(1, len(steps) + 1)) and steps, (r.info.run_name, steps)
+        full = steps[-1] == 4
+        assert full or r.data.tags.get("raycredit.stopped_early") == "1", (r.info.run_name, steps)
+    summary = [r for r in runs if SUMMARY_TAG in r.data.tags]
+    assert len(summary) == 1 and summary[0].data.params["rule"] == "scaffold"
+    assert float(summary[0].data.metrics["best_test_acc"]) == max(float(r.data.metrics["test_acc"]) for r in trials)

@@ -1,0 +1,88 @@
+"""Per-configuration summary of a search: mean ± sample std (ddof=1) over seeds of the final metrics.
+
+The finished runs of an experiment are grouped by every config key that varies
+across them except the seed (and bookkeeping keys such as device); each group
+is one row with its number of seeds. Prints a markdown table and writes
+summary.csv and summary.md. Reads MLflow only; never re-trains.
+
+    python analysis/summary.py --experiment synthetic_ladder-smoke [--tracking-uri URI] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.tables import finished_runs, markdown_table
+from raycredit.errors import UserError
+from raycredit.tracking import load_runs
+
+METRICS = ("test_acc", "deep_cos", "deep_rho", "diverged")
+NOT_GROUPED = {"seed", "device", "checkpoint_every", "diag_every", "data_dir", "download", "n_classes", *METRICS}
+
+
+def group_columns(df: pd.DataFrame) -> list[str]:
+    varying = [c for c in df.columns if c not in NOT_GROUPED and df[c].nunique(dropna=False) > 1]
+    return ["rule"] + [c for c in varying if c != "rule"]
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration: seeds, and <metric>_mean / <metric>_std (ddof=1; NaN for one seed)."""
+    keys = group_columns(df)
+    g = df.groupby(keys, dropna=False, sort=True)
+    out = g.size().rename("seeds").to_frame()
+    for m in METRICS:
+        out[f"{m}_mean"] = g[m].mean()
+        out[f"{m}_std"] = g[m].std(ddof=1)
+    return out.reset_index()
+
+
+def mean_std(mean: float, std: float) -> str:
+    if pd.isna(mean):
+        return "–"
+    return f"{mean:.3f}" if pd.isna(std) else f"{mean:.3f} ± {std:.3f}"
+
+
+def report(df: pd.DataFrame, out_dir: str | Path, title: str) -> str:
+    lines = [f"# {title}", ""]
+    if df.empty:
+        lines.append("No finished runs.")
+        table = pd.DataFrame()
+    else:
+        table = summarize(df)
+        shown = table[group_columns(df) + ["seeds"]].copy()
+        for m in METRICS:
+            shown[m] = [mean_std(a, b) for a, b in zip(table[f"{m}_mean"], table[f"{m}_std"], strict=True)]
+        lines += ["mean ± sample std (ddof=1) over seeds of the final epoch's metrics", "", markdown_table(shown)]
+    text = "\n".join(lines) + "\n"
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "summary.csv", index=False)
+    (out / "summary.md").write_text(text)
+    print(text + f"\nwrote {out / 'summary.csv'} and {out / 'summary.md'}")
+    return text
+
+
+def run(tracking_uri: str, experiment: str, out_dir: str | Path) -> str:
+    return report(finished_runs(load_runs(tracking_uri, experiment), METRICS), out_dir, f"Summary of {experiment}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--experiment", required=True, help="MLflow experiment of the search")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///$PWD/mlflow_runs/mlflow.db)")
+    p.add_argument("--out", help="output folder (default reports/<experiment>)")
+    args = p.parse_args(argv)
+    try:
+        run(args.tracking_uri, args.experiment, args.out or str(Path("reports") / args.experiment))
+    except UserError as e:
+        print(f"summary: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

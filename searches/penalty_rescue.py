@@ -1,0 +1,45 @@
+"""Penalty rescue: does the block-output penalty lam * ||f_l||^2 rescue the rules whose blocks run away?
+
+Question: the seeds found that the penalty lifts DFA by about 6 points on CIFAR-10
+(30 epochs, d=256) while FA, which does not need rescuing, barely moves. Which
+rules does a penalty help, and at which strength?
+
+Sweep: penalty_lam {0, 1e-4, 1e-3, 1e-2} x rules {dfa, fa, state_bridge, credit_bridge, bp} x seeds,
+then analysis/summary.py (accuracy, deep cos and rho per rule and lam).
+
+    python searches/penalty_rescue.py --preset smoke
+    python searches/penalty_rescue.py --address auto --data-dir ~/data/cifar10
+
+Cost: smoke is 10 trials of a few seconds each on 2 CPU cores (about 2 minutes
+with Ray start-up); paper is 60 trials of 30 CIFAR-10 epochs (about a minute
+each on a GPU for the BP-like rules, several for credit_bridge).
+"""
+
+import sys
+
+from analysis import summary
+from raycredit.search import Preset, run_search
+
+RULES = ["dfa", "fa", "state_bridge", "credit_bridge", "bp"]
+
+PRESETS = {
+    "smoke": Preset(
+        doc="synthetic alpha=1, d=64 L=4, lam {0, 1e-2} x 5 rules, seed 0, 3 epochs",
+        grid={"rule": RULES, "penalty_lam": [0.0, 1e-2], "seed": [0]},
+        fixed={"dataset": "synthetic", "alpha": 1.0, "d": 64, "L": 4, "n_train": 1000, "n_test": 500,
+               "epochs": 3, "probe_size": 128, "rho_dirs": 8, "diag_every": 3, "checkpoint_every": 2},
+    ),
+    "paper": Preset(
+        doc="cifar10 d=256 L=4, lam {0, 1e-4, 1e-3, 1e-2} x 5 rules x seeds 0-2, 30 epochs",
+        grid={"rule": RULES, "penalty_lam": [0.0, 1e-4, 1e-3, 1e-2], "seed": [0, 1, 2]},
+        fixed={"dataset": "cifar10", "d": 256, "L": 4, "epochs": 30, "diag_every": 5, "checkpoint_every": 5},
+    ),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_search("penalty_rescue", __doc__, PRESETS, default_preset="paper", analysis=summary.run, argv=argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
