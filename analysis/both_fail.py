@@ -11,15 +11,13 @@ in the experiment. Reads MLflow only; never re-trains.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-from analysis.tables import finished_runs, markdown_table
+from analysis.tables import cli_main, finished_runs, markdown_table
 from raycredit.config import SECTIONS
-from raycredit.errors import UserError
 from raycredit.tracking import load_runs
 
 BASE_SETTING = ["dataset", "d", "L", "epochs"]
@@ -98,17 +96,7 @@ def run(tracking_uri: str, experiment: str, out_dir: str | Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--experiment", required=True, help="MLflow experiment of the scan")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///$PWD/mlflow_runs/mlflow.db)")
-    p.add_argument("--out", help="output folder (default reports/<experiment>)")
-    args = p.parse_args(argv)
-    try:
-        run(args.tracking_uri, args.experiment, args.out or str(Path("reports") / args.experiment))
-    except UserError as e:
-        print(f"both_fail: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli_main("both_fail", __doc__, run, argv)
 
 
 if __name__ == "__main__":

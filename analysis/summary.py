@@ -10,14 +10,12 @@ summary.csv and summary.md. Reads MLflow only; never re-trains.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-from analysis.tables import finished_runs, markdown_table
-from raycredit.errors import UserError
+from analysis.tables import cli_main, finished_runs, markdown_table
 from raycredit.tracking import load_runs
 
 METRICS = ("test_acc", "deep_cos", "deep_rho", "diverged")
@@ -56,7 +54,7 @@ def report(df: pd.DataFrame, out_dir: str | Path, title: str) -> str:
         shown = table[group_columns(df) + ["seeds"]].copy()
         for m in METRICS:
             shown[m] = [mean_std(a, b) for a, b in zip(table[f"{m}_mean"], table[f"{m}_std"], strict=True)]
-        lines += ["mean ± sample std (ddof=1) over seeds of the final epoch's metrics", "", markdown_table(shown)]
+        lines += ["mean ± sample std (ddof=1) over seeds of the final epoch's metrics", "", markdown_table(shown, "g")]
     text = "\n".join(lines) + "\n"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -71,17 +69,7 @@ def run(tracking_uri: str, experiment: str, out_dir: str | Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--experiment", required=True, help="MLflow experiment of the search")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///$PWD/mlflow_runs/mlflow.db)")
-    p.add_argument("--out", help="output folder (default reports/<experiment>)")
-    args = p.parse_args(argv)
-    try:
-        run(args.tracking_uri, args.experiment, args.out or str(Path("reports") / args.experiment))
-    except UserError as e:
-        print(f"summary: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli_main("summary", __doc__, run, argv)
 
 
 if __name__ == "__main__":

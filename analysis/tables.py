@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
 import pandas as pd
+
+from raycredit.errors import UserError
 
 
 def numeric_or_text(s: pd.Series) -> pd.Series:
@@ -34,3 +41,19 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
     rule = "|" + "|".join("---" for _ in df.columns) + "|"
     body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join([head, rule, *body])
+
+
+def cli_main(name: str, doc: str, run: Callable[[str | None, str, str], object], argv: list[str] | None) -> int:
+    """The command line every analysis shares: --experiment, --tracking-uri, --out; UserError exits 2."""
+    p = argparse.ArgumentParser(prog=f"{name}.py", description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--experiment", required=True, help="MLflow experiment of the search")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///$PWD/mlflow_runs/mlflow.db)")
+    p.add_argument("--out", help="output folder (default reports/<experiment>)")
+    args = p.parse_args(argv)
+    try:
+        run(args.tracking_uri, args.experiment, args.out or str(Path("reports") / args.experiment))
+    except UserError as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -53,3 +53,23 @@ def test_missing_frozen_or_pairs_is_reported_not_crashed(tmp_path):
     assert "nothing to compare" in report(df, tmp_path)
     df = runs(setting(64, 2, [], [(0, 0.2, 0.1, 0.2, 0.1)]))
     assert "no frozen runs" in report(df, tmp_path)
+
+
+def test_summary_groups_by_varying_knobs_with_sample_std(tmp_path):
+    from analysis.summary import report, summarize
+
+    df = pd.DataFrame([
+        dict(rule="dfa", penalty_lam=0.0, seed=0, test_acc=0.30, deep_cos=0.01, deep_rho=0.02, diverged=0.0),
+        dict(rule="dfa", penalty_lam=0.0, seed=1, test_acc=0.34, deep_cos=0.03, deep_rho=0.00, diverged=0.0),
+        dict(rule="dfa", penalty_lam=0.01, seed=0, test_acc=0.40, deep_cos=0.10, deep_rho=0.20, diverged=0.0),
+        dict(rule="fa", penalty_lam=0.0, seed=0, test_acc=0.41, deep_cos=0.30, deep_rho=0.40, diverged=1.0),
+    ]).assign(d=64, device="cpu")
+    s = summarize(df).set_index(["rule", "penalty_lam"])
+    assert list(s.index) == [("dfa", 0.0), ("dfa", 0.01), ("fa", 0.0)]  # d and device do not vary: not grouped
+    assert s.loc[("dfa", 0.0), "seeds"] == 2
+    # ddof=1 by hand: |0.30 - 0.34| / sqrt(2)
+    assert abs(s.loc[("dfa", 0.0), "test_acc_std"] - 0.04 / 2**0.5) < 1e-12
+    assert pd.isna(s.loc[("dfa", 0.01), "test_acc_std"])
+    text = report(df, tmp_path, "t")
+    assert "| dfa | 0 | 2 | 0.320 ± 0.028 |" in text and "| fa | 0 | 1 | 0.410 |" in text
+    assert pd.read_csv(tmp_path / "summary.csv").shape[0] == 3
