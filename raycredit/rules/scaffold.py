@@ -18,7 +18,7 @@ except where stated:
 
 | kind | aux_l | learns from |
 |---|---|---|
-| vector_field | MLP(h_l, t_l, s) | measured slopes; may be prefit |
+| vector_field | MLP(h_l / RMS(h_l), t_l, s) as in the vector_field rule | measured slopes; may be prefit |
 | random_trainable | MLP(h_l, t_l, s) | measured slopes from its random init (never prefit: the seeds' "random Vec") |
 | shuffled_trainable | MLP(h_l, t_l, s) | slopes shuffled across samples: trainable but semantically empty |
 | perlayer_vector | one trainable vector v_l per layer | measured slopes |
@@ -36,9 +36,9 @@ from torch import nn
 
 from raycredit.errors import ConfigError
 from raycredit.rules.base import LocalRule, mlp
-from raycredit.rules.conditioning import Conditioning, with_time
+from raycredit.rules.conditioning import Conditioning
 from raycredit.rules.dfa import dfa_credits, dfa_feedback
-from raycredit.rules.vector_field import field_loss
+from raycredit.rules.vector_field import field_input, field_loss
 
 
 def rms(a: torch.Tensor) -> torch.Tensor:
@@ -111,7 +111,7 @@ class Scaffold(LocalRule):
     def field(self, h: torch.Tensor, l: int, s: torch.Tensor | None) -> torch.Tensor:
         kind = self.cfg.aux_kind
         if kind in STATE_KINDS:
-            return self.net(with_time(h, l, self.L, s))
+            return self.net(field_input(h, l, self.L, s))
         if kind == "perlayer_vector":
             return self.vec[l].expand_as(h)
         if kind == "gaussian_noise":

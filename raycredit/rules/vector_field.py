@@ -5,8 +5,9 @@ through the rest of the network by forward passes only, giving the measured
 directional derivative D_m = (CE(h_l + eps u_m) - CE(h_l - eps u_m)) / (2 eps)
 (or the one-sided (CE(h_l + eps u_m) - CE(h_l)) / eps). The net is trained so
 that <a_phi, u_m> matches D_m, plus `tw` * ||a_phi(h_L) - dCE/dh_L||^2 with
-the exact output-local gradient. `shuffle_control` permutes all targets across
-samples: a negative control whose credit should carry no information. Like
+the exact output-local gradient. The net sees h_l normalized to unit RMS (see
+`field_input`). `shuffle_control` permutes all targets across samples: a
+negative control whose credit should carry no information. Like
 credit_bridge it uses DFA's credit for the first `warmup_ratio` of the epochs,
 while the net learns (a randomly initialized field wrecks the blocks otherwise).
 """
@@ -56,6 +57,12 @@ def field_loss(field, model, hs: list[torch.Tensor], logits: torch.Tensor, y: to
     return loss
 
 
+def field_input(h: torch.Tensor, l: int, L: int, s: torch.Tensor) -> torch.Tensor:
+    """[h_l / RMS(h_l) (a LayerNorm without affine), t_l, s]: residual-stream growth under local updates
+    (Mode 1) would otherwise move the net's input out of the range it has learned on."""
+    return with_time(F.layer_norm(h, h.shape[-1:]), l, L, s)
+
+
 class VectorField(DFAWarmup):
     def __init__(self, cfg, model, n_classes):
         super().__init__(cfg, model, n_classes)
@@ -63,7 +70,7 @@ class VectorField(DFAWarmup):
         self.net = mlp(self.d + 1 + self.cond.dim, self.cfg.aux_width or 2 * self.d, self.d)
 
     def field(self, h: torch.Tensor, l: int, s: torch.Tensor) -> torch.Tensor:
-        return self.net(with_time(h, l, self.L, s))
+        return self.net(field_input(h, l, self.L, s))
 
     def learned_credits(self, model, hs, logits, y):
         s = self.cond(hs, logits, y)
