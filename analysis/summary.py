@@ -1,4 +1,5 @@
-"""Per-configuration summary of a search: mean ± sample std (ddof=1) over seeds of the final metrics.
+"""Per-configuration summary of a search: mean ± sample std (ddof=1) over seeds of the final metrics
+(test_acc, deep_cos, deep_rho, h_norm_L = ||h_L|| at the run's last layer, mode1a, diverged).
 
 The finished runs of an experiment are grouped by every config key that varies
 across them except the seed (and bookkeeping keys such as device); each group
@@ -18,8 +19,9 @@ import pandas as pd
 from analysis.tables import cli_main, finished_runs, markdown_table
 from raycredit.tracking import load_runs
 
-METRICS = ("test_acc", "deep_cos", "deep_rho", "diverged")
+METRICS = ("test_acc", "deep_cos", "deep_rho", "h_norm_L", "mode1a", "diverged")
 NOT_GROUPED = {"seed", "device", "checkpoint_every", "diag_every", "data_dir", "download", "n_classes", *METRICS}
+DEPTH_METRICS = {"h_norm_L": "h_norm/l{L}"}  # per-layer metrics read at each run's last layer L
 
 
 def group_columns(df: pd.DataFrame) -> list[str]:
@@ -29,6 +31,7 @@ def group_columns(df: pd.DataFrame) -> list[str]:
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration: seeds, and <metric>_mean / <metric>_std (ddof=1; NaN for one seed)."""
+    df = df.assign(**{m: float("nan") for m in METRICS if m not in df})
     keys = group_columns(df)
     g = df.groupby(keys, dropna=False, sort=True)
     out = g.size().rename("seeds").to_frame()
@@ -64,8 +67,21 @@ def report(df: pd.DataFrame, out_dir: str | Path, title: str) -> str:
     return text
 
 
+def with_depth_metrics(runs: pd.DataFrame) -> pd.DataFrame:
+    """Add h_norm_L = metrics.h_norm/l{L} of each run's own depth L as a metrics column."""
+    runs = runs.copy()
+    for name, pattern in DEPTH_METRICS.items():
+        runs[f"metrics.{name}"] = [
+            row.get(f"metrics.{pattern.format(L=row['params.L'])}", float("nan")) if pd.notna(row.get("params.L"))
+            else float("nan") for _, row in runs.iterrows()]
+    return runs
+
+
 def run(tracking_uri: str, experiment: str, out_dir: str | Path) -> str:
-    return report(finished_runs(load_runs(tracking_uri, experiment), METRICS), out_dir, f"Summary of {experiment}")
+    runs = load_runs(tracking_uri, experiment)
+    if not runs.empty:
+        runs = with_depth_metrics(runs)
+    return report(finished_runs(runs, METRICS), out_dir, f"Summary of {experiment}")
 
 
 def main(argv: list[str] | None = None) -> int:
