@@ -71,5 +71,6 @@ def test_summary_groups_by_varying_knobs_with_sample_std(tmp_path):
     assert abs(s.loc[("dfa", 0.0), "test_acc_std"] - 0.04 / 2**0.5) < 1e-12
     assert pd.isna(s.loc[("dfa", 0.01), "test_acc_std"])
     text = report(df, tmp_path, "t")
-    assert "| dfa | 0 | 2 | 0.320 ± 0.028 | 0.020 ± 0.014 | 0.010 ± 0.014 | – | – | 0.000 ± 0.000 |" in text and "| fa | 0 | 1 | 0.410 |" in text
+    assert "| dfa | 0 | 2 | 0.320 ± 0.028 | 0.020 ± 0.014 | 0.010 ± 0.014 | – | – | 0.000 ± 0.000 |" in text
+    assert "| fa | 0 | 1 | 0.410 |" in text
     assert pd.read_csv(tmp_path / "summary.csv").shape[0] == 3
