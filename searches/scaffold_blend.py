@@ -22,10 +22,10 @@ vector-field kinds about (L+1) x 2 M extra forward passes a step.
 import sys
 
 from analysis import summary
+from raycredit.rules.scaffold import aux_kinds
 from raycredit.search import Preset, run_search
 
-AUX_KINDS = ["vector_field", "random_trainable", "shuffled_trainable", "perlayer_vector", "time_only",
-             "constant_input", "zero_target", "gaussian_noise"]
+AUX_KINDS = list(aux_kinds())
 
 PRESETS = {
     "smoke": Preset(

@@ -34,11 +34,16 @@ in the checkpoint, so the batch order is DFA's and alpha = 0 trains exactly like
 import torch
 from torch import nn
 
+from raycredit.config import RuleConfig
 from raycredit.errors import ConfigError
 from raycredit.rules.base import LocalRule, mlp
 from raycredit.rules.conditioning import Conditioning
 from raycredit.rules.dfa import dfa_credits, dfa_feedback
 from raycredit.rules.vector_field import field_input, field_loss
+
+
+def aux_kinds() -> tuple[str, ...]:
+    return RuleConfig.__dataclass_fields__["aux_kind"].metadata["choices"]
 
 
 def rms(a: torch.Tensor) -> torch.Tensor:
