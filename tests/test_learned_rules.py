@@ -132,3 +132,27 @@ def test_credit_bridge_credit_is_the_value_gradient(tiny):
     for l in range(cfg.model.L + 1):
         grad = torch.autograd.functional.jacobian(lambda h, l=l: rule.V(h[None], l, s[n:n + 1])[0], hs[l][n].detach())
         torch.testing.assert_close(a[l][n], grad)
+
+
+@pytest.mark.parametrize("rule", ["state_bridge", "credit_bridge", "vector_field", "scaffold", "ep"])
+def test_a_checkpoint_is_enough_to_recompute_the_diagnostics(tiny, rule):
+    """Auxiliary nets, feedback matrices and the schedule state all come back from the checkpoint."""
+    import copy
+
+    from raycredit.diagnostics import diagnose
+
+    cfg = Config.from_dict({**tiny, "rule": rule, "epochs": 3, "warmup_ratio": 0.0, "aux_lr": 1e-2})
+    saved = {}
+    out = train(cfg, on_epoch=lambda e, m, fn: saved.update({e: copy.deepcopy(fn())}))
+    ckpt = saved[3]
+    data = load_data(cfg.data)
+    model = build_model(cfg.model, data.in_shape, data.n_classes)
+    fresh = build_rule(cfg, model, data.n_classes)
+    model.load_state_dict(ckpt["model"])
+    fresh.load_state_dict(ckpt["rule"])
+    fresh.start_epoch(3, 3)
+    again = diagnose(model, fresh, data.x_test[:cfg.diag.probe_size], data.y_test[:cfg.diag.probe_size], cfg.diag,
+                     seed=cfg.train.seed * 7919 + 3, h_norm_init=ckpt["h_norm_init"])
+    logged = out["history"][-1]
+    for k in ("deep_cos", "deep_rho", "cos/l1", "rho/l2", "nudge/l0", "h_norm/l3", "mode1a"):
+        assert again[k] == pytest.approx(logged[k], rel=1e-9, abs=1e-12), k
