@@ -68,3 +68,41 @@ def test_smoke_preset_runs_into_a_scratch_store(ray_session, tmp_path, name):
     table = (tmp_path / "report" / "summary.md").read_text().splitlines()
     rows = [line for line in table if line.startswith("| ") and not line.startswith("| rule ")]
     assert len(rows) == len(smoke), table  # one seed: one row per configuration
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--seeds", "0,1"], "one seed"),
+    (["--num-samples", "0"], "--num-samples must be >= 1"),
+    (["--set", "blend_alpha=2"], "blend_alpha: 2.0 must be <= 1"),
+    (["--set", "aux_kind=oracle"], "aux_kind: 'oracle' is not one of"),
+    (["--set", "warmup_ratio=1"], "warmup_ratio: 1.0 must be < 1"),
+])
+def test_bad_optuna_input_exits_2_and_writes_nothing(tmp_path, capsys, argv, words):
+    db, storage = tmp_path / "m.db", tmp_path / "ray"
+    rc = load_search("optuna_scaffold").main(["--preset", "smoke", "--tracking-uri", f"sqlite:///{db}",
+                                              "--storage", str(storage), *argv])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err
+    assert not db.exists() and not storage.exists()
+
+
+def test_optuna_space_draws_valid_conditional_configs():
+    import optuna
+
+    from raycredit.config import Config
+
+    mod = load_search("optuna_scaffold")
+    base = Config.from_dict({**mod.PRESETS["paper"].fixed, "data_dir": "/data"})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(200):
+        trial = study.ask()
+        constants = mod.space(trial, base)
+        cfg = base.replace(**trial.params, **constants)  # raises ConfigError on an invalid draw
+        p = trial.params
+        assert ("decay_to" in p) == (p.get("freeze_after", -1) >= 0)
+        assert "prefit_epochs" not in p or p["aux_kind"] not in ("random_trainable", "gaussian_noise")
+        seen.add(cfg.rule.aux_kind)
+        study.tell(trial, 0.0)
+    assert len(seen) == 8
