@@ -256,9 +256,9 @@ def run_optuna(base: Config, opt: OptunaSettings, settings: SweepSettings, *, na
                max_failures: int) -> SearchOutcome:
     """Run (or resume) an Optuna search over knobs on top of `base`.
 
-    Optuna keeps its
-    study in memory and Tune checkpoints the searcher with the experiment: Optuna's RDB storage
-    breaks Tuner.restore (SPEC §11). Trials that ASHA stopped early count as finished.
+    Optuna keeps its study in memory and Tune checkpoints the searcher with the experiment:
+    Optuna's RDB storage breaks Tuner.restore (SPEC §11). Trials that ASHA stopped early count
+    as finished.
     """
     import optuna
     from ray import tune

@@ -236,7 +236,7 @@ def _run_optuna(name: str, preset: Preset, args, analysis, space: Callable) -> i
         print(f"{name}: best {metric} {out.best_metrics[metric]:.4f} with "
               + ", ".join(f"{k}={v}" for k, v in sorted(out.best.items())))
         tracking.record_summary(uri, settings.experiment_id, key=f"best-{sweep_id}", name=f"{name}-best",
-                                params={**base.replace(**out.best).flat()},
+                                params=base.replace(**out.best).flat(),
                                 metrics={f"best_{metric}": out.best_metrics[metric]},
                                 tags={"search": name, "best_run_key": out.best_metrics.get("run_key", "")})
     if analysis is not None and not args.no_analysis:
