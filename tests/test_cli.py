@@ -57,14 +57,27 @@ def test_train_writes_result_json_and_resumes(tmp_path):
     (["--rule", "credit_bridge", "--s-type", "eTT"], "invalid choice: 'eTT'"),
     (["--rule", "scaffold", "--decay-to", "0.5"], "set freeze_after too"),
 ])
-def test_bad_input_exits_2_with_one_line(tmp_path, args, words):
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, args, words):
+    """In process (the parser and main exit exactly as the command does); one case also as a real process."""
+    from raycredit.cli import main
+
     out = tmp_path / "o"
-    p = cli("train", "--out", str(out), *args)
-    assert p.returncode == 2
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and words in lines[0], p.stderr
-    assert "Traceback" not in p.stderr
+    try:
+        code = main(["train", "--out", str(out), *args])
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], err
     assert not out.exists()
+
+
+def test_bad_input_as_a_process_exits_2_without_traceback(tmp_path):
+    p = cli("train", "--out", str(tmp_path / "o"), "--rule", "scaffold", "--blend-alpha", "1.2")
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines() == ["raycredit: error: blend_alpha: 1.2 must be <= 1"]
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
