@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -167,7 +168,12 @@ def _prepare(name: str, args, configs: list[Config]):
     for data_cfg in {c.data for c in configs}:
         check_data(data_cfg)
     uri = tracking.normalize_uri(args.tracking_uri)
-    storage = str(Path(args.storage).expanduser().resolve())
+    if uri.startswith("sqlite:///"):
+        check_writable(Path(uri[len("sqlite:///"):]).parent, "--tracking-uri")
+    storage = args.storage
+    if "://" not in storage:  # cloud URIs (s3://, gs://) are checked by Tune itself
+        storage = str(Path(storage).expanduser().resolve())
+        check_writable(Path(storage), "--storage")
     experiment = args.experiment or f"{name}-{args.preset}"
     engine.connect(engine.resolve_address(args.address))
     gpus = args.gpus_per_trial
@@ -178,6 +184,17 @@ def _prepare(name: str, args, configs: list[Config]):
         search=name, experiment_id=tracking.ensure_experiment(uri, experiment), tracking_uri=uri,
         code_version=code_version(), cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus)
     return uri, storage, experiment, settings
+
+
+def check_writable(path: Path, flag: str) -> None:
+    """UserError unless `path` is, or can be created as, a writable folder (nothing is created here)."""
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{flag}: cannot create {path}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag}: cannot write to {existing}")
 
 
 def _run(name: str, preset: Preset, args, analysis) -> int:

@@ -47,9 +47,12 @@ def closed_port() -> int:
     (["--gpus-per-trial", "-1"], "--gpus-per-trial"),
     (["--preset", "huge"], "invalid choice"),
     (["--epochs", "x"], "invalid int value"),
+    (["--storage", "{tmp}/afile/ray"], "--storage: cannot create"),
+    (["--tracking-uri", "sqlite:///{tmp}/afile/m.db"], "--tracking-uri: cannot create"),
 ])
 def test_bad_search_input_exits_2_and_writes_nothing(tmp_path, capsys, argv, words):
     scan = load_search("both_fail_scan")
+    (tmp_path / "afile").write_text("a file where a folder is expected")
     argv = [a.format(port=closed_port(), tmp=tmp_path) for a in argv]
     db, storage = tmp_path / "m.db", tmp_path / "ray"
     base = ["--preset", "smoke", "--tracking-uri", f"sqlite:///{db}", "--storage", str(storage)]
@@ -101,3 +104,25 @@ def test_run_found_without_params_gets_them(tmp_path):
     assert MlflowClient(uri).get_run(run.run_id).data.params == {"d": "8", "rule": "fa"}
     again = tracking.TrialRun(uri, exp, "k", run_name="r", params={"d": 8, "rule": "fa"}, tags={})
     assert again.run_id == run.run_id
+
+
+def test_a_diverging_trial_is_recorded_and_the_sweep_finishes(ray_session, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp_id = tracking.ensure_experiment(uri, "diverge")
+    base = dict(rule="bp", dataset="synthetic", n_train=512, n_test=128, input_dim=16, d=16, L=2, epochs=4,
+                probe_size=32, rho_dirs=2, device="cpu")
+    blowup = Config.from_dict({**base, "optimizer": "sgd", "lr": 1e6, "clip_norm": 0.0})
+    fine = Config.from_dict(base)
+    settings = engine.SweepSettings(search="diverge", experiment_id=exp_id, tracking_uri=uri, code_version="test",
+                                    cpus_per_trial=1, gpus_per_trial=0)
+    status = engine.run_trials([blowup, fine], settings, name="diverge", storage=str(tmp_path / "ray"),
+                               max_failures=0)
+    assert status == {blowup.key(): "FINISHED", fine.key(): "FINISHED"}
+    client, runs = runs_of(uri, "diverge")
+    by_key = {r.data.tags[tracking.RUN_KEY_TAG]: r for r in runs}
+    bad, good = by_key[blowup.key()], by_key[fine.key()]
+    assert bad.info.status == "FINISHED" and bad.data.tags["diverged"] == "1"
+    assert bad.data.metrics["diverged"] == 1.0 and bad.data.metrics["epoch"] < 4
+    steps = [m.step for m in client.get_metric_history(bad.info.run_id, "train_loss")]
+    assert steps == list(range(1, int(bad.data.metrics["epoch"]) + 1))  # its metrics are kept up to the blow-up
+    assert good.data.tags["diverged"] == "0" and good.data.metrics["epoch"] == 4

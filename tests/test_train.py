@@ -90,3 +90,24 @@ def test_history_has_every_diagnostic(tiny):
     for k in ["deep_cos", "deep_rho", "mode1a", "mode1b", "diverged", "train_loss", "test_loss", "test_acc"] + [
             f"{m}/l{i}" for m in ("cos", "rho", "nudge", "h_norm", "g_norm") for i in range(L + 1)]:
         assert k in h[1] and isinstance(h[1][k], float), k
+
+
+class Payload:
+    """Unpickling this would run code: weights_only loading must refuse it."""
+
+    def __reduce__(self):
+        return (print, ("PAYLOAD RAN",))
+
+
+def test_checkpoints_are_never_unpickled(tmp_path, capsys):
+    from raycredit.errors import UserError
+    from raycredit.train import CHECKPOINT_FORMAT
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, "model": Payload()}, path)
+    with pytest.raises(UserError, match="cannot read checkpoint"):
+        load_checkpoint(path)
+    assert "PAYLOAD RAN" not in capsys.readouterr().out
+    (tmp_path / "short.pt").write_bytes(path.read_bytes()[:40])
+    with pytest.raises(UserError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path / "short.pt")
