@@ -1,9 +1,15 @@
 """All Ray calls: connecting to a cluster, the Tune trainable, running and resuming a sweep.
 
 One trial = one Config = one MLflow run. The trainable is a thin adapter
-around `train(cfg)`: it restores from Tune's checkpoint, logs every epoch to
-its MLflow run (see `raycredit.tracking`), and reports to Tune with a
-checkpoint every `checkpoint_every` epochs and at the end.
+around `train(cfg)`: it logs every epoch to its MLflow run (see
+`raycredit.tracking`), reports to Tune, and every `checkpoint_every` epochs
+replaces its checkpoint file `<storage>/<sweep>/checkpoints/<run key>/checkpoint.pt`
+atomically. A restored, retried or moved trial resumes from that file.
+
+Tune's own checkpoints are not used: with `num_to_keep` Tune deletes old
+checkpoints that its last experiment snapshot may still name, and a driver
+killed in that window leaves trials that can never be restored (seen in
+testing); keeping them all would cost one checkpoint per epoch per trial.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import os
 import shutil
 import socket
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from raycredit.config import Config
@@ -37,6 +43,7 @@ class SweepSettings:
     code_version: str
     cpus_per_trial: float
     gpus_per_trial: float
+    checkpoint_root: str = ""  # set by run_trials / run_optuna: <storage>/<sweep>/checkpoints
 
 
 def resolve_address(address: str | None) -> str | None:
@@ -132,37 +139,29 @@ def _trainable(config: dict, settings: dict, base: dict | None = None) -> None:
         tags={"rule": cfg.rule.rule, "search": s.search, "dataset": cfg.data.dataset,
               "seed": cfg.train.seed, "code_version": s.code_version},
     )
-    keep = Path(tempfile.mkdtemp(prefix="raycredit-ckpt-"))
-    last_saved: list[Path] = []
+    folder = Path(s.checkpoint_root) / key
+    path = folder / CHECKPOINT_FILE
 
     def on_epoch(epoch: int, metrics: dict, checkpoint_fn) -> None:
         run.log_epoch(epoch, metrics)
         final = epoch == cfg.train.epochs or metrics["diverged"]
-        report = {**metrics, "run_key": key}
         if checkpoint_fn is not None and (final or epoch % cfg.train.checkpoint_every == 0):
-            path = keep / CHECKPOINT_FILE
             save_checkpoint(checkpoint_fn(), path)
-            last_saved[:] = [path]
-            if final:
-                run.log_checkpoint(path)
-            tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(keep)))
-        else:
-            if final and last_saved:
-                run.log_checkpoint(last_saved[0])  # diverged: keep the last finite state
-            tune.report(report)
+        if final and path.exists():
+            run.log_checkpoint(path)  # after a divergence: the last finite state
+        tune.report({**metrics, "run_key": key})
 
     try:
         if run.finished:
-            # finished before the driver died, though Tune's saved state may still show an older checkpoint
+            # finished before the driver died, though Tune's saved state may not know it yet
             tune.report({**run.final_metrics(), "run_key": key})
             return
-        ckpt = None
-        if (restored := tune.get_checkpoint()) is not None:
-            with restored.as_directory() as d:
-                ckpt = load_checkpoint(Path(d) / CHECKPOINT_FILE)
+        folder.mkdir(parents=True, exist_ok=True)
+        ckpt = load_checkpoint(path) if path.exists() else None
         result = train(run_cfg, checkpoint=ckpt, on_epoch=on_epoch)
         run.set_tags({"n_classes": result["n_classes"], "diverged": int(result["final"].get("diverged", 0))})
         run.finish("FINISHED")
+        shutil.rmtree(folder, ignore_errors=True)  # the run's final checkpoint is in MLflow now
     except SystemExit:
         # Tune stopped the trial (a scheduler's early stop, or the sweep shutting down): the driver
         # knows which, and sets the run's status when the sweep ends (tracking.close_stale_runs)
@@ -170,8 +169,6 @@ def _trainable(config: dict, settings: dict, base: dict | None = None) -> None:
     except BaseException:
         run.finish("FAILED")
         raise
-    finally:
-        shutil.rmtree(keep, ignore_errors=True)
 
 
 def progress_reporter(configs: list[Config]):
@@ -194,9 +191,10 @@ def run_trials(configs: list[Config], settings: SweepSettings, *, name: str, sto
     """Run (or resume) the sweep; returns {run key: 'FINISHED' | 'FAILED' | 'KILLED' (interrupted, resumable)}."""
     from ray import tune
 
+    path = os.path.join(storage, name)
+    settings = replace(settings, checkpoint_root=os.path.join(path, "checkpoints"))
     resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
     trainable = tune.with_resources(tune.with_parameters(_trainable, settings=asdict(settings)), resources)
-    path = os.path.join(storage, name)
     if tune.Tuner.can_restore(path):
         print(f"resuming sweep from {path}")
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
@@ -210,7 +208,6 @@ def run_trials(configs: list[Config], settings: SweepSettings, *, name: str, sto
                 name=name,
                 storage_path=storage,
                 failure_config=tune.FailureConfig(max_failures=max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 progress_reporter=progress_reporter(configs),
                 verbose=1,
             ),
@@ -266,10 +263,11 @@ def run_optuna(base: Config, opt: OptunaSettings, settings: SweepSettings, *, na
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
+    path = os.path.join(storage, name)
+    settings = replace(settings, checkpoint_root=os.path.join(path, "checkpoints"))
     resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, settings=asdict(settings), base=base.to_dict()), resources)
-    path = os.path.join(storage, name)
     if tune.Tuner.can_restore(path):
         print(f"resuming search from {path}")
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
@@ -287,7 +285,6 @@ def run_optuna(base: Config, opt: OptunaSettings, settings: SweepSettings, *, na
                 name=name,
                 storage_path=storage,
                 failure_config=tune.FailureConfig(max_failures=max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 verbose=1,
             ),
         )

@@ -170,10 +170,11 @@ def _prepare(name: str, args, configs: list[Config]):
     uri = tracking.normalize_uri(args.tracking_uri)
     if uri.startswith("sqlite:///"):
         check_writable(Path(uri[len("sqlite:///"):]).parent, "--tracking-uri")
-    storage = args.storage
-    if "://" not in storage:  # cloud URIs (s3://, gs://) are checked by Tune itself
-        storage = str(Path(storage).expanduser().resolve())
-        check_writable(Path(storage), "--storage")
+    if "://" in args.storage:
+        raise UserError(f"--storage {args.storage!r}: trial checkpoints need a filesystem path "
+                        "(on a multi-node cluster, a folder every node mounts)")
+    storage = str(Path(args.storage).expanduser().resolve())
+    check_writable(Path(storage), "--storage")
     experiment = args.experiment or f"{name}-{args.preset}"
     engine.connect(engine.resolve_address(args.address))
     gpus = args.gpus_per_trial

@@ -90,8 +90,9 @@ class TrialRun:
                 _retry(lambda: self.client.update_run(self.run_id, status="RUNNING"))
                 self.status = "RUNNING"
         else:
+            # tag values must be strings for the REST store (a tracking server); SQLite is lenient
             run = _retry(lambda: self.client.create_run(
-                experiment_id, run_name=run_name, tags={**tags, RUN_KEY_TAG: key}))
+                experiment_id, run_name=run_name, tags={**{k: str(v) for k, v in tags.items()}, RUN_KEY_TAG: key}))
             self.run_id, self.status, self.last_epoch, self._final, logged = run.info.run_id, "RUNNING", 0, {}, {}
         # also after a kill between create_run and this call: a run is found but its params are missing
         missing = [Param(k, str(v)) for k, v in params.items() if k not in logged]

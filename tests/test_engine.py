@@ -126,3 +126,47 @@ def test_a_diverging_trial_is_recorded_and_the_sweep_finishes(ray_session, tmp_p
     steps = [m.step for m in client.get_metric_history(bad.info.run_id, "train_loss")]
     assert steps == list(range(1, int(bad.data.metrics["epoch"]) + 1))  # its metrics are kept up to the blow-up
     assert good.data.tags["diverged"] == "0" and good.data.metrics["epoch"] == 4
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on 127.0.0.1, in its own process group, stopped (that group only) afterwards."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    port = closed_port()
+    log = open(tmp_path / "mlflow_server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server_artifacts")],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 120
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert proc.poll() is None and time.time() < deadline, (tmp_path / "mlflow_server.log").read_text()
+            time.sleep(0.5)
+    yield f"http://127.0.0.1:{port}"
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    log.close()
+
+
+def test_sweep_logs_to_an_mlflow_server(ray_session, tmp_path, mlflow_server):
+    scan = load_search("both_fail_scan")
+    rc = scan.main(["--preset", "smoke", "--seeds", "0", "--set", "d=16", "--set", "L=2", "--epochs", "2",
+                    "--set", "n_train=500", "--tracking-uri", mlflow_server, "--storage", str(tmp_path / "ray"),
+                    "--out", str(tmp_path / "report"), "--gpus-per-trial", "0", "--experiment", "served"])
+    assert rc == 0
+    assert_one_complete_run_per_trial(mlflow_server, "served", 4, 2)
+    assert "d=16 L=2: " in (tmp_path / "report" / "both_fail.md").read_text()
