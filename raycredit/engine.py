@@ -141,6 +141,7 @@ def _trainable(config: dict, settings: dict, base: dict | None = None) -> None:
     )
     folder = Path(s.checkpoint_root) / key
     path = folder / CHECKPOINT_FILE
+    reported: list[int] = []
 
     def on_epoch(epoch: int, metrics: dict, checkpoint_fn) -> None:
         run.log_epoch(epoch, metrics)
@@ -149,6 +150,7 @@ def _trainable(config: dict, settings: dict, base: dict | None = None) -> None:
             save_checkpoint(checkpoint_fn(), path)
         if final and path.exists():
             run.log_checkpoint(path)  # after a divergence: the last finite state
+        reported.append(epoch)
         tune.report({**metrics, "run_key": key})
 
     try:
@@ -159,6 +161,9 @@ def _trainable(config: dict, settings: dict, base: dict | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         ckpt = load_checkpoint(path) if path.exists() else None
         result = train(run_cfg, checkpoint=ckpt, on_epoch=on_epoch)
+        if not reported:  # killed after saving its last epoch: nothing was left to train
+            run.log_checkpoint(path)
+            tune.report({**result["final"], "run_key": key})
         run.set_tags({"n_classes": result["n_classes"], "diverged": int(result["final"].get("diverged", 0))})
         run.finish("FINISHED")
         shutil.rmtree(folder, ignore_errors=True)  # the run's final checkpoint is in MLflow now

@@ -170,3 +170,30 @@ def test_sweep_logs_to_an_mlflow_server(ray_session, tmp_path, mlflow_server):
     assert rc == 0
     assert_one_complete_run_per_trial(mlflow_server, "served", 4, 2)
     assert "d=16 L=2: " in (tmp_path / "report" / "both_fail.md").read_text()
+
+
+def test_trial_killed_after_its_last_checkpoint_finishes_on_resume(ray_session, tmp_path):
+    """The driver died after the trial saved its final checkpoint but before its run was closed."""
+    from raycredit.train import save_checkpoint, train
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp_id = tracking.ensure_experiment(uri, "late")
+    cfg = Config.from_dict(dict(rule="dfa", dataset="synthetic", n_train=256, n_test=64, input_dim=8, d=8, L=1,
+                                epochs=2, probe_size=16, rho_dirs=2, device="cpu"))
+    settings = engine.SweepSettings(search="late", experiment_id=exp_id, tracking_uri=uri, code_version="test",
+                                    cpus_per_trial=1, gpus_per_trial=0)
+    run = tracking.TrialRun(uri, exp_id, cfg.key(), run_name="late", params=cfg.flat(), tags={
+        "rule": "dfa", "search": "late", "dataset": "synthetic", "seed": 0, "code_version": "test"})
+    folder = tmp_path / "ray" / "late" / "checkpoints" / cfg.key()
+    folder.mkdir(parents=True)
+
+    def log_and_save(epoch, metrics, fn):
+        run.log_epoch(epoch, metrics)
+        save_checkpoint(fn(), folder / engine.CHECKPOINT_FILE)
+
+    expected = train(cfg, on_epoch=log_and_save)["final"]
+    status = engine.run_trials([cfg], settings, name="late", storage=str(tmp_path / "ray"), max_failures=0)
+    assert status == {cfg.key(): "FINISHED"}
+    runs = assert_one_complete_run_per_trial(uri, "late", 1, 2)
+    assert runs[0].data.metrics["test_acc"] == expected["test_acc"]
+    assert not folder.exists()  # removed once the final checkpoint is in MLflow
