@@ -303,6 +303,7 @@ def run_optuna(base: Config, opt: OptunaSettings, settings: SweepSettings, *, na
         out.status[last["run_key"]] = "FAILED" if r.error else "FINISHED" if full or out.complete else "KILLED"
         if out.complete and not full and not r.error:
             out.early.add(last["run_key"])
+            shutil.rmtree(Path(settings.checkpoint_root) / last["run_key"], ignore_errors=True)
         value = last.get(opt.metric)
         if not r.error and value is not None and (
                 out.best is None or (value > out.best_metrics[opt.metric]) == (opt.mode == "max")):

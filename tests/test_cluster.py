@@ -156,6 +156,7 @@ def test_optuna_search_killed_and_rerun_completes_its_trials_once(head, tmp_path
         assert steps == list(range(1, len(steps) + 1)) and steps, (r.info.run_name, steps)
         full = steps[-1] == 4
         assert full or r.data.tags.get("raycredit.stopped_early") == "1", (r.info.run_name, steps)
+    assert not list((tmp_path / "ray").glob("*/checkpoints/*")), "checkpoint files left behind"
     summary = [r for r in runs if SUMMARY_TAG in r.data.tags]
     assert len(summary) == 1 and summary[0].data.params["rule"] == "scaffold"
     assert float(summary[0].data.metrics["best_test_acc"]) == max(float(r.data.metrics["test_acc"]) for r in trials)
