@@ -117,6 +117,7 @@ def _trainable(config: dict, settings: dict, base: dict | None = None) -> None:
     import torch
     from ray import tune
 
+    from raycredit.data import load_data
     from raycredit.tracking import TrialRun
     from raycredit.train import load_checkpoint, save_checkpoint, train
 
@@ -132,25 +133,33 @@ def _trainable(config: dict, settings: dict, base: dict | None = None) -> None:
     if ray.get_gpu_ids() and not on_gpu:
         print(f"notice: Ray assigned GPU {ray.get_gpu_ids()} but torch sees no CUDA device; training on CPU")
     run_cfg = cfg.replace(device="cuda" if on_gpu else "cpu")
+    data = load_data(cfg.data)
     run = TrialRun(
         s.tracking_uri, s.experiment_id, key,
         run_name=run_label(cfg) if base is None else f"{run_label(cfg)}-{tune.get_context().get_trial_id()}",
         params=cfg.flat(),
-        tags={"rule": cfg.rule.rule, "search": s.search, "dataset": cfg.data.dataset,
-              "seed": cfg.train.seed, "code_version": s.code_version},
+        tags={"rule": cfg.rule.rule, "search": s.search, "dataset": cfg.data.dataset, "seed": cfg.train.seed,
+              "code_version": s.code_version, "n_classes": data.n_classes},
     )
     folder = Path(s.checkpoint_root) / key
     path = folder / CHECKPOINT_FILE
-    reported: list[int] = []
+
+    def close(metrics: dict) -> None:
+        """Everything a finished trial owes MLflow, done before its last report: a scheduler may stop
+        the trial inside that report (SystemExit), and nothing after it would run."""
+        if path.exists():
+            run.log_checkpoint(path)  # after a divergence: the last finite state
+        run.set_tags({"diverged": int(metrics.get("diverged", 0))})
+        run.finish("FINISHED")
+        shutil.rmtree(folder, ignore_errors=True)
 
     def on_epoch(epoch: int, metrics: dict, checkpoint_fn) -> None:
         run.log_epoch(epoch, metrics)
         final = epoch == cfg.train.epochs or metrics["diverged"]
         if checkpoint_fn is not None and (final or epoch % cfg.train.checkpoint_every == 0):
             save_checkpoint(checkpoint_fn(), path)
-        if final and path.exists():
-            run.log_checkpoint(path)  # after a divergence: the last finite state
-        reported.append(epoch)
+        if final:
+            close(metrics)
         tune.report({**metrics, "run_key": key})
 
     try:
@@ -160,13 +169,13 @@ def _trainable(config: dict, settings: dict, base: dict | None = None) -> None:
             return
         folder.mkdir(parents=True, exist_ok=True)
         ckpt = load_checkpoint(path) if path.exists() else None
-        result = train(run_cfg, checkpoint=ckpt, on_epoch=on_epoch)
-        if not reported:  # killed after saving its last epoch: nothing was left to train
-            run.log_checkpoint(path)
-            tune.report({**result["final"], "run_key": key})
-        run.set_tags({"n_classes": result["n_classes"], "diverged": int(result["final"].get("diverged", 0))})
-        run.finish("FINISHED")
-        shutil.rmtree(folder, ignore_errors=True)  # the run's final checkpoint is in MLflow now
+        if ckpt is not None and ckpt["epoch"] == cfg.train.epochs:
+            # killed after saving its last epoch (whose metrics were logged first): nothing left to train
+            final = ckpt["history"][-1]
+            close(final)
+            tune.report({**final, "run_key": key})
+            return
+        train(run_cfg, checkpoint=ckpt, on_epoch=on_epoch, data=data)
     except SystemExit:
         # Tune stopped the trial (a scheduler's early stop, or the sweep shutting down): the driver
         # knows which, and sets the run's status when the sweep ends (tracking.close_stale_runs)
