@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.tables import cli_main, finished_runs, markdown_table
+from analysis.tables import cli_main, finished_runs, markdown_table, write_report
 from raycredit.config import SECTIONS
 from raycredit.tracking import load_runs
 
@@ -82,13 +82,7 @@ def report(df: pd.DataFrame, out_dir: str | Path) -> str:
         lines += ["", f"## Qualifying rows ({len(q)})", ""]
         cols = keys + ["seed", "frozen_acc", "fa_acc", "fa_deep_cos", "dfa_acc", "dfa_deep_cos"]
         lines.append(markdown_table(q[cols]) if len(q) else "none")
-    text = "\n".join(lines) + "\n"
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rows.to_csv(out / "both_fail.csv", index=False)
-    (out / "both_fail.md").write_text(text)
-    print(text + f"\nwrote {out / 'both_fail.csv'} and {out / 'both_fail.md'}")
-    return text
+    return write_report(lines, rows, out_dir, "both_fail")
 
 
 def run(tracking_uri: str, experiment: str, out_dir: str | Path) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.tables import cli_main, finished_runs, markdown_table
+from analysis.tables import cli_main, finished_runs, markdown_table, write_report
 from raycredit.tracking import load_runs
 
 METRICS = ("test_acc", "deep_cos", "deep_rho", "h_norm_L", "mode1a", "diverged")
@@ -58,13 +58,7 @@ def report(df: pd.DataFrame, out_dir: str | Path, title: str) -> str:
         for m in METRICS:
             shown[m] = [mean_std(a, b) for a, b in zip(table[f"{m}_mean"], table[f"{m}_std"], strict=True)]
         lines += ["mean ± sample std (ddof=1) over seeds of the final epoch's metrics", "", markdown_table(shown, "g")]
-    text = "\n".join(lines) + "\n"
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "summary.csv", index=False)
-    (out / "summary.md").write_text(text)
-    print(text + f"\nwrote {out / 'summary.csv'} and {out / 'summary.md'}")
-    return text
+    return write_report(lines, table, out_dir, "summary")
 
 
 def with_depth_metrics(runs: pd.DataFrame) -> pd.DataFrame:

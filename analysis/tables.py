@@ -43,6 +43,17 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
     return "\n".join([head, rule, *body])
 
 
+def write_report(lines: list[str], table: pd.DataFrame, out_dir: str | Path, name: str) -> str:
+    """Write <name>.csv (the table) and <name>.md (the lines), print the text; return it."""
+    text = "\n".join(lines) + "\n"
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / f"{name}.csv", index=False)
+    (out / f"{name}.md").write_text(text)
+    print(text + f"\nwrote {out / f'{name}.csv'} and {out / f'{name}.md'}")
+    return text
+
+
 def cli_main(name: str, doc: str, run: Callable[[str | None, str, str], object], argv: list[str] | None) -> int:
     """The command line every analysis shares: --experiment, --tracking-uri, --out; UserError exits 2."""
     p = argparse.ArgumentParser(prog=f"{name}.py", description=doc,
