@@ -27,6 +27,9 @@ except where stated:
 | zero_target | MLP(h_l, t_l, s) | the target 0 |
 | gaussian_noise | fresh N(0, I) per step | nothing |
 
+With `prefit_epochs` = 0, vector_field and random_trainable train the same net the same way;
+the seeds name them apart by whether the field was prefit, and so do the searches.
+
 The auxiliary's randomness (directions, shuffles, noise) comes from the rule's own generator, saved
 in the checkpoint, so the batch order is DFA's and alpha = 0 trains exactly like `dfa`.
 """
