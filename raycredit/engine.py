@@ -18,6 +18,7 @@ import os
 import shutil
 import socket
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -200,33 +201,40 @@ def progress_reporter(configs: list[Config]):
     )
 
 
-def run_trials(configs: list[Config], settings: SweepSettings, *, name: str, storage: str,
-               max_failures: int) -> dict[str, str]:
-    """Run (or resume) the sweep; returns {run key: 'FINISHED' | 'FAILED' | 'KILLED' (interrupted, resumable)}."""
+def _fit(settings: SweepSettings, *, name: str, storage: str, max_failures: int, kind: str,
+         fresh: Callable[[], dict], base: dict | None = None):
+    """Resume the Tune experiment storage/name, or start it with the Tuner arguments fresh() returns
+    (progress_reporter among them goes to the RunConfig); returns (ResultGrid, the trials' settings)."""
     from ray import tune
 
     path = os.path.join(storage, name)
     settings = replace(settings, checkpoint_root=os.path.join(path, "checkpoints"))
     resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
-    trainable = tune.with_resources(tune.with_parameters(_trainable, settings=asdict(settings)), resources)
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, settings=asdict(settings), base=base), resources)
     if tune.Tuner.can_restore(path):
-        print(f"resuming sweep from {path}")
+        print(f"resuming {kind} from {path}")
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
     else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"cfg": tune.grid_search([c.to_dict() for c in configs])},
-            tune_config=tune.TuneConfig(trial_name_creator=trial_name, trial_dirname_creator=trial_dirname,
-                                        reuse_actors=True),
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=storage,
-                failure_config=tune.FailureConfig(max_failures=max_failures),
-                progress_reporter=progress_reporter(configs),
-                verbose=1,
-            ),
-        )
-    grid = tuner.fit()
+        kw = fresh()
+        tuner = tune.Tuner(trainable, run_config=tune.RunConfig(
+            name=name, storage_path=storage, failure_config=tune.FailureConfig(max_failures=max_failures),
+            progress_reporter=kw.pop("progress_reporter", None), verbose=1), **kw)
+    return tuner.fit(), settings
+
+
+def run_trials(configs: list[Config], settings: SweepSettings, *, name: str, storage: str,
+               max_failures: int) -> dict[str, str]:
+    """Run (or resume) the sweep; returns {run key: 'FINISHED' | 'FAILED' | 'KILLED' (interrupted, resumable)}."""
+    from ray import tune
+
+    def fresh() -> dict:
+        return dict(param_space={"cfg": tune.grid_search([c.to_dict() for c in configs])},
+                    tune_config=tune.TuneConfig(trial_name_creator=trial_name, trial_dirname_creator=trial_dirname,
+                                                reuse_actors=True),
+                    progress_reporter=progress_reporter(configs))
+
+    grid, _ = _fit(settings, name=name, storage=storage, max_failures=max_failures, kind="sweep", fresh=fresh)
     status = {c.key(): "KILLED" for c in configs}  # trials an interruption left unstarted have no config
     for r in grid:
         if not r.config:
@@ -277,32 +285,17 @@ def run_optuna(base: Config, opt: OptunaSettings, settings: SweepSettings, *, na
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    path = os.path.join(storage, name)
-    settings = replace(settings, checkpoint_root=os.path.join(path, "checkpoints"))
-    resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
-    trainable = tune.with_resources(
-        tune.with_parameters(_trainable, settings=asdict(settings), base=base.to_dict()), resources)
-    if tune.Tuner.can_restore(path):
-        print(f"resuming search from {path}")
-        tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
-    else:
+    def fresh() -> dict:
         searcher = OptunaSearch(opt.space, metric=opt.metric, mode=opt.mode,
                                 sampler=optuna.samplers.TPESampler(seed=opt.seed))
         scheduler = ASHAScheduler(metric=opt.metric, mode=opt.mode, time_attr="epoch", max_t=base.train.epochs,
                                   grace_period=min(opt.grace_period, base.train.epochs))
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=opt.max_concurrent),
-                                        scheduler=scheduler, num_samples=opt.num_samples,
-                                        trial_name_creator=trial_name, trial_dirname_creator=trial_dirname),
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=storage,
-                failure_config=tune.FailureConfig(max_failures=max_failures),
-                verbose=1,
-            ),
-        )
-    grid = tuner.fit()
+        return dict(tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=opt.max_concurrent), scheduler=scheduler,
+            num_samples=opt.num_samples, trial_name_creator=trial_name, trial_dirname_creator=trial_dirname))
+
+    grid, settings = _fit(settings, name=name, storage=storage, max_failures=max_failures, kind="search",
+                          fresh=fresh, base=base.to_dict())
     out = SearchOutcome({}, set(), grid.num_terminated + grid.num_errors == opt.num_samples, None, {})
     for r in grid:
         last = r.metrics or {}

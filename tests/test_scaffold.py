@@ -13,10 +13,10 @@ from raycredit.train import train
 from test_learned_rules import double_setup
 
 
-def states(cfg):
+def states(cfg, checkpoint=None):
     """Per-epoch checkpoints of a run, {epoch: checkpoint} (copied: state_dict() holds live tensors)."""
     out = {}
-    train(cfg, on_epoch=lambda e, m, fn: out.update({e: copy.deepcopy(fn())}))
+    train(cfg, checkpoint=checkpoint, on_epoch=lambda e, m, fn: out.update({e: copy.deepcopy(fn())}))
     return out
 
 
@@ -77,15 +77,13 @@ def test_scaffold_resumes_exactly(tiny):
     cfg = Config.from_dict({**tiny, "rule": "scaffold", "epochs": 4, "warmup_ratio": 0.25,
                             "aux_kind": "gaussian_noise"})
     whole = states(cfg)
-    resumed = {}
-    train(cfg, checkpoint=whole[2], on_epoch=lambda e, m, fn: resumed.update({e: copy.deepcopy(fn())}))
+    resumed = states(cfg, checkpoint=whole[2])
     for k, v in whole[4]["model"].items():
         assert torch.equal(v, resumed[4]["model"][k]), k
     vf = Config.from_dict({**tiny, "rule": "scaffold", "epochs": 3, "warmup_ratio": 0.0,
                            "aux_kind": "shuffled_trainable"})
     whole = states(vf)
-    resumed = {}
-    train(vf, checkpoint=whole[1], on_epoch=lambda e, m, fn: resumed.update({e: copy.deepcopy(fn())}))
+    resumed = states(vf, checkpoint=whole[1])
     for k, v in whole[3]["rule"].items():
         if isinstance(v, torch.Tensor):
             assert torch.equal(v, resumed[3]["rule"][k]), k

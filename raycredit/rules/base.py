@@ -26,10 +26,14 @@ def per_sample(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1)
 
 
+def rms(a: torch.Tensor) -> torch.Tensor:
+    """RMS per sample over all its features, shaped to broadcast against a."""
+    return per_sample(a).pow(2).mean(1).sqrt().view(-1, *[1] * (a.dim() - 1))
+
+
 def rms_normalize(a: torch.Tensor) -> torch.Tensor:
     """a / (RMS(a) + 1e-6), RMS per sample over all its features."""
-    rms = per_sample(a).pow(2).mean(1).sqrt()
-    return a / (rms + 1e-6).view(-1, *[1] * (a.dim() - 1))
+    return a / (rms(a) + 1e-6)
 
 
 def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

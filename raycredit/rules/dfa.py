@@ -34,20 +34,20 @@ class DFA(LocalRule):
         return dfa_credits(self.B, logits, y)
 
 
-class DFAWarmup(LocalRule):
+class DFAWarmup(DFA):
     """A learned-credit rule that uses DFA's credit for the first `warmup_ratio` of the epochs."""
+
+    architectures = ("resmlp",)  # its credit nets take one d-vector per layer
 
     def __init__(self, cfg, model, n_classes):
         super().__init__(cfg, model, n_classes)
-        self.register_buffer("B", dfa_feedback(self.L, n_classes, self.h_shape, self.cfg.feedback_scale,
-                                               self.feedback_generator(cfg)))
         self.warm = False
 
     def start_epoch(self, epoch, epochs):
         self.warm = epoch <= self.cfg.warmup_ratio * epochs
 
     def credits(self, model, hs, logits, y):
-        return dfa_credits(self.B, logits, y) if self.warm else self.learned_credits(model, hs, logits, y)
+        return super().credits(model, hs, logits, y) if self.warm else self.learned_credits(model, hs, logits, y)
 
     def learned_credits(self, model, hs, logits, y):
         raise NotImplementedError

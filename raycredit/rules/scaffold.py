@@ -39,9 +39,9 @@ from torch import nn
 
 from raycredit.config import RuleConfig
 from raycredit.errors import ConfigError
-from raycredit.rules.base import LocalRule, mlp
+from raycredit.rules.base import mlp, rms
 from raycredit.rules.conditioning import Conditioning
-from raycredit.rules.dfa import dfa_credits, dfa_feedback
+from raycredit.rules.dfa import DFA
 from raycredit.rules.vector_field import field_input, field_loss
 
 
@@ -49,14 +49,12 @@ def aux_kinds() -> tuple[str, ...]:
     return RuleConfig.__dataclass_fields__["aux_kind"].metadata["choices"]
 
 
-def rms(a: torch.Tensor) -> torch.Tensor:
-    return a.pow(2).mean(-1, keepdim=True).sqrt()
-
-
 STATE_KINDS = ("vector_field", "random_trainable", "shuffled_trainable", "zero_target")
 
 
-class Scaffold(LocalRule):
+class Scaffold(DFA):
+    architectures = ("resmlp",)  # its auxiliary nets take one d-vector per layer
+
     @classmethod
     def check_config(cls, cfg):
         c, E = cfg.rule, cfg.train.epochs
@@ -75,8 +73,6 @@ class Scaffold(LocalRule):
     def __init__(self, cfg, model, n_classes):
         super().__init__(cfg, model, n_classes)
         c = self.cfg
-        self.register_buffer("B", dfa_feedback(self.L, n_classes, self.h_shape, c.feedback_scale,
-                                               self.feedback_generator(cfg)))
         self.aux_seed = cfg.train.seed * 1_000_003 + 0xA0C5
         self._aux_gen, self._aux_gen_state = None, None
         width = c.aux_width or 2 * self.d
@@ -131,7 +127,7 @@ class Scaffold(LocalRule):
         return self.cond(hs, logits, y) if self.cfg.aux_kind in STATE_KINDS else None
 
     def credits(self, model, hs, logits, y):
-        dfa = dfa_credits(self.B, logits, y)
+        dfa = super().credits(model, hs, logits, y)
         if not self.blending or self.alpha == 0.0:
             return dfa
         s = self.code(hs, logits, y)
