@@ -13,9 +13,10 @@ Sweep: 7 rules x seeds, then analysis/summary.py.
     python searches/audit.py --address auto --data-dir ~/data/cifar10 --set arch=small_cnn --set d=64 \\
         --set rule=bp   # the cross-architecture rows, one supported rule at a time
 
-Cost: smoke is 7 trials of a few seconds each on 2 CPU cores (about 2 minutes
-with Ray start-up); paper is 21 trials of 100 CIFAR-10 epochs (EP's relaxation
-makes it the slowest, about ep_steps forward/backward passes a step).
+Cost: smoke is 7 trials, 33 s on 2 CPU cores (measured by `python -m pytest
+tests/test_searches.py -k smoke_preset --durations=5` in one running local Ray
+instance, on a contended host); paper is 21 trials of 100 CIFAR-10 epochs, not
+timed here (EP's relaxation adds about ep_steps forward/backward passes a step).
 """
 
 import sys

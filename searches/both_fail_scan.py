@@ -11,9 +11,9 @@ Sweep: rules {bp, fa, dfa, frozen} x d x L x seeds, then analysis/both_fail.py.
     python searches/both_fail_scan.py --address auto --data-dir ~/data/cifar10   # the paper scan
 
 Cost: smoke is 32 trials of about 3 s of training each on the synthetic task,
-under 2 minutes in all on 2 CPU cores (docs/PERFORMANCE.md); paper is 320
-trials of 100 CIFAR-10 epochs (the reference study needed about 3 GPU-minutes
-a run).
+75-184 s in all on 2 CPU cores depending on the host's load
+(docs/PERFORMANCE.md); paper is 320 trials of 100 CIFAR-10 epochs (the reference
+study needed about 3 GPU-minutes a run).
 """
 
 import sys

@@ -14,9 +14,10 @@ same seeds, then analysis/summary.py. Scaffold runs hand over from DFA after
     python searches/scaffold_blend.py --preset smoke
     python searches/scaffold_blend.py --address auto --data-dir ~/data/cifar10
 
-Cost: smoke is 5 trials of a few seconds each on 2 CPU cores (about 2 minutes
-with Ray start-up); paper is 99 trials of 100 CIFAR-10 epochs, the
-vector-field kinds about (L+1) x 2 M extra forward passes a step.
+Cost: smoke is 5 trials, 22 s on 2 CPU cores (measured by `python -m pytest
+tests/test_searches.py -k smoke_preset --durations=5` in one running local Ray
+instance, on a contended host); paper is 99 trials of 100 CIFAR-10 epochs, not
+timed here (the vector-field kinds add about (L+1) x 2 M forward passes a step).
 """
 
 import sys

@@ -18,10 +18,13 @@ model outruns its credit net and vector_field / credit_bridge lose the gradient 
     python searches/synthetic_ladder.py --preset paper --set alpha=1 --set L=4   # the row of the seeds' table
     python searches/synthetic_ladder.py --address auto --preset paper            # the whole ladder
 
-Cost: smoke is 5 trials of about 20 s on 2 CPU cores; paper is 240 trials of
-80 epochs at d=128. The vector field, 2 M (L+1) extra forward passes a step, is
-the slowest: 72 s for 20 epochs on 4000 examples on one CPU core, so about 12
-minutes for a paper trial; dfa takes under a third of that.
+Cost: smoke is 5 trials, 32 s on 2 CPU cores (measured by `python -m pytest
+tests/test_searches.py -k smoke_preset --durations=5` in one running local Ray
+instance, on a contended host); paper is 240 trials of 80 epochs at d=128. The
+vector field, 2 M (L+1) extra forward passes a step, is the slowest: 72 s for 20
+epochs on 4000 examples on one CPU core (the mean time_s its runs logged in the
+command of docs/results/synthetic_ladder.md; dfa's: 20 s), so about 12 minutes
+for a paper trial.
 """
 
 import sys
