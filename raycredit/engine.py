@@ -18,6 +18,7 @@ import os
 import shutil
 import socket
 import tempfile
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -96,6 +97,59 @@ def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0.0))
 
 
+def _reads(path: str, token: str) -> bool:
+    try:
+        return Path(path).read_text() == token
+    except OSError:
+        return False
+
+
+def storage_visibility(storage: str) -> dict[str, bool]:
+    """On a cluster of more than one node: {node: whether it reads the file this driver writes into
+    `storage`} (created if missing), from a zero-CPU task pinned to each alive node; {} on one node."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    if len(nodes) < 2:
+        return {}
+    Path(storage).mkdir(parents=True, exist_ok=True)
+    probe = Path(storage) / f".raycredit-probe-{uuid.uuid4().hex}"
+    probe.write_text(probe.name)
+    try:
+        task = ray.remote(num_cpus=0, max_retries=0)(_reads)
+        refs = {f"{n['NodeManagerAddress']} (node {n['NodeID'][:8]})": task.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(str(probe), probe.name)
+            for n in nodes}
+        try:
+            return dict(zip(refs, ray.get(list(refs.values()), timeout=120), strict=True))
+        except ray.exceptions.GetTimeoutError:
+            raise UserError(f"--storage {storage}: could not check within 120 s that every node of the cluster "
+                            "can read it (a node is unresponsive?)") from None
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def check_shared_storage(storage: str) -> None:
+    """UserError when a multi-node cluster has nodes that cannot see `storage`: a trial moved to such a
+    node would not find its checkpoint. Leaves no folder behind when it fails."""
+    top = Path(storage)
+    while not top.parent.exists():
+        top = top.parent
+    existed = top.exists()
+    try:
+        seen = storage_visibility(storage)
+        blind = [node for node, ok in seen.items() if not ok]
+        if blind:
+            raise UserError(f"--storage {storage} is node-local: {len(blind)} of {len(seen)} nodes cannot read it "
+                            f"({', '.join(blind[:3])}{', ...' if len(blind) > 3 else ''}); on a multi-node "
+                            "cluster pass a folder that every node mounts (e.g. NFS)")
+    except UserError:
+        if not existed:
+            shutil.rmtree(top, ignore_errors=True)
+        raise
+
+
 def run_label(cfg: Config) -> str:
     """Readable name of a trial and its MLflow run."""
     return f"{cfg.rule.rule}-d{cfg.model.d}-L{cfg.model.L}-seed{cfg.train.seed}"
@@ -119,7 +173,7 @@ def _trainable(config: dict, settings: dict, base: dict | None = None) -> None:
     from ray import tune
 
     from raycredit.data import load_data
-    from raycredit.tracking import TrialRun
+    from raycredit.tracking import NODE_TAG, RESUMED_TAG, TrialRun
     from raycredit.train import load_checkpoint, save_checkpoint, train
 
     s = SweepSettings(**settings)
@@ -170,6 +224,8 @@ def _trainable(config: dict, settings: dict, base: dict | None = None) -> None:
             return
         folder.mkdir(parents=True, exist_ok=True)
         ckpt = load_checkpoint(path) if path.exists() else None
+        node = {NODE_TAG: ray.get_runtime_context().get_node_id()}
+        run.set_tags({**node, RESUMED_TAG: ckpt["epoch"] if ckpt is not None else 0} if run.attempt > 1 else node)
         if ckpt is not None and ckpt["epoch"] == cfg.train.epochs:
             # killed after saving its last epoch (whose metrics were logged first): nothing left to train
             final = ckpt["history"][-1]

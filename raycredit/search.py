@@ -177,6 +177,7 @@ def _prepare(name: str, args, configs: list[Config]):
     check_writable(Path(storage), "--storage")
     experiment = args.experiment or f"{name}-{args.preset}"
     engine.connect(engine.resolve_address(args.address))
+    engine.check_shared_storage(storage)
     gpus = args.gpus_per_trial
     if gpus > 0 and engine.cluster_gpus() == 0:
         print(f"notice: the Ray cluster has no GPUs; trials run on CPU (--gpus-per-trial {gpus} ignored)")
@@ -205,7 +206,7 @@ def _run(name: str, preset: Preset, args, analysis) -> int:
     uri, storage, experiment, settings = _prepare(name, args, configs)
     # the Tune experiment is named after the exact trial set, so re-running the same command resumes it
     sweep_id = stable_hash([c.key() for c in configs])[:8]
-    print(f"{name}: {len(configs)} trials, MLflow experiment {experiment!r} at {uri}")
+    print(f"{name}: {len(configs)} trials, MLflow experiment {experiment!r} at {tracking.redact(uri)}")
     done = len({c.key() for c in configs} & tracking.finished_keys(uri, settings.experiment_id))
     if done:
         print(f"notice: {done} of these configs already have a finished run in {experiment!r} and are not "
@@ -240,7 +241,7 @@ def _run_optuna(name: str, preset: Preset, args, analysis, space: Callable) -> i
     opt = engine.OptunaSettings(space=BoundSpace(space, base.to_dict()), num_samples=samples, seed=base.train.seed)
     # named after the base config and the sample count: the same command resumes the same search
     sweep_id = stable_hash([base.key(), samples])[:8]
-    print(f"{name}: Optuna (TPE) + ASHA, {samples} trials on top of {experiment!r} at {uri}")
+    print(f"{name}: Optuna (TPE) + ASHA, {samples} trials on top of {experiment!r} at {tracking.redact(uri)}")
     out = engine.run_optuna(base, opt, settings, name=f"{experiment}-{sweep_id}", storage=storage,
                             max_failures=args.max_failures)
     tracking.close_stale_runs(uri, settings.experiment_id, out.status, out.early)

@@ -9,6 +9,9 @@ logged before an interruption are not logged twice.
 
 from __future__ import annotations
 
+import contextlib
+import re
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +21,9 @@ from raycredit.errors import UserError
 
 RUN_KEY_TAG = "raycredit.run_key"
 STOPPED_EARLY_TAG = "raycredit.stopped_early"
+ATTEMPT_TAG = "raycredit.attempt"  # 1, then +1 each time a restored, retried or moved trial takes its run up again
+RESUMED_TAG = "raycredit.resumed_from_epoch"  # the checkpoint epoch the latest attempt started from
+NODE_TAG = "raycredit.node"  # the Ray node id of the latest attempt
 SUMMARY_TAG = "raycredit.summary"  # runs that summarize a search (not trials); analyses skip them
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 T = TypeVar("T")
@@ -36,6 +42,11 @@ def normalize_uri(uri: str | None) -> str:
     if "://" not in uri and not uri.startswith("sqlite:"):
         raise UserError(f"tracking URI {uri!r} is not a URI (use sqlite:///path/mlflow.db or http://host:port)")
     return uri
+
+
+def redact(uri: str) -> str:
+    """The URI as printed: credentials written into it (http://user:token@host) are masked."""
+    return re.sub(r"(://)[^/@]+@", r"\1***@", uri)
 
 
 def _client(uri: str):
@@ -61,6 +72,10 @@ def ensure_experiment(uri: str, name: str) -> str:
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
         db.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.closing(sqlite3.connect(db)) as con:
+            # write-ahead log (kept by the file): trials looking up their runs no longer block the trials
+            # writing metrics, which otherwise wait seconds for the lock when many trials log at once
+            con.execute("PRAGMA journal_mode=WAL")
     client = _client(uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
@@ -86,18 +101,23 @@ class TrialRun:
             self.last_epoch = int(run.data.metrics.get("epoch", 0))
             self._final = dict(run.data.metrics)
             logged = run.data.params
+            self.attempt = int(run.data.tags.get(ATTEMPT_TAG, "1")) + (self.status != "FINISHED")
             if self.status not in ("RUNNING", "FINISHED"):  # a failed or killed attempt is being retried
                 _retry(lambda: self.client.update_run(self.run_id, status="RUNNING"))
                 self.status = "RUNNING"
         else:
             # tag values must be strings for the REST store (a tracking server); SQLite is lenient
             run = _retry(lambda: self.client.create_run(
-                experiment_id, run_name=run_name, tags={**{k: str(v) for k, v in tags.items()}, RUN_KEY_TAG: key}))
+                experiment_id, run_name=run_name,
+                tags={**{k: str(v) for k, v in tags.items()}, RUN_KEY_TAG: key, ATTEMPT_TAG: "1"}))
             self.run_id, self.status, self.last_epoch, self._final, logged = run.info.run_id, "RUNNING", 0, {}, {}
+            self.attempt = 1
         # also after a kill between create_run and this call: a run is found but its params are missing
         missing = [Param(k, str(v)) for k, v in params.items() if k not in logged]
         if missing:
             _retry(lambda: self.client.log_batch(self.run_id, params=missing))
+        if self.attempt > 1 and not self.finished:
+            self.set_tags({ATTEMPT_TAG: self.attempt})
 
     @property
     def finished(self) -> bool:
@@ -190,6 +210,7 @@ def load_runs(uri: str, experiment: str):
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = [e.name for e in client.search_experiments()]
-        raise UserError(f"no MLflow experiment {experiment!r} in {uri} (experiments: {', '.join(names) or 'none'})")
+        raise UserError(f"no MLflow experiment {experiment!r} in {redact(uri)} "
+                        f"(experiments: {', '.join(names) or 'none'})")
     mlflow.set_tracking_uri(uri)
     return mlflow.search_runs([exp.experiment_id], output_format="pandas")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -76,8 +77,13 @@ def last_hidden_norm(model, x: torch.Tensor) -> torch.Tensor:
 def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's advice here is weights_only=False, which would run whatever the file holds
+        raise UserError(f"cannot read checkpoint {path}: not a torch file of tensors and plain data "
+                        "(corrupt, or holding objects raycredit refuses to unpickle)") from None
     except Exception as e:
-        raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: {reason}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not a raycredit checkpoint (format {CHECKPOINT_FORMAT})")
     return ckpt

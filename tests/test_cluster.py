@@ -1,9 +1,11 @@
-"""A real `ray start --head` cluster on 127.0.0.1: the smoke scan with --address auto, and a driver killed mid-sweep.
+"""Real clusters on 127.0.0.1: a `ray start --head` cluster (searches with --address auto, drivers
+interrupted and killed, the whole cluster restarted) and a `ray.cluster_utils.Cluster` that loses a node.
 
-The fixture starts `ray start --head --block` and stops exactly that cluster by
-sending SIGTERM to the process it started (never `ray stop`).
+Each test stops exactly the processes it started: the `ray start --head --block` process gets SIGTERM
+(never `ray stop`); the Cluster driver shuts its own nodes down.
 """
 
+import json
 import os
 import signal
 import socket
@@ -13,47 +15,63 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
+from raycredit.tracking import ATTEMPT_TAG, NODE_TAG, RESUMED_TAG, RUN_KEY_TAG, SUMMARY_TAG
+from raycredit.train import train
+
 from mlflow_checks import assert_one_complete_run_per_trial, runs_of
+from node_loss_driver import CONFIGS, EXPERIMENT
+from ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE_TRIALS, SMOKE_EPOCHS = 16, 8  # smoke preset with --seeds 0: 4 rules x 2 d x 2 L
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Head:
+    """`ray start --head --block` on 127.0.0.1 with 2 CPUs; stop() sends SIGTERM to exactly that process,
+    which takes its cluster down with it."""
+
+    def __init__(self, logdir: Path):
+        self.logdir, self.proc, self.address, self.starts = logdir, None, "", 0
+
+    def start(self) -> None:
+        port = free_port()
+        self.starts += 1
+        self.log = open(self.logdir / f"ray_start_{self.starts}.log", "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+             f"--port={port}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false",
+             "--disable-usage-stats"],
+            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
+        self.address = f"127.0.0.1:{port}"
+        deadline = time.time() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert self.proc.poll() is None and time.time() < deadline, "ray start --head did not come up"
+                time.sleep(0.5)
+        time.sleep(3)  # the raylet registers shortly after the GCS port opens
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
 
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
-    port = free_port()
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    log = open(tmp_path_factory.mktemp("head") / "ray_start.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-         f"--port={port}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats"],
-        stdout=log, stderr=subprocess.STDOUT, env=env)
-    address = f"127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert proc.poll() is None and time.time() < deadline, "ray start --head did not come up"
-            time.sleep(0.5)
-    time.sleep(3)  # the raylet registers shortly after the GCS port opens
-    yield address
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log.close()
+    h = Head(tmp_path_factory.mktemp("head"))
+    h.start()
+    yield h
+    h.stop()
 
 
 def scan_cmd(tmp: Path, experiment: str):
@@ -64,16 +82,6 @@ def scan_cmd(tmp: Path, experiment: str):
 
 def run_env(address: str) -> dict:
     return {**os.environ, "RAY_ADDRESS": address, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-
-
-def test_smoke_scan_against_a_running_cluster(head, tmp_path):
-    p = subprocess.run(scan_cmd(tmp_path, "smoke"), cwd=tmp_path, env=run_env(head), capture_output=True,
-                       text=True, timeout=600)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert "notice: the Ray cluster has no GPUs" in p.stdout
-    assert "d=128 L=4:" in p.stdout and "/1 seeds" in p.stdout
-    assert (tmp_path / "reports" / "both_fail.csv").exists() and (tmp_path / "reports" / "both_fail.md").exists()
-    assert_one_complete_run_per_trial(f"sqlite:///{tmp_path / 'mlflow.db'}", "smoke", SMOKE_TRIALS, SMOKE_EPOCHS)
 
 
 def finished_runs(uri: str, experiment: str) -> dict:
@@ -97,37 +105,43 @@ def interrupt_after(cmd, env, cwd: Path, uri: str, n_finished: int, sig: int) ->
         return proc.wait(timeout=120)
 
 
-def test_interrupted_and_killed_driver_resumes_without_rerun_or_duplicates(head, tmp_path):
+def test_interrupted_killed_and_restarted_cluster_sweep_completes_once(head, tmp_path):
+    """The smoke scan with --address auto: Ctrl-C, re-run, SIGKILL of the driver, the whole cluster
+    stopped and started again, re-run: every trial finishes exactly once and the analysis runs."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cmd, env = scan_cmd(tmp_path, "killed"), run_env(head)
+    cmd = scan_cmd(tmp_path, "killed")
     # Ctrl-C: Tune saves its state, unfinished runs are marked KILLED (not left RUNNING), exit code 130
-    assert interrupt_after(cmd, env, tmp_path, uri, 2, signal.SIGINT) == 130
+    assert interrupt_after(cmd, run_env(head.address), tmp_path, uri, 2, signal.SIGINT) == 130
     client, runs = runs_of(uri, "killed")
     assert not [r for r in runs if r.info.status == "RUNNING"]
     # SIGKILL of the resumed driver: nothing gets a chance to clean up
-    assert interrupt_after(cmd, env, tmp_path, uri, 6, signal.SIGKILL) == -signal.SIGKILL
+    assert interrupt_after(cmd, run_env(head.address), tmp_path, uri, 6, signal.SIGKILL) == -signal.SIGKILL
     before = finished_runs(uri, "killed")
     assert 6 <= len(before) < SMOKE_TRIALS
+    head.stop()  # the whole cluster goes down; a new one comes up at another port
+    head.start()
 
-    p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    p = subprocess.run(cmd, cwd=tmp_path, env=run_env(head.address), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "resuming sweep" in p.stdout
     assert "of these configs already have a finished run" in p.stdout
+    assert "notice: the Ray cluster has no GPUs" in p.stdout
+    assert "d=128 L=4:" in p.stdout and "/1 seeds" in p.stdout
+    assert (tmp_path / "reports" / "both_fail.csv").exists() and (tmp_path / "reports" / "both_fail.md").exists()
     runs = assert_one_complete_run_per_trial(uri, "killed", SMOKE_TRIALS, SMOKE_EPOCHS)
     after = {r.info.run_id: r.info.end_time for r in runs}
     assert {k: after[k] for k in before} == before, "a trial that had finished was run again"
     assert not MlflowClient(uri).search_runs(
         [runs[0].info.experiment_id], filter_string="attributes.status = 'RUNNING'")
+    assert not list((tmp_path / "ray").glob("*/checkpoints/*")), "checkpoint files left behind"
 
 
 def test_optuna_search_killed_and_rerun_completes_its_trials_once(head, tmp_path):
-    from raycredit.tracking import RUN_KEY_TAG, SUMMARY_TAG
-
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cmd = [sys.executable, str(ROOT / "searches" / "optuna_scaffold.py"), "--preset", "smoke", "--address", "auto",
            "--tracking-uri", uri, "--storage", str(tmp_path / "ray"), "--experiment", "optuna",
            "--out", str(tmp_path / "reports"), "--num-samples", "6"]
-    env = run_env(head)
+    env = run_env(head.address)
     with open(tmp_path / "driver.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.time() + 300
@@ -160,3 +174,33 @@ def test_optuna_search_killed_and_rerun_completes_its_trials_once(head, tmp_path
     summary = [r for r in runs if SUMMARY_TAG in r.data.tags]
     assert len(summary) == 1 and summary[0].data.params["rule"] == "scaffold"
     assert float(summary[0].data.metrics["best_test_acc"]) == max(float(r.data.metrics["test_acc"]) for r in trials)
+
+
+def test_a_worker_node_removed_mid_sweep_loses_nothing(tmp_path):
+    """ray.cluster_utils.Cluster, head + 2 worker nodes with a logical GPU each; one worker node is
+    removed (processes killed) once a trial on it has logged 2 epochs."""
+    p = subprocess.run([sys.executable, str(ROOT / "tests" / "node_loss_driver.py"), str(tmp_path)], cwd=tmp_path,
+                       env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert len(result["visibility"]) == 3 and all(result["visibility"].values()), result["visibility"]
+    assert result["status"] == {c.key(): "FINISHED" for c in CONFIGS}
+    epochs = CONFIGS[0].train.epochs
+    runs = assert_one_complete_run_per_trial(f"sqlite:///{tmp_path / 'mlflow.db'}", EXPERIMENT, len(CONFIGS), epochs)
+    by_key = {r.data.tags[RUN_KEY_TAG]: r for r in runs}
+    moved = [r for r in runs if int(r.data.tags[ATTEMPT_TAG]) > 1]
+    assert by_key[result["removed"]["trial"]] in moved, "the trial on the removed node did not resume elsewhere"
+    for r in moved:
+        assert r.data.tags[NODE_TAG] != result["removed"]["node"]
+    assert int(by_key[result["removed"]["trial"]].data.tags[RESUMED_TAG]) >= 1, "restarted from scratch"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the trials (cpus_per_trial=1)
+    try:
+        for cfg in CONFIGS:
+            expected = train(cfg)["final"]
+            logged = by_key[cfg.key()].data.metrics
+            for name in ("test_acc", "train_loss", "deep_cos", "deep_rho", "h_norm/l3"):
+                assert logged[name] == pytest.approx(expected[name], rel=1e-9, abs=1e-12), (cfg.rule.rule, name)
+    finally:
+        torch.set_num_threads(threads)

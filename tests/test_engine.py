@@ -1,6 +1,7 @@
 """The sweep engine on the shared local Ray session (2 CPUs, 1 logical GPU)."""
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -9,6 +10,7 @@ from raycredit.config import Config
 from raycredit.search import run_search
 
 from mlflow_checks import assert_one_complete_run_per_trial, runs_of
+from ports import free_port
 from searches_loader import load_search
 
 
@@ -26,43 +28,6 @@ def test_four_quarter_gpu_trials_share_one_gpu_at_once(ray_session, tmp_path):
     starts = [r.info.start_time for r in runs]
     ends = [r.info.end_time for r in runs]
     assert max(starts) < min(ends), "the four 0.25-GPU trials did not all run at the same time"
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.parametrize("argv, words", [
-    (["--set", "rule=backprop"], "unknown rule 'backprop'"),
-    (["--set", "penalty_lam=-1"], "penalty_lam"),
-    (["--set", "bogus=1"], "unknown config key 'bogus'"),
-    (["--set", "alpha=1.5"], "alpha"),
-    (["--seeds", "a,b"], "--seeds"),
-    (["--address", "127.0.0.1:{port}"], "cannot reach a Ray cluster"),
-    (["--address", "nonsense"], "expected host:port"),
-    (["--dataset", "cifar10", "--data-dir", "{tmp}/missing"], "--download"),
-    (["--dataset", "npz", "--data-dir", "{tmp}/none.npz"], "npz file not found"),
-    (["--gpus-per-trial", "-1"], "--gpus-per-trial"),
-    (["--preset", "huge"], "invalid choice"),
-    (["--epochs", "x"], "invalid int value"),
-    (["--storage", "{tmp}/afile/ray"], "--storage: cannot create"),
-    (["--tracking-uri", "sqlite:///{tmp}/afile/m.db"], "--tracking-uri: cannot create"),
-])
-def test_bad_search_input_exits_2_and_writes_nothing(tmp_path, capsys, argv, words):
-    scan = load_search("both_fail_scan")
-    (tmp_path / "afile").write_text("a file where a folder is expected")
-    argv = [a.format(port=closed_port(), tmp=tmp_path) for a in argv]
-    db, storage = tmp_path / "m.db", tmp_path / "ray"
-    base = ["--preset", "smoke", "--tracking-uri", f"sqlite:///{db}", "--storage", str(storage)]
-    with pytest.raises(SystemExit) as e:
-        raise SystemExit(run_search("both_fail_scan", scan.__doc__, scan.PRESETS, argv=base + argv,
-                                    analysis=None))
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and words in err[0], err
-    assert not db.exists() and not storage.exists()
 
 
 def test_resumed_trial_reuses_its_run_and_skips_logged_epochs(tmp_path):
@@ -83,7 +48,7 @@ def test_resumed_trial_reuses_its_run_and_skips_logged_epochs(tmp_path):
 
 
 def test_address_auto_without_a_live_cluster_exits_2(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{free_port()}")
     scan = load_search("both_fail_scan")
     db = tmp_path / "m.db"
     code = run_search("both_fail_scan", scan.__doc__, scan.PRESETS, analysis=None, argv=[
@@ -137,7 +102,7 @@ def mlflow_server(tmp_path):
     import sys
     import time
 
-    port = closed_port()
+    port = free_port()
     log = open(tmp_path / "mlflow_server.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
@@ -197,3 +162,56 @@ def test_trial_killed_after_its_last_checkpoint_finishes_on_resume(ray_session, 
     runs = assert_one_complete_run_per_trial(uri, "late", 1, 2)
     assert runs[0].data.metrics["test_acc"] == expected["test_acc"]
     assert not folder.exists()  # removed once the final checkpoint is in MLflow
+
+
+def test_node_local_storage_on_a_multi_node_cluster_exits_2_and_leaves_nothing(ray_session, tmp_path, capsys,
+                                                                              monkeypatch):
+    """The probe itself runs on real nodes in test_cluster's node-loss test; here one node cannot see
+    the storage folder, as when each node of a cluster has its own disk."""
+    def one_node_blind(storage: str) -> dict:
+        Path(storage).mkdir(parents=True, exist_ok=True)  # as the real probe does
+        return {"10.0.0.1 (node aaaaaaaa)": True, "10.0.0.2 (node bbbbbbbb)": False}
+
+    monkeypatch.setattr(engine, "storage_visibility", one_node_blind)
+    scan = load_search("both_fail_scan")
+    db = tmp_path / "m.db"
+    code = run_search("both_fail_scan", scan.__doc__, scan.PRESETS, analysis=None, argv=[
+        "--preset", "smoke", "--tracking-uri", f"sqlite:///{db}", "--storage", str(tmp_path / "local" / "ray")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "is node-local: 1 of 2 nodes cannot read it (10.0.0.2 (node bbbbbbbb))" in err[0], err
+    assert not db.exists() and not (tmp_path / "local").exists()
+
+
+def test_64_trials_log_every_epoch_into_sqlite_without_losing_a_point(ray_session, tmp_path):
+    """Eight trials at a time write to one SQLite store; every metric point of every epoch arrives."""
+    import sqlite3
+
+    from raycredit.train import train
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp_id = tracking.ensure_experiment(uri, "load")
+    rules = ("bp", "fa", "dfa", "frozen")
+    configs = [Config.from_dict(dict(rule=rules[s % 4], dataset="synthetic", n_train=256, n_test=64, input_dim=8,
+                                     d=8, L=2, epochs=3, probe_size=16, rho_dirs=2, seed=s, device="cpu"))
+               for s in range(64)]
+    settings = engine.SweepSettings(search="load", experiment_id=exp_id, tracking_uri=uri, code_version="test",
+                                    cpus_per_trial=0.25, gpus_per_trial=0)
+    status = engine.run_trials(configs, settings, name="load", storage=str(tmp_path / "ray"), max_failures=0)
+    assert status == {c.key(): "FINISHED" for c in configs}
+    runs = assert_one_complete_run_per_trial(uri, "load", 64, 3)
+    spans = [(r.info.start_time, r.info.end_time) for r in runs]
+    concurrent = max(sum(s <= t < e for s, e in spans) for t, _ in spans)
+    assert concurrent >= 4, concurrent
+
+    points_per_run = {c.rule.rule: sum(len(h) for h in train(c)["history"]) for c in configs[:4]}
+    with sqlite3.connect(tmp_path / "mlflow.db") as con:
+        logged = con.execute("SELECT COUNT(*) FROM metrics JOIN runs ON metrics.run_uuid = runs.run_uuid "
+                             "WHERE runs.experiment_id = ?", (int(exp_id),)).fetchone()[0]
+    assert logged == sum(points_per_run[c.rule.rule] for c in configs)
+    # params are the config and nothing else (no URIs, tokens or environment); tags are raycredit's own
+    for r in runs:
+        assert set(r.data.params) == set(configs[0].flat())
+        assert {t for t in r.data.tags if not t.startswith("mlflow.")} == {
+            "rule", "search", "dataset", "seed", "code_version", "n_classes", "diverged", tracking.RUN_KEY_TAG,
+            tracking.ATTEMPT_TAG, tracking.NODE_TAG}

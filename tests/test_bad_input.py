@@ -1,0 +1,171 @@
+"""The bad-input corpus: every malformed input to a search or to `raycredit train` exits 2 with one line
+on stderr, no traceback, and writes nothing (no MLflow store, no Tune storage, no run folder).
+
+Both commands run in process, exactly as their scripts do (argparse exits and `main`'s return code);
+`test_cli.py` checks the same once as a real process.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from raycredit.search import run_search
+
+from cifar_fixture import write_cifar10
+from ports import free_port
+from searches_loader import load_search
+
+TRAIN_TINY = ["--n-train", "64", "--n-test", "32", "--input-dim", "8", "--d", "8", "--L", "2", "--probe-size", "16",
+              "--rho-dirs", "2", "--epochs", "1", "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def real_checkpoint(tmp_path_factory) -> bytes:
+    """The bytes of a checkpoint written by `raycredit train` with TRAIN_TINY."""
+    from raycredit.cli import main
+
+    out = tmp_path_factory.mktemp("ckpt") / "run"
+    assert main(["train", "--out", str(out), *TRAIN_TINY]) == 0
+    return (out / "checkpoint.pt").read_bytes()
+
+
+class Evil:
+    """Unpickling this would run code: weights_only loading must refuse it."""
+
+    def __reduce__(self):
+        return (print, ("unpickled arbitrary code",))
+
+
+def setup(kind: str, tmp: Path, ckpt: bytes, monkeypatch) -> None:
+    """Write the malformed file a case needs under tmp."""
+    run = tmp / "o"
+    if kind == "truncated_cifar":
+        lists = write_cifar10(tmp / "cifar", per_batch=10)
+        for name, value in lists.items():
+            monkeypatch.setattr(torchvision.datasets.CIFAR10, name, value)
+        batch = tmp / "cifar" / "cifar-10-batches-py" / "data_batch_2"
+        batch.write_bytes(batch.read_bytes()[:200])
+    elif kind == "npz_shapes":
+        rng = np.random.default_rng(0)
+        np.savez(tmp / "bad.npz", x_train=rng.normal(size=(40, 12)), y_train=rng.integers(0, 3, 40),
+                 x_test=rng.normal(size=(10, 7)), y_test=rng.integers(0, 3, 10))
+    elif kind == "npz_labels":
+        rng = np.random.default_rng(0)
+        np.savez(tmp / "bad.npz", x_train=rng.normal(size=(40, 12)), y_train=rng.normal(size=40),
+                 x_test=rng.normal(size=(10, 12)), y_test=rng.integers(0, 3, 10))
+    elif kind == "npz_garbage":
+        (tmp / "bad.npz").write_bytes(b"PK\x03\x04 not really a zip archive")
+    elif kind.startswith("ckpt_"):
+        run.mkdir()
+        content = {"ckpt_garbage": b"\x00\x01 not a checkpoint",
+                   "ckpt_truncated": ckpt[: len(ckpt) // 2],
+                   "ckpt_empty": b"",
+                   "ckpt_real": ckpt}.get(kind)
+        if kind == "ckpt_pickle":
+            torch.save({"format": Evil()}, run / "checkpoint.pt")
+        elif kind == "ckpt_foreign":
+            torch.save({"state_dict": {"w": torch.zeros(2)}}, run / "checkpoint.pt")
+        else:
+            (run / "checkpoint.pt").write_bytes(content)
+    elif kind == "afile":
+        (tmp / "afile").write_text("a file where a folder is expected")
+    elif kind != "":
+        raise AssertionError(kind)
+
+
+SEARCH, TRAIN = "search", "train"
+CASES = [
+    # config values and types, through a search's --set
+    (SEARCH, "", ["--set", "rule=backprop"], "unknown rule 'backprop'; valid rules: bp"),
+    (SEARCH, "", ["--set", "penalty_lam=-1"], "penalty_lam"),
+    (SEARCH, "", ["--set", "bogus=1"], "unknown config key 'bogus'"),
+    (SEARCH, "", ["--set", "alpha=1.5"], "alpha"),
+    (SEARCH, "", ["--set", "lr=fast"], "lr"),
+    (SEARCH, "", ["--set", "d"], "expected KEY=VALUE"),
+    (SEARCH, "", ["--set", "arch=vit_mini"], "synthetic"),
+    (SEARCH, "", ["--set", "rule=vector_field", "--set", "arch=small_cnn", "--dataset", "cifar10",
+                  "--data-dir", "{tmp}/cifar"], "supports architectures resmlp"),
+    # flags
+    (SEARCH, "", ["--seeds", "a,b"], "--seeds"),
+    (SEARCH, "", ["--seeds", ","], "--seeds: no seeds given"),
+    (SEARCH, "", ["--epochs", "x"], "invalid int value"),
+    (SEARCH, "", ["--gpus-per-trial", "-1"], "--gpus-per-trial"),
+    (SEARCH, "", ["--max-failures", "-1"], "--max-failures"),
+    (SEARCH, "", ["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (SEARCH, "", ["--preset", "huge"], "invalid choice: 'huge'"),
+    # cluster address
+    (SEARCH, "", ["--address", "127.0.0.1:{port}"], "cannot reach a Ray cluster"),
+    (SEARCH, "", ["--address", "nonsense"], "expected host:port"),
+    # tracking store and storage
+    (SEARCH, "afile", ["--storage", "{tmp}/afile/ray"], "--storage: cannot create"),
+    (SEARCH, "afile", ["--tracking-uri", "sqlite:///{tmp}/afile/m.db"], "--tracking-uri: cannot create"),
+    (SEARCH, "", ["--tracking-uri", "mlruns/m.db"], "is not a URI"),
+    # data
+    (SEARCH, "", ["--dataset", "cifar10", "--data-dir", "{tmp}/missing"], "--download"),
+    (SEARCH, "truncated_cifar", ["--dataset", "cifar10", "--data-dir", "{tmp}/cifar"], "not found or corrupted"),
+    (SEARCH, "", ["--dataset", "npz", "--data-dir", "{tmp}/none.npz"], "npz file not found"),
+    (SEARCH, "npz_shapes", ["--dataset", "npz", "--data-dir", "{tmp}/bad.npz"], "x_test 7"),
+    (SEARCH, "npz_labels", ["--dataset", "npz", "--data-dir", "{tmp}/bad.npz"], "y_train integer"),
+    (SEARCH, "npz_garbage", ["--dataset", "npz", "--data-dir", "{tmp}/bad.npz"], "cannot read npz file"),
+    # one run: knobs and flags
+    (TRAIN, "", ["--rule", "backprop"], "unknown rule 'backprop'"),
+    (TRAIN, "", ["--d", "abc"], "invalid int value"),
+    (TRAIN, "", ["--optimizer", "lion"], "invalid choice"),
+    (TRAIN, "", ["--device", "gpu0"], "is not a device"),
+    (TRAIN, "", ["--bogus", "1"], "unrecognized arguments: --bogus"),
+    (TRAIN, "", ["--rule", "scaffold", "--blend-alpha", "1.2"], "blend_alpha: 1.2 must be <= 1"),
+    (TRAIN, "", ["--rule", "scaffold", "--aux-kind", "oracle"], "invalid choice: 'oracle'"),
+    (TRAIN, "", ["--rule", "scaffold", "--decay-to", "0.5"], "set freeze_after too"),
+    (TRAIN, "", ["--rule", "vector_field", "--vf-dirs", "0"], "vf_dirs: 0 must be >= 1"),
+    (TRAIN, "", ["--rule", "credit_bridge", "--warmup-ratio", "1"], "warmup_ratio: 1.0 must be < 1"),
+    (TRAIN, "", ["--rule", "credit_bridge", "--s-type", "eTT"], "invalid choice: 'eTT'"),
+    (TRAIN, "", ["--dataset", "npz", "--data-dir", "/nonexistent/x.npz"], "npz file not found"),
+    # checkpoints given to --resume
+    (TRAIN, "", ["--resume"], "no checkpoint at"),
+    (TRAIN, "ckpt_garbage", ["--resume"], "cannot read checkpoint"),
+    (TRAIN, "ckpt_truncated", ["--resume"], "cannot read checkpoint"),
+    (TRAIN, "ckpt_empty", ["--resume"], "cannot read checkpoint"),
+    (TRAIN, "ckpt_pickle", ["--resume"], "cannot read checkpoint"),
+    (TRAIN, "ckpt_foreign", ["--resume"], "is not a raycredit checkpoint"),
+    (TRAIN, "ckpt_real", ["--resume", "--d", "16"], "written by a different config (differs in d)"),
+    (TRAIN, "ckpt_real", [], "already holds a run; pass --resume"),
+]
+
+
+def snapshot(root: Path) -> dict:
+    return {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("tool, kind, argv, words", CASES,
+                         ids=[f"{c[0]}-{i}-{c[1] or c[2][0].lstrip('-')}" for i, c in enumerate(CASES)])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch, real_checkpoint,
+                                                            tool, kind, argv, words):
+    setup(kind, tmp_path, real_checkpoint, monkeypatch)
+    argv = [a.format(port=free_port(), tmp=tmp_path) for a in argv]
+    before = snapshot(tmp_path)
+    if tool == SEARCH:
+        scan = load_search("both_fail_scan")
+        base = ["--preset", "smoke", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
+                "--storage", str(tmp_path / "ray"), "--out", str(tmp_path / "reports")]
+        try:
+            code = run_search("both_fail_scan", scan.__doc__, scan.PRESETS, argv=base + argv, analysis=None)
+        except SystemExit as e:
+            code = e.code
+    else:
+        from raycredit.cli import main
+
+        try:
+            code = main(["train", "--out", str(tmp_path / "o"), *TRAIN_TINY, *argv])
+        except SystemExit as e:
+            code = e.code
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2, captured
+    assert len(lines) == 1 and words in lines[0], lines
+    assert "Traceback" not in captured.err and "unpickled" not in captured.out
+    assert snapshot(tmp_path) == before, "bad input wrote files"
+    assert not [p for p in tmp_path.iterdir() if p.is_dir() and p.name in ("ray", "reports", "mlflow_runs")]
+
