@@ -111,6 +111,10 @@ class TrainConfig:
     seed: int = knob(0, "training seed: init, feedback matrices, batch order", lo=0)
     device: str = knob("auto", "auto (cuda when available), cpu or cuda[:i]")
     checkpoint_every: int = knob(1, "epochs between checkpoints (the last epoch is always saved)", lo=1)
+    precision: str = knob("fp32", "training steps' forward passes: fp32, or bf16 autocast (weights, optimizer "
+                                  "and diagnostics stay fp32)", choices=("fp32", "bf16"))
+    compile: bool = knob(False, "torch.compile the training step's forward and loss (the first steps pay "
+                                "the compilation)")
 
 
 @dataclass(frozen=True)

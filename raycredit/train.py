@@ -155,6 +155,8 @@ def train(cfg: Config, *, checkpoint: dict | None = None, on_epoch: EpochCallbac
         }
 
     n, bs, E = len(data.y_train), cfg.train.batch_size, cfg.train.epochs
+    step_loss = torch.compile(rule.loss) if cfg.train.compile else rule.loss
+    low_precision = cfg.train.precision == "bf16"
     bar = None
     if progress:
         from tqdm import tqdm
@@ -172,7 +174,8 @@ def train(cfg: Config, *, checkpoint: dict | None = None, on_epoch: EpochCallbac
             if cfg.data.random_targets:
                 y = torch.randint(0, data.n_classes, y.shape, generator=gen, device=device)
             opt.zero_grad(set_to_none=True)
-            objective, ce, logits = rule.loss(model, x, y)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=low_precision):
+                objective, ce, logits = step_loss(model, x, y)
             objective.backward()
             if cfg.train.clip_norm:
                 torch.nn.utils.clip_grad_norm_(params, cfg.train.clip_norm)

@@ -111,3 +111,27 @@ def test_checkpoints_are_never_unpickled(tmp_path, capsys):
     (tmp_path / "short.pt").write_bytes(path.read_bytes()[:40])
     with pytest.raises(UserError, match="cannot read checkpoint"):
         load_checkpoint(tmp_path / "short.pt")
+
+
+BF16_ACC_TOL = 0.02  # |test_acc(bf16) - test_acc(fp32)| for bp; README and docs/PERFORMANCE.md state it
+
+
+def test_bf16_autocast_agrees_with_fp32_on_bp_accuracy(tiny):
+    cfg = Config.from_dict({**tiny, "rule": "bp", "epochs": 3, "n_train": 1024})
+    fp32, bf16 = train(cfg)["final"], train(cfg.replace(precision="bf16"))["final"]
+    assert fp32["train_loss"] != bf16["train_loss"], "the bf16 path did not run"
+    assert abs(fp32["test_acc"] - bf16["test_acc"]) <= BF16_ACC_TOL, (fp32["test_acc"], bf16["test_acc"])
+    assert fp32["test_acc"] > 0.3  # both learned: chance is 0.1
+
+
+def test_compile_flag_compiles_the_training_step_and_changes_nothing_else(tiny, monkeypatch):
+    """Wiring only (compiling costs minutes on CPU): torch.compile receives the rule's loss, and with an
+    identity compile the run equals the eager one. benchmarks/throughput.py compares real compiled runs."""
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(fn) or fn)
+    cfg = Config.from_dict({**tiny, "rule": "dfa"})
+    eager = train(cfg)["history"]
+    again = train(cfg.replace(compile=True))["history"]
+    assert [c.__name__ for c in compiled] == ["loss"] and compiled[0].__self__.__class__.__name__ == "DFA"
+    drop = lambda h: {k: v for k, v in h.items() if k != "time_s"}  # noqa: E731
+    assert [drop(h) for h in again] == [drop(h) for h in eager]
