@@ -72,11 +72,16 @@ def test_run_found_without_params_gets_them(tmp_path):
 
 
 def test_a_diverging_trial_is_recorded_and_the_sweep_finishes(ray_session, tmp_path):
+    import torch
+
+    from analysis import summary
+    from raycredit.train import load_checkpoint
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     exp_id = tracking.ensure_experiment(uri, "diverge")
     base = dict(rule="bp", dataset="synthetic", n_train=512, n_test=128, input_dim=16, d=16, L=2, epochs=4,
                 probe_size=32, rho_dirs=2, device="cpu")
-    blowup = Config.from_dict({**base, "optimizer": "sgd", "lr": 1e6, "clip_norm": 0.0})
+    blowup = Config.from_dict({**base, "optimizer": "sgd", "lr": 10.0, "clip_norm": 0.0})  # finite epoch 1, then inf
     fine = Config.from_dict(base)
     settings = engine.SweepSettings(search="diverge", experiment_id=exp_id, tracking_uri=uri, code_version="test",
                                     cpus_per_trial=1, gpus_per_trial=0)
@@ -87,10 +92,17 @@ def test_a_diverging_trial_is_recorded_and_the_sweep_finishes(ray_session, tmp_p
     by_key = {r.data.tags[tracking.RUN_KEY_TAG]: r for r in runs}
     bad, good = by_key[blowup.key()], by_key[fine.key()]
     assert bad.info.status == "FINISHED" and bad.data.tags["diverged"] == "1"
-    assert bad.data.metrics["diverged"] == 1.0 and bad.data.metrics["epoch"] < 4
+    assert bad.data.metrics["diverged"] == 1.0 and bad.data.metrics["epoch"] == 2
     steps = [m.step for m in client.get_metric_history(bad.info.run_id, "train_loss")]
-    assert steps == list(range(1, int(bad.data.metrics["epoch"]) + 1))  # its metrics are kept up to the blow-up
+    assert steps == [1, 2]  # its metrics are kept up to the blow-up
     assert good.data.tags["diverged"] == "0" and good.data.metrics["epoch"] == 4
+    # the diverged run keeps its last finite checkpoint: epoch 1's
+    ckpt = load_checkpoint(client.download_artifacts(bad.info.run_id, "checkpoint/checkpoint.pt", str(tmp_path)))
+    assert ckpt["epoch"] == 1 and all(torch.isfinite(t).all() for t in ckpt["model"].values())
+    # and the analysis reads the store as usual
+    text = summary.run(uri, "diverge", tmp_path / "report")
+    rows = [line for line in text.splitlines() if line.startswith("| bp ")]
+    assert sorted(r.strip(" |").rsplit("|", 1)[-1].strip() for r in rows) == ["0.000", "1.000"], rows  # diverged
 
 
 @pytest.fixture
