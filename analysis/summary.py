@@ -21,7 +21,7 @@ from raycredit.tracking import load_runs
 
 METRICS = ("test_acc", "deep_cos", "deep_rho", "h_norm_L", "mode1a", "diverged")
 NOT_GROUPED = {"seed", "device", "checkpoint_every", "diag_every", "data_dir", "download", "n_classes", *METRICS}
-DEPTH_METRICS = {"h_norm_L": "h_norm/l{L}"}  # per-layer metrics read at each run's last layer L
+DEPTH_METRICS = {"h_norm_L": "h_norm/l{L}", "g_norm_L": "g_norm/l{L}"}  # read at each run's last layer L
 
 
 def group_columns(df: pd.DataFrame) -> list[str]:

@@ -6,22 +6,23 @@ frozen-blocks baseline, which have genuine credit (deep cos), and which show
 residual-stream growth / gradient-floor collapse (mode1a / mode1b)? The seeds'
 Table 1: BP 0.615, FA 0.401, frozen 0.349, EP 0.316, DFA 0.306, CB 0.289, SB 0.205.
 
-Sweep: 7 rules x seeds, then analysis/summary.py.
+Sweep: 7 rules x seeds, then analysis/audit_table.py (per rule: accuracy, deep cos, ||h_L||, ||g_L||,
+Mode 1 flags, margin to the frozen baseline).
 
     python searches/audit.py --preset smoke
     python searches/audit.py --address auto --data-dir ~/data/cifar10
     python searches/audit.py --address auto --data-dir ~/data/cifar10 --set arch=small_cnn --set d=64 \\
         --set rule=bp   # the cross-architecture rows, one supported rule at a time
 
-Cost: smoke is 7 trials, 33 s on 2 CPU cores (measured by `python -m pytest
-tests/test_searches.py -k smoke_preset --durations=5` in one running local Ray
-instance, on a contended host); paper is 21 trials of 100 CIFAR-10 epochs, not
+Cost: smoke is 7 trials; with `--seeds 0,1` (14 trials) it took 64 s on 2 CPU cores, measured by
+`python -m pytest tests/test_searches.py -k audit_smoke --durations=3` in one local Ray instance while
+the full test suite ran beside it; paper is 21 trials of 100 CIFAR-10 epochs, not
 timed here (EP's relaxation adds about ep_steps forward/backward passes a step).
 """
 
 import sys
 
-from analysis import summary
+from analysis import audit_table
 from raycredit.search import Preset, run_search
 
 RULES = ["bp", "fa", "ep", "dfa", "credit_bridge", "state_bridge", "frozen"]
@@ -43,7 +44,7 @@ PRESETS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_search("audit", __doc__, PRESETS, default_preset="paper", analysis=summary.run, argv=argv)
+    return run_search("audit", __doc__, PRESETS, default_preset="paper", analysis=audit_table.run, argv=argv)
 
 
 if __name__ == "__main__":

@@ -74,3 +74,28 @@ def test_summary_groups_by_varying_knobs_with_sample_std(tmp_path):
     assert "| dfa | 0 | 2 | 0.320 ± 0.028 | 0.020 ± 0.014 | 0.010 ± 0.014 | – | – | 0.000 ± 0.000 |" in text
     assert "| fa | 0 | 1 | 0.410 |" in text
     assert pd.read_csv(tmp_path / "summary.csv").shape[0] == 3
+
+
+def test_audit_table_rows_std_and_frozen_margin(tmp_path):
+    from analysis.audit_table import audit
+    from analysis.audit_table import report as audit_report
+
+    rows = []
+    for d, frozen in ((64, (0.30, 0.34)), (128, (0.40, 0.40))):
+        rows += [dict(rule="frozen", d=d, seed=s, test_acc=a, deep_cos=float("nan")) for s, a in enumerate(frozen)]
+        rows += [dict(rule="dfa", d=d, seed=s, test_acc=a, deep_cos=0.1, h_norm_L=h, g_norm_L=1e-3, mode1a=m,
+                      mode1b=0.0) for s, (a, h, m) in enumerate(((0.25, 10.0, 0.0), (0.29, 2000.0, 1.0),
+                                                                 (0.36, 30.0, 0.0)))]
+    df = pd.DataFrame(rows).assign(L=2, dataset="synthetic", epochs=3, diverged=0.0)
+    t = audit(df).set_index(["d", "rule"])
+    assert len(t) == 4 and t.loc[(64, "dfa"), "seeds"] == 3
+    accs = [0.25, 0.29, 0.36]
+    mean = sum(accs) / 3
+    assert abs(t.loc[(64, "dfa"), "test_acc_std"] - (sum((a - mean) ** 2 for a in accs) / 2) ** 0.5) < 1e-12
+    assert abs(t.loc[(64, "dfa"), "frozen_margin"] - (mean - 0.32)) < 1e-12
+    assert abs(t.loc[(128, "dfa"), "frozen_margin"] - (mean - 0.40)) < 1e-12
+    assert abs(t.loc[(64, "dfa"), "mode1a_mean"] - 1 / 3) < 1e-12
+    text = audit_report(df, tmp_path, "t")
+    row = "| 64 | 2 | dfa | 3 | 0.300 ± 0.056 | 0.100 ± 0.000 | 680 ± 1.1e+03 | 0.001 ± 0 | 1/3 | 0/3 | 0/3 | -0.020 |"
+    assert row in text, text
+    assert pd.read_csv(tmp_path / "audit_table.csv").shape[0] == 4

@@ -7,7 +7,7 @@ from raycredit.search import build_parser, expand, overrides_from
 from mlflow_checks import assert_one_complete_run_per_trial
 from searches_loader import ROOT, load_search
 
-GRID_SEARCHES = ["penalty_rescue", "warmup_tgw_ablation", "scaffold_blend", "synthetic_ladder", "audit"]
+GRID_SEARCHES = ["penalty_rescue", "warmup_tgw_ablation", "scaffold_blend", "synthetic_ladder"]  # and audit, below
 PAPER_TRIALS = {"both_fail_scan": 320, "penalty_rescue": 60, "warmup_tgw_ablation": 192, "scaffold_blend": 99,
                 "synthetic_ladder": 240, "audit": 21}
 
@@ -68,6 +68,31 @@ def test_smoke_preset_runs_into_a_scratch_store(ray_session, tmp_path, name):
     table = (tmp_path / "report" / "summary.md").read_text().splitlines()
     rows = [line for line in table if line.startswith("| ") and not line.startswith("| rule ")]
     assert len(rows) == len(smoke), table  # one seed: one row per configuration
+
+
+def test_audit_smoke_with_two_seeds_ends_with_one_audit_row_per_rule(ray_session, tmp_path):
+    import statistics
+
+    import pandas as pd
+
+    from raycredit.tracking import load_runs
+
+    mod = load_search("audit")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    rc = mod.main(["--preset", "smoke", "--seeds", "0,1", "--tracking-uri", uri, "--storage", str(tmp_path / "ray"),
+                   "--out", str(tmp_path / "report"), "--gpus-per-trial", "0"])
+    assert rc == 0
+    smoke = configs(mod, "--preset", "smoke", "--seeds", "0,1")
+    assert_one_complete_run_per_trial(uri, "audit-smoke", len(smoke), smoke[0].train.epochs)
+    text = (tmp_path / "report" / "audit_table.md").read_text()
+    rows = [line.split(" | ")[2] for line in text.splitlines() if line.startswith("| 64 | 4 | ")]
+    assert sorted(rows) == sorted(mod.RULES), text
+    runs = load_runs(uri, "audit-smoke")
+    fa = runs[runs["params.rule"] == "fa"]["metrics.test_acc"].tolist()
+    table = pd.read_csv(tmp_path / "report" / "audit_table.csv").set_index("rule")
+    assert len(fa) == 2 and table.loc["fa", "test_acc_std"] == pytest.approx(statistics.stdev(fa), rel=1e-9)
+    frozen = runs[runs["params.rule"] == "frozen"]["metrics.test_acc"].mean()
+    assert table.loc["fa", "frozen_margin"] == pytest.approx(statistics.mean(fa) - frozen, rel=1e-9)
 
 
 @pytest.mark.parametrize("argv, words", [

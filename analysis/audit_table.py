@@ -1,0 +1,91 @@
+"""The audit table (SPEC §8): per rule, mean ± sample std (ddof=1) over seeds of test accuracy, deep_cos,
+||h_L||, ||g_L||, the Mode 1 flags and divergence, and the margin of the mean accuracy to the frozen-blocks
+baseline of the same setting.
+
+A setting is as in `both_fail.py` (dataset, d, L, epochs and any other data, model or training knob that
+varies); a row is a rule within a setting, split further by any rule knob that varies (e.g. penalty_lam).
+||h_L|| and ||g_L|| are read at each run's own last layer. mode1a / mode1b / diverged are 0/1 per run,
+so their means are the fraction of seeds flagged. `frozen_margin` = mean test_acc - the frozen baseline
+(mean frozen test_acc of the setting); it is empty where the setting has no frozen runs. Prints markdown,
+writes audit_table.csv (numbers) and audit_table.md. Reads MLflow only; never re-trains.
+
+    python analysis/audit_table.py --experiment audit-smoke [--tracking-uri URI] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.both_fail import setting_columns
+from analysis.summary import mean_std, with_depth_metrics
+from analysis.tables import cli_main, finished_runs, markdown_table, write_report
+from raycredit.config import SECTIONS
+from raycredit.tracking import load_runs
+
+METRICS = ("test_acc", "deep_cos", "h_norm_L", "g_norm_L", "mode1a", "mode1b", "diverged")
+FLAGS = ("mode1a", "mode1b", "diverged")
+NORMS = ("h_norm_L", "g_norm_L")
+RULE_KNOBS = set(SECTIONS["rule"].__dataclass_fields__) - {"rule"}
+
+
+def row_columns(df: pd.DataFrame) -> list[str]:
+    knobs = sorted(c for c in df.columns if c in RULE_KNOBS and df[c].nunique(dropna=False) > 1)
+    return setting_columns(df) + ["rule"] + knobs
+
+
+def audit(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (setting, rule, varying rule knobs): seeds, <metric>_mean, <metric>_std, frozen_acc,
+    frozen_margin."""
+    df = df.assign(**{m: float("nan") for m in METRICS if m not in df})
+    keys, setting = row_columns(df), setting_columns(df)
+    g = df.groupby(keys, dropna=False, sort=True)
+    out = g.size().rename("seeds").to_frame()
+    for m in METRICS:
+        out[f"{m}_mean"] = g[m].mean()
+        out[f"{m}_std"] = g[m].std(ddof=1)
+    out = out.reset_index()
+    frozen = df[df["rule"] == "frozen"].groupby(setting, dropna=False)["test_acc"].mean().rename("frozen_acc")
+    out = out.merge(frozen.reset_index(), on=setting, how="left")
+    out["frozen_margin"] = out["test_acc_mean"] - out["frozen_acc"]
+    return out
+
+
+def report(df: pd.DataFrame, out_dir: str | Path, title: str) -> str:
+    lines = [f"# {title}", ""]
+    if df.empty:
+        lines.append("No finished runs.")
+        return write_report(lines, pd.DataFrame(), out_dir, "audit_table")
+    table = audit(df)
+    shown_keys = [k for k in row_columns(df) if k in ("rule", "d", "L") or df[k].nunique(dropna=False) > 1]
+    shown = table[shown_keys + ["seeds"]].copy()
+    for m in METRICS:
+        pairs = zip(table[f"{m}_mean"], table[f"{m}_std"], table["seeds"], strict=True)
+        if m in FLAGS:
+            shown[m] = ["–" if pd.isna(a) else f"{round(a * n)}/{n}" for a, _, n in pairs]
+        elif m in NORMS:
+            shown[m] = ["–" if pd.isna(a) else f"{a:.3g}" if pd.isna(b) else f"{a:.3g} ± {b:.2g}" for a, b, _ in pairs]
+        else:
+            shown[m] = [mean_std(a, b) for a, b, _ in pairs]
+    shown["vs frozen"] = ["–" if pd.isna(v) else f"{v:+.3f}" for v in table["frozen_margin"]]
+    lines += ["mean ± sample std (ddof=1) over seeds of the final epoch; mode1a, mode1b and diverged: seeds "
+              "flagged; vs frozen: mean test_acc minus the frozen-blocks baseline of the same setting", "",
+              markdown_table(shown, "g")]
+    return write_report(lines, table, out_dir, "audit_table")
+
+
+def run(tracking_uri: str, experiment: str, out_dir: str | Path) -> str:
+    runs = load_runs(tracking_uri, experiment)
+    if not runs.empty:
+        runs = with_depth_metrics(runs)
+    return report(finished_runs(runs, METRICS), out_dir, f"Audit of {experiment}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli_main("audit_table", __doc__, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
