@@ -214,3 +214,29 @@ def load_runs(uri: str, experiment: str):
                         f"(experiments: {', '.join(names) or 'none'})")
     mlflow.set_tracking_uri(uri)
     return mlflow.search_runs([exp.experiment_id], output_format="pandas")
+
+
+def run_checkpoint(uri: str, run_id: str, dst: str | Path) -> tuple[str, Path]:
+    """(run name, local path of the run's logged checkpoint, downloaded into dst); UserError when the run
+    or its checkpoint is missing."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(normalize_uri(uri))
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise UserError(f"no MLflow run {run_id!r} in {redact(normalize_uri(uri))}") from None
+    if "checkpoint/checkpoint.pt" not in [a.path for a in client.list_artifacts(run_id, "checkpoint")]:
+        raise UserError(f"run {run_id} has no checkpoint artifact (checkpoint/checkpoint.pt); it did not finish")
+    return run.info.run_name, Path(client.download_artifacts(run_id, "checkpoint/checkpoint.pt", str(dst)))
+
+
+def metrics_at(uri: str, run_id: str, step: int) -> dict[str, float]:
+    """Every metric the run logged at `step` (an epoch)."""
+    client = _client(normalize_uri(uri))
+    out = {}
+    for key in client.get_run(run_id).data.metrics:
+        values = [m.value for m in client.get_metric_history(run_id, key) if m.step == step]
+        if values:
+            out[key] = values[-1]
+    return out

@@ -97,6 +97,23 @@ def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
+def diag_seed(cfg: Config, epoch: int) -> int:
+    """Seed of the diagnostics' random directions at `epoch`: a checkpoint recomputes them exactly."""
+    return cfg.train.seed * 7919 + epoch
+
+
+def restore(ckpt: dict, data: Data | None = None):
+    """(cfg, model, rule, data) as they were when `ckpt` was saved, on the CPU; loads the data unless given."""
+    cfg = Config.from_dict(ckpt["config"]).replace(device="cpu")
+    data = load_data(cfg.data) if data is None else data
+    model = build_model(cfg.model, data.in_shape, data.n_classes)
+    rule = build_rule(cfg, model, data.n_classes)
+    model.load_state_dict(ckpt["model"])
+    rule.load_state_dict(ckpt["rule"])
+    rule.start_epoch(ckpt["epoch"], cfg.train.epochs)
+    return cfg, model, rule, data
+
+
 def _check_resumable(cfg: Config, ckpt: dict) -> None:
     old = Config.from_dict(ckpt["config"]).flat()
     new = cfg.flat()
@@ -190,7 +207,7 @@ def train(cfg: Config, *, checkpoint: dict | None = None, on_epoch: EpochCallbac
         diverged = not (math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["test_loss"])
                         and math.isfinite(h_max) and h_max < DIVERGENCE_NORM)
         if not diverged and (epoch % cfg.diag.diag_every == 0 or epoch == E):
-            metrics.update(diagnose(model, rule, px, py, cfg.diag, seed=cfg.train.seed * 7919 + epoch,
+            metrics.update(diagnose(model, rule, px, py, cfg.diag, seed=diag_seed(cfg, epoch),
                                     h_norm_init=h_norm_init))
         metrics.update(epoch=epoch, diverged=float(diverged), time_s=time.perf_counter() - t0)
         history.append(metrics)

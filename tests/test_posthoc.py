@@ -1,0 +1,85 @@
+"""`raycredit diagnose`: a logged run's diagnostics recomputed from its MLflow checkpoint, and the null
+calibration of feedback-matrix rules. No Ray: the run is logged the way a trial logs it."""
+
+import pytest
+
+from raycredit import posthoc, tracking
+from raycredit.cli import main
+from raycredit.config import Config
+from raycredit.train import save_checkpoint, train
+
+
+def logged_run(tmp_path, cfg: Config) -> tuple[str, str]:
+    """(tracking uri, run id) of a finished run of cfg with per-epoch metrics and its final checkpoint."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = tracking.ensure_experiment(uri, "posthoc")
+    run = tracking.TrialRun(uri, exp, cfg.key(), run_name=cfg.rule.rule, params=cfg.flat(), tags={})
+    path = tmp_path / "checkpoint.pt"
+
+    def on_epoch(epoch, metrics, checkpoint_fn):
+        run.log_epoch(epoch, metrics)
+        save_checkpoint(checkpoint_fn(), path)
+
+    train(cfg, on_epoch=on_epoch)
+    run.log_checkpoint(path)
+    run.finish()
+    return uri, run.run_id
+
+
+@pytest.mark.parametrize("rule, null", [("dfa", True), ("fa", True), ("state_bridge", False)])
+def test_diagnose_reproduces_every_logged_diagnostic(tmp_path, tiny, capsys, rule, null):
+    cfg = Config.from_dict({**tiny, "rule": rule, "warmup_ratio": 0.0})
+    uri, run_id = logged_run(tmp_path, cfg)
+    code = main(["diagnose", "--run-id", run_id, "--tracking-uri", uri, "--null-draws", "3"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "MISMATCH" not in out and "logged diagnostics reproduced" in out
+    n = int(out.split("all ")[1].split(" logged")[0])
+    assert n >= 4 * (cfg.model.L + 1), out  # cos, rho, nudge, norms per layer at least
+    assert ("null calibration: deep_cos" in out) == null
+
+
+def test_null_calibration_swaps_only_the_feedback_matrices(tmp_path, tiny, monkeypatch):
+    """A 'fresh' draw with the training seed is the training B: it must give the training deep_cos exactly;
+    other draws give other values."""
+    from raycredit.train import load_checkpoint
+
+    cfg = Config.from_dict({**tiny, "rule": "dfa", "seed": 3})
+    uri, run_id = logged_run(tmp_path, cfg)
+    _, path = tracking.run_checkpoint(uri, run_id, tmp_path / "dl")
+    ckpt = load_checkpoint(path)
+    monkeypatch.setattr(posthoc, "NULL_SEED_BASE", 3)
+    metrics, null = posthoc.rediagnose(ckpt, null_draws=3)
+    assert null[0] == metrics["deep_cos"]
+    assert null[1] != metrics["deep_cos"] and null[2] != null[1]
+
+
+def test_null_calibration_of_a_rule_whose_credit_ignores_its_feedback_matrices(tmp_path, tiny):
+    """credit_bridge keeps DFA's B for its warm-up; without a warm-up its credit never reads B, so fresh
+    draws must leave deep_cos exactly as it was."""
+    from raycredit.train import load_checkpoint
+
+    uri, run_id = logged_run(tmp_path, Config.from_dict({**tiny, "rule": "credit_bridge", "warmup_ratio": 0.0}))
+    metrics, null = posthoc.rediagnose(load_checkpoint(tracking.run_checkpoint(uri, run_id, tmp_path / "dl")[1]),
+                                       null_draws=2)
+    assert null == [metrics["deep_cos"]] * 2
+
+
+def test_diagnose_flags_a_logged_value_it_cannot_reproduce(tmp_path, tiny, capsys):
+    from mlflow.tracking import MlflowClient
+
+    cfg = Config.from_dict({**tiny, "rule": "dfa"})
+    uri, run_id = logged_run(tmp_path, cfg)
+    MlflowClient(uri).log_metric(run_id, "deep_rho", 0.5, step=cfg.train.epochs)  # tampered with
+    assert main(["diagnose", "--run-id", run_id, "--tracking-uri", uri, "--null-draws", "0"]) == 1
+    out = capsys.readouterr().out
+    assert "| deep_rho | 0.5 |" in out and "MISMATCH" in out and "differ from the logged values: deep_rho" in out
+
+
+def test_diagnose_an_unknown_run_exits_2(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.ensure_experiment(uri, "e")
+    capsys.readouterr()
+    assert main(["diagnose", "--run-id", "0123456789abcdef", "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no MLflow run '0123456789abcdef'" in err[0], err
