@@ -138,13 +138,17 @@ def expand(preset: Preset, ov: dict) -> list[Config]:
     return configs
 
 
+Analysis = Callable[[str, str, str], object]  # (tracking uri, experiment, output folder) -> anything
+
+
 def run_search(name: str, doc: str, presets: dict[str, Preset], *, default_preset: str = "paper",
-               analysis: Callable[[str, str, str], object] | None = None, argv: list[str] | None = None,
+               analysis: Analysis | tuple[Analysis, ...] | None = None, argv: list[str] | None = None,
                space: Callable | None = None) -> int:
     """Entry point of a search script; returns the exit code.
 
     With `space` (an Optuna define-by-run function of the trial and the base Config) the search is
     an Optuna search of `--num-samples` trials on top of the preset's fixed config; otherwise a grid.
+    `analysis` (one or several functions of tracking uri, experiment, output folder) runs after the sweep.
     """
     args = build_parser(name, doc, presets, default_preset, optuna=space is not None).parse_args(argv)
     try:
@@ -154,6 +158,11 @@ def run_search(name: str, doc: str, presets: dict[str, Preset], *, default_prese
     except UserError as e:
         print(f"{name}: error: {e}", file=sys.stderr)
         return 2
+
+
+def run_analyses(analysis: Analysis | tuple[Analysis, ...] | None, uri: str, experiment: str, out: str) -> None:
+    for fn in analysis if isinstance(analysis, tuple) else () if analysis is None else (analysis,):
+        fn(uri, experiment, out)
 
 
 def _prepare(name: str, args, configs: list[Config]):
@@ -220,8 +229,8 @@ def _run(name: str, preset: Preset, args, analysis) -> int:
         return 130
     failed = sum(s == "FAILED" for s in status.values())
     print(f"{name}: {len(status) - failed} trials finished, {failed} failed")
-    if analysis is not None and not args.no_analysis:
-        analysis(uri, experiment, args.out or str(Path("reports") / experiment))
+    if not args.no_analysis:
+        run_analyses(analysis, uri, experiment, args.out or str(Path("reports") / experiment))
     return 1 if failed else 0
 
 
@@ -258,8 +267,8 @@ def _run_optuna(name: str, preset: Preset, args, analysis, space: Callable) -> i
                                 params=base.replace(**out.best).flat(),
                                 metrics={f"best_{metric}": out.best_metrics[metric]},
                                 tags={"search": name, "best_run_key": out.best_metrics.get("run_key", "")})
-    if analysis is not None and not args.no_analysis:
-        analysis(uri, experiment, args.out or str(Path("reports") / experiment))
+    if not args.no_analysis:
+        run_analyses(analysis, uri, experiment, args.out or str(Path("reports") / experiment))
     return 1 if failed else 0
 
 

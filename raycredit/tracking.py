@@ -152,14 +152,17 @@ class TrialRun:
 
 
 def record_summary(uri: str, experiment_id: str, *, key: str, name: str, params: dict, metrics: dict,
-                   tags: dict) -> str:
-    """Create (once per key) a FINISHED run that records a search's result; returns its run id."""
+                   tags: dict, note: str | None = None, files: tuple[Path, ...] = ()) -> str:
+    """Create (once per key) a FINISHED run that records a search's result, with `files` as artifacts under
+    results/ (replaced when the run exists already); returns its run id."""
     from mlflow.entities import Metric, Param, RunTag
 
     client = _client(uri)
     found = _retry(lambda: client.search_runs([experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'",
                                               max_results=1))
     if found:
+        for f in files:
+            _retry(lambda f=f: client.log_artifact(found[0].info.run_id, str(f), artifact_path="results"))
         return found[0].info.run_id
     run = _retry(lambda: client.create_run(experiment_id, run_name=name,
                                            tags={**{k: str(v) for k, v in tags.items()}, RUN_KEY_TAG: key,
@@ -167,9 +170,24 @@ def record_summary(uri: str, experiment_id: str, *, key: str, name: str, params:
     ts = int(time.time() * 1000)
     _retry(lambda: client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()],
                                     metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()],
-                                    tags=[RunTag("mlflow.note.content", f"best config of {name}")]))
+                                    tags=[RunTag("mlflow.note.content", note or f"best config of {name}")]))
+    for f in files:
+        _retry(lambda f=f: client.log_artifact(run.info.run_id, str(f), artifact_path="results"))
     _retry(lambda: client.set_terminated(run.info.run_id, "FINISHED"))
     return run.info.run_id
+
+
+def experiment_id(uri: str, name: str) -> str:
+    """Id of an existing experiment; UserError when there is none of that name."""
+    exp = _client(normalize_uri(uri)).get_experiment_by_name(name)
+    if exp is None:
+        raise UserError(f"no MLflow experiment {name!r} in {redact(normalize_uri(uri))}")
+    return exp.experiment_id
+
+
+def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) of every logged value of one metric of one run, by step."""
+    return sorted((m.step, m.value) for m in _client(normalize_uri(uri)).get_metric_history(run_id, key))
 
 
 def finished_keys(uri: str, experiment_id: str) -> set[str]:

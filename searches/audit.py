@@ -22,7 +22,7 @@ timed here (EP's relaxation adds about ep_steps forward/backward passes a step).
 
 import sys
 
-from analysis import audit_table
+from analysis import audit_table, plots
 from raycredit.search import Preset, run_search
 
 RULES = ["bp", "fa", "ep", "dfa", "credit_bridge", "state_bridge", "frozen"]
@@ -44,7 +44,8 @@ PRESETS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_search("audit", __doc__, PRESETS, default_preset="paper", analysis=audit_table.run, argv=argv)
+    return run_search("audit", __doc__, PRESETS, default_preset="paper",
+                      analysis=(audit_table.run, plots.run), argv=argv)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ study needed about 3 GPU-minutes a run).
 
 import sys
 
-from analysis import both_fail
+from analysis import both_fail, plots
 from raycredit.search import Preset, run_search
 
 RULES = ["bp", "fa", "dfa", "frozen"]
@@ -40,7 +40,8 @@ PRESETS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_search("both_fail_scan", __doc__, PRESETS, default_preset="paper", analysis=both_fail.run, argv=argv)
+    return run_search("both_fail_scan", __doc__, PRESETS, default_preset="paper",
+                      analysis=(both_fail.run, plots.run), argv=argv)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ here (ASHA decides how many run to the end).
 
 import sys
 
-from analysis import summary
+from analysis import plots, summary
 from raycredit.rules.scaffold import aux_kinds
 from raycredit.search import Preset, run_search
 
@@ -62,7 +62,7 @@ PRESETS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_search("optuna_scaffold", __doc__, PRESETS, default_preset="paper", analysis=summary.run,
+    return run_search("optuna_scaffold", __doc__, PRESETS, default_preset="paper", analysis=(summary.run, plots.run),
                       space=space, argv=argv)
 
 

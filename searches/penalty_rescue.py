@@ -18,7 +18,7 @@ timed here (credit_bridge's value net makes it the slowest rule).
 
 import sys
 
-from analysis import summary
+from analysis import plots, summary
 from raycredit.search import Preset, run_search
 
 RULES = ["dfa", "fa", "state_bridge", "credit_bridge", "bp"]
@@ -39,7 +39,8 @@ PRESETS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_search("penalty_rescue", __doc__, PRESETS, default_preset="paper", analysis=summary.run, argv=argv)
+    return run_search("penalty_rescue", __doc__, PRESETS, default_preset="paper",
+                      analysis=(summary.run, plots.run), argv=argv)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ timed here (the vector-field kinds add about (L+1) x 2 M forward passes a step).
 
 import sys
 
-from analysis import summary
+from analysis import plots, summary
 from raycredit.rules.scaffold import aux_kinds
 from raycredit.search import Preset, run_search
 
@@ -51,7 +51,8 @@ PRESETS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_search("scaffold_blend", __doc__, PRESETS, default_preset="paper", analysis=summary.run, argv=argv)
+    return run_search("scaffold_blend", __doc__, PRESETS, default_preset="paper",
+                      analysis=(summary.run, plots.run), argv=argv)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ for a paper trial.
 
 import sys
 
-from analysis import summary
+from analysis import plots, summary
 from raycredit.search import Preset, run_search
 
 RULES = ["dfa", "state_bridge", "credit_bridge", "vector_field"]
@@ -54,7 +54,8 @@ PRESETS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_search("synthetic_ladder", __doc__, PRESETS, default_preset="paper", analysis=summary.run, argv=argv)
+    return run_search("synthetic_ladder", __doc__, PRESETS, default_preset="paper",
+                      analysis=(summary.run, plots.run), argv=argv)
 
 
 if __name__ == "__main__":

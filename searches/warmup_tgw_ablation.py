@@ -20,7 +20,7 @@ d=128, not timed here.
 
 import sys
 
-from analysis import summary
+from analysis import plots, summary
 from raycredit.search import Preset, run_search
 
 PRESETS = {
@@ -41,7 +41,8 @@ PRESETS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_search("warmup_tgw_ablation", __doc__, PRESETS, default_preset="paper", analysis=summary.run, argv=argv)
+    return run_search("warmup_tgw_ablation", __doc__, PRESETS, default_preset="paper",
+                      analysis=(summary.run, plots.run), argv=argv)
 
 
 if __name__ == "__main__":

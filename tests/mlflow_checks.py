@@ -2,7 +2,7 @@
 
 from mlflow.tracking import MlflowClient
 
-from raycredit.tracking import RUN_KEY_TAG
+from raycredit.tracking import RUN_KEY_TAG, SUMMARY_TAG
 
 
 def runs_of(uri: str, experiment: str):
@@ -13,8 +13,10 @@ def runs_of(uri: str, experiment: str):
 
 
 def assert_one_complete_run_per_trial(uri: str, experiment: str, n_trials: int, epochs: int):
-    """Exactly one FINISHED run per trial, each with params, tags, epochs 1..E once each, a checkpoint."""
+    """Exactly one FINISHED run per trial, each with params, tags, epochs 1..E once each, a checkpoint
+    (runs that summarize the search, such as its plots, are not trials)."""
     client, runs = runs_of(uri, experiment)
+    runs = [r for r in runs if SUMMARY_TAG not in r.data.tags]
     keys = [r.data.tags.get(RUN_KEY_TAG) for r in runs]
     assert len(runs) == n_trials and len(set(keys)) == n_trials, (len(runs), len(set(keys)))
     for r in runs:

@@ -1,0 +1,157 @@
+"""Plots of a search (SPEC §8), as PNG files and as artifacts of the search's summary run in MLflow.
+
+- growth.png: ||h_L|| and ||g_L|| per epoch, one line per rule (mean over its runs), log axes;
+- accuracy_vs_depth.png: final test accuracy against L, one line per rule, the frozen baseline dashed
+  (when L varies);
+- penalty_rescue.png: final test accuracy against the block-output penalty lambda, one line per rule
+  (when penalty_lam varies);
+- both_fail_map.png: the d x L grid coloured by the fraction of seeds where FA and DFA both fall below
+  the frozen baseline, annotated k/n (when the experiment has fa, dfa and frozen runs).
+
+A plot is drawn only when the experiment has what it needs. The files go to --out, and to the run named
+`plots` (tag raycredit.summary) under results/. Reads MLflow only; never re-trains.
+
+    python analysis/plots.py --experiment both_fail_scan-smoke [--tracking-uri URI] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis.both_fail import both_fail  # noqa: E402
+from analysis.tables import cli_main, finished_runs  # noqa: E402
+from raycredit import tracking  # noqa: E402
+
+FINAL = ("test_acc", "deep_cos", "diverged")
+
+
+def growth(histories: pd.DataFrame):
+    """histories: one row per (run, epoch) with rule, epoch, h_norm_L, g_norm_L."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, col, label in zip(axes, ("h_norm_L", "g_norm_L"), ("‖h_L‖", "‖g_L‖"), strict=True):
+        for rule, g in histories.groupby("rule", sort=True):
+            mean = g.groupby("epoch")[col].mean().dropna()
+            mean = mean[mean > 0]  # log axis
+            if len(mean):
+                ax.plot(mean.index, mean.values, marker="o", ms=3, label=rule)
+        ax.set(xlabel="epoch", ylabel=f"{label} (mean over runs)", yscale="log", title=f"{label} per epoch")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_vs_depth(df: pd.DataFrame):
+    """df: finished runs with rule, L, test_acc."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    means = df.groupby(["rule", "L"])["test_acc"].mean().reset_index()
+    for rule, g in means.groupby("rule", sort=True):
+        style = dict(linestyle="--", color="black") if rule == "frozen" else dict(marker="o")
+        ax.plot(g["L"], g["test_acc"], label=f"{rule} (baseline)" if rule == "frozen" else rule, **style)
+    ax.set(xlabel="depth L", ylabel="test accuracy (mean over runs)", title="accuracy vs depth")
+    ax.set_xticks(sorted(df["L"].unique()))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def penalty_rescue(df: pd.DataFrame):
+    """df: finished runs with rule, penalty_lam, test_acc."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    means = df.groupby(["rule", "penalty_lam"])["test_acc"].mean().reset_index()
+    for rule, g in means.groupby("rule", sort=True):
+        ax.plot(g["penalty_lam"], g["test_acc"], marker="o", label=rule)
+    positive = df.loc[df["penalty_lam"] > 0, "penalty_lam"]
+    ax.set_xscale("symlog", linthresh=float(positive.min()) if len(positive) else 1.0)
+    ax.set(xlabel="penalty λ", ylabel="test accuracy (mean over runs)", title="penalty rescue")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def both_fail_map(counts: pd.DataFrame):
+    """counts: both_fail's per-setting table (d, L, seeds, qualifying), summed over any other setting knob."""
+    ds, Ls = sorted(counts["d"].unique()), sorted(counts["L"].unique())
+    grid = counts.groupby(["d", "L"])[["qualifying", "seeds"]].sum()
+    frac = [[grid.loc[(d, L), "qualifying"] / grid.loc[(d, L), "seeds"] if (d, L) in grid.index else float("nan")
+             for L in Ls] for d in ds]
+    fig, ax = plt.subplots(figsize=(1.2 * len(Ls) + 2.5, 1.0 * len(ds) + 1.5))
+    im = ax.imshow(frac, cmap="viridis", vmin=0, vmax=1, origin="lower", aspect="auto")
+    for i, d in enumerate(ds):
+        for j, L in enumerate(Ls):
+            if (d, L) in grid.index:
+                q, n = grid.loc[(d, L), "qualifying"], grid.loc[(d, L), "seeds"]
+                ax.text(j, i, f"{int(q)}/{int(n)}", ha="center", va="center", color="white" if q / n < 0.5 else "k")
+    ax.set_xticks(range(len(Ls)), [str(L) for L in Ls])
+    ax.set_yticks(range(len(ds)), [str(d) for d in ds])
+    ax.set(xlabel="depth L", ylabel="width d", title="seeds where FA and DFA both fall below frozen")
+    fig.colorbar(im, ax=ax, label="fraction of seeds")
+    fig.tight_layout()
+    return fig
+
+
+def histories_of(uri: str, runs: pd.DataFrame) -> pd.DataFrame:
+    """Per-epoch ||h_L|| and ||g_L|| of each finished run, at the run's own last layer."""
+    rows = []
+    for _, r in runs.iterrows():
+        L = int(r["params.L"])
+        series = {col: dict(tracking.metric_history(uri, r["run_id"], f"{name}/l{L}"))
+                  for col, name in (("h_norm_L", "h_norm"), ("g_norm_L", "g_norm"))}
+        for epoch in sorted(set(series["h_norm_L"]) | set(series["g_norm_L"])):
+            rows.append(dict(rule=r["params.rule"], epoch=epoch, h_norm_L=series["h_norm_L"].get(epoch),
+                             g_norm_L=series["g_norm_L"].get(epoch)))
+    return pd.DataFrame(rows, columns=["rule", "epoch", "h_norm_L", "g_norm_L"]).astype(
+        {"h_norm_L": float, "g_norm_L": float})
+
+
+def figures(uri: str, runs: pd.DataFrame) -> dict:
+    """{file name: Figure} of every plot the runs support."""
+    trials = runs[(runs["status"] == "FINISHED") & runs.get("tags.raycredit.summary", pd.Series(index=runs.index))
+                  .isna()]
+    df = finished_runs(runs, FINAL)
+    out = {}
+    if len(trials):
+        out["growth.png"] = growth(histories_of(uri, trials))
+    if len(df) and df["L"].nunique() > 1:
+        out["accuracy_vs_depth.png"] = accuracy_vs_depth(df)
+    if len(df) and "penalty_lam" in df and df["penalty_lam"].nunique() > 1:
+        out["penalty_rescue.png"] = penalty_rescue(df)
+    if len(df) and {"fa", "dfa", "frozen"} <= set(df["rule"]):
+        _, counts = both_fail(df)
+        if len(counts):
+            out["both_fail_map.png"] = both_fail_map(counts)
+    return out
+
+
+def run(tracking_uri: str | None, experiment: str, out_dir: str | Path) -> list[Path]:
+    uri = tracking.normalize_uri(tracking_uri)
+    runs = tracking.load_runs(uri, experiment)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for name, fig in figures(uri, runs).items():
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+        files.append(out / name)
+        print(f"wrote {out / name}")
+    if files:
+        tracking.record_summary(uri, tracking.experiment_id(uri, experiment), key=f"plots-{experiment}",
+                                name="plots", params={}, metrics={}, tags={"search": experiment},
+                                note=f"plots of {experiment} (analysis/plots.py)", files=tuple(files))
+    else:
+        print(f"no finished runs in {experiment!r}: nothing to plot")
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli_main("plots", __doc__, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
