@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     dg = sub.add_parser("diagnose", help="recompute a logged run's diagnostics from its MLflow checkpoint",
                         description="Load a run's checkpoint from MLflow, recompute every diagnostic at its epoch, "
                                     "compare with what the run logged, and run the null calibration (deep_cos "
-                                    "with freshly drawn feedback matrices) for fa, dfa and scaffold.")
+                                    "with freshly drawn feedback matrices) for rules that have them.")
     dg.add_argument("--run-id", required=True, help="MLflow run id")
     dg.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///$PWD/mlflow_runs/mlflow.db)")
     dg.add_argument("--data-dir", help="where the run's dataset is on this machine (cifar, npz), if moved")
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-DIAGNOSE_RTOL = 1e-6  # recomputed vs logged: the same float64 computation, so only round-off may differ
+DIAGNOSE_RTOL = 1e-6  # recomputed vs logged: the same computation (float64 by default), only round-off differs
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:

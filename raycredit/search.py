@@ -161,7 +161,8 @@ def run_search(name: str, doc: str, presets: dict[str, Preset], *, default_prese
 
 
 def run_analyses(analysis: Analysis | tuple[Analysis, ...] | None, uri: str, experiment: str, out: str) -> None:
-    for fn in analysis if isinstance(analysis, tuple) else () if analysis is None else (analysis,):
+    fns = analysis if isinstance(analysis, tuple) else (analysis,) if analysis is not None else ()
+    for fn in fns:
         fn(uri, experiment, out)
 
 

@@ -1,0 +1,111 @@
+"""The MLflow UI workflow end to end: a smoke search fills a scratch store, `mlflow ui` serves it on
+127.0.0.1, and headless Chromium (Debian's `chromium` and `chromium-driver`, driven by selenium) shows
+the search's experiment, its runs and a run's metrics. A screenshot is saved beside the store.
+
+Without Chromium the test is skipped, unless RAYCREDIT_REQUIRE_BROWSER=1 (set by .ci/run, which installs
+it), where a missing browser fails it.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from raycredit import tracking
+
+from mlflow_checks import runs_of
+from ports import free_port
+from searches_loader import load_search
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+if not (CHROMIUM and DRIVER) and os.environ.get("RAYCREDIT_REQUIRE_BROWSER") != "1":
+    pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
+                allow_module_level=True)
+
+
+@pytest.fixture
+def mlflow_ui(tmp_path):
+    """`mlflow ui` on 127.0.0.1 over the scratch store tmp_path/mlflow.db, in its own process group."""
+    port, uri = free_port(), f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.ensure_experiment(uri, "placeholder")  # the store exists before the UI opens it
+    log = open(tmp_path / "mlflow_ui.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 120
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert proc.poll() is None and time.time() < deadline, (tmp_path / "mlflow_ui.log").read_text()
+            time.sleep(0.5)
+    yield uri, f"http://127.0.0.1:{port}"
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    log.close()
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    assert CHROMIUM and DRIVER, "chromium and chromedriver are not installed"
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1600,1000"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def page_shows(driver, url: str, *texts: str, timeout: float = 90) -> str:
+    """Open url and wait until the rendered page's text contains every one of texts; return that text."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(url)
+    body = ""
+
+    def ready(d) -> bool:
+        nonlocal body
+        body = d.find_element(By.TAG_NAME, "body").text
+        return all(t in body for t in texts)
+
+    try:
+        WebDriverWait(driver, timeout, poll_frequency=1).until(ready)
+    except Exception:
+        raise AssertionError(f"{url} never showed {texts}; it shows:\n{body[:3000]}") from None
+    return body
+
+
+def test_a_smoke_search_is_browsable_in_the_mlflow_ui(ray_session, tmp_path, mlflow_ui, browser):
+    uri, url = mlflow_ui
+    scan = load_search("both_fail_scan")
+    rc = scan.main(["--preset", "smoke", "--seeds", "0", "--set", "d=16", "--set", "L=2", "--epochs", "2",
+                    "--set", "n_train=500", "--tracking-uri", uri, "--storage", str(tmp_path / "ray"),
+                    "--out", str(tmp_path / "report"), "--gpus-per-trial", "0", "--experiment", "ui-smoke"])
+    assert rc == 0
+    _, runs = runs_of(uri, "ui-smoke")
+    exp_id = runs[0].info.experiment_id
+    fa = next(r for r in runs if r.info.run_name == "fa-d16-L2-seed0")
+
+    page_shows(browser, f"{url}/#/experiments", "ui-smoke")
+    page_shows(browser, f"{url}/#/experiments/{exp_id}/runs", "fa-d16-L2-seed0", "dfa-d16-L2-seed0",
+               "bp-d16-L2-seed0", "frozen-d16-L2-seed0", "plots", "5 matching runs")
+    browser.save_screenshot(str(tmp_path / "experiment.png"))
+    page_shows(browser, f"{url}/#/experiments/{exp_id}/runs/{fa.info.run_id}", "fa-d16-L2-seed0", "Metrics (",
+               f"test_acc\n{fa.data.metrics['test_acc']}", f"deep_cos\n{fa.data.metrics['deep_cos']}",
+               "penalty_lam")
+    assert (tmp_path / "experiment.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
