@@ -56,6 +56,10 @@ def test_every_plot_of_a_scan_with_its_series(store):
     assert list(fa.get_xdata()) == [2, 4] and fa.get_ydata()[0] == pytest.approx(0.305)  # seeds 0 and 1
     grid = figs["both_fail_map.png"].axes[0]
     assert len(grid.images) == 1 and sorted(t.get_text() for t in grid.texts) == ["2/2"] * 4  # fa, dfa < frozen
+    written = plots.run(uri, "scan", tmp / "scan")
+    assert sorted(p.name for p in written) == sorted(figs)
+    for path in written:
+        assert_png(path)
 
 
 def test_plots_are_written_and_logged_to_the_summary_run(store, capsys):
