@@ -20,10 +20,9 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.both_fail import setting_columns
-from analysis.summary import mean_std, with_depth_metrics
-from analysis.tables import cli_main, finished_runs, markdown_table, write_report
+from analysis.summary import load_finished, mean_std
+from analysis.tables import cli_main, markdown_table, write_report
 from raycredit.config import SECTIONS
-from raycredit.tracking import load_runs
 
 METRICS = ("test_acc", "deep_cos", "h_norm_L", "g_norm_L", "mode1a", "mode1b", "diverged")
 FLAGS = ("mode1a", "mode1b", "diverged")
@@ -77,10 +76,7 @@ def report(df: pd.DataFrame, out_dir: str | Path, title: str) -> str:
 
 
 def run(tracking_uri: str, experiment: str, out_dir: str | Path) -> str:
-    runs = load_runs(tracking_uri, experiment)
-    if not runs.empty:
-        runs = with_depth_metrics(runs)
-    return report(finished_runs(runs, METRICS), out_dir, f"Audit of {experiment}")
+    return report(load_finished(tracking_uri, experiment, METRICS), out_dir, f"Audit of {experiment}")
 
 
 def main(argv: list[str] | None = None) -> int:

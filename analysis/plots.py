@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.both_fail import both_fail  # noqa: E402
-from analysis.tables import cli_main, finished_runs  # noqa: E402
+from analysis.tables import cli_main, finished_runs, finished_trials  # noqa: E402
 from raycredit import tracking  # noqa: E402
 
 FINAL = ("test_acc", "deep_cos", "diverged")
@@ -47,30 +47,31 @@ def growth(histories: pd.DataFrame):
     return fig
 
 
-def accuracy_vs_depth(df: pd.DataFrame):
-    """df: finished runs with rule, L, test_acc."""
+def accuracy_against(df: pd.DataFrame, x: str, xlabel: str, title: str):
+    """Mean test accuracy against knob x, one line per rule; frozen, the baseline, dashed."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    means = df.groupby(["rule", "L"])["test_acc"].mean().reset_index()
+    means = df.groupby(["rule", x])["test_acc"].mean().reset_index()
     for rule, g in means.groupby("rule", sort=True):
         style = dict(linestyle="--", color="black") if rule == "frozen" else dict(marker="o")
-        ax.plot(g["L"], g["test_acc"], label=f"{rule} (baseline)" if rule == "frozen" else rule, **style)
-    ax.set(xlabel="depth L", ylabel="test accuracy (mean over runs)", title="accuracy vs depth")
-    ax.set_xticks(sorted(df["L"].unique()))
+        ax.plot(g[x], g["test_acc"], label=f"{rule} (baseline)" if rule == "frozen" else rule, **style)
+    ax.set(xlabel=xlabel, ylabel="test accuracy (mean over runs)", title=title)
     ax.legend(fontsize=8)
+    return fig, ax
+
+
+def accuracy_vs_depth(df: pd.DataFrame):
+    """df: finished runs with rule, L, test_acc."""
+    fig, ax = accuracy_against(df, "L", "depth L", "accuracy vs depth")
+    ax.set_xticks(sorted(df["L"].unique()))
     fig.tight_layout()
     return fig
 
 
 def penalty_rescue(df: pd.DataFrame):
     """df: finished runs with rule, penalty_lam, test_acc."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    means = df.groupby(["rule", "penalty_lam"])["test_acc"].mean().reset_index()
-    for rule, g in means.groupby("rule", sort=True):
-        ax.plot(g["penalty_lam"], g["test_acc"], marker="o", label=rule)
+    fig, ax = accuracy_against(df, "penalty_lam", "penalty λ", "penalty rescue")
     positive = df.loc[df["penalty_lam"] > 0, "penalty_lam"]
     ax.set_xscale("symlog", linthresh=float(positive.min()) if len(positive) else 1.0)
-    ax.set(xlabel="penalty λ", ylabel="test accuracy (mean over runs)", title="penalty rescue")
-    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -112,8 +113,7 @@ def histories_of(uri: str, runs: pd.DataFrame) -> pd.DataFrame:
 
 def figures(uri: str, runs: pd.DataFrame) -> dict:
     """{file name: Figure} of every plot the runs support."""
-    trials = runs[(runs["status"] == "FINISHED") & runs.get("tags.raycredit.summary", pd.Series(index=runs.index))
-                  .isna()]
+    trials = finished_trials(runs)
     df = finished_runs(runs, FINAL)
     out = {}
     if len(trials):

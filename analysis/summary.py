@@ -71,11 +71,16 @@ def with_depth_metrics(runs: pd.DataFrame) -> pd.DataFrame:
     return runs
 
 
-def run(tracking_uri: str, experiment: str, out_dir: str | Path) -> str:
+def load_finished(tracking_uri: str, experiment: str, metrics: tuple[str, ...]) -> pd.DataFrame:
+    """finished_runs of the experiment, with the per-depth metrics (h_norm_L, g_norm_L) among `metrics`."""
     runs = load_runs(tracking_uri, experiment)
     if not runs.empty:
         runs = with_depth_metrics(runs)
-    return report(finished_runs(runs, METRICS), out_dir, f"Summary of {experiment}")
+    return finished_runs(runs, metrics)
+
+
+def run(tracking_uri: str, experiment: str, out_dir: str | Path) -> str:
+    return report(load_finished(tracking_uri, experiment, METRICS), out_dir, f"Summary of {experiment}")
 
 
 def main(argv: list[str] | None = None) -> int:

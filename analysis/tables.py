@@ -18,13 +18,19 @@ def numeric_or_text(s: pd.Series) -> pd.Series:
     return converted if converted.notna().sum() == s.notna().sum() else s
 
 
+def finished_trials(runs: pd.DataFrame) -> pd.DataFrame:
+    """The FINISHED rows of load_runs' table, without the runs that summarize a search (best config, plots)."""
+    done = runs[runs["status"] == "FINISHED"]
+    if "tags.raycredit.summary" in done.columns:
+        done = done[done["tags.raycredit.summary"].isna()]
+    return done
+
+
 def finished_runs(runs: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
     """One row per FINISHED run: its params (typed) and its last value of each metric (NaN when absent)."""
     if runs.empty:
         return pd.DataFrame()
-    done = runs[runs["status"] == "FINISHED"]
-    if "tags.raycredit.summary" in done.columns:  # a search's summary run, not a trial
-        done = done[done["tags.raycredit.summary"].isna()]
+    done = finished_trials(runs)
     out = pd.DataFrame({c.removeprefix("params."): done[c] for c in done.columns if c.startswith("params.")})
     out = out.apply(numeric_or_text)
     for m in metrics:

@@ -161,20 +161,19 @@ def record_summary(uri: str, experiment_id: str, *, key: str, name: str, params:
     found = _retry(lambda: client.search_runs([experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'",
                                               max_results=1))
     if found:
-        for f in files:
-            _retry(lambda f=f: client.log_artifact(found[0].info.run_id, str(f), artifact_path="results"))
-        return found[0].info.run_id
-    run = _retry(lambda: client.create_run(experiment_id, run_name=name,
-                                           tags={**{k: str(v) for k, v in tags.items()}, RUN_KEY_TAG: key,
-                                                 SUMMARY_TAG: "1"}))
-    ts = int(time.time() * 1000)
-    _retry(lambda: client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()],
-                                    metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()],
-                                    tags=[RunTag("mlflow.note.content", note or f"best config of {name}")]))
+        run_id = found[0].info.run_id
+    else:
+        run_id = _retry(lambda: client.create_run(
+            experiment_id, run_name=name,
+            tags={**{k: str(v) for k, v in tags.items()}, RUN_KEY_TAG: key, SUMMARY_TAG: "1"})).info.run_id
+        ts = int(time.time() * 1000)
+        _retry(lambda: client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()],
+                                        metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()],
+                                        tags=[RunTag("mlflow.note.content", note or f"best config of {name}")]))
+        _retry(lambda: client.set_terminated(run_id, "FINISHED"))
     for f in files:
-        _retry(lambda f=f: client.log_artifact(run.info.run_id, str(f), artifact_path="results"))
-    _retry(lambda: client.set_terminated(run.info.run_id, "FINISHED"))
-    return run.info.run_id
+        _retry(lambda f=f: client.log_artifact(run_id, str(f), artifact_path="results"))
+    return run_id
 
 
 def experiment_id(uri: str, name: str) -> str:

@@ -8,7 +8,6 @@ Each test stops exactly the processes it started: the `ray start --head --block`
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from raycredit.train import train
 
 from mlflow_checks import assert_one_complete_run_per_trial, runs_of
 from node_loss_driver import CONFIGS, EXPERIMENT
-from ports import free_port
+from ports import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE_TRIALS, SMOKE_EPOCHS = 16, 8  # smoke preset with --seeds 0: 4 rules x 2 d x 2 L
@@ -46,14 +45,7 @@ class Head:
              "--disable-usage-stats"],
             stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
         self.address = f"127.0.0.1:{port}"
-        deadline = time.time() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert self.proc.poll() is None and time.time() < deadline, "ray start --head did not come up"
-                time.sleep(0.5)
+        wait_for_port(port, self.proc, self.logdir / f"ray_start_{self.starts}.log", timeout=60)
         time.sleep(3)  # the raylet registers shortly after the GCS port opens
 
     def stop(self) -> None:

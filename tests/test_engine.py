@@ -1,6 +1,5 @@
 """The sweep engine on the shared local Ray session (2 CPUs, 1 logical GPU)."""
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,7 @@ from raycredit.config import Config
 from raycredit.search import run_search
 
 from mlflow_checks import assert_one_complete_run_per_trial, runs_of
-from ports import free_port
+from ports import free_port, server
 from searches_loader import load_search
 
 
@@ -108,35 +107,13 @@ def test_a_diverging_trial_is_recorded_and_the_sweep_finishes(ray_session, tmp_p
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real `mlflow server` on 127.0.0.1, in its own process group, stopped (that group only) afterwards."""
-    import os
-    import signal
-    import subprocess
     import sys
-    import time
 
     port = free_port()
-    log = open(tmp_path / "mlflow_server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server_artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 120
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert proc.poll() is None and time.time() < deadline, (tmp_path / "mlflow_server.log").read_text()
-            time.sleep(0.5)
-    yield f"http://127.0.0.1:{port}"
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    log.close()
+    with server([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                 "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                 "--artifacts-destination", str(tmp_path / "server_artifacts")], port, tmp_path / "mlflow_server.log"):
+        yield f"http://127.0.0.1:{port}"
 
 
 def test_sweep_logs_to_an_mlflow_server(ray_session, tmp_path, mlflow_server):

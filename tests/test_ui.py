@@ -8,11 +8,7 @@ it), where a missing browser fails it.
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
 from urllib.parse import quote
 
 import pytest
@@ -20,7 +16,7 @@ import pytest
 from raycredit import tracking
 
 from mlflow_checks import runs_of
-from ports import free_port
+from ports import free_port, server
 from searches_loader import load_search
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -34,25 +30,9 @@ def mlflow_ui(tmp_path):
     """`mlflow ui` on 127.0.0.1 over the scratch store tmp_path/mlflow.db, in its own process group."""
     port, uri = free_port(), f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracking.ensure_experiment(uri, "placeholder")  # the store exists before the UI opens it
-    log = open(tmp_path / "mlflow_ui.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 120
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert proc.poll() is None and time.time() < deadline, (tmp_path / "mlflow_ui.log").read_text()
-            time.sleep(0.5)
-    yield uri, f"http://127.0.0.1:{port}"
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    log.close()
+    with server([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+                 "--port", str(port)], port, tmp_path / "mlflow_ui.log"):
+        yield uri, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture
