@@ -155,57 +155,97 @@ def run_label(cfg: Config) -> str:
     return f"{cfg.rule.rule}-d{cfg.model.d}-L{cfg.model.L}-seed{cfg.train.seed}"
 
 
+def trial_item(members: list[Config]) -> dict:
+    """The Tune config of a trial: one config dict, or a population {"members": [...], "label": ...}."""
+    if len(members) == 1:
+        return members[0].to_dict()
+    c = members[0]
+    return {"members": [m.to_dict() for m in members],
+            "label": f"{c.rule.rule}-d{c.model.d}-L{c.model.L}-pop{len(members)}"}
+
+
+def item_members(item: dict) -> list[Config]:
+    return [Config.from_dict(m) for m in item["members"]] if "members" in item else [Config.from_dict(item)]
+
+
 def trial_name(trial) -> str:
-    if "cfg" in trial.config:
-        return f"{run_label(Config.from_dict(trial.config['cfg']))}-{trial.trial_id}"
-    return f"trial-{trial.trial_id}"  # a searcher's trial: its config is drawn when it starts
+    if "cfg" not in trial.config:
+        return f"trial-{trial.trial_id}"  # a searcher's trial: its config is drawn when it starts
+    item = trial.config["cfg"]
+    return f"{item['label'] if 'members' in item else run_label(Config.from_dict(item))}-{trial.trial_id}"
 
 
 def trial_dirname(trial) -> str:
     return trial.trial_id
 
 
-def _trainable(config: dict, settings: dict, base: dict | None = None) -> None:
-    """One trial. Grid sweeps pass the whole config as config["cfg"]; searchers pass the knobs they
-    drew, applied on top of `base`, and the run key then includes the trial id (two draws may coincide)."""
+def _trial_device() -> str:
     import ray
+    import torch
+
+    on_gpu = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
+    if ray.get_gpu_ids() and not on_gpu:
+        print(f"notice: Ray assigned GPU {ray.get_gpu_ids()} but torch sees no CUDA device; training on CPU")
+    return "cuda" if on_gpu else "cpu"
+
+
+def _open_run(s: SweepSettings, cfg: Config, key: str, name: str, n_classes: int, tags: dict | None = None):
+    from raycredit.tracking import TrialRun
+
+    return TrialRun(s.tracking_uri, s.experiment_id, key, run_name=name, params=cfg.flat(),
+                    tags={"rule": cfg.rule.rule, "search": s.search, "dataset": cfg.data.dataset,
+                          "seed": cfg.train.seed, "code_version": s.code_version, "n_classes": n_classes,
+                          **(tags or {})})
+
+
+def _start_attempt(run, resumed_from: int) -> None:
+    import ray
+
+    from raycredit.tracking import NODE_TAG, RESUMED_TAG
+
+    node = {NODE_TAG: ray.get_runtime_context().get_node_id()}
+    run.set_tags({**node, RESUMED_TAG: resumed_from} if run.attempt > 1 else node)
+
+
+def _close(run, metrics: dict, checkpoint: Path | None) -> None:
+    """Everything a finished run owes MLflow: its last (finite) checkpoint, the divergence tag, FINISHED."""
+    if checkpoint is not None and checkpoint.exists():
+        run.log_checkpoint(checkpoint)
+    run.set_tags({"diverged": int(metrics.get("diverged", 0))})
+    run.finish("FINISHED")
+
+
+def _trainable(config: dict, settings: dict, base: dict | None = None) -> None:
+    """One trial. Grid sweeps pass the whole config as config["cfg"] (or a population of them);
+    searchers pass the knobs they drew, applied on top of `base`, and the run key then includes the
+    trial id (two draws may coincide)."""
     import torch
     from ray import tune
 
     from raycredit.data import load_data
-    from raycredit.tracking import NODE_TAG, RESUMED_TAG, TrialRun
     from raycredit.train import load_checkpoint, save_checkpoint, train
 
     s = SweepSettings(**settings)
+    torch.set_num_threads(max(1, int(s.cpus_per_trial)))
+    if base is None and "members" in config["cfg"]:
+        return _population_trial(item_members(config["cfg"]), s)
     if base is None:
         cfg = Config.from_dict(config["cfg"])
-        key = cfg.key()
+        key, name = cfg.key(), run_label(cfg)
     else:
         cfg = Config.from_dict(base).replace(**config)
         key = f"{cfg.key()}-{tune.get_context().get_trial_id()}"
-    torch.set_num_threads(max(1, int(s.cpus_per_trial)))
-    on_gpu = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
-    if ray.get_gpu_ids() and not on_gpu:
-        print(f"notice: Ray assigned GPU {ray.get_gpu_ids()} but torch sees no CUDA device; training on CPU")
-    run_cfg = cfg.replace(device="cuda" if on_gpu else "cpu")
+        name = f"{run_label(cfg)}-{tune.get_context().get_trial_id()}"
+    run_cfg = cfg.replace(device=_trial_device())
     data = load_data(cfg.data)
-    run = TrialRun(
-        s.tracking_uri, s.experiment_id, key,
-        run_name=run_label(cfg) if base is None else f"{run_label(cfg)}-{tune.get_context().get_trial_id()}",
-        params=cfg.flat(),
-        tags={"rule": cfg.rule.rule, "search": s.search, "dataset": cfg.data.dataset, "seed": cfg.train.seed,
-              "code_version": s.code_version, "n_classes": data.n_classes},
-    )
+    run = _open_run(s, cfg, key, name, data.n_classes)
     folder = Path(s.checkpoint_root) / key
     path = folder / CHECKPOINT_FILE
 
     def close(metrics: dict) -> None:
-        """Everything a finished trial owes MLflow, done before its last report: a scheduler may stop
-        the trial inside that report (SystemExit), and nothing after it would run."""
-        if path.exists():
-            run.log_checkpoint(path)  # after a divergence: the last finite state
-        run.set_tags({"diverged": int(metrics.get("diverged", 0))})
-        run.finish("FINISHED")
+        """Done before the trial's last report: a scheduler may stop the trial inside that report
+        (SystemExit), and nothing after it would run."""
+        _close(run, metrics, path)  # after a divergence: the last finite state
         shutil.rmtree(folder, ignore_errors=True)
 
     def on_epoch(epoch: int, metrics: dict, checkpoint_fn) -> None:
@@ -224,8 +264,7 @@ def _trainable(config: dict, settings: dict, base: dict | None = None) -> None:
             return
         folder.mkdir(parents=True, exist_ok=True)
         ckpt = load_checkpoint(path) if path.exists() else None
-        node = {NODE_TAG: ray.get_runtime_context().get_node_id()}
-        run.set_tags({**node, RESUMED_TAG: ckpt["epoch"] if ckpt is not None else 0} if run.attempt > 1 else node)
+        _start_attempt(run, ckpt["epoch"] if ckpt is not None else 0)
         if ckpt is not None and ckpt["epoch"] == cfg.train.epochs:
             # killed after saving its last epoch (whose metrics were logged first): nothing left to train
             final = ckpt["history"][-1]
@@ -242,19 +281,116 @@ def _trainable(config: dict, settings: dict, base: dict | None = None) -> None:
         raise
 
 
-def progress_reporter(configs: list[Config]):
-    """Ray's progress table with one column per knob that varies across the sweep."""
+def _population_summary(key: str, epoch: int, results: list[dict], done: bool) -> dict:
+    """What a population trial reports to Tune: its members' mean metrics (the runs hold each member's)."""
+    ok = [m for m in results if not m["diverged"]]
+    means = {k: sum(m[k] for m in ok) / len(ok) for k in ("train_loss", "test_acc", "deep_cos")
+             if ok and all(k in m for m in ok)}
+    return {**means, "epoch": epoch, "members": len(results), "diverged": float(len(results) - len(ok)),
+            "done": float(done), "run_key": key}
+
+
+def _population_trial(cfgs: list[Config], s: SweepSettings) -> None:
+    """A population trial: its members train together (raycredit.population) and each logs its own MLflow
+    run, exactly as a separate trial would. Its checkpoint file holds every unfinished member's checkpoint;
+    a member's own checkpoint is written beside it when the member finishes, and logged to its run."""
     from ray import tune
 
+    from raycredit.data import load_data
+    from raycredit.population import population_key, train_population
+    from raycredit.tracking import POPULATION_TAG
+    from raycredit.train import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+
+    group, E = population_key(cfgs), cfgs[0].train.epochs
+    loaded: dict = {}
+    for c in cfgs:
+        if c.data not in loaded:
+            loaded[c.data] = load_data(c.data)
+    runs = [_open_run(s, c, c.key(), run_label(c), loaded[c.data].n_classes, {POPULATION_TAG: group}) for c in cfgs]
+    folder = Path(s.checkpoint_root) / group
+    path = folder / CHECKPOINT_FILE
+    todo = [i for i, r in enumerate(runs) if not r.finished]
+
+    def close(i: int, metrics: dict, ckpt: dict | None) -> None:
+        member_path = folder / cfgs[i].key() / CHECKPOINT_FILE
+        if ckpt is not None:
+            member_path.parent.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(ckpt, member_path)
+        _close(runs[i], metrics, member_path)
+
+    def saved_members() -> dict:
+        return load_checkpoint(path)["population"] if path.exists() else {}
+
+    def on_epoch(epoch: int, results: list[dict | None], checkpoint_fn) -> None:
+        members = [(todo[j], m) for j, m in enumerate(results) if m is not None]
+        for i, m in members:
+            runs[i].log_epoch(epoch, m)
+        diverged = [(i, m) for i, m in members if m["diverged"]]
+        if diverged:
+            # before the file is replaced: it holds their last finite state
+            old = saved_members()
+            for i, m in diverged:
+                close(i, m, old.get(cfgs[i].key()))
+        new = None
+        if checkpoint_fn is not None and (epoch == E or epoch % cfgs[0].train.checkpoint_every == 0):
+            new = {"format": CHECKPOINT_FORMAT, "population": {
+                cfgs[todo[j]].key(): c for j, c in enumerate(checkpoint_fn()) if c is not None}}
+            save_checkpoint(new, path)
+        if epoch == E:
+            for i, m in members:
+                if not m["diverged"]:
+                    close(i, m, new["population"][cfgs[i].key()])
+        done = all(runs[i].finished for i in todo)
+        if done:
+            shutil.rmtree(folder, ignore_errors=True)
+        tune.report(_population_summary(group, epoch, [m for _, m in members], done))
+
+    try:
+        if not todo:
+            tune.report(_population_summary(group, E, [r.final_metrics() for r in runs], True))
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        saved = saved_members()
+        entries = [saved.get(cfgs[i].key()) for i in todo] if saved else None
+        if entries is not None and any(e is None for e in entries):
+            raise RuntimeError(f"{path} lacks unfinished members of its population; delete it to restart them")
+        for r in (runs[i] for i in todo):
+            _start_attempt(r, entries[0]["epoch"] if entries else 0)
+        if entries and entries[0]["epoch"] == E:
+            # killed after saving the last epoch (whose metrics were logged first): nothing left to train
+            for i, e in zip(todo, entries, strict=True):
+                close(i, e["history"][-1], e)
+            shutil.rmtree(folder, ignore_errors=True)
+            tune.report(_population_summary(group, E, [e["history"][-1] for e in entries], True))
+            return
+        device = _trial_device()
+        train_population([cfgs[i].replace(device=device) for i in todo], checkpoints=entries, on_epoch=on_epoch,
+                         data=[loaded[cfgs[i].data] for i in todo])
+    except SystemExit:
+        raise
+    except BaseException:
+        for r in runs:
+            if not r.finished:
+                r.finish("FAILED")
+        raise
+
+
+def progress_reporter(items: list[dict]):
+    """Ray's progress table with one column per knob that varies across the sweep (and one naming each
+    population)."""
+    from ray import tune
+
+    configs = [c for item in items for c in item_members(item)]
     flat = [c.flat() for c in configs]
     varying = [k for k in flat[0] if any(f[k] != flat[0][k] for f in flat)]
     sections = {k: s for s, sec in configs[0].to_dict().items() for k in sec}
-    return tune.CLIReporter(
-        parameter_columns={f"cfg/{sections[k]}/{k}": k for k in varying},
-        metric_columns={"epoch": "epoch", "train_loss": "train_loss", "test_acc": "test_acc",
-                        "deep_cos": "deep_cos", "diverged": "diverged"},
-        max_report_frequency=10,
-    )
+    columns = {f"cfg/{sections[k]}/{k}": k for k in varying}
+    metrics = {"epoch": "epoch", "train_loss": "train_loss", "test_acc": "test_acc", "deep_cos": "deep_cos",
+               "diverged": "diverged"}
+    if any("members" in item for item in items):
+        columns["cfg/label"] = "population"
+        metrics["members"] = "members"
+    return tune.CLIReporter(parameter_columns=columns, metric_columns=metrics, max_report_frequency=10)
 
 
 def _fit(settings: SweepSettings, *, name: str, storage: str, max_failures: int, kind: str,
@@ -280,28 +416,39 @@ def _fit(settings: SweepSettings, *, name: str, storage: str, max_failures: int,
 
 
 def run_trials(configs: list[Config], settings: SweepSettings, *, name: str, storage: str,
-               max_failures: int) -> dict[str, str]:
-    """Run (or resume) the sweep; returns {run key: 'FINISHED' | 'FAILED' | 'KILLED' (interrupted, resumable)}."""
+               max_failures: int, population: int = 1) -> dict[str, str]:
+    """Run (or resume) the sweep; returns {run key: 'FINISHED' | 'FAILED' | 'KILLED' (interrupted, resumable)}.
+
+    With population > 1, configs that differ only in the population keys train as populations of up to
+    that many members, one trial each (raycredit.population.group_members).
+    """
     from ray import tune
 
+    from raycredit.population import group_members
+
+    groups = group_members(configs, population)
+    items = [trial_item(g) for g in groups]
+
     def fresh() -> dict:
-        return dict(param_space={"cfg": tune.grid_search([c.to_dict() for c in configs])},
+        return dict(param_space={"cfg": tune.grid_search(items)},
                     tune_config=tune.TuneConfig(trial_name_creator=trial_name, trial_dirname_creator=trial_dirname,
                                                 reuse_actors=True),
-                    progress_reporter=progress_reporter(configs))
+                    progress_reporter=progress_reporter(items))
 
     grid, _ = _fit(settings, name=name, storage=storage, max_failures=max_failures, kind="sweep", fresh=fresh)
-    status = {c.key(): "KILLED" for c in configs}  # trials an interruption left unstarted have no config
+    status = {c.key(): "KILLED" for g in groups for c in g}  # trials an interruption left unstarted have no config
     for r in grid:
         if not r.config:
             continue
-        cfg, last = Config.from_dict(r.config["cfg"]), r.metrics or {}
+        members, last = item_members(r.config["cfg"]), r.metrics or {}
         if r.error:
-            status[cfg.key()] = "FAILED"
-        elif last.get("epoch") == cfg.train.epochs or last.get("diverged"):
-            status[cfg.key()] = "FINISHED"
+            outcome = "FAILED"
+        elif last.get("done") or (len(members) == 1 and (last.get("epoch") == members[0].train.epochs
+                                                           or last.get("diverged"))):
+            outcome = "FINISHED"
         else:
-            status[cfg.key()] = "KILLED"
+            outcome = "KILLED"
+        status.update({c.key(): outcome for c in members})
     return status
 
 

@@ -96,6 +96,11 @@ def build_parser(name: str, doc: str, presets: dict[str, Preset], default_preset
     p.add_argument("--out", help="analysis output folder (default reports/<experiment>)")
     if optuna:
         p.add_argument("--num-samples", type=int, help="trials Optuna draws (default: the preset's)")
+    else:
+        p.add_argument("--population", type=int, default=1, metavar="P",
+                       help="train up to P configs that differ only in seed, lr, penalty_lam, feedback_scale or "
+                            "alpha in one trial with batched weights (bp, fa, dfa, frozen; each config keeps "
+                            "its own MLflow run); default 1")
     return p
 
 
@@ -211,25 +216,34 @@ def check_writable(path: Path, flag: str) -> None:
 
 def _run(name: str, preset: Preset, args, analysis) -> int:
     from raycredit import engine, tracking
+    from raycredit.population import POPULATION_RULES, group_members, supports_population
 
+    if args.population < 1:
+        raise UserError(f"--population {args.population}: must be >= 1")
     configs = expand(preset, overrides_from(args))
     uri, storage, experiment, settings = _prepare(name, args, configs)
     # the Tune experiment is named after the exact trial set, so re-running the same command resumes it
-    sweep_id = stable_hash([c.key() for c in configs])[:8]
-    print(f"{name}: {len(configs)} trials, MLflow experiment {experiment!r} at {tracking.redact(uri)}")
+    sweep_id = stable_hash([c.key() for c in configs] + ([args.population] if args.population > 1 else []))[:8]
+    groups = group_members(configs, args.population)
+    trials = f"{len(configs)} runs in {len(groups)} trials" if len(groups) < len(configs) else f"{len(configs)} trials"
+    print(f"{name}: {trials}, MLflow experiment {experiment!r} at {tracking.redact(uri)}")
+    alone = sorted({c.rule.rule for c in configs if not supports_population(c)})
+    if args.population > 1 and alone:
+        print(f"notice: {', '.join(alone)} configs train one per trial (population mode trains "
+              f"{', '.join(POPULATION_RULES)} without compile)")
     done = len({c.key() for c in configs} & tracking.finished_keys(uri, settings.experiment_id))
     if done:
         print(f"notice: {done} of these configs already have a finished run in {experiment!r} and are not "
               "retrained; pass a new --experiment to run them again (e.g. after changing the code)")
     status = engine.run_trials(configs, settings, name=f"{experiment}-{sweep_id}", storage=storage,
-                               max_failures=args.max_failures)
+                               max_failures=args.max_failures, population=args.population)
     tracking.close_stale_runs(uri, settings.experiment_id, status)
     unfinished = sum(s == "KILLED" for s in status.values())
     if unfinished:
-        print(f"{name}: interrupted with {unfinished} trials unfinished; re-run the same command to resume")
+        print(f"{name}: interrupted with {unfinished} runs unfinished; re-run the same command to resume")
         return 130
     failed = sum(s == "FAILED" for s in status.values())
-    print(f"{name}: {len(status) - failed} trials finished, {failed} failed")
+    print(f"{name}: {len(status) - failed} runs finished, {failed} failed")
     if not args.no_analysis:
         run_analyses(analysis, uri, experiment, args.out or str(Path("reports") / experiment))
     return 1 if failed else 0

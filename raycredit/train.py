@@ -114,7 +114,42 @@ def restore(ckpt: dict, data: Data | None = None):
     return cfg, model, rule, data
 
 
-def _check_resumable(cfg: Config, ckpt: dict) -> None:
+def checkpoint_dict(cfg: Config, epoch: int, model, rule, optimizer_state: dict, generator: torch.Generator,
+                    history: list, h_norm_init: float, elapsed_s: float) -> dict:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "config": cfg.to_dict(),
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "rule": rule.state_dict(),
+        "optimizer": optimizer_state,
+        "generator": generator.get_state(),
+        "history": history,
+        "h_norm_init": h_norm_init,
+        "elapsed_s": elapsed_s,
+    }
+
+
+@torch.no_grad()
+def initial_h_norm(model, px: torch.Tensor) -> float:
+    """Mean ||h_L|| over the probe at init: the reference of mode1a."""
+    return per_sample(model.hiddens(px)[0][-1]).norm(dim=-1).mean().item()
+
+
+def epoch_metrics(cfg: Config, epoch: int, dev_metrics: dict[str, torch.Tensor], model, rule, px: torch.Tensor,
+                  py: torch.Tensor, h_norm_init: float, t0: float) -> dict[str, float]:
+    """An epoch's record from its on-device metrics: one host sync, the divergence check, diagnostics when due."""
+    metrics = to_floats({**dev_metrics, "_h_max": last_hidden_norm(model, px)})
+    h_max = metrics.pop("_h_max")
+    diverged = not (math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["test_loss"])
+                    and math.isfinite(h_max) and h_max < DIVERGENCE_NORM)
+    if not diverged and (epoch % cfg.diag.diag_every == 0 or epoch == cfg.train.epochs):
+        metrics.update(diagnose(model, rule, px, py, cfg.diag, seed=diag_seed(cfg, epoch), h_norm_init=h_norm_init))
+    metrics.update(epoch=epoch, diverged=float(diverged), time_s=time.perf_counter() - t0)
+    return metrics
+
+
+def check_resumable(cfg: Config, ckpt: dict) -> None:
     old = Config.from_dict(ckpt["config"]).flat()
     new = cfg.flat()
     diff = sorted(k for k in new if new[k] != old[k] and k not in RESUMABLE_CHANGES)
@@ -144,7 +179,7 @@ def train(cfg: Config, *, checkpoint: dict | None = None, on_epoch: EpochCallbac
     px, py = data.x_test[: cfg.diag.probe_size], data.y_test[: cfg.diag.probe_size]
 
     if checkpoint is not None:
-        _check_resumable(cfg, checkpoint)
+        check_resumable(cfg, checkpoint)
         model.load_state_dict(checkpoint["model"])
         rule.load_state_dict(checkpoint["rule"])
         opt.load_state_dict(checkpoint["optimizer"])
@@ -153,23 +188,12 @@ def train(cfg: Config, *, checkpoint: dict | None = None, on_epoch: EpochCallbac
         h_norm_init, elapsed = checkpoint["h_norm_init"], checkpoint["elapsed_s"]
     else:
         start, history, elapsed = 0, [], 0.0
-        with torch.no_grad():
-            h_norm_init = per_sample(model.hiddens(px)[0][-1]).norm(dim=-1).mean().item()
+        h_norm_init = initial_h_norm(model, px)
     t0 = time.perf_counter() - elapsed
 
     def make_checkpoint(epoch: int) -> dict:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "config": cfg.to_dict(),
-            "epoch": epoch,
-            "model": model.state_dict(),
-            "rule": rule.state_dict(),
-            "optimizer": opt.state_dict(),
-            "generator": gen.get_state(),
-            "history": history,
-            "h_norm_init": h_norm_init,
-            "elapsed_s": time.perf_counter() - t0,
-        }
+        return checkpoint_dict(cfg, epoch, model, rule, opt.state_dict(), gen, history, h_norm_init,
+                               time.perf_counter() - t0)
 
     n, bs, E = len(data.y_train), cfg.train.batch_size, cfg.train.epochs
     step_loss = torch.compile(rule.loss) if cfg.train.compile else rule.loss
@@ -200,16 +224,10 @@ def train(cfg: Config, *, checkpoint: dict | None = None, on_epoch: EpochCallbac
             loss_sum += ce * len(idx)
             correct += (logits.argmax(1) == y).sum()
         model.eval()
-        dev_metrics = {"train_loss": loss_sum / n, "train_acc": correct / n,
-                       **evaluate(model, data.x_test, data.y_test), "_h_max": last_hidden_norm(model, px)}
-        metrics = to_floats(dev_metrics)
-        h_max = metrics.pop("_h_max")
-        diverged = not (math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["test_loss"])
-                        and math.isfinite(h_max) and h_max < DIVERGENCE_NORM)
-        if not diverged and (epoch % cfg.diag.diag_every == 0 or epoch == E):
-            metrics.update(diagnose(model, rule, px, py, cfg.diag, seed=diag_seed(cfg, epoch),
-                                    h_norm_init=h_norm_init))
-        metrics.update(epoch=epoch, diverged=float(diverged), time_s=time.perf_counter() - t0)
+        metrics = epoch_metrics(cfg, epoch, {"train_loss": loss_sum / n, "train_acc": correct / n,
+                                             **evaluate(model, data.x_test, data.y_test)},
+                                model, rule, px, py, h_norm_init, t0)
+        diverged = bool(metrics["diverged"])
         history.append(metrics)
         if bar is not None:
             bar.set_postfix(test_acc=f"{metrics['test_acc']:.3f}", loss=f"{metrics['train_loss']:.3f}")

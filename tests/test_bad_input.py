@@ -94,6 +94,8 @@ CASES = [
     (SEARCH, "", ["--epochs", "x"], "invalid int value"),
     (SEARCH, "", ["--gpus-per-trial", "-1"], "--gpus-per-trial"),
     (SEARCH, "", ["--max-failures", "-1"], "--max-failures"),
+    (SEARCH, "", ["--population", "0"], "--population 0: must be >= 1"),
+    (SEARCH, "", ["--population", "many"], "invalid int value"),
     (SEARCH, "", ["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     (SEARCH, "", ["--preset", "huge"], "invalid choice: 'huge'"),
     # cluster address

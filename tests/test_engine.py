@@ -204,3 +204,80 @@ def test_64_trials_log_every_epoch_into_sqlite_without_losing_a_point(ray_sessio
         assert {t for t in r.data.tags if not t.startswith("mlflow.")} == {
             "rule", "search", "dataset", "seed", "code_version", "n_classes", "diverged", tracking.RUN_KEY_TAG,
             tracking.ATTEMPT_TAG, tracking.NODE_TAG}
+
+
+def test_a_population_trial_logs_each_member_as_its_own_run(ray_session, tmp_path):
+    """Three configs in one trial: each member has the run a separate trial would have, the diverging one included."""
+    import torch
+
+    from raycredit.train import load_checkpoint, train
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp_id = tracking.ensure_experiment(uri, "pop")
+    base = dict(rule="bp", dataset="synthetic", n_train=512, n_test=128, input_dim=16, d=16, L=2, epochs=3,
+                probe_size=32, rho_dirs=2, optimizer="sgd", clip_norm=0.0, device="cpu")
+    configs = [Config.from_dict({**base, "lr": lr, "seed": s}) for lr, s in ((0.05, 0), (10.0, 0), (0.05, 1))]
+    settings = engine.SweepSettings(search="pop", experiment_id=exp_id, tracking_uri=uri, code_version="test",
+                                    cpus_per_trial=1, gpus_per_trial=0)
+    storage = tmp_path / "ray"
+    status = engine.run_trials(configs, settings, name="pop", storage=str(storage), max_failures=0, population=3)
+    assert status == {c.key(): "FINISHED" for c in configs}
+    client, runs = runs_of(uri, "pop")
+    by_key = {r.data.tags[tracking.RUN_KEY_TAG]: r for r in runs}
+    assert set(by_key) == {c.key() for c in configs}
+    assert len({r.data.tags[tracking.POPULATION_TAG] for r in runs}) == 1  # one trial trained them all
+    for cfg in configs:
+        run = by_key[cfg.key()]
+        assert run.info.status == "FINISHED" and run.data.params == {k: str(v) for k, v in cfg.flat().items()}
+        assert run.info.run_name == engine.run_label(cfg)
+        alone = train(cfg)["history"]
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "test_loss")]
+        assert steps == list(range(1, len(alone) + 1))
+        ckpt = load_checkpoint(client.download_artifacts(run.info.run_id, "checkpoint/checkpoint.pt",
+                                                         str(tmp_path / cfg.key())))
+        assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
+        if cfg.train.lr == 10.0:
+            assert run.data.tags["diverged"] == "1" and ckpt["epoch"] == len(alone) - 1  # its last finite state
+        else:
+            assert run.data.tags["diverged"] == "0" and ckpt["epoch"] == 3
+            for k in ("test_loss", "test_acc", "deep_cos", "train_loss"):
+                assert run.data.metrics[k] == pytest.approx(alone[-1][k], rel=1e-4, abs=1e-5), k
+    assert not any((storage / "pop" / "checkpoints").iterdir())  # nothing left once every member is in MLflow
+
+
+def test_a_population_trial_resumes_from_its_checkpoint(ray_session, tmp_path):
+    """An attempt died after epoch 1: the next continues every member's run, exactly as if uninterrupted."""
+    import copy
+
+    from raycredit.population import population_key, train_population
+    from raycredit.train import CHECKPOINT_FORMAT, save_checkpoint
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp_id = tracking.ensure_experiment(uri, "popres")
+    base = dict(rule="fa", dataset="synthetic", n_train=512, n_test=128, input_dim=16, d=16, L=2, epochs=3,
+                probe_size=32, rho_dirs=2, device="cpu")
+    configs = [Config.from_dict({**base, "seed": s}) for s in (0, 1)]
+    settings = engine.SweepSettings(search="popres", experiment_id=exp_id, tracking_uri=uri, code_version="test",
+                                    cpus_per_trial=1, gpus_per_trial=0)
+    runs = [engine._open_run(settings, c, c.key(), engine.run_label(c), 10) for c in configs]
+    at_1 = {}
+
+    def first_attempt(epoch, results, checkpoint_fn):
+        if epoch == 1:
+            for run, m in zip(runs, results, strict=True):
+                run.log_epoch(epoch, m)
+            at_1.update(copy.deepcopy(dict(zip((c.key() for c in configs), checkpoint_fn(), strict=True))))
+
+    expected = train_population(configs, on_epoch=first_attempt)
+    folder = tmp_path / "ray" / "popres" / "checkpoints" / population_key(configs)
+    folder.mkdir(parents=True)
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "population": at_1}, folder / engine.CHECKPOINT_FILE)
+    status = engine.run_trials(configs, settings, name="popres", storage=str(tmp_path / "ray"), max_failures=0,
+                               population=2)
+    assert status == {c.key(): "FINISHED" for c in configs}
+    logged = {r.data.tags[tracking.RUN_KEY_TAG]: r for r in assert_one_complete_run_per_trial(uri, "popres", 2, 3)}
+    for cfg, want in zip(configs, expected, strict=True):
+        run = logged[cfg.key()]
+        assert run.data.tags[tracking.RESUMED_TAG] == "1" and run.data.tags[tracking.ATTEMPT_TAG] == "2"
+        assert {k: v for k, v in run.data.metrics.items() if k != "time_s"} == \
+               {k: v for k, v in want["final"].items() if k != "time_s"}

@@ -126,7 +126,7 @@ def test_credit_bridge_learns_only_with_terminal_gradient_matching():
 
 def test_credit_bridge_credit_is_the_value_gradient(tiny):
     cfg, model, rule, hs, logits, y, g = double_setup(tiny, rule="credit_bridge", warmup_ratio=0.0)
-    s = rule.cond(hs, logits, y)
+    s = rule.cond(model, hs, logits, y)
     a = rule.credits(model, hs, logits, y)
     n = 5
     for l in range(cfg.model.L + 1):

@@ -50,6 +50,13 @@ class Rule(nn.Module):
 
     architectures: ClassVar[tuple[str, ...]] = ("resmlp",)  # rules with per-layer d-vector nets are ResMLP-only
     has_credit: ClassVar[bool] = True
+    # trainable in population mode: loss() is a deterministic function of (weights, buffers, batch) that
+    # vmap can batch, and the rule has no parameters of its own; each rule opts in itself (not inherited)
+    population: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.population = cls.__dict__.get("population", False)
 
     def __init__(self, cfg: Config, model: nn.Module, n_classes: int):
         super().__init__()
@@ -91,6 +98,11 @@ class LocalRule(Rule):
 
     model_learns = True
 
+    def __init__(self, cfg: Config, model: nn.Module, n_classes: int):
+        super().__init__(cfg, model, n_classes)
+        # a buffer rather than a float so that a population's members can each have their own
+        self.register_buffer("penalty_lam", torch.tensor(float(cfg.rule.penalty_lam)), persistent=False)
+
     def loss(self, model, x, y):
         h0 = model.embed(x)
         h = h0.detach()
@@ -100,7 +112,6 @@ class LocalRule(Rule):
             fs.append(f)
             h = model.step(l, h, f.detach()).detach()
             hs.append(h)
-        hs[-1] = hs[-1].requires_grad_()
         logits = model.head(hs[-1])
         ce = F.cross_entropy(logits, y)
         a = self.credits(model, hs, logits, y)
@@ -108,9 +119,8 @@ class LocalRule(Rule):
             a = [rms_normalize(ai) for ai in a]
         local = dot(h0, a[0]).mean()
         for f, al in zip(fs, a[1:], strict=True):
-            local = local + dot(f, al).mean()
-            if self.cfg.penalty_lam:
-                local = local + self.cfg.penalty_lam * dot(f, f).mean()
+            # always added (an exact 0 at penalty_lam = 0): population members may differ in penalty_lam
+            local = local + dot(f, al).mean() + self.penalty_lam * dot(f, f).mean()
         aux = self.aux_objective(model, hs, logits, y)
         return (ce + local + aux if self.model_learns else aux), ce.detach(), logits.detach()
 
@@ -127,7 +137,9 @@ def mlp(d_in: int, width: int, d_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, width), nn.GELU(), nn.Linear(width, d_out))
 
 
-def output_local_grad(hL: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Exact per-sample dCE_n/dh_L through the head only (hL must be the head's input)."""
-    ce_sum = F.cross_entropy(logits, y, reduction="sum")
-    return torch.autograd.grad(ce_sum, hL, retain_graph=True)[0].detach()
+def output_local_grad(model: nn.Module, hL: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Exact per-sample dCE_n/dh_L through the head only.
+
+    torch.func.grad rather than torch.autograd.grad: it composes with vmap, which trains populations.
+    """
+    return torch.func.grad(lambda h: F.cross_entropy(model.head(h), y, reduction="sum"))(hL.detach()).detach()

@@ -19,11 +19,11 @@ class Conditioning(nn.Module):
         self.dim = base + (H_L_PROJECTION if s_type.endswith("_hL") else 0)
         self.register_buffer("P", torch.randn(d, H_L_PROJECTION, generator=generator) / d**0.5)
 
-    def forward(self, hs: list[torch.Tensor], logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, model: nn.Module, hs: list[torch.Tensor], logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.s_type.startswith("eT"):
             s = logits.softmax(-1) - F.one_hot(y, self.n_classes).to(logits.dtype)
         else:
-            s = output_local_grad(hs[-1], logits, y)
+            s = output_local_grad(model, hs[-1], y)
         if self.s_type.endswith("_hL"):
             s = torch.cat([s, hs[-1] @ self.P], -1)
         return s.detach()

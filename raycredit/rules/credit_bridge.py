@@ -33,17 +33,17 @@ class CreditBridge(DFAWarmup):
             return torch.autograd.grad(self.V(h, l, s).sum(), h, create_graph=create_graph)[0]
 
     def learned_credits(self, model, hs, logits, y):
-        s = self.cond(hs, logits, y)
+        s = self.cond(model, hs, logits, y)
         return [self.grad_V(hs[l], l, s).detach() for l in range(self.L + 1)]
 
     def aux_objective(self, model, hs, logits, y):
         c = self.cfg
-        s = self.cond(hs, logits, y)
+        s = self.cond(model, hs, logits, y)
         hL = hs[-1].detach()
         ce = F.cross_entropy(logits.detach(), y, reduction="none")
         loss = (self.V(hL, self.L, s) - ce).pow(2).mean()
         if c.tgw:
-            gL = output_local_grad(hs[-1], logits, y)
+            gL = output_local_grad(model, hs[-1], y)
             loss = loss + c.tgw * (self.grad_V(hL, self.L, s, create_graph=True) - gL).pow(2).sum(-1).mean()
         for l in range(self.L):
             with torch.no_grad():

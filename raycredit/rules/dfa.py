@@ -25,6 +25,7 @@ def dfa_credits(B: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> list[
 
 class DFA(LocalRule):
     architectures = tuple(ARCHITECTURES)
+    population = True
     def __init__(self, cfg, model, n_classes):
         super().__init__(cfg, model, n_classes)
         self.register_buffer("B", dfa_feedback(self.L, n_classes, self.h_shape, self.cfg.feedback_scale,

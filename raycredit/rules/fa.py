@@ -11,6 +11,7 @@ from raycredit.rules.base import LocalRule, output_local_grad
 
 class FA(LocalRule):
     architectures = tuple(ARCHITECTURES)
+    population = True
     def __init__(self, cfg, model, n_classes):
         super().__init__(cfg, model, n_classes)
         g = self.feedback_generator(cfg)
@@ -19,7 +20,7 @@ class FA(LocalRule):
         self.register_buffer("B", torch.randn(self.L, self.d, self.d, generator=g) * std)
 
     def credits(self, model, hs, logits, y):
-        a = [output_local_grad(hs[-1], logits, y)]
+        a = [output_local_grad(model, hs[-1], y)]
         for l in range(self.L - 1, -1, -1):
             a.append(a[-1] @ self.B[l].T)
         return a[::-1]

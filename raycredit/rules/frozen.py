@@ -13,6 +13,7 @@ from raycredit.rules.base import Rule
 
 class Frozen(Rule):
     architectures = tuple(ARCHITECTURES)
+    population = True
     has_credit = False
 
     def __init__(self, cfg, model, n_classes):

@@ -123,14 +123,14 @@ class Scaffold(DFA):
         code = l / self.L if kind == "time_only" else 1.0
         return self.net(torch.full_like(h[:, :1], code))
 
-    def code(self, hs, logits, y):
-        return self.cond(hs, logits, y) if self.cfg.aux_kind in STATE_KINDS else None
+    def code(self, model, hs, logits, y):
+        return self.cond(model, hs, logits, y) if self.cfg.aux_kind in STATE_KINDS else None
 
     def credits(self, model, hs, logits, y):
         dfa = super().credits(model, hs, logits, y)
         if not self.blending or self.alpha == 0.0:
             return dfa
-        s = self.code(hs, logits, y)
+        s = self.code(model, hs, logits, y)
         with torch.no_grad():
             out = []
             for l, a_dfa in enumerate(dfa):
@@ -142,7 +142,7 @@ class Scaffold(DFA):
     def aux_objective(self, model, hs, logits, y):
         if not self.aux_learns:
             return 0.0
-        c, s = self.cfg, self.code(hs, logits, y)
+        c, s = self.cfg, self.code(model, hs, logits, y)
         if c.aux_kind == "zero_target":
             return sum(self.field(h.detach(), l, s).pow(2).sum(-1).mean() for l, h in enumerate(hs))
         gen = self.aux_generator(y.device)

@@ -19,7 +19,7 @@ class StateBridge(LocalRule):
         self.bridges = nn.ModuleList(mlp(self.d, width, self.d) for _ in range(self.L))  # S_0 .. S_{L-1}
 
     def credits(self, model, hs, logits, y):
-        gL = output_local_grad(hs[-1], logits, y)
+        gL = output_local_grad(model, hs[-1], y)
         a = []
         with torch.enable_grad():
             for l, bridge in enumerate(self.bridges):

@@ -51,7 +51,7 @@ def field_loss(field, model, hs: list[torch.Tensor], logits: torch.Tensor, y: to
         u, slopes = measured_slopes(model, l, h, y, cfg, generator, perm)
         loss = loss + ((u * field(h, l).unsqueeze(0)).sum(-1) - slopes).pow(2).mean()
     if cfg.tw:
-        gL = output_local_grad(hs[-1], logits, y)
+        gL = output_local_grad(model, hs[-1], y)
         target = gL if perm is None else gL[perm]
         loss = loss + cfg.tw * (field(hs[-1].detach(), len(hs) - 1) - target).pow(2).sum(-1).mean()
     return loss
@@ -73,11 +73,11 @@ class VectorField(DFAWarmup):
         return self.net(field_input(h, l, self.L, s))
 
     def learned_credits(self, model, hs, logits, y):
-        s = self.cond(hs, logits, y)
+        s = self.cond(model, hs, logits, y)
         with torch.no_grad():
             return [self.field(hs[l].detach(), l, s) for l in range(self.L + 1)]
 
     def aux_objective(self, model, hs, logits, y):
-        s = self.cond(hs, logits, y)
+        s = self.cond(model, hs, logits, y)
         perm = torch.randperm(len(y), generator=self.generator, device=y.device) if self.cfg.shuffle_control else None
         return field_loss(lambda h, l: self.field(h, l, s), model, hs, logits, y, self.cfg, self.generator, perm)

@@ -1,0 +1,301 @@
+"""Population mode: one process trains P members that share architecture, rule and data shape.
+
+Members may differ only in `POPULATION_KEYS` (seeds, lr, penalty_lam, feedback
+scale, the synthetic teacher's alpha). Each member is built exactly as
+`train(cfg)` builds it: same init, feedback matrices and batch order (its own
+generator). Their weights and buffers are stacked along a leading member axis;
+one `torch.func.vmap` of `functional_call` computes every member's objective,
+one backward of their sum fills every member's gradient (members share no
+weights), and one optimizer updates the stacked tensors. Adam, AdamW and SGD
+are elementwise, so this is P separate optimizers, except where it could not
+be: gradient clipping is done per member, and members with different lr
+share an optimizer run at lr 1 whose step each member then scales by its lr.
+
+Everything a member produces has exactly the format of a separate run: its
+history, its metrics and its checkpoint (`member_checkpoint`), which
+`raycredit diagnose` and `train(cfg, checkpoint=...)` read. Its numbers agree
+with a separate run's to float round-off (batched matmuls sum in another
+order), not bit for bit; resuming a population from its checkpoint is bit-identical.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from raycredit.config import Config, stable_hash
+from raycredit.data import Data, load_data
+from raycredit.errors import ConfigError, UserError
+from raycredit.models import build_model
+from raycredit.rules import RULES, build_rule
+from raycredit.train import (
+    check_resumable,
+    checkpoint_dict,
+    epoch_metrics,
+    initial_h_norm,
+    make_optimizer,
+    resolve_device,
+)
+
+POPULATION_KEYS = ("seed", "lr", "penalty_lam", "feedback_scale", "alpha")
+_NEUTRAL = {"seed": 0, "lr": 1.0, "penalty_lam": 0.0, "feedback_scale": 1.0, "alpha": 0.0}
+
+PopulationCallback = Callable[[int, "list[dict | None]", "Callable[[], dict] | None"], None]
+
+
+def shared_key(cfg: Config) -> str:
+    """The config hash with the population keys neutralized: members of one population share it."""
+    return cfg.replace(**_NEUTRAL).key()
+
+
+POPULATION_RULES = tuple(k for k, v in RULES.items() if v.population)
+
+
+def supports_population(cfg: Config) -> bool:
+    return RULES[cfg.rule.rule].population and not cfg.train.compile
+
+
+def check_members(cfgs: list[Config]) -> None:
+    """ConfigError unless `cfgs` can train as one population."""
+    if not cfgs:
+        raise ConfigError("a population needs at least one member")
+    rule = cfgs[0].rule.rule
+    if not RULES[rule].population:
+        raise ConfigError(f"rule: {rule!r} cannot train in population mode (rules that can: "
+                          f"{', '.join(POPULATION_RULES)})")
+    if cfgs[0].train.compile:
+        raise ConfigError("compile: population members train eagerly under vmap; drop compile or the population")
+    if len({c.key() for c in cfgs}) != len(cfgs):
+        raise ConfigError("a population's members must be distinct configs")
+    if len({shared_key(c) for c in cfgs}) != 1:
+        raise ConfigError(f"a population's members may differ only in {', '.join(POPULATION_KEYS)}")
+
+
+def group_members(configs: list[Config], size: int) -> list[list[Config]]:
+    """Consecutive populations of at most `size` members; configs that cannot train in one stay alone.
+
+    Members are grouped by `shared_key` in the order configs first appear.
+    """
+    groups: dict[str, list[Config]] = {}
+    alone: list[list[Config]] = []
+    for c in configs:
+        if size > 1 and supports_population(c):
+            groups.setdefault(shared_key(c), []).append(c)
+        else:
+            alone.append([c])
+    chunks = [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
+    return chunks + alone
+
+
+def population_key(cfgs: list[Config]) -> str:
+    """Identity of a population across restarts (its members' config hashes)."""
+    return "pop-" + stable_hash(sorted(c.key() for c in cfgs))
+
+
+class Member(nn.Module):
+    """A model and its rule as one module: functional_call swaps both sets of weights and buffers."""
+
+    def __init__(self, model: nn.Module, rule: nn.Module):
+        super().__init__()
+        self.model, self.rule = model, rule
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor):
+        return self.rule.loss(self.model, x, y)
+
+
+def _member_optimizer_state(stacked: dict, i: int, lr: float) -> dict:
+    """Member i's slice of the stacked optimizer's state_dict, as its own optimizer would hold it."""
+    state = {idx: {k: ((v[i] if v.dim() else v).clone() if torch.is_tensor(v) else v) for k, v in st.items()}
+             for idx, st in stacked["state"].items()}
+    groups = [{**g, "lr": lr} for g in stacked["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def _stack_optimizer_states(states: list[dict], lr: float) -> dict:
+    """Inverse of _member_optimizer_state; the shared step count is taken from the first member."""
+    stacked = {}
+    for idx, st in states[0]["state"].items():
+        stacked[idx] = {k: (torch.stack([s["state"][idx][k] for s in states]) if torch.is_tensor(v) and v.dim() > 0
+                            else v) for k, v in st.items()}
+    return {"state": stacked, "param_groups": [{**g, "lr": lr} for g in states[0]["param_groups"]]}
+
+
+def _clip_per_member(grads: list[torch.Tensor], max_norm: float) -> None:
+    """clip_grad_norm_ of each member's own gradients (the leading axis indexes members)."""
+    norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads]).norm(dim=0)
+    coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(coef.view(-1, *[1] * (g.dim() - 1)))
+
+
+@torch.no_grad()
+def _evaluate_members(forward, params: dict, buffers: dict, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """Per-member test loss and accuracy; x is (P, n, ...) and y (P, n)."""
+    P, n = y.shape
+    chunk = max(256, 8192 // P)
+    loss = torch.zeros(P, device=x.device)
+    correct = torch.zeros(P, device=x.device, dtype=torch.int64)
+    for s in range(0, n, chunk):
+        logits = forward(params, buffers, x[:, s:s + chunk])
+        yy = y[:, s:s + chunk]
+        loss += F.cross_entropy(logits.flatten(0, 1), yy.flatten(), reduction="none").view(P, -1).sum(1)
+        correct += (logits.argmax(-1) == yy).sum(1)
+    return {"test_loss": loss / n, "test_acc": correct / n}
+
+
+def train_population(cfgs: list[Config], *, checkpoints: list[dict] | None = None,
+                     on_epoch: PopulationCallback | None = None, data: list[Data] | None = None) -> list[dict]:
+    """Train the members `cfgs` together; returns one `train(cfg)`-style result per member.
+
+    on_epoch(epoch, results, checkpoint_fn) is called after every epoch: results[i] is member i's
+    metrics, or None once it has diverged in an earlier epoch; checkpoint_fn() builds every member's
+    checkpoint (None for members no longer training), and is None when no member is training.
+    `checkpoints`, one per member and all of one epoch, resume a population.
+    `data`, one per member, may repeat one object (members then share it on the device).
+    """
+    check_members(cfgs)
+    P, cfg0 = len(cfgs), cfgs[0]
+    device = resolve_device(cfg0.train.device)
+    if data is None:
+        loaded: dict = {}
+        for c in cfgs:
+            if c.data not in loaded:
+                loaded[c.data] = load_data(c.data)
+        data = [loaded[c.data] for c in cfgs]
+    on_device = {id(d): d.to(device) for d in data}
+    datas = [on_device[id(d)] for d in data]
+    if len({(d.x_train.shape, d.x_test.shape, d.n_classes) for d in datas}) != 1:
+        raise UserError("a population's members need data of one shape")
+    if len(on_device) == 1:
+        d0 = datas[0]
+        x_tr, y_tr, x_te, y_te = (t.unsqueeze(0).expand(P, *t.shape) for t in
+                                  (d0.x_train, d0.y_train, d0.x_test, d0.y_test))
+    else:
+        x_tr, y_tr, x_te, y_te = (torch.stack([getattr(d, a) for d in datas])
+                                  for a in ("x_train", "y_train", "x_test", "y_test"))
+    C = datas[0].n_classes
+
+    members, gens = [], []
+    for cfg, d in zip(cfgs, datas, strict=True):
+        torch.manual_seed(cfg.train.seed)
+        model = build_model(cfg.model, d.in_shape, C).to(device)
+        member = Member(model, build_rule(cfg, model, C).to(device))
+        member.rule.generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
+        gens.append(member.rule.generator)
+        members.append(member)
+    if any(True for _ in members[0].rule.parameters()):
+        raise ConfigError(f"rule: {cfg0.rule.rule!r} has parameters of its own; it cannot train in population mode")
+    probes = [(d.x_test[: c.diag.probe_size], d.y_test[: c.diag.probe_size]) for c, d in zip(cfgs, datas, strict=True)]
+
+    if checkpoints is not None:
+        if len(checkpoints) != P or len({c["epoch"] for c in checkpoints}) != 1:
+            raise UserError("a population resumes from one checkpoint per member, all of the same epoch")
+        for cfg, member, gen, ckpt in zip(cfgs, members, gens, checkpoints, strict=True):
+            check_resumable(cfg, ckpt)
+            member.model.load_state_dict(ckpt["model"])
+            member.rule.load_state_dict(ckpt["rule"])
+            gen.set_state(ckpt["generator"])
+        start = checkpoints[0]["epoch"]
+        histories = [list(c["history"]) for c in checkpoints]
+        h_init = [c["h_norm_init"] for c in checkpoints]
+        elapsed = checkpoints[0]["elapsed_s"]
+    else:
+        start, histories, elapsed = 0, [[] for _ in cfgs], 0.0
+        h_init = [initial_h_norm(m.model, px) for m, (px, _) in zip(members, probes, strict=True)]
+    t0 = time.perf_counter() - elapsed
+
+    params, buffers = stack_module_state(members)
+    names = [f"model.{k}" for k, p in members[0].model.named_parameters() if p.requires_grad]
+    trainable = [params[k] for k in names]
+    lrs = [c.train.lr for c in cfgs]
+    shared_lr = len(set(lrs)) == 1
+    opt = make_optimizer(cfg0 if shared_lr else cfg0.replace(lr=1.0), trainable, [], device)
+    lr_scale = None if shared_lr else torch.tensor(lrs, device=device)
+    if checkpoints is not None:
+        opt.load_state_dict(_stack_optimizer_states([c["optimizer"] for c in checkpoints], opt.param_groups[0]["lr"]))
+
+    # weights-free twin of a member: functional_call supplies the stacked weights
+    template_model = build_model(cfg0.model, datas[0].in_shape, C)
+    template = Member(template_model, build_rule(cfg0, template_model, C)).to("meta")
+    low_precision = cfg0.train.precision == "bf16"
+
+    def step(p, b, x, y):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=low_precision):
+            return functional_call(template, (p, b), (x, y))
+
+    batched_step = vmap(step)
+    model_params = {k[len("model."):]: v for k, v in params.items() if k.startswith("model.")}
+    model_buffers = {k[len("model."):]: v for k, v in buffers.items() if k.startswith("model.")}
+    batched_forward = vmap(lambda p, b, x: functional_call(template.model, (p, b), (x,)))
+
+    def sync_members() -> None:
+        """Copy each member's slice of the stacked weights into its own modules (for diagnostics, checkpoints)."""
+        with torch.no_grad():
+            for i, m in enumerate(members):
+                for k, v in m.named_parameters():
+                    v.copy_(params[k][i])
+
+    def make_checkpoint(epoch: int, live: list[int]) -> list[dict | None]:
+        sync_members()
+        stacked_opt = opt.state_dict()
+        out: list[dict | None] = [None] * P
+        for i in live:
+            m = members[i]
+            out[i] = checkpoint_dict(cfgs[i], epoch, m.model, m.rule, _member_optimizer_state(stacked_opt, i, lrs[i]),
+                                     gens[i], list(histories[i]), h_init[i], time.perf_counter() - t0)
+            out[i]["model"] = {k: v.clone() for k, v in out[i]["model"].items()}
+        return out
+
+    n, bs, E = x_tr.shape[1], cfg0.train.batch_size, cfg0.train.epochs
+    rows = torch.arange(P, device=device).unsqueeze(1)
+    live = [i for i in range(P) if not (histories[i] and histories[i][-1]["diverged"])]
+    for epoch in range(start + 1, E + 1):
+        for m in members:
+            m.rule.start_epoch(epoch, E)
+        template.rule.start_epoch(epoch, E)
+        perm = torch.stack([torch.randperm(n, generator=g, device=device) for g in gens])
+        loss_sum = torch.zeros(P, device=device)
+        correct = torch.zeros(P, device=device, dtype=torch.int64)
+        for s in range(0, n, bs):
+            idx = perm[:, s:s + bs]
+            x, y = x_tr[rows, idx], y_tr[rows, idx]
+            if cfg0.data.random_targets:
+                y = torch.stack([torch.randint(0, C, y.shape[1:], generator=g, device=device) for g in gens])
+            opt.zero_grad(set_to_none=True)
+            objective, ce, logits = batched_step(params, buffers, x, y)
+            objective.sum().backward()
+            if cfg0.train.clip_norm:
+                _clip_per_member([p.grad for p in trainable], cfg0.train.clip_norm)
+            if lr_scale is None:
+                opt.step()
+            else:
+                before = [p.detach().clone() for p in trainable]
+                opt.step()
+                with torch.no_grad():
+                    for p, b in zip(trainable, before, strict=True):
+                        p.copy_(torch.lerp(b, p, lr_scale.view(-1, *[1] * (p.dim() - 1))))
+            loss_sum += ce * idx.shape[1]
+            correct += (logits.argmax(-1) == y).sum(1)
+        test = _evaluate_members(batched_forward, model_params, model_buffers, x_te, y_te)
+        sync_members()
+        results: list[dict | None] = [None] * P
+        for i in live:
+            m = members[i]
+            m.model.eval()
+            results[i] = epoch_metrics(cfgs[i], epoch, {"train_loss": loss_sum[i] / n, "train_acc": correct[i] / n,
+                                                        "test_loss": test["test_loss"][i],
+                                                        "test_acc": test["test_acc"][i]},
+                                       m.model, m.rule, *probes[i], h_init[i], t0)
+            histories[i].append(results[i])
+        live = [i for i in live if not results[i]["diverged"]]
+        if on_epoch is not None:
+            on_epoch(epoch, results, (lambda e=epoch, lv=tuple(live): make_checkpoint(e, list(lv))) if live else None)
+        if not live:
+            break
+    return [{"config": c.to_dict(), "final": h[-1] if h else {}, "history": h, "n_classes": C}
+            for c, h in zip(cfgs, histories, strict=True)]
