@@ -10,9 +10,12 @@ Data: the synthetic task shaped like CIFAR (50k x 3072 inputs, 10 classes); mode
 3. engine: the same configs as Ray Tune trials (one at a time, logging every epoch to a scratch SQLite
    MLflow store) against `train(cfg)` called directly: overhead per trial.
 4. packing (CUDA only): aggregate samples/s of 1, 2, 4 and 8 concurrent trials sharing one GPU.
+5. population: P dfa members (seeds 0..P-1) trained as one population against the same P configs trained
+   one after another with `train(cfg)`: wall time, seconds per member run, and how far their results differ.
 
     python benchmarks/throughput.py                                   # all of it
     python benchmarks/throughput.py --n-train 10000 --skip engine     # quicker
+    python benchmarks/throughput.py --skip loop,variants,engine,packing --population 4   # population only
 
 Prints markdown tables headed by the hardware, and writes them with the raw figures to --out.
 """
@@ -37,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from raycredit.config import Config  # noqa: E402
 from raycredit.data import load_data  # noqa: E402
 from raycredit.models import build_model  # noqa: E402
+from raycredit.population import train_population  # noqa: E402
 from raycredit.rules import build_rule  # noqa: E402
 from raycredit.train import resolve_device, train  # noqa: E402
 
@@ -45,8 +49,8 @@ def config(args, rule: str, device: str, **kw) -> Config:
     epochs = kw.pop("epochs", args.epochs)
     return Config.from_dict(dict(
         rule=rule, dataset="synthetic", input_dim=3072, n_train=args.n_train, n_test=args.n_test, d=256, L=4,
-        epochs=epochs, batch_size=args.batch_size, diag_every=epochs, probe_size=256, rho_dirs=8, seed=0,
-        device=device, **kw))
+        epochs=epochs, batch_size=args.batch_size, diag_every=epochs, probe_size=256, rho_dirs=8, device=device,
+        **{"seed": 0, **kw}))
 
 
 def sync(device: torch.device) -> None:
@@ -152,6 +156,8 @@ def sweep(configs: list[Config], tmp: str, name: str, cpus: float, gpus: float) 
 
 
 def bench_engine(args, device: torch.device, results: dict) -> list[str]:
+    """The configs as one sweep, and the first alone as a sweep of one trial: the difference separates the
+    sweep's fixed start-up (Tune, the trial actor's process and imports) from each further trial's overhead."""
     import ray
 
     on_gpu = device.type == "cuda"
@@ -163,13 +169,20 @@ def bench_engine(args, device: torch.device, results: dict) -> list[str]:
     cpus = os.cpu_count() or 1
     ray.init(address="local", num_cpus=cpus, num_gpus=int(on_gpu), include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory(prefix="raycredit-bench-") as tmp:
+        one = sweep(configs[:1], tmp, "engine1", cpus, 1.0 if on_gpu else 0.0)
         wall = sweep(configs, tmp, "engine", cpus, 1.0 if on_gpu else 0.0)
-    overhead = (wall - sum(direct)) / len(configs)
-    results["engine"] = dict(direct_s=direct, sweep_wall_s=wall, overhead_per_trial_s=overhead)
-    mean = sum(direct) / len(direct)
-    return ["| trials | train(cfg) per trial | Tune + MLflow per trial | overhead per trial |", "|---|---|---|---|",
-            f"| {len(configs)} ({', '.join(args.rules)}; {args.engine_epochs} epochs) | {mean:.1f} s "
-            f"| {wall / len(configs):.1f} s | {overhead:.1f} s ({100 * overhead / mean:.0f}%) |"]
+    n = len(configs)
+    overhead = (wall - sum(direct)) / n
+    further = (wall - one - sum(direct[1:])) / (n - 1) if n > 1 else float("nan")
+    fixed = one - direct[0] - further
+    results["engine"] = dict(direct_s=direct, sweep_wall_s=wall, one_trial_sweep_s=one, overhead_per_trial_s=overhead,
+                             overhead_per_further_trial_s=further, fixed_sweep_overhead_s=fixed)
+    mean = sum(direct) / n
+    return ["| trials | train(cfg) per trial | Tune + MLflow per trial | overhead per trial | of which fixed per sweep "
+            "| overhead of each further trial |", "|---|---|---|---|---|---|",
+            f"| {n} ({', '.join(args.rules)}; {args.engine_epochs} epochs) | {mean:.1f} s | {wall / n:.1f} s "
+            f"| {overhead:.1f} s ({100 * overhead / mean:.0f}%) | {fixed:.1f} s "
+            f"| {further:.1f} s ({100 * further / mean:.0f}%) |"]
 
 
 def bench_packing(args, device: torch.device, results: dict) -> list[str]:
@@ -194,6 +207,28 @@ def bench_packing(args, device: torch.device, results: dict) -> list[str]:
     return rows
 
 
+def bench_population(args, device: torch.device, host_data, results: dict) -> list[str]:
+    """P dfa members in one population against the same configs trained one after another."""
+    dev_data = host_data.to(device)
+    rows = ["| P | population wall | per member run | separate runs wall | per run | speed-up "
+            "| max abs(delta test_acc) |", "|---|---|---|---|---|---|---|"]
+    for P in args.population:
+        cfgs = [config(args, "dfa", str(device), seed=s) for s in range(P)]
+        pop, t_pop = timed(lambda cfgs=cfgs: train_population(cfgs, data=[dev_data] * len(cfgs)))
+        sync(device)
+        sep, t_sep = timed(lambda cfgs=cfgs: [train(c, data=dev_data) for c in cfgs])
+        sync(device)
+        delta = max(abs(a["final"]["test_acc"] - b["final"]["test_acc"]) for a, b in zip(pop, sep, strict=True))
+        results["population"][P] = dict(population_s=t_pop, separate_s=t_sep, max_abs_delta_test_acc=delta,
+                                        epochs=args.epochs)
+        rows.append(f"| {P} | {t_pop:.1f} s | {t_pop / P:.2f} s | {t_sep:.1f} s | {t_sep / P:.2f} s "
+                    f"| {t_sep / t_pop:.2f}x | {delta:.4f} |")
+        print(rows[-1], flush=True)
+    rows += ["", f"{args.epochs} epochs per run, diagnostics at the last; per 100-epoch run, scale by "
+                 f"{100 / args.epochs:g} (an extrapolation: only the last epoch runs the diagnostics)"]
+    return rows
+
+
 def hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
@@ -210,6 +245,8 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--rules", type=lambda s: s.split(","), default=["bp", "fa", "dfa"])
     p.add_argument("--packing", type=lambda s: [int(k) for k in s.split(",")], default=[1, 2, 4, 8])
+    p.add_argument("--population", type=lambda s: [int(k) for k in s.split(",")], default=[8, 32],
+                   help="population sizes P to compare with P separate runs")
     p.add_argument("--skip", type=lambda s: s.split(","), default=[], help="comma-separated sections to skip")
     p.add_argument("--out", default="benchmarks/results/throughput.json")
     args = p.parse_args()
@@ -218,13 +255,15 @@ def main() -> int:
     device = resolve_device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
-    results: dict = {"hardware": hardware(device), "args": vars(args), "loop": {}, "variants": {}, "packing": {}}
+    results: dict = {"hardware": hardware(device), "args": vars(args), "loop": {}, "variants": {}, "packing": {},
+                     "population": {}}
     print(f"hardware: {results['hardware']}\n", flush=True)
     host_data = load_data(config(args, "bp", "cpu").data)
     sections = {"loop": lambda: bench_loops(args, device, host_data, results),
                 "variants": lambda: bench_variants(args, device, host_data, results),
                 "engine": lambda: bench_engine(args, device, results),
-                "packing": lambda: bench_packing(args, device, results)}
+                "packing": lambda: bench_packing(args, device, results),
+                "population": lambda: bench_population(args, device, host_data, results)}
     report = [f"hardware: {results['hardware']}"]
     for name, run in sections.items():
         if name in args.skip:
