@@ -4,7 +4,7 @@ Runs the search in a scratch folder (its own MLflow store and Tune storage, a
 new local Ray instance), prints the search's output, the measured wall time,
 and how much of it was training (the `time_s` each run logged).
 
-    python benchmarks/smoke_scan.py [--budget-s 300]
+    python benchmarks/smoke_scan.py [--budget-s 300] [search flags, e.g. --population 2]
 """
 
 import argparse
@@ -21,10 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget-s", type=float, default=300.0, help="target wall time in seconds")
-    args = p.parse_args()
+    args, search_flags = p.parse_known_args()
     with tempfile.TemporaryDirectory(prefix="raycredit-bench-") as tmp:
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, str(ROOT / "searches" / "both_fail_scan.py"), "--preset", "smoke"],
+        proc = subprocess.run([sys.executable, str(ROOT / "searches" / "both_fail_scan.py"), "--preset", "smoke",
+                               *search_flags],
                               cwd=tmp, capture_output=True, text=True)
         wall = time.perf_counter() - t0
         train_s = None

@@ -296,17 +296,14 @@ def _population_trial(cfgs: list[Config], s: SweepSettings) -> None:
     a member's own checkpoint is written beside it when the member finishes, and logged to its run."""
     from ray import tune
 
-    from raycredit.data import load_data
-    from raycredit.population import population_key, train_population
+    from raycredit.population import member_data, population_key, train_population
     from raycredit.tracking import POPULATION_TAG
     from raycredit.train import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 
     group, E = population_key(cfgs), cfgs[0].train.epochs
-    loaded: dict = {}
-    for c in cfgs:
-        if c.data not in loaded:
-            loaded[c.data] = load_data(c.data)
-    runs = [_open_run(s, c, c.key(), run_label(c), loaded[c.data].n_classes, {POPULATION_TAG: group}) for c in cfgs]
+    data = member_data(cfgs)
+    runs = [_open_run(s, c, c.key(), run_label(c), d.n_classes, {POPULATION_TAG: group})
+            for c, d in zip(cfgs, data, strict=True)]
     folder = Path(s.checkpoint_root) / group
     path = folder / CHECKPOINT_FILE
     todo = [i for i, r in enumerate(runs) if not r.finished]
@@ -365,7 +362,7 @@ def _population_trial(cfgs: list[Config], s: SweepSettings) -> None:
             return
         device = _trial_device()
         train_population([cfgs[i].replace(device=device) for i in todo], checkpoints=entries, on_epoch=on_epoch,
-                         data=[loaded[cfgs[i].data] for i in todo])
+                         data=[data[i] for i in todo])
     except SystemExit:
         raise
     except BaseException:

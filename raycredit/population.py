@@ -148,6 +148,32 @@ def _evaluate_members(forward, params: dict, buffers: dict, x: torch.Tensor, y: 
     return {"test_loss": loss / n, "test_acc": correct / n}
 
 
+def member_data(cfgs: list[Config], data: list[Data] | None = None) -> list[Data]:
+    """Each member's dataset, loaded once per distinct data config."""
+    if data is not None:
+        return data
+    loaded: dict = {}
+    for c in cfgs:
+        if c.data not in loaded:
+            loaded[c.data] = load_data(c.data)
+    return [loaded[c.data] for c in cfgs]
+
+
+def _member_data(cfgs: list[Config], data: list[Data] | None, device: torch.device):
+    """(each member's data on the device, its (x_train, y_train, x_test, y_test) stacked along a leading
+    member axis): a shared dataset is expanded, not copied."""
+    data = member_data(cfgs, data)
+    on_device = {id(d): d.to(device) for d in data}
+    datas = [on_device[id(d)] for d in data]
+    if len({(d.x_train.shape, d.x_test.shape, d.n_classes) for d in datas}) != 1:
+        raise UserError("a population's members need data of one shape")
+    names = ("x_train", "y_train", "x_test", "y_test")
+    if len(on_device) == 1:
+        return datas, [getattr(datas[0], a).unsqueeze(0).expand(len(cfgs), *getattr(datas[0], a).shape)
+                       for a in names]
+    return datas, [torch.stack([getattr(d, a) for d in datas]) for a in names]
+
+
 def train_population(cfgs: list[Config], *, checkpoints: list[dict] | None = None,
                      on_epoch: PopulationCallback | None = None, data: list[Data] | None = None) -> list[dict]:
     """Train the members `cfgs` together; returns one `train(cfg)`-style result per member.
@@ -161,23 +187,7 @@ def train_population(cfgs: list[Config], *, checkpoints: list[dict] | None = Non
     check_members(cfgs)
     P, cfg0 = len(cfgs), cfgs[0]
     device = resolve_device(cfg0.train.device)
-    if data is None:
-        loaded: dict = {}
-        for c in cfgs:
-            if c.data not in loaded:
-                loaded[c.data] = load_data(c.data)
-        data = [loaded[c.data] for c in cfgs]
-    on_device = {id(d): d.to(device) for d in data}
-    datas = [on_device[id(d)] for d in data]
-    if len({(d.x_train.shape, d.x_test.shape, d.n_classes) for d in datas}) != 1:
-        raise UserError("a population's members need data of one shape")
-    if len(on_device) == 1:
-        d0 = datas[0]
-        x_tr, y_tr, x_te, y_te = (t.unsqueeze(0).expand(P, *t.shape) for t in
-                                  (d0.x_train, d0.y_train, d0.x_test, d0.y_test))
-    else:
-        x_tr, y_tr, x_te, y_te = (torch.stack([getattr(d, a) for d in datas])
-                                  for a in ("x_train", "y_train", "x_test", "y_test"))
+    datas, (x_tr, y_tr, x_te, y_te) = _member_data(cfgs, data, device)
     C = datas[0].n_classes
 
     members, gens = [], []
@@ -188,8 +198,6 @@ def train_population(cfgs: list[Config], *, checkpoints: list[dict] | None = Non
         member.rule.generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
         gens.append(member.rule.generator)
         members.append(member)
-    if any(True for _ in members[0].rule.parameters()):
-        raise ConfigError(f"rule: {cfg0.rule.rule!r} has parameters of its own; it cannot train in population mode")
     probes = [(d.x_test[: c.diag.probe_size], d.y_test[: c.diag.probe_size]) for c, d in zip(cfgs, datas, strict=True)]
 
     if checkpoints is not None:
