@@ -39,7 +39,7 @@ def test_alpha_zero_trains_exactly_like_dfa(tiny, kind):
 def test_blend_is_alpha_aux_rescaled_to_dfa_plus_dfa(tiny):
     _, model, rule, hs, logits, y, g = double_setup(tiny, rule="scaffold", blend_alpha=0.3, warmup_ratio=0.0)
     rule.start_epoch(1, 2)
-    s = rule.code(hs, logits, y)
+    s = rule.code(model, hs, logits, y)
     for l, (a, d) in enumerate(zip(rule.credits(model, hs, logits, y), dfa_credits(rule.B, logits, y), strict=True)):
         aux = rule.field(hs[l].detach(), l, s)
         scale = d.norm(dim=-1, keepdim=True) / aux.norm(dim=-1, keepdim=True)
