@@ -5,6 +5,9 @@ around `train(cfg)`: it logs every epoch to its MLflow run (see
 `raycredit.tracking`), reports to Tune, and every `checkpoint_every` epochs
 replaces its checkpoint file `<storage>/<sweep>/checkpoints/<run key>/checkpoint.pt`
 atomically. A restored, retried or moved trial resumes from that file.
+A population trial (`run_trials(..., population=P)`) trains several configs
+with `raycredit.population.train_population`; each still has its own run, and
+the trial's one checkpoint file holds all of its unfinished members.
 
 Tune's own checkpoints are not used: with `num_to_keep` Tune deletes old
 checkpoints that its last experiment snapshot may still name, and a driver

@@ -116,6 +116,7 @@ def restore(ckpt: dict, data: Data | None = None):
 
 def checkpoint_dict(cfg: Config, epoch: int, model, rule, optimizer_state: dict, generator: torch.Generator,
                     history: list, h_norm_init: float, elapsed_s: float) -> dict:
+    """The checkpoint of one run (module docstring); a population member's has exactly this form."""
     return {
         "format": CHECKPOINT_FORMAT,
         "config": cfg.to_dict(),
