@@ -99,7 +99,7 @@ def build_parser(name: str, doc: str, presets: dict[str, Preset], default_preset
     else:
         p.add_argument("--population", type=int, default=1, metavar="P",
                        help="train up to P configs that differ only in seed, lr, penalty_lam, feedback_scale or "
-                            "alpha in one trial with batched weights (bp, fa, dfa, frozen; each config keeps "
+                            "alpha in one trial with batched weights (bp, fa, dfa, frozen, ep; each config keeps "
                             "its own MLflow run); default 1")
     return p
 

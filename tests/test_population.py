@@ -48,8 +48,8 @@ def test_members_equal_separate_runs(tiny, rule):
         assert got["config"] == want["config"]
         assert_same_history(got["history"], want["history"])
         assert ckpt.keys() == want_ckpt.keys() and ckpt["epoch"] == want_ckpt["epoch"] == cfg.train.epochs
-        for k, w in want_ckpt["model"].items():
-            torch.testing.assert_close(ckpt["model"][k], w, rtol=1e-4, atol=1e-5)
+        for k, w in want_ckpt["model"].items():  # ep's 20-step relaxation amplifies round-off the most
+            torch.testing.assert_close(ckpt["model"][k], w, rtol=1e-4, atol=3e-5)
         for k, w in want_ckpt["rule"].items():
             torch.testing.assert_close(ckpt["rule"][k], w, rtol=0, atol=0)
         assert ckpt["optimizer"]["param_groups"] == want_ckpt["optimizer"]["param_groups"]
@@ -108,7 +108,7 @@ def test_resume_is_bit_identical_and_member_checkpoints_are_separate_runs_checkp
 def test_members_that_cannot_share_a_population_are_refused(tiny):
     fa = Config.from_dict({**tiny, "rule": "fa"})
     with pytest.raises(ConfigError, match="population mode"):
-        check_members([Config.from_dict({**tiny, "rule": "ep"})])
+        check_members([Config.from_dict({**tiny, "rule": "state_bridge"})])
     with pytest.raises(ConfigError, match="differ only in seed, lr"):
         check_members([fa, fa.replace(d=16)])
     with pytest.raises(ConfigError, match="distinct"):
@@ -119,11 +119,11 @@ def test_members_that_cannot_share_a_population_are_refused(tiny):
 
 def test_grouping_keeps_order_chunks_and_leaves_other_rules_alone(tiny):
     cfgs = [Config.from_dict({**tiny, "rule": r, "d": d, "seed": s})
-            for r in ("fa", "ep") for d in (16, 32) for s in range(3)]
+            for r in ("fa", "state_bridge") for d in (16, 32) for s in range(3)]
     groups = group_members(cfgs, 2)
     assert [[(c.rule.rule, c.model.d, c.train.seed) for c in g] for g in groups] == [
         [("fa", 16, 0), ("fa", 16, 1)], [("fa", 16, 2)], [("fa", 32, 0), ("fa", 32, 1)], [("fa", 32, 2)],
-        *[[("ep", d, s)] for d in (16, 32) for s in range(3)]]
+        *[[("state_bridge", d, s)] for d in (16, 32) for s in range(3)]]
     assert sorted(c.key() for g in groups for c in g) == sorted(c.key() for c in cfgs)
     assert group_members(cfgs, 1) == [[c] for c in cfgs]
     assert len({shared_key(c) for c in groups[0]}) == 1

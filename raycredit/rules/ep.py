@@ -28,6 +28,7 @@ from raycredit.rules.base import LocalRule
 
 class EP(LocalRule):
     architectures = tuple(ARCHITECTURES)
+    population = True
     def energy(self, model, h0: torch.Tensor, free: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
         """Summed over the batch: every sample's states only feel their own energy."""
         prev, e = h0, 0.0
@@ -37,23 +38,21 @@ class EP(LocalRule):
         return e + self.cfg.ep_beta * F.cross_entropy(model.head(prev), y, reduction="sum")
 
     def relax(self, model, hs: list[torch.Tensor], y: torch.Tensor) -> list[torch.Tensor]:
-        """Nudged-phase states h_1..h_L, from the free equilibrium (the feedforward pass)."""
+        """Nudged-phase states h_1..h_L, from the free equilibrium (the feedforward pass).
+
+        torch.func.grad rather than torch.autograd.grad: it composes with vmap, which trains populations.
+        """
         h0 = hs[0].detach()
-        states = [h.detach().clone().requires_grad_() for h in hs[1:]]
-        with torch.enable_grad():
-            for _ in range(self.cfg.ep_steps):
-                forces = torch.autograd.grad(self.energy(model, h0, states, y), states)
-                with torch.no_grad():
-                    for s, g in zip(states, forces, strict=True):
-                        s -= self.cfg.ep_step_size * g
-        return [s.detach() for s in states]
+        states = [h.detach() for h in hs[1:]]
+        force = torch.func.grad(lambda free: self.energy(model, h0, free, y))
+        for _ in range(self.cfg.ep_steps):
+            states = [(s - self.cfg.ep_step_size * g).detach() for s, g in zip(states, force(states), strict=True)]
+        return states
 
     def credits(self, model, hs, logits, y):
         beta = self.cfg.ep_beta
         nudged = self.relax(model, hs, y)
-        with torch.enable_grad():
-            h0 = hs[0].detach().requires_grad_()
-            a0 = torch.autograd.grad(self.energy(model, h0, nudged, y), h0)[0] / beta
+        a0 = torch.func.grad(lambda h0: self.energy(model, h0, nudged, y))(hs[0].detach()) / beta
         a = [a0.detach()]
         with torch.no_grad():
             below = [hs[0].detach()] + nudged[:-1]
