@@ -9,6 +9,8 @@ Sweep: rules {bp, fa, dfa, frozen} x d x L x seeds, then analysis/both_fail.py.
 
     python searches/both_fail_scan.py --preset smoke              # local Ray, synthetic data
     python searches/both_fail_scan.py --address auto --data-dir ~/data/cifar10   # the paper scan
+    python searches/both_fail_scan.py --address auto --data-dir ~/data/cifar10 --population 10
+        # the same runs, each setting's 10 seeds trained together in one trial (GPU; README)
 
 Cost: smoke is 32 trials of about 3 s of training each on the synthetic task,
 75-184 s in all on 2 CPU cores depending on the host's load
