@@ -230,6 +230,7 @@ def train_population(cfgs: list[Config], *, checkpoints: list[dict] | None = Non
     # weights-free twin of a member: functional_call supplies the stacked weights
     template_model = build_model(cfg0.model, datas[0].in_shape, C)
     template = Member(template_model, build_rule(cfg0, template_model, C)).to("meta")
+    template.rule.functional = True
     low_precision = cfg0.train.precision == "bf16"
 
     def step(p, b, x, y):

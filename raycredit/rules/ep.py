@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from raycredit.models import ARCHITECTURES
-from raycredit.rules.base import LocalRule
+from raycredit.rules.base import LocalRule, input_grad
 
 
 class EP(LocalRule):
@@ -38,22 +38,18 @@ class EP(LocalRule):
         return e + self.cfg.ep_beta * F.cross_entropy(model.head(prev), y, reduction="sum")
 
     def relax(self, model, hs: list[torch.Tensor], y: torch.Tensor) -> list[torch.Tensor]:
-        """Nudged-phase states h_1..h_L, from the free equilibrium (the feedforward pass).
-
-        torch.func.grad rather than torch.autograd.grad: it composes with vmap, which trains populations.
-        """
+        """Nudged-phase states h_1..h_L, from the free equilibrium (the feedforward pass)."""
         h0 = hs[0].detach()
         states = [h.detach() for h in hs[1:]]
-        force = torch.func.grad(lambda free: self.energy(model, h0, free, y))
         for _ in range(self.cfg.ep_steps):
-            states = [(s - self.cfg.ep_step_size * g).detach() for s, g in zip(states, force(states), strict=True)]
+            forces = input_grad(lambda free: self.energy(model, h0, free, y), states, self.functional)
+            states = [s - self.cfg.ep_step_size * g for s, g in zip(states, forces, strict=True)]
         return states
 
     def credits(self, model, hs, logits, y):
         beta = self.cfg.ep_beta
         nudged = self.relax(model, hs, y)
-        a0 = torch.func.grad(lambda h0: self.energy(model, h0, nudged, y))(hs[0].detach()) / beta
-        a = [a0.detach()]
+        a = [input_grad(lambda h0: self.energy(model, h0, nudged, y), hs[0], self.functional) / beta]
         with torch.no_grad():
             below = [hs[0].detach()] + nudged[:-1]
             for l, (h, prev) in enumerate(zip(nudged, below, strict=True), start=1):

@@ -20,7 +20,7 @@ class FA(LocalRule):
         self.register_buffer("B", torch.randn(self.L, self.d, self.d, generator=g) * std)
 
     def credits(self, model, hs, logits, y):
-        a = [output_local_grad(model, hs[-1], y)]
+        a = [output_local_grad(model, hs[-1], y, self.functional)]
         for l in range(self.L - 1, -1, -1):
             a.append(a[-1] @ self.B[l].T)
         return a[::-1]
