@@ -194,6 +194,7 @@ def train_population(cfgs: list[Config], *, checkpoints: list[dict] | None = Non
     for cfg, d in zip(cfgs, datas, strict=True):
         torch.manual_seed(cfg.train.seed)
         model = build_model(cfg.model, d.in_shape, C).to(device)
+        model.eval()  # members only evaluate and diagnose; the vmapped template trains
         member = Member(model, build_rule(cfg, model, C).to(device))
         member.rule.generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
         gens.append(member.rule.generator)
@@ -223,7 +224,10 @@ def train_population(cfgs: list[Config], *, checkpoints: list[dict] | None = Non
     lrs = [c.train.lr for c in cfgs]
     shared_lr = len(set(lrs)) == 1
     opt = make_optimizer(cfg0 if shared_lr else cfg0.replace(lr=1.0), trainable, [], device)
-    lr_scale = None if shared_lr else torch.tensor(lrs, device=device)
+    # members with their own lr: each step starts from a copy of the weights, then moves lr of the way
+    lr_scales = None if shared_lr else [torch.tensor(lrs, device=device).view(-1, *[1] * (p.dim() - 1))
+                                        for p in trainable]
+    before = None if shared_lr else [torch.empty_like(p) for p in trainable]
     if checkpoints is not None:
         opt.load_state_dict(_stack_optimizer_states([c["optimizer"] for c in checkpoints], opt.param_groups[0]["lr"]))
 
@@ -250,7 +254,7 @@ def train_population(cfgs: list[Config], *, checkpoints: list[dict] | None = Non
                     v.copy_(params[k][i])
 
     def make_checkpoint(epoch: int, live: list[int]) -> list[dict | None]:
-        sync_members()
+        """Valid inside on_epoch only: the members were synced after this epoch's evaluation."""
         stacked_opt = opt.state_dict()
         out: list[dict | None] = [None] * P
         for i in live:
@@ -262,7 +266,7 @@ def train_population(cfgs: list[Config], *, checkpoints: list[dict] | None = Non
 
     n, bs, E = x_tr.shape[1], cfg0.train.batch_size, cfg0.train.epochs
     rows = torch.arange(P, device=device).unsqueeze(1)
-    live = [i for i in range(P) if not (histories[i] and histories[i][-1]["diverged"])]
+    live = list(range(P))  # checkpoints hold only members that were still training
     for epoch in range(start + 1, E + 1):
         for m in members:
             m.rule.start_epoch(epoch, E)
@@ -280,14 +284,14 @@ def train_population(cfgs: list[Config], *, checkpoints: list[dict] | None = Non
             objective.sum().backward()
             if cfg0.train.clip_norm:
                 _clip_per_member([p.grad for p in trainable], cfg0.train.clip_norm)
-            if lr_scale is None:
+            if before is None:
                 opt.step()
             else:
-                before = [p.detach().clone() for p in trainable]
-                opt.step()
                 with torch.no_grad():
-                    for p, b in zip(trainable, before, strict=True):
-                        p.copy_(torch.lerp(b, p, lr_scale.view(-1, *[1] * (p.dim() - 1))))
+                    torch._foreach_copy_(before, trainable)
+                    opt.step()
+                    for p, b, w in zip(trainable, before, lr_scales, strict=True):
+                        p.copy_(b.lerp_(p, w))
             loss_sum += ce * idx.shape[1]
             correct += (logits.argmax(-1) == y).sum(1)
         test = _evaluate_members(batched_forward, model_params, model_buffers, x_te, y_te)
@@ -295,7 +299,6 @@ def train_population(cfgs: list[Config], *, checkpoints: list[dict] | None = Non
         results: list[dict | None] = [None] * P
         for i in live:
             m = members[i]
-            m.model.eval()
             results[i] = epoch_metrics(cfgs[i], epoch, {"train_loss": loss_sum[i] / n, "train_acc": correct[i] / n,
                                                         "test_loss": test["test_loss"][i],
                                                         "test_acc": test["test_acc"][i]},
