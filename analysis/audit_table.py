@@ -3,7 +3,8 @@
 baseline of the same setting.
 
 A setting is as in `both_fail.py` (dataset, d, L, epochs and any other data, model or training knob that
-varies); a row is a rule within a setting, split further by any rule knob that varies (e.g. penalty_lam).
+varies); a row is a rule within a setting, split by credit_norm (always shown) and any other rule knob
+that varies (e.g. penalty_lam).
 ||h_L|| and ||g_L|| are read at each run's own last layer. mode1a / mode1b / diverged are 0/1 per run,
 so their means are the fraction of seeds flagged. `frozen_margin` = mean test_acc - the frozen baseline
 (mean frozen test_acc of the setting); it is empty where the setting has no frozen runs. Prints markdown,
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.both_fail import setting_columns
+from analysis.both_fail import VARIANTS, setting_columns
 from analysis.summary import load_finished, mean_std
 from analysis.tables import cli_main, markdown_table, write_report
 from raycredit.config import SECTIONS
@@ -31,7 +32,9 @@ RULE_KNOBS = set(SECTIONS["rule"].__dataclass_fields__) - {"rule"}
 
 
 def row_columns(df: pd.DataFrame) -> list[str]:
-    knobs = sorted(c for c in df.columns if c in RULE_KNOBS and df[c].nunique(dropna=False) > 1)
+    """Setting, rule, credit_norm (always: the reference study's normalization is a confound to see) and any
+    other rule knob that varies."""
+    knobs = sorted(c for c in df.columns if c in RULE_KNOBS and (c in VARIANTS or df[c].nunique(dropna=False) > 1))
     return setting_columns(df) + ["rule"] + knobs
 
 
@@ -58,7 +61,7 @@ def report(df: pd.DataFrame, out_dir: str | Path, title: str) -> str:
         lines.append("No finished runs.")
         return write_report(lines, pd.DataFrame(), out_dir, "audit_table")
     table = audit(df)
-    shown_keys = [k for k in row_columns(df) if k in ("rule", "d", "L") or df[k].nunique(dropna=False) > 1]
+    shown_keys = [k for k in row_columns(df) if k in ("rule", "d", "L", *VARIANTS) or df[k].nunique(dropna=False) > 1]
     shown = table[shown_keys + ["seeds"]].copy()
     for m in METRICS:
         pairs = zip(table[f"{m}_mean"], table[f"{m}_std"], table["seeds"], strict=True)

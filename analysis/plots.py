@@ -3,10 +3,12 @@
 - growth.png: ||h_L|| and ||g_L|| per epoch, one line per rule (mean over its runs), log axes;
 - accuracy_vs_depth.png: final test accuracy against L, one line per rule, the frozen baseline dashed
   (when L varies);
+  (in these and in penalty_rescue.png a rule whose runs differ in credit_norm gets a line per value)
 - penalty_rescue.png: final test accuracy against the block-output penalty lambda, one line per rule
   (when penalty_lam varies);
 - both_fail_map.png: the d x L grid coloured by the fraction of seeds where FA and DFA both fall below
-  the frozen baseline, annotated k/n (when the experiment has fa, dfa and frozen runs).
+  the frozen baseline in a valid setting (BP beats frozen), annotated k/n, a panel per credit_norm
+  (when the experiment has fa, dfa and frozen runs).
 
 A plot is drawn only when the experiment has what it needs. The files go to --out, and to the run named
 `plots` (tag raycredit.summary) under results/. Reads MLflow only; never re-trains.
@@ -32,11 +34,23 @@ from raycredit import tracking  # noqa: E402
 FINAL = ("test_acc", "deep_cos", "diverged")
 
 
+def line_labels(df: pd.DataFrame) -> pd.Series:
+    """One line per rule, and per credit_norm where the local rules' runs differ in it."""
+    if "credit_norm" not in df:
+        return df["rule"]
+    normed = df["credit_norm"].astype(str) == "True"
+    local = ~df["rule"].isin(["bp", "frozen"])
+    if normed[local].nunique() < 2:
+        return df["rule"]
+    return df["rule"].where(~(normed & local), df["rule"] + " (credit_norm)")
+
+
 def growth(histories: pd.DataFrame):
-    """histories: one row per (run, epoch) with rule, epoch, h_norm_L, g_norm_L."""
+    """histories: one row per (run, epoch) with rule, epoch, h_norm_L, g_norm_L (and credit_norm)."""
+    histories = histories.assign(line=line_labels(histories))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, col, label in zip(axes, ("h_norm_L", "g_norm_L"), ("‖h_L‖", "‖g_L‖"), strict=True):
-        for rule, g in histories.groupby("rule", sort=True):
+        for rule, g in histories.groupby("line", sort=True):
             mean = g.groupby("epoch")[col].mean().dropna()
             mean = mean[mean > 0]  # log axis
             if len(mean):
@@ -50,8 +64,8 @@ def growth(histories: pd.DataFrame):
 def accuracy_against(df: pd.DataFrame, x: str, xlabel: str, title: str):
     """Mean test accuracy against knob x, one line per rule; frozen, the baseline, dashed."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    means = df.groupby(["rule", x])["test_acc"].mean().reset_index()
-    for rule, g in means.groupby("rule", sort=True):
+    means = df.assign(line=line_labels(df)).groupby(["line", x])["test_acc"].mean().reset_index()
+    for rule, g in means.groupby("line", sort=True):
         style = dict(linestyle="--", color="black") if rule == "frozen" else dict(marker="o")
         ax.plot(g[x], g["test_acc"], label=f"{rule} (baseline)" if rule == "frozen" else rule, **style)
     ax.set(xlabel=xlabel, ylabel="test accuracy (mean over runs)", title=title)
@@ -77,23 +91,29 @@ def penalty_rescue(df: pd.DataFrame):
 
 
 def both_fail_map(counts: pd.DataFrame):
-    """counts: both_fail's per-setting table (d, L, seeds, qualifying), summed over any other setting knob."""
+    """counts: both_fail's per-setting table (d, L, seeds, qualifying), summed over any other setting knob;
+    one panel per credit_norm value."""
     ds, Ls = sorted(counts["d"].unique()), sorted(counts["L"].unique())
-    grid = counts.groupby(["d", "L"])[["qualifying", "seeds"]].sum()
-    frac = [[grid.loc[(d, L), "qualifying"] / grid.loc[(d, L), "seeds"] if (d, L) in grid.index else float("nan")
-             for L in Ls] for d in ds]
-    fig, ax = plt.subplots(figsize=(1.2 * len(Ls) + 2.5, 1.0 * len(ds) + 1.5))
-    im = ax.imshow(frac, cmap="viridis", vmin=0, vmax=1, origin="lower", aspect="auto")
-    for i, d in enumerate(ds):
-        for j, L in enumerate(Ls):
-            if (d, L) in grid.index:
-                q, n = grid.loc[(d, L), "qualifying"], grid.loc[(d, L), "seeds"]
-                ax.text(j, i, f"{int(q)}/{int(n)}", ha="center", va="center", color="white" if q / n < 0.5 else "k")
-    ax.set_xticks(range(len(Ls)), [str(L) for L in Ls])
-    ax.set_yticks(range(len(ds)), [str(d) for d in ds])
-    ax.set(xlabel="depth L", ylabel="width d", title="seeds where FA and DFA both fall below frozen")
-    fig.colorbar(im, ax=ax, label="fraction of seeds")
-    fig.tight_layout()
+    panels = sorted(counts["credit_norm"].astype(str).unique()) if "credit_norm" in counts else [None]
+    fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * (1.2 * len(Ls) + 1.5) + 1.5,
+                                                      1.0 * len(ds) + 1.5), squeeze=False, constrained_layout=True)
+    for k, (ax, panel) in enumerate(zip(axes[0], panels, strict=True)):
+        part = counts if panel is None else counts[counts["credit_norm"].astype(str) == panel]
+        grid = part.groupby(["d", "L"])[["qualifying", "seeds"]].sum()
+        frac = [[grid.loc[(d, L), "qualifying"] / grid.loc[(d, L), "seeds"] if (d, L) in grid.index
+                 else float("nan") for L in Ls] for d in ds]
+        im = ax.imshow(frac, cmap="viridis", vmin=0, vmax=1, origin="lower", aspect="auto")
+        for i, d in enumerate(ds):
+            for j, L in enumerate(Ls):
+                if (d, L) in grid.index:
+                    q, n = grid.loc[(d, L), "qualifying"], grid.loc[(d, L), "seeds"]
+                    ax.text(j, i, f"{int(q)}/{int(n)}", ha="center", va="center",
+                            color="white" if q / n < 0.5 else "k")
+        ax.set_xticks(range(len(Ls)), [str(L) for L in Ls])
+        ax.set_yticks(range(len(ds)), [str(d) for d in ds])
+        title = "FA and DFA both below frozen" + ("" if panel is None else f"\ncredit_norm={panel}")
+        ax.set(xlabel="depth L", ylabel="width d" if k == 0 else "", title=title)
+    fig.colorbar(im, ax=list(axes[0]), label="fraction of seeds")
     return fig
 
 
@@ -105,9 +125,9 @@ def histories_of(uri: str, runs: pd.DataFrame) -> pd.DataFrame:
         series = {col: dict(tracking.metric_history(uri, r["run_id"], f"{name}/l{L}"))
                   for col, name in (("h_norm_L", "h_norm"), ("g_norm_L", "g_norm"))}
         for epoch in sorted(set(series["h_norm_L"]) | set(series["g_norm_L"])):
-            rows.append(dict(rule=r["params.rule"], epoch=epoch, h_norm_L=series["h_norm_L"].get(epoch),
-                             g_norm_L=series["g_norm_L"].get(epoch)))
-    return pd.DataFrame(rows, columns=["rule", "epoch", "h_norm_L", "g_norm_L"]).astype(
+            rows.append(dict(rule=r["params.rule"], credit_norm=r.get("params.credit_norm"), epoch=epoch,
+                             h_norm_L=series["h_norm_L"].get(epoch), g_norm_L=series["g_norm_L"].get(epoch)))
+    return pd.DataFrame(rows, columns=["rule", "credit_norm", "epoch", "h_norm_L", "g_norm_L"]).astype(
         {"h_norm_L": float, "g_norm_L": float})
 
 

@@ -2,7 +2,8 @@
 (test_acc, deep_cos, deep_rho, h_norm_L = ||h_L|| at the run's last layer, mode1a, diverged).
 
 The finished runs of an experiment are grouped by every config key that varies
-across them except the seed (and bookkeeping keys such as device); each group
+across them except the seed (and bookkeeping keys such as device), and always
+by credit_norm, the reference study's normalization, when recorded; each group
 is one row with its number of seeds. Prints a markdown table and writes
 summary.csv and summary.md. Reads MLflow only; never re-trains.
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.both_fail import VARIANTS
 from analysis.tables import cli_main, finished_runs, markdown_table, write_report
 from raycredit.tracking import load_runs
 
@@ -25,7 +27,8 @@ DEPTH_METRICS = {"h_norm_L": "h_norm/l{L}", "g_norm_L": "g_norm/l{L}"}  # read a
 
 
 def group_columns(df: pd.DataFrame) -> list[str]:
-    varying = [c for c in df.columns if c not in NOT_GROUPED and df[c].nunique(dropna=False) > 1]
+    """rule, credit_norm (always, when recorded) and every other config key that varies."""
+    varying = [c for c in df.columns if c not in NOT_GROUPED and (c in VARIANTS or df[c].nunique(dropna=False) > 1)]
     return ["rule"] + [c for c in varying if c != "rule"]
 
 

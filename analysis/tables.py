@@ -60,16 +60,22 @@ def write_report(lines: list[str], table: pd.DataFrame, out_dir: str | Path, nam
     return text
 
 
-def cli_main(name: str, doc: str, run: Callable[[str | None, str, str], object], argv: list[str] | None) -> int:
-    """The command line every analysis shares: --experiment, --tracking-uri, --out; UserError exits 2."""
+def cli_main(name: str, doc: str, run: Callable[..., object], argv: list[str] | None,
+             options: dict[str, dict] | None = None) -> int:
+    """The command line every analysis shares: --experiment, --tracking-uri, --out; UserError exits 2.
+
+    `options`: the analysis's own flags (argparse keyword arguments by flag), passed to run by keyword.
+    """
     p = argparse.ArgumentParser(prog=f"{name}.py", description=doc,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experiment", required=True, help="MLflow experiment of the search")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///$PWD/mlflow_runs/mlflow.db)")
     p.add_argument("--out", help="output folder (default reports/<experiment>)")
+    dests = [p.add_argument(flag, **kw).dest for flag, kw in (options or {}).items()]
     args = p.parse_args(argv)
     try:
-        run(args.tracking_uri, args.experiment, args.out or str(Path("reports") / args.experiment))
+        run(args.tracking_uri, args.experiment, args.out or str(Path("reports") / args.experiment),
+            **{d: getattr(args, d) for d in dests})
     except UserError as e:
         print(f"{name}: error: {e}", file=sys.stderr)
         return 2

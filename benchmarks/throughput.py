@@ -62,7 +62,7 @@ def reference_loop(cfg: Config, data, device: torch.device) -> tuple[float, list
     """The reference study's style of loop over the same model, rule and update.
     Returns (final test accuracy, seconds of each epoch: training and the test evaluation)."""
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, data.in_shape, data.n_classes).to(device)
+    model = build_model(cfg.model, data.in_shape, data.n_classes, cfg.data.alpha).to(device)
     rule = build_rule(cfg, model, data.n_classes).to(device)
     rule.generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
     params = rule.trainable_params(model)

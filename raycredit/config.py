@@ -30,32 +30,40 @@ def knob(default: Any, doc: str, *, choices=None, lo=None, hi=None, lo_open=Fals
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = knob("resmlp", "architecture (vit_mini and small_cnn need image data)",
-                     choices=("resmlp", "vit_mini", "small_cnn"))
+    arch: str = knob("resmlp", "architecture: resmlp, vit_mini and small_cnn (image data) are residual; mlp is a "
+                               "plain MLP of L hidden layers of width d (no residual, no LayerNorm)",
+                     choices=("resmlp", "vit_mini", "small_cnn", "mlp"))
     d: int = knob(256, "residual-stream width", lo=1)
     L: int = knob(4, "number of residual blocks", lo=1)
     mlp_ratio: float = knob(4.0, "block hidden width as a multiple of d", lo=0, lo_open=True)
-    residual_add: bool = knob(True, "h_{l+1} = h_l + f_l(h_l); off gives h_{l+1} = f_l(h_l)")
-    out_ln: bool = knob(True, "terminal LayerNorm before the readout")
-    w2_std: float = knob(0.02, "init std of each block's second linear W2 (0 = zero-init blocks)", lo=0)
-    activation: str = knob("gelu", "block nonlinearity", choices=("gelu", "relu"))
+    residual_add: bool = knob(True, "h_{l+1} = h_l + f_l(h_l); off gives h_{l+1} = f_l(h_l) (not mlp: never residual)")
+    out_ln: bool = knob(True, "terminal LayerNorm before the readout (not mlp: no LayerNorm)")
+    w2_std: float = knob(0.02, "init std of each block's second linear W2 (0 = zero-init blocks; not mlp)", lo=0)
+    activation: str = knob("gelu", "block nonlinearity", choices=("gelu", "relu", "tanh"))
+    student_activation: str = knob("own", "own: `activation`; teacher: the synthetic teacher's phi_alpha with the "
+                                          "data's alpha in every block (the nonlinearity ladder's student)",
+                                   choices=("own", "teacher"))
     patch_size: int = knob(4, "vit_mini: side of the square patches", lo=1)
     heads: int = knob(4, "vit_mini: attention heads (must divide d)", lo=1)
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = knob("synthetic", "dataset", choices=("synthetic", "cifar10", "cifar100", "npz"))
+    dataset: str = knob("synthetic", "dataset (digits: scikit-learn's 8x8 handwritten digits, shipped with it)",
+                        choices=("synthetic", "digits", "cifar10", "cifar100", "npz"))
     data_dir: str = knob("", "cifar: folder holding the torchvision files; npz: path of the .npz file")
     download: bool = knob(False, "cifar: download into data_dir when missing")
     alpha: float = knob(1.0, "synthetic: teacher nonlinearity phi(z) = (1-alpha) z + alpha tanh(z)", lo=0, hi=1)
-    input_dim: int = knob(64, "synthetic: input dimension", lo=1)
+    input_dim: int = knob(8, "synthetic: input dimension", lo=1)
     teacher_depth: int = knob(2, "synthetic: hidden layers of the teacher network", lo=0)
     teacher_width: int = knob(128, "synthetic: hidden width of the teacher network", lo=1)
+    teacher_gain: float = knob(2.0, "synthetic: teacher weights ~ N(0, gain^2 / fan_in); a larger gain drives "
+                                     "tanh into saturation (more nonlinear; no effect at alpha=0)", lo=0, lo_open=True)
     n_classes: int = knob(10, "synthetic: number of classes C", lo=2)
-    n_train: int = knob(0, "training examples (0 = synthetic 10000 / the whole file)", lo=0)
-    n_test: int = knob(0, "test examples (0 = synthetic 2000 / the whole file)", lo=0)
-    data_seed: int = knob(0, "synthetic: seed of the teacher and inputs (fixed across training seeds)", lo=0)
+    n_train: int = knob(0, "training examples (0 = synthetic 10000 / all of digits or the file)", lo=0)
+    n_test: int = knob(0, "test examples (0 = synthetic 2000 / all of digits or the file)", lo=0)
+    data_seed: int = knob(0, "synthetic: seed of the teacher and inputs; digits: of the train/test split (fixed "
+                             "across training seeds)", lo=0)
     random_targets: bool = knob(False, "fresh uniformly random labels for every training mini-batch (negative control)")
 
 
@@ -63,12 +71,17 @@ class DataConfig:
 class RuleConfig:
     rule: str = knob("bp", "learning rule (see raycredit.rules.RULES)")
     penalty_lam: float = knob(0.0, "weight of the block-output penalty lam * mean ||f_l(h_l)||^2", lo=0)
-    credit_norm: bool = knob(True, "normalize local credit a / (RMS(a) + 1e-6) per sample before the update")
-    feedback_scale: float = knob(1.0, "fa/dfa: feedback matrix entries ~ N(0, (scale^2)/d)", lo=0, lo_open=True)
+    credit_norm: bool = knob(False, "reference study: normalize local credit a / (RMS(a) + 1e-6) per sample before "
+                                    "the update (off = the published algorithms)")
+    fa_mode: str = knob("lillicrap", "fa: lillicrap = Lillicrap et al. 2016 (every linear layer's backward with a "
+                                     "fixed random B in place of W^T); reference = the reference study's block-level "
+                                     "a_l = B_l a_{l+1} with exact a_L", choices=("lillicrap", "reference"))
+    feedback_scale: float = knob(1.0, "fa/dfa: std of the fixed random feedback matrices, in units of each rule's "
+                                      "1/sqrt(width) (rules/fa.py, rules/dfa.py)", lo=0, lo_open=True)
     train_embedding: bool = knob(False, "frozen: also train the embedding (blocks stay at init)")
     ep_beta: float = knob(0.01, "ep: nudging strength beta", lo=0, lo_open=True)
     ep_steps: int = knob(20, "ep: gradient steps of the nudged-phase relaxation", lo=1)
-    ep_step_size: float = knob(0.1, "ep: relaxation step size (too large a step diverges as blocks grow)",
+    ep_step_size: float = knob(0.03, "ep: relaxation step size (too large a step diverges as blocks grow)",
                                lo=0, lo_open=True)
     ep_credit: str = knob("error", "ep: credit from the equilibrium's prediction errors, or from the raw state "
                                    "shift h^beta - h^0", choices=("error", "state_diff"))
@@ -212,9 +225,9 @@ class Config:
                 f"not {self.model.arch!r}"
             )
         rule_cls.check_config(self)
-        if self.model.arch != "resmlp" and self.data.dataset == "synthetic":
-            raise ConfigError(f"arch: {self.model.arch} needs image data (cifar10, cifar100 or an npz of images); "
-                              "synthetic gives vectors")
+        if self.model.arch in ("vit_mini", "small_cnn") and self.data.dataset == "synthetic":
+            raise ConfigError(f"arch: {self.model.arch} needs image data (digits, cifar10, cifar100 or an npz of "
+                              "images); synthetic gives vectors")
         if self.model.arch == "vit_mini" and self.model.d % self.model.heads:
             raise ConfigError(f"heads: {self.model.heads} does not divide d={self.model.d}")
         if self.data.dataset in ("cifar10", "cifar100", "npz") and not self.data.data_dir:

@@ -58,13 +58,37 @@ def synthetic(cfg: DataConfig) -> Data:
     x = torch.randn(n_train + n_test, cfg.input_dim, generator=g)
     h, width = x, cfg.input_dim
     for _ in range(cfg.teacher_depth):
-        w = torch.randn(width, cfg.teacher_width, generator=g) / width**0.5
+        w = torch.randn(width, cfg.teacher_width, generator=g) * (cfg.teacher_gain / width**0.5)
         h, width = phi(h @ w, cfg.alpha), cfg.teacher_width
     z = h @ (torch.randn(width, cfg.n_classes, generator=g) / width**0.5)
     # standardize each class score so that argmax gives roughly balanced classes
     z = (z - z.mean(0)) / z.std(0)
     y = z.argmax(1)
     return Data(x[:n_train], y[:n_train], x[n_train:], y[n_train:], cfg.n_classes)
+
+
+DIGITS_TEST = 360  # of scikit-learn's 1797 digits: the 1437/360 (80/20) split
+
+
+def digits(cfg: DataConfig) -> Data:
+    """scikit-learn's 8x8 handwritten digits (shipped inside scikit-learn: no download), shaped (1, 8, 8).
+
+    A fixed shuffle by `data_seed` splits them 1437/360; pixels are scaled by the training set's mean and
+    std (one scalar each).
+    """
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DataError("dataset 'digits' needs scikit-learn: pip install 'raycredit[digits]'") from None
+    bunch = load_digits()
+    x = torch.as_tensor(bunch.data, dtype=torch.float32)
+    y = torch.as_tensor(bunch.target, dtype=torch.int64)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.data_seed))
+    x, y = x[order], y[order]
+    n_train = len(y) - DIGITS_TEST
+    mean, std = x[:n_train].mean(), x[:n_train].std()
+    x = (x - mean) / std
+    return _subset(Data(x[:n_train], y[:n_train], x[n_train:], y[n_train:], 10, (1, 8, 8)), cfg)
 
 
 def _subset(d: Data, cfg: DataConfig) -> Data:
@@ -137,7 +161,7 @@ def npz(cfg: DataConfig) -> Data:
     return _subset(Data(xtr, ytr, xte, yte, n_classes, tuple(arrays["x_train"].shape[1:])), cfg)
 
 
-LOADERS = {"synthetic": synthetic, "cifar10": cifar, "cifar100": cifar, "npz": npz}
+LOADERS = {"synthetic": synthetic, "digits": digits, "cifar10": cifar, "cifar100": cifar, "npz": npz}
 
 
 def load_data(cfg: DataConfig, device: torch.device | str = "cpu") -> Data:

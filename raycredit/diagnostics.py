@@ -5,9 +5,9 @@ Metric names (one table for the whole project; i = 0..L, l0 = embedding output):
 | name | meaning |
 |---|---|
 | `cos/l{i}` | mean over probe samples of cosine(a_i, dCE_n/dh_i), true gradient from a connected forward graph |
-| `deep_cos` | mean of `cos/l{i}` over i = 1..L |
+| `deep_cos` | mean of `cos/l{i}` over the deep layers i = 1..L whose credit the rule estimates (below) |
 | `rho/l{i}` | Pearson corr. over samples x `rho_dirs` unit directions u of eps<a_i, u> and CE(h_i+eps u) - CE(h_i) |
-| `deep_rho` | mean of `rho/l{i}` over i = 1..L |
+| `deep_rho` | mean of `rho/l{i}` over the same layers |
 | `nudge/l{i}` | mean CE after h_i -> h_i - eta * a_i / RMS(a_i), minus mean CE before (negative = credit descends) |
 | `h_norm/l{i}` | mean ||h_i|| |
 | `g_norm/l{i}` | mean ||dCE_n/dh_i|| (per-sample cross-entropy) |
@@ -18,6 +18,10 @@ Metric names (one table for the whole project; i = 0..L, l0 = embedding output):
 | `diverged` | 1 when the loss or activations became non-finite (or ||h|| > 1e30); the trial stops |
 | `epoch`, `time_s` | epoch index (1-based), wall seconds since the start of the run |
 
+A rule's exact layers (`Rule.exact_layers`: h_L for fa with fa_mode=reference and for state_bridge,
+whose a_L is the exact output-local gradient) are left out of `deep_cos` and `deep_rho`, so that an exact
+last layer does not lift a summary meant to measure estimated credit; when every deep layer is exact
+(`bp`), the summary is over all of them. Every `cos/l{i}` is still logged.
 Rules without credit (`frozen`) report no `cos`, `rho` or `nudge`. The
 diagnostic forward passes run on a float64 copy by default so that rho is not
 limited by float32 round-off.
@@ -88,6 +92,12 @@ def probe_forward(model, x: torch.Tensor, y: torch.Tensor):
     return hs, logits, [g.detach() for g in grads]
 
 
+def summary_layers(L: int, exact: frozenset[int]) -> list[int]:
+    """The deep layers that deep_cos and deep_rho average: 1..L less the exact ones, or all when all are exact."""
+    estimated = [i for i in range(1, L + 1) if i not in exact]
+    return estimated or list(range(1, L + 1))
+
+
 def diagnose(model, rule: Rule, x: torch.Tensor, y: torch.Tensor, cfg: DiagConfig, *,
              seed: int, h_norm_init: float | None = None, credits=None) -> dict[str, float]:
     """All SPEC §5 credit diagnostics of (model, rule) on the probe batch (x, y).
@@ -117,8 +127,9 @@ def diagnose(model, rule: Rule, x: torch.Tensor, y: torch.Tensor, cfg: DiagConfi
             out[f"rho/l{i}"] = perturbation_rho(m, i, hs[i], a, y, cfg.rho_dirs, cfg.rho_eps, gen)
             out[f"nudge/l{i}"] = nudge(m, i, hs[i], a, y, cfg.nudge_eta)
     if credits is not None:
-        out["deep_cos"] = torch.stack([out[f"cos/l{i}"] for i in range(1, L + 1)]).mean()
-        out["deep_rho"] = torch.stack([out[f"rho/l{i}"] for i in range(1, L + 1)]).mean()
+        deep = summary_layers(L, r.exact_layers())
+        out["deep_cos"] = torch.stack([out[f"cos/l{i}"] for i in deep]).mean()
+        out["deep_rho"] = torch.stack([out[f"rho/l{i}"] for i in deep]).mean()
     vals = to_floats(out)
     hL = vals[f"h_norm/l{L}"]
     vals["mode1a"] = float(h_norm_init is not None and hL >= MODE1A_GROWTH * h_norm_init)

@@ -28,6 +28,8 @@ from pathlib import Path
 
 from raycredit.config import Config
 from raycredit.errors import UserError
+from raycredit.rules import RULES
+from raycredit.rules.base import LocalRule
 
 # Set before ray is first imported (every ray import is inside a function below).
 # Ray binds to the machine's address unless told otherwise; this keeps local instances on 127.0.0.1 (SPEC §11).
@@ -154,8 +156,9 @@ def check_shared_storage(storage: str) -> None:
 
 
 def run_label(cfg: Config) -> str:
-    """Readable name of a trial and its MLflow run."""
-    return f"{cfg.rule.rule}-d{cfg.model.d}-L{cfg.model.L}-seed{cfg.train.seed}"
+    """Readable name of a trial and its MLflow run; `-norm` marks a local rule trained with credit_norm."""
+    norm = "-norm" if cfg.rule.credit_norm and issubclass(RULES[cfg.rule.rule], LocalRule) else ""
+    return f"{cfg.rule.rule}{norm}-d{cfg.model.d}-L{cfg.model.L}-seed{cfg.train.seed}"
 
 
 def trial_item(members: list[Config]) -> dict:

@@ -49,8 +49,13 @@ PopulationCallback = Callable[[int, "list[dict | None]", "Callable[[], dict] | N
 
 
 def shared_key(cfg: Config) -> str:
-    """The config hash with the population keys neutralized: members of one population share it."""
-    return cfg.replace(**_NEUTRAL).key()
+    """The config hash with the population keys neutralized: members of one population share it.
+
+    A student that follows the teacher's alpha (student_activation=teacher) has it in its forward pass,
+    so such members must share alpha.
+    """
+    neutral = {k: v for k, v in _NEUTRAL.items() if k != "alpha" or cfg.model.student_activation == "own"}
+    return cfg.replace(**neutral).key()
 
 
 POPULATION_RULES = tuple(k for k, v in RULES.items() if v.population)
@@ -193,7 +198,7 @@ def train_population(cfgs: list[Config], *, checkpoints: list[dict] | None = Non
     members, gens = [], []
     for cfg, d in zip(cfgs, datas, strict=True):
         torch.manual_seed(cfg.train.seed)
-        model = build_model(cfg.model, d.in_shape, C).to(device)
+        model = build_model(cfg.model, d.in_shape, C, cfg.data.alpha).to(device)
         model.eval()  # members only evaluate and diagnose; the vmapped template trains
         member = Member(model, build_rule(cfg, model, C).to(device))
         member.rule.generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
@@ -232,7 +237,7 @@ def train_population(cfgs: list[Config], *, checkpoints: list[dict] | None = Non
         opt.load_state_dict(_stack_optimizer_states([c["optimizer"] for c in checkpoints], opt.param_groups[0]["lr"]))
 
     # weights-free twin of a member: functional_call supplies the stacked weights
-    template_model = build_model(cfg0.model, datas[0].in_shape, C)
+    template_model = build_model(cfg0.model, datas[0].in_shape, C, cfg0.data.alpha)
     template = Member(template_model, build_rule(cfg0, template_model, C)).to("meta")
     template.rule.functional = True
     low_precision = cfg0.train.precision == "bf16"

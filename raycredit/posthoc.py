@@ -27,12 +27,13 @@ def rediagnose(ckpt: dict, data: Data | None = None, null_draws: int = 0) -> tup
     kw = dict(seed=diag_seed(cfg, ckpt["epoch"]), h_norm_init=ckpt["h_norm_init"])
     metrics = diagnose(model, rule, px, py, cfg.diag, **kw)
     state = rule.state_dict()
-    if "B" not in state or null_draws == 0:
+    feedback = [k for k in state if k.startswith("B.")]
+    if not feedback or null_draws == 0:
         return metrics, None
     null = []
     for k in range(null_draws):
-        fresh = build_rule(cfg.replace(seed=NULL_SEED_BASE + k), model, data.n_classes).state_dict()["B"]
-        rule.load_state_dict({**state, "B": fresh})
+        fresh = build_rule(cfg.replace(seed=NULL_SEED_BASE + k), model, data.n_classes).state_dict()
+        rule.load_state_dict({**state, **{name: fresh[name] for name in feedback}})
         null.append(diagnose(model, rule, px, py, cfg.diag, **kw)["deep_cos"])
     rule.load_state_dict(state)
     return metrics, null

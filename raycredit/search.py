@@ -22,6 +22,10 @@ from raycredit import __version__
 from raycredit.config import Config, check_key, stable_hash
 from raycredit.errors import UserError
 
+# The reference study's design choices, off by default (the defaults are the published algorithms): every
+# preset that replicates the reference study sets them explicitly.
+REFERENCE = {"credit_norm": True, "fa_mode": "reference"}
+
 
 @dataclass(frozen=True)
 class Preset:

@@ -106,7 +106,7 @@ def restore(ckpt: dict, data: Data | None = None):
     """(cfg, model, rule, data) as they were when `ckpt` was saved, on the CPU; loads the data unless given."""
     cfg = Config.from_dict(ckpt["config"]).replace(device="cpu")
     data = load_data(cfg.data) if data is None else data
-    model = build_model(cfg.model, data.in_shape, data.n_classes)
+    model = build_model(cfg.model, data.in_shape, data.n_classes, cfg.data.alpha)
     rule = build_rule(cfg, model, data.n_classes)
     model.load_state_dict(ckpt["model"])
     rule.load_state_dict(ckpt["rule"])
@@ -171,7 +171,7 @@ def train(cfg: Config, *, checkpoint: dict | None = None, on_epoch: EpochCallbac
     device = resolve_device(cfg.train.device)
     data = load_data(cfg.data, device) if data is None else data.to(device)
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, data.in_shape, data.n_classes).to(device)
+    model = build_model(cfg.model, data.in_shape, data.n_classes, cfg.data.alpha).to(device)
     rule = build_rule(cfg, model, data.n_classes).to(device)
     params = rule.trainable_params(model)
     opt = make_optimizer(cfg, params, list(rule.parameters()), device)

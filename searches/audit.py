@@ -23,7 +23,7 @@ timed here (EP's relaxation adds about ep_steps forward/backward passes a step).
 import sys
 
 from analysis import audit_table, plots
-from raycredit.search import Preset, run_search
+from raycredit.search import REFERENCE, Preset, run_search
 
 RULES = ["bp", "fa", "ep", "dfa", "credit_bridge", "state_bridge", "frozen"]
 
@@ -31,14 +31,16 @@ PRESETS = {
     "smoke": Preset(
         doc="synthetic alpha=1 d=64 L=4, 7 rules, seed 0, 3 epochs",
         grid={"rule": RULES, "seed": [0]},
-        fixed={"dataset": "synthetic", "alpha": 1.0, "d": 64, "L": 4, "n_train": 1000, "n_test": 500,
+        fixed={**REFERENCE,
+               "dataset": "synthetic", "alpha": 1.0, "d": 64, "L": 4, "n_train": 1000, "n_test": 500,
                "epochs": 3, "ep_steps": 5, "probe_size": 128, "rho_dirs": 8, "diag_every": 3,
                "checkpoint_every": 2},
     ),
     "paper": Preset(
         doc="cifar10 d=256 L=4, 7 rules x seeds 0-2, 100 epochs",
         grid={"rule": RULES, "seed": [0, 1, 2]},
-        fixed={"dataset": "cifar10", "d": 256, "L": 4, "epochs": 100, "diag_every": 5, "checkpoint_every": 5},
+        fixed={**REFERENCE,
+               "dataset": "cifar10", "d": 256, "L": 4, "epochs": 100, "diag_every": 5, "checkpoint_every": 5},
     ),
 }
 

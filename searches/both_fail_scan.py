@@ -2,40 +2,47 @@
 
 Question: on which (d, L) settings do feedback alignment and direct feedback
 alignment *both* score below the frozen-blocks baseline while still reporting
-positive deep cosine and above-chance accuracy (SPEC §7-8; the seeds found
-d=512 L=2 on CIFAR-10 with 3/10 seeds)?
+positive deep cosine and above-chance accuracy, in settings where BP does use
+depth (SPEC §7-8; the seeds found d=512 L=2 on CIFAR-10 with 3/10 seeds)?
 
-Sweep: rules {bp, fa, dfa, frozen} x d x L x seeds, then analysis/both_fail.py.
+Sweep: rules {fa, dfa} x credit_norm {on, off} x d x L x seeds, plus the controls {bp, frozen} x d x L x
+seeds, all with the reference study's block-level FA (fa_mode=reference), then analysis/both_fail.py.
+The credit-normalization axis shows every both-fail claim with and without the reference's per-sample
+normalization; BP is each setting's control (a setting where BP does not beat frozen is invalid).
 
     python searches/both_fail_scan.py --preset smoke              # local Ray, synthetic data
     python searches/both_fail_scan.py --address auto --data-dir ~/data/cifar10   # the paper scan
     python searches/both_fail_scan.py --address auto --data-dir ~/data/cifar10 --population 10
         # the same runs, each setting's 10 seeds trained together in one trial (GPU; README)
 
-Cost: smoke is 32 trials of about 3 s of training each on the synthetic task,
-75-184 s in all on 2 CPU cores depending on the host's load
-(docs/PERFORMANCE.md); paper is 320 trials of 100 CIFAR-10 epochs (the reference
-study needed about 3 GPU-minutes a run).
+Cost: smoke is 48 trials of about 3 s of training each on the synthetic task
+(docs/PERFORMANCE.md has the measured wall time); paper is 480 trials of 100
+CIFAR-10 epochs (the reference study needed about 3 GPU-minutes a run).
 """
 
 import sys
 
 from analysis import both_fail, plots
-from raycredit.search import Preset, run_search
+from raycredit.search import REFERENCE, Preset, run_search
 
-RULES = ["bp", "fa", "dfa", "frozen"]
+
+def scan(d: list[int], L: list[int], seeds: list[int]) -> dict:
+    """FA and DFA with and without credit normalization, and their controls, over d x L x seeds."""
+    return dict(grid={"rule": ["fa", "dfa"], "credit_norm": [True, False], "d": d, "L": L, "seed": seeds},
+                also=({"rule": ["bp", "frozen"], "d": d, "L": L, "seed": seeds},))
+
 
 PRESETS = {
     "smoke": Preset(
-        doc="synthetic alpha=1, d {64,128} x L {2,4} x seeds {0,1}, 8 epochs",
-        grid={"rule": RULES, "d": [64, 128], "L": [2, 4], "seed": [0, 1]},
-        fixed={"dataset": "synthetic", "alpha": 1.0, "n_train": 4000, "n_test": 1000, "epochs": 8,
+        doc="synthetic alpha=1, d {64,128} x L {2,4} x seeds {0,1}, credit_norm {on,off}, 8 epochs",
+        **scan([64, 128], [2, 4], [0, 1]),
+        fixed={**REFERENCE, "dataset": "synthetic", "alpha": 1.0, "n_train": 4000, "n_test": 1000, "epochs": 8,
                "probe_size": 128, "rho_dirs": 8, "diag_every": 4, "checkpoint_every": 4},
     ),
     "paper": Preset(
-        doc="cifar10, d {256,512} x L {2,4,8,12} x seeds 0-9, 100 epochs",
-        grid={"rule": RULES, "d": [256, 512], "L": [2, 4, 8, 12], "seed": list(range(10))},
-        fixed={"dataset": "cifar10", "epochs": 100, "batch_size": 128, "lr": 1e-3, "diag_every": 5,
+        doc="cifar10, d {256,512} x L {2,4,8,12} x seeds 0-9, credit_norm {on,off}, 100 epochs",
+        **scan([256, 512], [2, 4, 8, 12], list(range(10))),
+        fixed={**REFERENCE, "dataset": "cifar10", "epochs": 100, "batch_size": 128, "lr": 1e-3, "diag_every": 5,
                "checkpoint_every": 5},
     ),
 }

@@ -24,7 +24,7 @@ import sys
 
 from analysis import plots, summary
 from raycredit.rules.scaffold import aux_kinds
-from raycredit.search import Preset, run_search
+from raycredit.search import REFERENCE, Preset, run_search
 
 AUX_KINDS = list(aux_kinds())
 
@@ -48,14 +48,16 @@ PRESETS = {
     "smoke": Preset(
         doc="synthetic alpha=1 d=32 L=3, 6 trials of up to 4 epochs, ASHA grace 2 epochs",
         grid={}, samples=6,
-        fixed={"dataset": "synthetic", "alpha": 1.0, "d": 32, "L": 3, "n_train": 1000, "n_test": 300, "epochs": 4,
+        fixed={**REFERENCE,
+               "dataset": "synthetic", "alpha": 1.0, "d": 32, "L": 3, "n_train": 1000, "n_test": 300, "epochs": 4,
                "warmup_ratio": 0.25, "vf_dirs": 2, "probe_size": 64, "rho_dirs": 4, "diag_every": 4,
                "checkpoint_every": 1, "seed": 0},
     ),
     "paper": Preset(
         doc="cifar10 d=256 L=4, 64 trials of up to 100 epochs, seed 0",
         grid={}, samples=64,
-        fixed={"dataset": "cifar10", "d": 256, "L": 4, "epochs": 100, "warmup_ratio": 0.05, "diag_every": 10,
+        fixed={**REFERENCE,
+               "dataset": "cifar10", "d": 256, "L": 4, "epochs": 100, "warmup_ratio": 0.05, "diag_every": 10,
                "checkpoint_every": 5, "seed": 0},
     ),
 }

@@ -19,7 +19,7 @@ timed here (credit_bridge's value net makes it the slowest rule).
 import sys
 
 from analysis import plots, summary
-from raycredit.search import Preset, run_search
+from raycredit.search import REFERENCE, Preset, run_search
 
 RULES = ["dfa", "fa", "state_bridge", "credit_bridge", "bp"]
 
@@ -27,13 +27,15 @@ PRESETS = {
     "smoke": Preset(
         doc="synthetic alpha=1, d=64 L=4, lam {0, 1e-2} x 5 rules, seed 0, 3 epochs",
         grid={"rule": RULES, "penalty_lam": [0.0, 1e-2], "seed": [0]},
-        fixed={"dataset": "synthetic", "alpha": 1.0, "d": 64, "L": 4, "n_train": 1000, "n_test": 500,
+        fixed={**REFERENCE,
+               "dataset": "synthetic", "alpha": 1.0, "d": 64, "L": 4, "n_train": 1000, "n_test": 500,
                "epochs": 3, "probe_size": 128, "rho_dirs": 8, "diag_every": 3, "checkpoint_every": 2},
     ),
     "paper": Preset(
         doc="cifar10 d=256 L=4, lam {0, 1e-4, 1e-3, 1e-2} x 5 rules x seeds 0-2, 30 epochs",
         grid={"rule": RULES, "penalty_lam": [0.0, 1e-4, 1e-3, 1e-2], "seed": [0, 1, 2]},
-        fixed={"dataset": "cifar10", "d": 256, "L": 4, "epochs": 30, "diag_every": 5, "checkpoint_every": 5},
+        fixed={**REFERENCE,
+               "dataset": "cifar10", "d": 256, "L": 4, "epochs": 30, "diag_every": 5, "checkpoint_every": 5},
     ),
 }
 

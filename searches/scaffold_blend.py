@@ -24,7 +24,7 @@ import sys
 
 from analysis import plots, summary
 from raycredit.rules.scaffold import aux_kinds
-from raycredit.search import Preset, run_search
+from raycredit.search import REFERENCE, Preset, run_search
 
 AUX_KINDS = list(aux_kinds())
 
@@ -35,7 +35,8 @@ PRESETS = {
         grid={"rule": ["scaffold"], "blend_alpha": [0.5, 0.9], "aux_kind": ["random_trainable", "zero_target"],
               "seed": [0]},
         also=({"rule": ["dfa"], "seed": [0]},),
-        fixed={"dataset": "synthetic", "alpha": 1.0, "d": 64, "L": 4, "n_train": 1000, "n_test": 500,
+        fixed={**REFERENCE,
+               "dataset": "synthetic", "alpha": 1.0, "d": 64, "L": 4, "n_train": 1000, "n_test": 500,
                "epochs": 5, "warmup_ratio": 0.2, "probe_size": 128, "rho_dirs": 8, "diag_every": 5,
                "checkpoint_every": 2},
     ),
@@ -44,7 +45,8 @@ PRESETS = {
         grid={"rule": ["scaffold"], "blend_alpha": [0.25, 0.5, 0.75, 0.9], "aux_kind": AUX_KINDS,
               "seed": [0, 1, 2]},
         also=({"rule": ["dfa"], "seed": [0, 1, 2]},),
-        fixed={"dataset": "cifar10", "d": 256, "L": 4, "epochs": 100, "warmup_ratio": 0.05, "diag_every": 10,
+        fixed={**REFERENCE,
+               "dataset": "cifar10", "d": 256, "L": 4, "epochs": 100, "warmup_ratio": 0.05, "diag_every": 10,
                "checkpoint_every": 10},
     ),
 }

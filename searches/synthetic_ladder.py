@@ -9,7 +9,10 @@ DFA at every depth, and the vector field (M=4) beats them all (L=4: Vec
 shuffle control (targets permuted across samples) must collapse to zero.
 
 Sweep: alpha {0, 0.25, 0.5, 1} x L {2, 4, 8, 12} x rules {dfa, state_bridge, credit_bridge, vector_field}
-x seeds, plus vector_field with shuffle_control at each (alpha, L), then analysis/summary.py.
+x student_activation {own, teacher} x seeds, plus vector_field with shuffle_control at each (alpha, L),
+then analysis/summary.py. With student_activation=teacher the student's blocks use the teacher's phi_alpha,
+so the student's own dynamics become nonlinear with alpha (the reference's reading of the ladder); with
+own they are GELU at every alpha and only the task changes.
 The credit nets learn at aux_lr=1e-3 while the model learns at lr=1e-4: at equal rates the
 model outruns its credit net and vector_field / credit_bridge lose the gradient online
 (docs/results/synthetic_ladder.md).
@@ -18,9 +21,9 @@ model outruns its credit net and vector_field / credit_bridge lose the gradient 
     python searches/synthetic_ladder.py --preset paper --set alpha=1 --set L=4   # the row of the seeds' table
     python searches/synthetic_ladder.py --address auto --preset paper            # the whole ladder
 
-Cost: smoke is 5 trials, 32 s on 2 CPU cores (measured by `python -m pytest
-tests/test_searches.py -k smoke_preset --durations=5` in one running local Ray
-instance, on a contended host); paper is 240 trials of 80 epochs at d=128. The
+Cost: smoke is 9 trials; before the student axis its 5 trials took 32 s on 2 CPU cores (measured by
+`python -m pytest tests/test_searches.py -k smoke_preset --durations=5` in one running local Ray
+instance, on a contended host); paper is 432 trials of 80 epochs at d=128. The
 vector field, 2 M (L+1) extra forward passes a step, is the slowest: 72 s for 20
 epochs on 4000 examples on one CPU core (the mean time_s its runs logged in the
 command of docs/results/synthetic_ladder.md; dfa's: 20 s), so about 12 minutes
@@ -30,22 +33,25 @@ for a paper trial.
 import sys
 
 from analysis import plots, summary
-from raycredit.search import Preset, run_search
+from raycredit.search import REFERENCE, Preset, run_search
 
 RULES = ["dfa", "state_bridge", "credit_bridge", "vector_field"]
-COMMON = {"dataset": "synthetic", "lr": 1e-4, "aux_lr": 1e-3, "vf_dirs": 4, "warmup_ratio": 0.2}
+STUDENTS = ["own", "teacher"]  # the student's blocks: GELU, or the teacher's phi_alpha (nonlinear with alpha)
+COMMON = {**REFERENCE, "dataset": "synthetic", "lr": 1e-4, "aux_lr": 1e-3, "vf_dirs": 4, "warmup_ratio": 0.2}
 
 PRESETS = {
     "smoke": Preset(
-        doc="alpha=1 d=64 L=4, 4 rules + shuffle control, seed 0, 6 epochs on 2000 examples",
-        grid={"rule": RULES, "seed": [0]},
+        doc="alpha=1 d=64 L=4, 4 rules x student {own, teacher} + shuffle control, seed 0, 6 epochs on 2000 examples",
+        grid={"rule": RULES, "student_activation": STUDENTS, "seed": [0]},
         also=({"rule": ["vector_field"], "shuffle_control": [True], "seed": [0]},),
         fixed={**COMMON, "alpha": 1.0, "d": 64, "L": 4, "n_train": 2000, "n_test": 500, "epochs": 6,
                "probe_size": 128, "rho_dirs": 8, "diag_every": 6, "checkpoint_every": 3},
     ),
     "paper": Preset(
-        doc="alpha {0,.25,.5,1} x L {2,4,8,12} x 4 rules + shuffle control, d=128, seeds 0-2, 80 epochs",
-        grid={"alpha": [0.0, 0.25, 0.5, 1.0], "L": [2, 4, 8, 12], "rule": RULES, "seed": [0, 1, 2]},
+        doc="alpha {0,.25,.5,1} x L {2,4,8,12} x 4 rules x student {own, teacher} + shuffle control, d=128, "
+            "seeds 0-2, 80 epochs",
+        grid={"alpha": [0.0, 0.25, 0.5, 1.0], "L": [2, 4, 8, 12], "rule": RULES, "student_activation": STUDENTS,
+              "seed": [0, 1, 2]},
         also=({"alpha": [0.0, 0.25, 0.5, 1.0], "L": [2, 4, 8, 12], "rule": ["vector_field"],
                "shuffle_control": [True], "seed": [0, 1, 2]},),
         fixed={**COMMON, "d": 128, "epochs": 80, "probe_size": 256, "diag_every": 10, "checkpoint_every": 10},

@@ -21,20 +21,22 @@ d=128, not timed here.
 import sys
 
 from analysis import plots, summary
-from raycredit.search import Preset, run_search
+from raycredit.search import REFERENCE, Preset, run_search
 
 PRESETS = {
     "smoke": Preset(
         doc="synthetic alpha=1 d=64 L=4, warmup {0, 0.5} x tgw {0, 1} x s_type {eT, deltaL}, seed 0, 3 epochs",
         grid={"warmup_ratio": [0.0, 0.5], "tgw": [0.0, 1.0], "s_type": ["eT", "deltaL"], "seed": [0]},
-        fixed={"rule": "credit_bridge", "dataset": "synthetic", "alpha": 1.0, "d": 64, "L": 4, "n_train": 1000,
+        fixed={**REFERENCE,
+               "rule": "credit_bridge", "dataset": "synthetic", "alpha": 1.0, "d": 64, "L": 4, "n_train": 1000,
                "n_test": 500, "epochs": 3, "probe_size": 128, "rho_dirs": 8, "diag_every": 3, "checkpoint_every": 2},
     ),
     "paper": Preset(
         doc="synthetic alpha=1 d=128 L=4, warmup {0,.05,.2,.5} x tgw {0,.25,1,4} x 4 codes x seeds 0-2, 80 epochs",
         grid={"warmup_ratio": [0.0, 0.05, 0.2, 0.5], "tgw": [0.0, 0.25, 1.0, 4.0],
               "s_type": ["eT", "deltaL", "eT_hL", "deltaL_hL"], "seed": [0, 1, 2]},
-        fixed={"rule": "credit_bridge", "dataset": "synthetic", "alpha": 1.0, "d": 128, "L": 4, "epochs": 80,
+        fixed={**REFERENCE,
+               "rule": "credit_bridge", "dataset": "synthetic", "alpha": 1.0, "d": 128, "L": 4, "epochs": 80,
                "diag_every": 10, "checkpoint_every": 10},
     ),
 }

@@ -10,9 +10,12 @@ def runs(rows):
     return pd.DataFrame([{**base, **r} for r in rows])
 
 
-def setting(d, L, frozen, pairs):
-    """Frozen runs with the given accuracies, and (seed, fa_acc, fa_cos, dfa_acc, dfa_cos) pairs."""
+def setting(d, L, frozen, pairs, bp=0.9):
+    """Frozen runs with the given accuracies, a BP run (None: none), and (seed, fa_acc, fa_cos, dfa_acc, dfa_cos)
+    pairs."""
     rows = [dict(rule="frozen", d=d, L=L, seed=s, test_acc=a, deep_cos=float("nan")) for s, a in enumerate(frozen)]
+    if bp is not None:
+        rows.append(dict(rule="bp", d=d, L=L, seed=0, test_acc=bp, deep_cos=1.0))
     for seed, fa, fa_cos, dfa, dfa_cos in pairs:
         rows += [dict(rule="fa", d=d, L=L, seed=seed, test_acc=fa, deep_cos=fa_cos),
                  dict(rule="dfa", d=d, L=L, seed=seed, test_acc=dfa, deep_cos=dfa_cos)]
@@ -48,11 +51,36 @@ def test_settings_split_on_any_varying_knob(tmp_path):
     assert "alpha=0.0" in report(df, tmp_path)
 
 
+def test_settings_where_bp_does_not_beat_frozen_are_invalid(tmp_path):
+    pairs = [(0, 0.30, 0.2, 0.30, 0.2)]  # both below frozen with positive cos: would qualify
+    df = runs(setting(64, 2, [0.35], pairs, bp=0.36)       # BP above frozen by 1 pp: below the 2 pp margin
+              + setting(128, 2, [0.35], pairs, bp=None)     # no BP control at all
+              + setting(256, 2, [0.35], pairs, bp=0.38))    # 3 pp: valid
+    rows, counts = both_fail(df)
+    c = counts.set_index("d")
+    assert list(c["valid"]) == [False, False, True]
+    assert list(rows.set_index("d")["qualifies"]) == [False, False, True]
+    assert abs(c.loc[256, "bp_acc"] - c.loc[256, "frozen_acc"] - 0.03) < 1e-12
+    text = report(df, tmp_path)
+    assert "- d=64 L=2: BP 0.360, frozen 0.350" in text and "- d=128 L=2: no bp runs, frozen 0.350" in text
+    assert both_fail(df, bp_margin=0.005)[1].set_index("d").loc[64, "valid"]
+
+
+def test_credit_norm_splits_fa_and_dfa_against_one_baseline(tmp_path):
+    df = pd.concat([runs(setting(64, 2, [0.5], [(0, 0.4, 0.1, 0.4, 0.1)])).assign(credit_norm=True),
+                    runs(setting(64, 2, [0.5], [(0, 0.6, 0.1, 0.6, 0.1)])).assign(credit_norm=False)])
+    rows, counts = both_fail(df)
+    assert list(counts.sort_values("credit_norm")["qualifying"]) == [0, 1]
+    assert set(counts["frozen_acc"]) == {0.5}
+    text = report(df, tmp_path)
+    assert "- d=64 L=2 credit_norm=True: 1/1 seeds" in text and "- d=64 L=2 credit_norm=False: 0/1 seeds" in text
+
+
 def test_missing_frozen_or_pairs_is_reported_not_crashed(tmp_path):
     df = runs([dict(rule="frozen", d=64, L=2, seed=0, test_acc=0.3, deep_cos=float("nan"))])
     assert "nothing to compare" in report(df, tmp_path)
     df = runs(setting(64, 2, [], [(0, 0.2, 0.1, 0.2, 0.1)]))
-    assert "no frozen runs" in report(df, tmp_path)
+    assert "no frozen runs" in report(df, tmp_path)  # and so the setting is invalid
 
 
 def test_summary_groups_by_varying_knobs_with_sample_std(tmp_path):
@@ -99,3 +127,13 @@ def test_audit_table_rows_std_and_frozen_margin(tmp_path):
     row = "| 64 | 2 | dfa | 3 | 0.300 ± 0.056 | 0.100 ± 0.000 | 680 ± 1.1e+03 | 0.001 ± 0 | 1/3 | 0/3 | 0/3 | -0.020 |"
     assert row in text, text
     assert pd.read_csv(tmp_path / "audit_table.csv").shape[0] == 4
+
+
+def test_credit_norm_is_a_column_of_every_table_even_when_constant(tmp_path):
+    from analysis.audit_table import report as audit_report
+    from analysis.summary import report as summary_report
+
+    df = runs(setting(64, 2, [0.5], [(0, 0.4, 0.1, 0.4, 0.1), (1, 0.41, 0.1, 0.42, 0.1)])).assign(credit_norm=True)
+    for text in (summary_report(df, tmp_path, "t"), audit_report(df, tmp_path, "t"), report(df, tmp_path)):
+        header = next(line for line in text.splitlines() if line.startswith("| ") or "credit_norm=" in line)
+        assert "credit_norm" in header, text

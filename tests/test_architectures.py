@@ -34,8 +34,10 @@ def images(tmp_path_factory):
 
 
 def image_cfg(images, arch, **over):
+    """fa here is the reference's block-level variant (the only one small_cnn supports); see
+    test_lillicrap_fa_on_vit_mini_is_bp_with_true_feedback for the canonical one."""
     return Config.from_dict({"dataset": "npz", "data_dir": images, **ARCHS[arch], "epochs": 2, "batch_size": 64,
-                             "probe_size": 64, "rho_dirs": 16, "device": "cpu", **over})
+                             "probe_size": 64, "rho_dirs": 16, "device": "cpu", "fa_mode": "reference", **over})
 
 
 def setup(cfg, dtype=torch.float32):
@@ -137,3 +139,24 @@ def test_cifar100_end_to_end(tmp_path, monkeypatch, arch):
     out = train(cfg)
     assert out["n_classes"] == 100 and len(out["history"]) == 2
     assert out["final"]["diverged"] == 0 and 0 <= out["final"]["test_acc"] <= 1 and "deep_cos" in out["final"]
+
+
+def test_lillicrap_fa_on_vit_mini_is_bp_with_true_feedback(images):
+    """Every linear of the attention blocks and the head sends credit through B: with B = W it is BP exactly."""
+    from raycredit.rules.fa import feedback_linears
+
+    cfg = image_cfg(images, "vit_mini", rule="fa", fa_mode="lillicrap")
+    data, model, fa = setup(cfg, torch.float64)
+    assert {n.rsplit(".", 1)[-1] for n in feedback_linears(model)} >= {"qkv", "proj", "w1", "w2", "readout"}
+    for name in feedback_linears(model):
+        fa.B[name.replace(".", "_")].copy_(model.get_submodule(name).weight.detach())
+    bp = build_rule(cfg.replace(rule="bp"), model, data.n_classes)
+    x, y = data.x_train[:16].double(), data.y_train[:16]
+    want, got = grads_of(model, bp, x, y), grads_of(model, fa, x, y)
+    for n in want:
+        torch.testing.assert_close(got[n], want[n], rtol=1e-9, atol=1e-12)
+
+
+def test_lillicrap_fa_refuses_small_cnn(images):
+    with pytest.raises(ConfigError, match="depthwise convolution"):
+        image_cfg(images, "small_cnn", rule="fa", fa_mode="lillicrap")

@@ -88,6 +88,10 @@ CASES = [
     (SEARCH, "", ["--set", "arch=vit_mini"], "synthetic"),
     (SEARCH, "", ["--set", "rule=vector_field", "--set", "arch=small_cnn", "--dataset", "cifar10",
                   "--data-dir", "{tmp}/cifar"], "supports architectures resmlp"),
+    (SEARCH, "", ["--set", "arch=mlp"], "fa_mode: reference needs layers of one shape"),
+    (SEARCH, "", ["--set", "arch=small_cnn", "--set", "fa_mode=lillicrap", "--dataset", "digits"],
+     "no feedback path through small_cnn"),
+    (SEARCH, "", ["--set", "fa_mode=backprop"], "fa_mode: 'backprop' is not one of lillicrap, reference"),
     # flags
     (SEARCH, "", ["--seeds", "a,b"], "--seeds"),
     (SEARCH, "", ["--seeds", ","], "--seeds: no seeds given"),

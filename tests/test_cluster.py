@@ -25,7 +25,7 @@ from node_loss_driver import CONFIGS, EXPERIMENT
 from ports import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE_TRIALS, SMOKE_EPOCHS = 16, 8  # smoke preset with --seeds 0: 4 rules x 2 d x 2 L
+SMOKE_TRIALS, SMOKE_EPOCHS = 16, 8  # smoke preset, --seeds 0, one credit_norm: 4 rules x 2 d x 2 L
 
 
 class Head:
@@ -68,7 +68,8 @@ def head(tmp_path_factory):
 
 def scan_cmd(tmp: Path, experiment: str):
     return [sys.executable, str(ROOT / "searches" / "both_fail_scan.py"), "--preset", "smoke", "--seeds", "0",
-            "--address", "auto", "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}", "--storage", str(tmp / "ray"),
+            "--set", "credit_norm=true", "--address", "auto", "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}",
+            "--storage", str(tmp / "ray"),
             "--experiment", experiment, "--out", str(tmp / "reports")]
 
 
@@ -118,7 +119,7 @@ def test_interrupted_killed_and_restarted_cluster_sweep_completes_once(head, tmp
     assert "resuming sweep" in p.stdout
     assert "of these configs already have a finished run" in p.stdout
     assert "notice: the Ray cluster has no GPUs" in p.stdout
-    assert "d=128 L=4:" in p.stdout and "/1 seeds" in p.stdout
+    assert "d=128 L=4 credit_norm=True:" in p.stdout and "/1 seeds" in p.stdout
     assert (tmp_path / "reports" / "both_fail.csv").exists() and (tmp_path / "reports" / "both_fail.md").exists()
     runs = assert_one_complete_run_per_trial(uri, "killed", SMOKE_TRIALS, SMOKE_EPOCHS)
     after = {r.info.run_id: r.info.end_time for r in runs}

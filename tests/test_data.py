@@ -21,13 +21,39 @@ def test_synthetic_is_deterministic_balanced_and_learnable_by_its_knobs():
     a = load_data(data_cfg(n_train=3000, n_test=500, alpha=1.0))
     b = load_data(data_cfg(n_train=3000, n_test=500, alpha=1.0))
     assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
-    assert a.x_train.shape == (3000, 64) and a.n_classes == 10
+    assert a.x_train.shape == (3000, 8) and a.n_classes == 10
     counts = torch.bincount(a.y_train, minlength=10).float() / 3000
     assert counts.min() > 0.03, counts
     c = load_data(data_cfg(n_train=3000, n_test=500, alpha=0.0))
     assert not torch.equal(a.y_train, c.y_train)
     d = load_data(data_cfg(n_train=3000, n_test=500, data_seed=1))
     assert not torch.equal(a.x_train, d.x_train)
+
+
+def test_teacher_gain_changes_labels_only_through_the_nonlinearity():
+    """At alpha=0 the teacher is linear: its gain rescales every score alike, so argmax labels do not change."""
+    assert torch.equal(load_data(data_cfg(alpha=0.0, teacher_gain=1.0)).y_train,
+                       load_data(data_cfg(alpha=0.0, teacher_gain=3.0)).y_train)
+    assert not torch.equal(load_data(data_cfg(alpha=1.0, teacher_gain=1.0)).y_train,
+                           load_data(data_cfg(alpha=1.0, teacher_gain=3.0)).y_train)
+
+
+def test_digits_is_the_shipped_dataset_as_images():
+    data = load_data(data_cfg(dataset="digits"))
+    assert data.x_train.shape == (1437, 64) and data.x_test.shape == (360, 64) and data.shape == (1, 8, 8)
+    assert data.n_classes == 10 and set(data.y_train.tolist()) == set(range(10))
+    assert abs(data.x_train.mean().item()) < 1e-5 and data.x_train.std().item() == pytest.approx(1.0, abs=1e-4)
+    again = load_data(data_cfg(dataset="digits"))
+    assert torch.equal(data.x_test, again.x_test)
+    assert not torch.equal(load_data(data_cfg(dataset="digits", data_seed=1)).y_test, data.y_test)
+    sub = load_data(data_cfg(dataset="digits", n_train=100, n_test=50))
+    assert len(sub.y_train) == 100 and len(sub.y_test) == 50
+
+
+def test_digits_without_scikit_learn_is_one_clear_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    with pytest.raises(DataError, match=r"needs scikit-learn: pip install 'raycredit\[digits\]'"):
+        load_data(data_cfg(dataset="digits"))
 
 
 def test_cifar_fixture_loads_through_torchvision(tmp_path, monkeypatch):

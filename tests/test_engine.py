@@ -119,11 +119,12 @@ def mlflow_server(tmp_path):
 def test_sweep_logs_to_an_mlflow_server(ray_session, tmp_path, mlflow_server):
     scan = load_search("both_fail_scan")
     rc = scan.main(["--preset", "smoke", "--seeds", "0", "--set", "d=16", "--set", "L=2", "--epochs", "2",
-                    "--set", "n_train=500", "--tracking-uri", mlflow_server, "--storage", str(tmp_path / "ray"),
+                    "--set", "n_train=500", "--set", "credit_norm=true", "--tracking-uri", mlflow_server,
+                    "--storage", str(tmp_path / "ray"),
                     "--out", str(tmp_path / "report"), "--gpus-per-trial", "0", "--experiment", "served"])
     assert rc == 0
     assert_one_complete_run_per_trial(mlflow_server, "served", 4, 2)
-    assert "d=16 L=2: " in (tmp_path / "report" / "both_fail.md").read_text()
+    assert "d=16 L=2 credit_norm=True: " in (tmp_path / "report" / "both_fail.md").read_text()
 
 
 def test_trial_killed_after_its_last_checkpoint_finishes_on_resume(ray_session, tmp_path):

@@ -40,3 +40,26 @@ def test_w2_std_and_activation_knobs():
     assert abs(model(w2_std=0.5, d=64).blocks[0].w2.weight.std().item() - 0.5) < 0.05
     assert isinstance(model(activation="relu").blocks[0].act, nn.ReLU)
     assert isinstance(model().blocks[0].act, nn.GELU)
+
+
+def test_plain_mlp_is_input_then_dense_layers_then_readout():
+    m = model(arch="mlp", activation="tanh", L=2)
+    assert m.h_shapes == [(12,), (16,), (16,)] and not list(m.embed.parameters())
+    assert not any(isinstance(x, nn.LayerNorm) for x in m.modules())
+    x = torch.randn(5, 12)
+    hs, logits = m.hiddens(x)
+    torch.testing.assert_close(hs[0], x)
+    torch.testing.assert_close(hs[1], torch.tanh(m.blocks[0].w(x)))
+    torch.testing.assert_close(hs[2], torch.tanh(m.blocks[1].w(hs[1])))  # no residual
+    torch.testing.assert_close(logits, m.readout(hs[2]))
+
+
+def test_student_activation_follows_the_teacher_alpha():
+    cfg = Config.from_dict({"d": 16, "L": 2, "student_activation": "teacher"}).model
+    z = torch.linspace(-3, 3, 13)
+    linear = build_model(cfg, in_shape=12, n_classes=5, alpha=0.0)
+    torch.testing.assert_close(linear.blocks[0].act(z), z)
+    half = build_model(cfg, in_shape=12, n_classes=5, alpha=0.5)
+    torch.testing.assert_close(half.blocks[1].act(z), 0.5 * z + 0.5 * torch.tanh(z))
+    own = build_model(Config.from_dict({"d": 16, "L": 2}).model, in_shape=12, n_classes=5, alpha=0.0)
+    assert isinstance(own.blocks[0].act, nn.GELU)

@@ -48,8 +48,11 @@ def test_members_equal_separate_runs(tiny, rule):
         assert got["config"] == want["config"]
         assert_same_history(got["history"], want["history"])
         assert ckpt.keys() == want_ckpt.keys() and ckpt["epoch"] == want_ckpt["epoch"] == cfg.train.epochs
-        for k, w in want_ckpt["model"].items():  # ep's 20-step relaxation amplifies round-off the most
-            torch.testing.assert_close(ckpt["model"][k], w, rtol=1e-4, atol=3e-5)
+        # ep's 20-step relaxation amplifies round-off the most: its credit is the prediction error over beta
+        # (1e-2), which credit normalization (off by default) no longer rescales
+        atol = 1e-4 if rule == "ep" else 3e-5
+        for k, w in want_ckpt["model"].items():
+            torch.testing.assert_close(ckpt["model"][k], w, rtol=1e-4, atol=atol)
         for k, w in want_ckpt["rule"].items():
             torch.testing.assert_close(ckpt["rule"][k], w, rtol=0, atol=0)
         assert ckpt["optimizer"]["param_groups"] == want_ckpt["optimizer"]["param_groups"]
@@ -115,6 +118,10 @@ def test_members_that_cannot_share_a_population_are_refused(tiny):
         check_members([fa, fa])
     with pytest.raises(ConfigError, match="compile"):
         check_members([fa.replace(compile=True)])
+    student = fa.replace(student_activation="teacher")  # alpha is then in the forward pass
+    with pytest.raises(ConfigError, match="differ only in"):
+        check_members([student, student.replace(alpha=0.5)])
+    check_members([fa, fa.replace(alpha=0.5)])
 
 
 def test_grouping_keeps_order_chunks_and_leaves_other_rules_alone(tiny):

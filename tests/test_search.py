@@ -17,17 +17,17 @@ def configs(*argv):
 
 def test_presets_are_the_spec_grids():
     paper = configs("--data-dir", "/data")
-    assert len(paper) == 4 * 2 * 4 * 10
+    assert len(paper) == (2 * 2 + 2) * 2 * 4 * 10  # (fa, dfa) x credit_norm, plus bp and frozen
     assert {c.rule.rule for c in paper} == {"bp", "fa", "dfa", "frozen"}
     assert {c.model.d for c in paper} == {256, 512} and {c.model.L for c in paper} == {2, 4, 8, 12}
     assert {c.train.seed for c in paper} == set(range(10)) and {c.data.dataset for c in paper} == {"cifar10"}
     smoke = configs("--preset", "smoke")
-    assert len(smoke) == 32 and {c.data.dataset for c in smoke} == {"synthetic"}
+    assert len(smoke) == 48 and {c.data.dataset for c in smoke} == {"synthetic"}
 
 
 def test_overrides_collapse_axes_and_replace_fixed_values():
     cs = configs("--preset", "smoke", "--seeds", "3,4,5", "--set", "d=32", "--epochs", "2", "--set", "lr=1e-2")
-    assert len(cs) == 4 * 2 * 3
+    assert len(cs) == 6 * 2 * 3
     assert {(c.model.d, c.train.epochs, c.train.lr) for c in cs} == {(32, 2, 0.01)}
     assert {c.train.seed for c in cs} == {3, 4, 5}
     assert len({c.key() for c in cs}) == len(cs)

@@ -8,8 +8,11 @@ from mlflow_checks import assert_one_complete_run_per_trial
 from searches_loader import ROOT, load_search
 
 GRID_SEARCHES = ["penalty_rescue", "warmup_tgw_ablation", "scaffold_blend", "synthetic_ladder"]  # and audit, below
-PAPER_TRIALS = {"both_fail_scan": 320, "penalty_rescue": 60, "warmup_tgw_ablation": 192, "scaffold_blend": 99,
-                "synthetic_ladder": 240, "audit": 21}
+PAPER_TRIALS = {"both_fail_scan": 480, "penalty_rescue": 60, "warmup_tgw_ablation": 192, "scaffold_blend": 99,
+                "synthetic_ladder": 432, "audit": 21, "anchors": 70, "synthetic_depth": 6}
+# searches that replicate the reference study: their presets set its choices explicitly
+REPLICATIONS = ["both_fail_scan", "penalty_rescue", "warmup_tgw_ablation", "scaffold_blend", "synthetic_ladder",
+                "audit", "optuna_scaffold"]
 
 
 def configs(mod, *argv):
@@ -48,6 +51,37 @@ def test_paper_grids_cover_the_spec_axes():
         "bp", "fa", "ep", "dfa", "credit_bridge", "state_bridge", "frozen"}
     assert {c.rule.penalty_lam for c in configs(load_search("penalty_rescue"), "--data-dir", "/data")} == {
         0.0, 1e-4, 1e-3, 1e-2}
+
+
+@pytest.mark.parametrize("name", REPLICATIONS)
+def test_replication_presets_set_the_reference_choices_explicitly(name):
+    from raycredit.config import Config
+    from raycredit.search import REFERENCE
+
+    assert REFERENCE == {"credit_norm": True, "fa_mode": "reference"}
+    defaults = Config().flat()
+    assert all(defaults[k] != v for k, v in REFERENCE.items())  # the defaults are the published algorithms
+    for preset in load_search(name).PRESETS.values():
+        assert {k: preset.fixed[k] for k in REFERENCE} == REFERENCE
+
+
+def test_both_fail_scan_crosses_fa_and_dfa_with_credit_norm_and_keeps_its_controls():
+    cs = configs(load_search("both_fail_scan"), "--data-dir", "/data")
+    local = [c for c in cs if c.rule.rule in ("fa", "dfa")]
+    assert {c.rule.credit_norm for c in local} == {True, False} and len(local) == 320
+    assert all(c.rule.fa_mode == "reference" for c in cs)
+    assert {c.rule.rule for c in cs if c not in local} == {"bp", "frozen"}
+    assert len([c for c in cs if c.rule.rule == "bp"]) == 80  # one per (d, L, seed): no duplicate controls
+
+
+def test_anchors_covers_canonical_and_reference_variants():
+    cs = configs(load_search("anchors"), "--preset", "smoke")
+    got = {(c.model.arch, c.rule.rule, c.rule.fa_mode if c.rule.rule == "fa" else "", c.rule.credit_norm)
+           for c in cs if c.rule.rule in ("fa", "dfa")}
+    assert ("mlp", "fa", "lillicrap", False) in got and ("mlp", "dfa", "", False) in got
+    assert ("resmlp", "fa", "reference", True) in got and ("resmlp", "fa", "lillicrap", True) in got
+    assert {c.model.activation for c in cs if c.model.arch == "mlp"} == {"tanh"}
+    assert {c.data.dataset for c in cs} == {"digits"}
 
 
 def test_seeds_override_reaches_the_also_grids():

@@ -56,15 +56,18 @@ def test_checkpoint_holds_feedback_and_loads_weights_only(tiny, tmp_path):
     path = tmp_path / "c.pt"
     train(cfg, on_epoch=lambda e, m, fn: save_checkpoint(fn(), path))
     ckpt = torch.load(path, weights_only=True)
-    assert ckpt["rule"]["B"].shape == (cfg.model.L + 1, 10, cfg.model.d)
+    assert [ckpt["rule"][f"B.{l}"].shape for l in range(cfg.model.L + 1)] == [(10, cfg.model.d)] * (cfg.model.L + 1)
     assert ckpt["epoch"] == 1 and len(ckpt["history"]) == 1
 
 
-def test_bp_clearly_beats_dfa_and_frozen_on_synthetic():
-    base = dict(dataset="synthetic", alpha=1.0, d=128, L=4, n_train=4000, n_test=1000, epochs=8,
+def test_bp_clearly_beats_frozen_and_reference_dfa_on_synthetic():
+    """The synthetic default rewards depth (BP >= frozen + 5 points at the smoke budget), and the reference
+    study's DFA (with credit normalization) falls well below BP there."""
+    base = dict(dataset="synthetic", alpha=1.0, d=64, L=2, n_train=4000, n_test=1000, epochs=8,
                 probe_size=64, rho_dirs=4, diag_every=8, device="cpu")
-    acc = {r: train(Config.from_dict({**base, "rule": r}))["final"]["test_acc"] for r in ("bp", "dfa", "frozen")}
-    assert acc["bp"] > acc["dfa"] + 0.05 and acc["bp"] > acc["frozen"] + 0.05, acc
+    acc = {r: train(Config.from_dict({**base, "rule": r, **kw}))["final"]["test_acc"]
+           for r, kw in (("bp", {}), ("frozen", {}), ("dfa", {"credit_norm": True}))}
+    assert acc["bp"] >= acc["frozen"] + 0.05 and acc["bp"] > acc["dfa"] + 0.05, acc
 
 
 def test_divergence_stops_cleanly_and_withholds_the_checkpoint(tiny):

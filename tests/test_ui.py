@@ -75,7 +75,8 @@ def test_a_smoke_search_is_browsable_in_the_mlflow_ui(ray_session, tmp_path, mlf
     uri, url = mlflow_ui
     scan = load_search("both_fail_scan")
     rc = scan.main(["--preset", "smoke", "--seeds", "0", "--set", "d=16", "--set", "L=2", "--epochs", "2",
-                    "--set", "n_train=500", "--tracking-uri", uri, "--storage", str(tmp_path / "ray"),
+                    "--set", "n_train=500", "--set", "credit_norm=false", "--tracking-uri", uri,
+                    "--storage", str(tmp_path / "ray"),
                     "--out", str(tmp_path / "report"), "--gpus-per-trial", "0", "--experiment", "ui-smoke"])
     assert rc == 0
     _, runs = runs_of(uri, "ui-smoke")

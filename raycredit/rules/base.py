@@ -41,6 +41,21 @@ def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return per_sample(a * b).sum(1)
 
 
+class Feedback(nn.Module):
+    """Fixed random feedback matrices by name, checkpointed with the rule (state keys `B.<name>`)."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        super().__init__()
+        for name, t in tensors.items():
+            self.register_buffer(name, t)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._buffers[name]
+
+    def __len__(self) -> int:
+        return len(self._buffers)
+
+
 class Rule(nn.Module):
     """One learning rule. Buffers and submodules (feedback matrices, auxiliary nets) are checkpointed.
 
@@ -66,6 +81,7 @@ class Rule(nn.Module):
         self.L = cfg.model.L
         self.d = cfg.model.d
         self.h_shape: tuple[int, ...] = tuple(model.h_shape)
+        self.h_shapes: list[tuple[int, ...]] = [tuple(s) for s in model.h_shapes]
         self.n_classes = n_classes
 
     @classmethod
@@ -75,6 +91,11 @@ class Rule(nn.Module):
     def feedback_generator(self, cfg: Config, stream: int = 0) -> torch.Generator:
         """CPU generator for fixed random tensors, independent of the init and batch streams (and of each other)."""
         return torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + 0x5EED + 7919 * stream)
+
+    def exact_layers(self) -> frozenset[int]:
+        """Layers whose credit is the exact gradient by construction, not an estimate (diagnostics leave them
+        out of deep_cos and deep_rho unless every deep layer is exact)."""
+        return frozenset()
 
     def trainable_params(self, model: nn.Module) -> list[nn.Parameter]:
         return [p for p in model.parameters() if p.requires_grad]

@@ -1,6 +1,13 @@
-"""dfa: direct feedback alignment. a_l = B_l^T e with e = softmax(z) - onehot(y) and fixed random C x d B_l.
+"""dfa: direct feedback alignment (Nøkland 2016, "Direct Feedback Alignment Provides Learning in Deep
+Neural Networks").
 
-On vit_mini and small_cnn B_l is C x h_shape: the error reaches every token / position.
+a_l = B_l^T e with e = softmax(z) - onehot(y) = dCE/dz and a fixed random C x h_shape B_l for every layer
+l = 0..L, entries ~ N(0, feedback_scale^2 / features of h_l). With the local update of `LocalRule` and
+credit_norm off, the hidden layer h_l = act(W_l h_{l-1} + b_l) of a plain MLP (arch=mlp) gets
+grad W_l = ((B_l^T e) * act'(W_l h_{l-1} + b_l)) h_{l-1}^T: Nøkland's update rule, exactly (a test checks
+it against the hand-written formula). On a residual block the same credit reaches the block's output and
+the block's own backward takes it to the block's weights. On vit_mini and small_cnn B_l is C x h_shape:
+the error reaches every token / position.
 """
 
 import math
@@ -9,18 +16,18 @@ import torch
 import torch.nn.functional as F
 
 from raycredit.models import ARCHITECTURES
-from raycredit.rules.base import LocalRule
+from raycredit.rules.base import Feedback, LocalRule
 
 
-def dfa_feedback(L: int, n_classes: int, h_shape: tuple[int, ...], scale: float,
-                 generator: torch.Generator) -> torch.Tensor:
-    """B[l] (C x h_shape) projects the output error to layer l, l = 0..L; entries ~ N(0, scale^2 / features)."""
-    return torch.randn(L + 1, n_classes, *h_shape, generator=generator) * (scale / math.prod(h_shape)**0.5)
+def dfa_feedback(shapes: list[tuple[int, ...]], n_classes: int, scale: float, generator: torch.Generator) -> Feedback:
+    """B[str(l)] (C x shapes[l]) projects the output error to layer l; entries ~ N(0, scale^2 / features)."""
+    return Feedback({str(l): torch.randn(n_classes, *shape, generator=generator) * (scale / math.prod(shape)**0.5)
+                     for l, shape in enumerate(shapes)})
 
 
-def dfa_credits(B: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
-    e = (logits.softmax(-1) - F.one_hot(y, B.shape[1]).to(logits.dtype)).detach()
-    return [torch.tensordot(e, B[l], dims=1) for l in range(B.shape[0])]
+def dfa_credits(B: Feedback, logits: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+    e = (logits.softmax(-1) - F.one_hot(y, logits.shape[-1]).to(logits.dtype)).detach()
+    return [torch.tensordot(e, B[str(l)], dims=1) for l in range(len(B))]
 
 
 class DFA(LocalRule):
@@ -28,8 +35,7 @@ class DFA(LocalRule):
     population = True
     def __init__(self, cfg, model, n_classes):
         super().__init__(cfg, model, n_classes)
-        self.register_buffer("B", dfa_feedback(self.L, n_classes, self.h_shape, self.cfg.feedback_scale,
-                                               self.feedback_generator(cfg)))
+        self.B = dfa_feedback(self.h_shapes, n_classes, self.cfg.feedback_scale, self.feedback_generator(cfg))
 
     def credits(self, model, hs, logits, y):
         return dfa_credits(self.B, logits, y)

@@ -107,7 +107,7 @@ class Scaffold(DFA):
         return self._aux_gen
 
     def get_extra_state(self):
-        return {"aux_generator": self.aux_generator(self.B.device).get_state()}
+        return {"aux_generator": self.aux_generator(self.B["0"].device).get_state()}
 
     def set_extra_state(self, state):
         self._aux_gen, self._aux_gen_state = None, state["aux_generator"]

@@ -18,6 +18,9 @@ class StateBridge(LocalRule):
         width = self.cfg.aux_width or 2 * self.d
         self.bridges = nn.ModuleList(mlp(self.d, width, self.d) for _ in range(self.L))  # S_0 .. S_{L-1}
 
+    def exact_layers(self):
+        return frozenset({self.L})
+
     def credits(self, model, hs, logits, y):
         gL = output_local_grad(model, hs[-1], y)
         a = []
