@@ -14,10 +14,14 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from raycredit.errors import ConfigError
+
+SEED_MAX = 2**31 - 1  # derived seeds (seed * 1_000_003 + ..., seed * 7919 + epoch) must fit torch's int64
+MAX_TENSOR_BYTES = 32 * 2**30  # a dataset or model larger than this is a typo, refused before anything starts
 
 
 def knob(default: Any, doc: str, *, choices=None, lo=None, hi=None, lo_open=False, hi_open=False):
@@ -63,7 +67,7 @@ class DataConfig:
     n_train: int = knob(0, "training examples (0 = synthetic 10000 / all of digits or the file)", lo=0)
     n_test: int = knob(0, "test examples (0 = synthetic 2000 / all of digits or the file)", lo=0)
     data_seed: int = knob(0, "synthetic: seed of the teacher and inputs; digits: of the train/test split (fixed "
-                             "across training seeds)", lo=0)
+                             "across training seeds)", lo=0, hi=SEED_MAX)
     random_targets: bool = knob(False, "fresh uniformly random labels for every training mini-batch (negative control)")
 
 
@@ -121,7 +125,7 @@ class TrainConfig:
     momentum: float = knob(0.9, "sgd momentum", lo=0, hi=1, hi_open=True)
     weight_decay: float = knob(0.0, "weight decay", lo=0)
     clip_norm: float = knob(1.0, "clip the global gradient norm of each step to this (0 = off)", lo=0)
-    seed: int = knob(0, "training seed: init, feedback matrices, batch order", lo=0)
+    seed: int = knob(0, "training seed: init, feedback matrices, batch order", lo=0, hi=SEED_MAX)
     device: str = knob("auto", "auto (cuda when available), cpu or cuda[:i]")
     checkpoint_every: int = knob(1, "epochs between checkpoints (the last epoch is always saved)", lo=1)
     precision: str = knob("fp32", "training steps' forward passes: fp32, or bf16 autocast (weights, optimizer "
@@ -163,6 +167,8 @@ def _check(key: str, value: Any, f: dataclasses.Field) -> Any:
     if want in (int, float):
         if value != value:
             raise ConfigError(f"{key}: NaN is not allowed")
+        if want is float and not math.isfinite(value):
+            raise ConfigError(f"{key}: {value!r} is not finite")
         lo, hi = m["lo"], m["hi"]
         if lo is not None and (value <= lo if m["lo_open"] else value < lo):
             raise ConfigError(f"{key}: {value!r} must be {'>' if m['lo_open'] else '>='} {lo}")
@@ -232,6 +238,24 @@ class Config:
             raise ConfigError(f"heads: {self.model.heads} does not divide d={self.model.d}")
         if self.data.dataset in ("cifar10", "cifar100", "npz") and not self.data.data_dir:
             raise ConfigError(f"data_dir: dataset {self.data.dataset!r} needs --data-dir")
+        self._check_sizes()
+
+    def _check_sizes(self) -> None:
+        """ConfigError for a synthetic dataset or a model whose float32 tensors would exceed MAX_TENSOR_BYTES."""
+        m, dc = self.model, self.data
+        gib = 2**30
+        if dc.dataset == "synthetic":
+            n = (dc.n_train or 10_000) + (dc.n_test or 2_000)
+            widest = max(dc.input_dim, dc.teacher_width if dc.teacher_depth else 0, dc.n_classes)
+            if 4 * n * widest > MAX_TENSOR_BYTES:
+                raise ConfigError(f"n_train/n_test: synthetic data of {n} examples x {widest} features (the widest "
+                                  f"of input_dim, teacher_width, n_classes) needs about {4 * n * widest / gib:.0f} "
+                                  f"GiB (limit {MAX_TENSOR_BYTES // gib} GiB)")
+        hidden = max(1, round(m.mlp_ratio * m.d))
+        params = m.L * (2 * m.d * hidden + m.d * m.d) + m.d * dc.n_classes * (m.L + 2)
+        if 4 * params > MAX_TENSOR_BYTES:
+            raise ConfigError(f"d/L/n_classes: a model of about {params:.2g} parameters needs about "
+                              f"{4 * params / gib:.0f} GiB (limit {MAX_TENSOR_BYTES // gib} GiB)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

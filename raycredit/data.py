@@ -146,9 +146,12 @@ def npz(cfg: DataConfig) -> Data:
                 f"npz file {path}: x_{split} must be (N, ...) and y_{split} (N,) with N > 0, "
                 f"got {x.shape} and {y.shape}"
             )
-        if not np.issubdtype(x.dtype, np.number) or not np.issubdtype(y.dtype, np.integer):
-            raise DataError(f"npz file {path}: x_{split} must be numeric and y_{split} integer, "
+        if (not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating)
+                or not np.issubdtype(y.dtype, np.integer)):
+            raise DataError(f"npz file {path}: x_{split} must be real numbers and y_{split} integers, "
                             f"got {x.dtype} and {y.dtype}")
+        if x[0].size == 0:
+            raise DataError(f"npz file {path}: x_{split} has no features (examples of shape {x.shape[1:]})")
         out.append((torch.as_tensor(x.reshape(len(x), -1), dtype=torch.float32), torch.as_tensor(y, dtype=torch.int64)))
     (xtr, ytr), (xte, yte) = out
     if xtr.shape[1] != xte.shape[1]:
@@ -158,6 +161,10 @@ def npz(cfg: DataConfig) -> Data:
         raise DataError(f"npz file {path}: labels must be integers in [0, C) with C >= 2")
     if not (torch.isfinite(xtr).all() and torch.isfinite(xte).all()):
         raise DataError(f"npz file {path}: inputs contain NaN or inf")
+    unseen = sorted(set(yte.unique().tolist()) - set(ytr.unique().tolist()))
+    if unseen:
+        raise DataError(f"npz file {path}: test labels {', '.join(map(str, unseen[:5]))}"
+                        f"{', ...' if len(unseen) > 5 else ''} never occur in y_train (no run can learn them)")
     return _subset(Data(xtr, ytr, xte, yte, n_classes, tuple(arrays["x_train"].shape[1:])), cfg)
 
 

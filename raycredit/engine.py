@@ -102,6 +102,19 @@ def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0.0))
 
 
+def check_trial_resources(cpus: float, gpus: float) -> None:
+    """UserError when no alive node of the cluster has the CPUs or GPUs one trial asks for: Tune would wait
+    for them forever."""
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n["Alive"]]
+    for flag, want, name in (("--cpus-per-trial", cpus, "CPU"), ("--gpus-per-trial", gpus, "GPU")):
+        most = max((float(r.get(name, 0.0)) for r in nodes), default=0.0)
+        if want > most:
+            raise UserError(f"{flag} {want:g}: no node of the Ray cluster has that many {name}s (the largest has "
+                            f"{most:g}); a trial would wait forever")
+
+
 def _reads(path: str, token: str) -> bool:
     try:
         return Path(path).read_text() == token

@@ -10,8 +10,11 @@ line and touches neither MLflow nor the Tune storage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
+import math
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -167,6 +170,35 @@ def run_search(name: str, doc: str, presets: dict[str, Preset], *, default_prese
     except UserError as e:
         print(f"{name}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before the sweep or after it (the sweep itself: interruptible below)
+        print(f"{name}: interrupted; re-run the same command to resume", file=sys.stderr)
+        return INTERRUPTED
+
+
+INTERRUPTED = 130  # the shell's code for a Ctrl-C
+
+
+@contextlib.contextmanager
+def sweep_interrupts(uri: str, experiment_id: str, keys: list[str] | None):
+    """Run a sweep so that any number of Ctrl-C presses ends it cleanly.
+
+    Tune takes the first Ctrl-C (it saves its state and returns); a second one raises KeyboardInterrupt out
+    of Tuner.fit. Then the runs of this sweep left RUNNING are marked KILLED, further Ctrl-C presses are
+    ignored while that happens, and the search exits 130 with the resume hint instead of a traceback.
+    keys: the sweep's run keys, or None for an Optuna search (whose trials are drawn: its RUNNING runs).
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            from raycredit import tracking
+
+            keys = tracking.running_keys(uri, experiment_id) if keys is None else keys
+            tracking.close_stale_runs(uri, experiment_id, dict.fromkeys(keys, "KILLED"))
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        raise
 
 
 def run_analyses(analysis: Analysis | tuple[Analysis, ...] | None, uri: str, experiment: str, out: str) -> None:
@@ -180,13 +212,22 @@ def _prepare(name: str, args, configs: list[Config]):
     from raycredit import engine, tracking
     from raycredit.data import check_data
 
-    if args.gpus_per_trial < 0 or args.cpus_per_trial <= 0:
-        raise UserError("--gpus-per-trial must be >= 0 and --cpus-per-trial > 0")
+    if not (math.isfinite(args.gpus_per_trial) and math.isfinite(args.cpus_per_trial)) \
+            or args.gpus_per_trial < 0 or args.cpus_per_trial <= 0:
+        raise UserError("--gpus-per-trial must be a finite number >= 0 and --cpus-per-trial a finite number > 0")
     if args.max_failures < 0:
         raise UserError("--max-failures must be >= 0")
+    experiment = args.experiment or f"{name}-{args.preset}"
+    check_experiment_name(experiment)
+    wants_cuda = sorted({c.train.device for c in configs if c.train.device not in ("auto", "cpu")})
+    for device in wants_cuda:
+        resolve_device_name(device, local=args.address in (None, "", "local"))
+    if wants_cuda and args.gpus_per_trial == 0:
+        raise UserError(f"device {wants_cuda[0]}: trials get no GPU with --gpus-per-trial 0")
     for data_cfg in {c.data for c in configs}:
         check_data(data_cfg)
     uri = tracking.normalize_uri(args.tracking_uri)
+    tracking.check_tracking_uri(uri)
     if uri.startswith("sqlite:///"):
         check_writable(Path(uri[len("sqlite:///"):]).parent, "--tracking-uri")
     if "://" in args.storage:
@@ -194,17 +235,46 @@ def _prepare(name: str, args, configs: list[Config]):
                         "(on a multi-node cluster, a folder every node mounts)")
     storage = str(Path(args.storage).expanduser().resolve())
     check_writable(Path(storage), "--storage")
-    experiment = args.experiment or f"{name}-{args.preset}"
     engine.connect(engine.resolve_address(args.address))
     engine.check_shared_storage(storage)
     gpus = args.gpus_per_trial
     if gpus > 0 and engine.cluster_gpus() == 0:
+        if wants_cuda:
+            raise UserError(f"device {wants_cuda[0]}: the Ray cluster has no GPUs")
         print(f"notice: the Ray cluster has no GPUs; trials run on CPU (--gpus-per-trial {gpus} ignored)")
         gpus = 0.0
+    engine.check_trial_resources(args.cpus_per_trial, gpus)
     settings = engine.SweepSettings(
         search=name, experiment_id=tracking.ensure_experiment(uri, experiment), tracking_uri=uri,
         code_version=code_version(), cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus)
     return uri, storage, experiment, settings
+
+
+EXPERIMENT_NAME_MAX = 100  # the Tune experiment folder is "<experiment>-<8 hex>" under --storage
+
+
+def check_experiment_name(name: str) -> None:
+    """UserError unless `name` is a usable experiment name: it also names a folder under --storage, so it
+    must stay inside it (no separators, no leading dot) and within filesystem name limits."""
+    if not name or len(name) > EXPERIMENT_NAME_MAX:
+        raise UserError(f"--experiment: {len(name)} characters; use 1 to {EXPERIMENT_NAME_MAX}")
+    if any(c in name for c in "/\\\0") or name.startswith(".") or not name.isprintable():
+        raise UserError(f"--experiment {name!r}: no '/', '\\', leading '.' or control characters (it names a "
+                        "folder under --storage)")
+
+
+def resolve_device_name(device: str, local: bool) -> None:
+    """UserError unless `device` parses as a torch device and, for a local Ray instance (whose trials run on
+    this machine), exists here; on a cluster the GPU check comes after connecting."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"device: {device!r} is not a device (use auto, cpu or cuda[:i])") from None
+    if local and dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"device {device}: this machine has {torch.cuda.device_count()} CUDA devices, and a local "
+                        "Ray instance runs the trials here")
 
 
 def check_writable(path: Path, flag: str) -> None:
@@ -239,13 +309,14 @@ def _run(name: str, preset: Preset, args, analysis) -> int:
     if done:
         print(f"notice: {done} of these configs already have a finished run in {experiment!r} and are not "
               "retrained; pass a new --experiment to run them again (e.g. after changing the code)")
-    status = engine.run_trials(configs, settings, name=f"{experiment}-{sweep_id}", storage=storage,
-                               max_failures=args.max_failures, population=args.population)
-    tracking.close_stale_runs(uri, settings.experiment_id, status)
+    with sweep_interrupts(uri, settings.experiment_id, [c.key() for c in configs]):
+        status = engine.run_trials(configs, settings, name=f"{experiment}-{sweep_id}", storage=storage,
+                                   max_failures=args.max_failures, population=args.population)
+        tracking.close_stale_runs(uri, settings.experiment_id, status)
     unfinished = sum(s == "KILLED" for s in status.values())
     if unfinished:
         print(f"{name}: interrupted with {unfinished} runs unfinished; re-run the same command to resume")
-        return 130
+        return INTERRUPTED
     failed = sum(s == "FAILED" for s in status.values())
     print(f"{name}: {len(status) - failed} runs finished, {failed} failed")
     if not args.no_analysis:
@@ -270,12 +341,13 @@ def _run_optuna(name: str, preset: Preset, args, analysis, space: Callable) -> i
     # named after the base config and the sample count: the same command resumes the same search
     sweep_id = stable_hash([base.key(), samples])[:8]
     print(f"{name}: Optuna (TPE) + ASHA, {samples} trials on top of {experiment!r} at {tracking.redact(uri)}")
-    out = engine.run_optuna(base, opt, settings, name=f"{experiment}-{sweep_id}", storage=storage,
-                            max_failures=args.max_failures)
-    tracking.close_stale_runs(uri, settings.experiment_id, out.status, out.early)
+    with sweep_interrupts(uri, settings.experiment_id, None):
+        out = engine.run_optuna(base, opt, settings, name=f"{experiment}-{sweep_id}", storage=storage,
+                                max_failures=args.max_failures)
+        tracking.close_stale_runs(uri, settings.experiment_id, out.status, out.early)
     if not out.complete:
         print(f"{name}: interrupted; re-run the same command to resume")
-        return 130
+        return INTERRUPTED
     failed = sum(s == "FAILED" for s in out.status.values())
     print(f"{name}: {len(out.status) - failed} trials finished, {failed} failed")
     if out.best is not None:

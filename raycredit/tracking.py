@@ -10,6 +10,7 @@ logged before an interruption are not logged twice.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sqlite3
 import time
@@ -18,6 +19,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from raycredit.errors import UserError
+
+# MLflow prints "View run <name> at: <tracking URI>/#/..." to stdout whenever a run on a server ends, in the
+# driver and in every trial's worker log, credentials in the URI included; raycredit prints its own summary.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 RUN_KEY_TAG = "raycredit.run_key"
 STOPPED_EARLY_TAG = "raycredit.stopped_early"
@@ -43,6 +48,41 @@ def normalize_uri(uri: str | None) -> str:
     if "://" not in uri and not uri.startswith("sqlite:"):
         raise UserError(f"tracking URI {uri!r} is not a URI (use sqlite:///path/mlflow.db or http://host:port)")
     return uri
+
+
+TRACKING_SCHEMES = ("sqlite", "http", "https")
+REACH_TIMEOUT_S = 5.0
+
+
+def check_tracking_uri(uri: str) -> None:
+    """UserError unless `uri` (normalized) is a store raycredit supports, and, for a server, one that answers
+    within REACH_TIMEOUT_S (any HTTP answer counts: an auth proxy's 401 means the server is there)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme not in TRACKING_SCHEMES:
+        raise UserError(f"--tracking-uri {redact(uri)}: tracking URI scheme {parts.scheme!r} is not supported (use "
+                        "sqlite:///path/mlflow.db, or http(s)://host:port of an MLflow server)")
+    if parts.scheme == "sqlite":
+        return
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if not parts.hostname or port == -1:
+        raise UserError(f"--tracking-uri {redact(uri)}: expected http(s)://host[:port]")
+    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = cls(parts.hostname, port, timeout=REACH_TIMEOUT_S)
+    try:
+        conn.request("GET", (parts.path.rstrip("/") or "") + "/health")
+        conn.getresponse().read(1024)
+    except (OSError, http.client.HTTPException) as e:
+        reason = getattr(e, "strerror", None) or type(e).__name__
+        raise UserError(f"--tracking-uri {redact(uri)}: cannot reach the MLflow tracking server within "
+                        f"{REACH_TIMEOUT_S:.0f} s ({reason})") from None
+    finally:
+        conn.close()
 
 
 def redact(uri: str) -> str:
@@ -194,6 +234,12 @@ def finished_keys(uri: str, experiment_id: str) -> set[str]:
     """Run keys of the experiment's FINISHED runs."""
     runs = _client(uri).search_runs([experiment_id], filter_string="attributes.status = 'FINISHED'", max_results=50000)
     return {r.data.tags.get(RUN_KEY_TAG) for r in runs}
+
+
+def running_keys(uri: str, experiment_id: str) -> list[str]:
+    """Run keys of the experiment's runs that are RUNNING."""
+    runs = _client(uri).search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=50000)
+    return [r.data.tags[RUN_KEY_TAG] for r in runs if RUN_KEY_TAG in r.data.tags]
 
 
 def close_stale_runs(uri: str, experiment_id: str, keys_status: dict[str, str], early: set[str] = frozenset()) -> int:

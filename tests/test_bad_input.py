@@ -56,6 +56,17 @@ def setup(kind: str, tmp: Path, ckpt: bytes, monkeypatch) -> None:
         rng = np.random.default_rng(0)
         np.savez(tmp / "bad.npz", x_train=rng.normal(size=(40, 12)), y_train=rng.normal(size=40),
                  x_test=rng.normal(size=(10, 12)), y_test=rng.integers(0, 3, 10))
+    elif kind in ("npz_complex", "npz_featureless", "npz_unseen"):
+        rng = np.random.default_rng(0)
+        x_train, x_test = rng.normal(size=(40, 12)), rng.normal(size=(10, 12))
+        y_train, y_test = rng.integers(0, 3, 40), rng.integers(0, 3, 10)
+        if kind == "npz_complex":
+            x_train = x_train + 1j * x_train
+        elif kind == "npz_featureless":
+            x_train, x_test = np.zeros((40, 0)), np.zeros((10, 0))
+        else:
+            y_test[0] = 5
+        np.savez(tmp / "bad.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
     elif kind == "npz_garbage":
         (tmp / "bad.npz").write_bytes(b"PK\x03\x04 not really a zip archive")
     elif kind.startswith("ckpt_"):
@@ -116,6 +127,24 @@ CASES = [
     (SEARCH, "npz_shapes", ["--dataset", "npz", "--data-dir", "{tmp}/bad.npz"], "x_test 7"),
     (SEARCH, "npz_labels", ["--dataset", "npz", "--data-dir", "{tmp}/bad.npz"], "y_train integer"),
     (SEARCH, "npz_garbage", ["--dataset", "npz", "--data-dir", "{tmp}/bad.npz"], "cannot read npz file"),
+    (SEARCH, "npz_complex", ["--dataset", "npz", "--data-dir", "{tmp}/bad.npz"], "must be real numbers"),
+    (SEARCH, "npz_featureless", ["--dataset", "npz", "--data-dir", "{tmp}/bad.npz"], "has no features"),
+    (SEARCH, "npz_unseen", ["--dataset", "npz", "--data-dir", "{tmp}/bad.npz"], "test labels 5 never occur"),
+    # sizes and values that used to give tracebacks or hang
+    (SEARCH, "", ["--set", "lr=inf"], "lr: inf is not finite"),
+    (SEARCH, "", ["--set", "data_seed=1180591620717411303424"], "data_seed"),
+    (SEARCH, "", ["--set", "n_train=2000000000"], "synthetic data of"),
+    (SEARCH, "", ["--set", "n_classes=1000000000"], "synthetic data of"),
+    (SEARCH, "", ["--set", "d=1000000"], "a model of about"),
+    (SEARCH, "", ["--cpus-per-trial", "nan"], "--cpus-per-trial"),
+    (SEARCH, "", ["--cpus-per-trial", "inf"], "--cpus-per-trial"),
+    (SEARCH, "", ["--gpus-per-trial", "nan"], "--gpus-per-trial"),
+    (SEARCH, "", ["--experiment", "x" * 300], "--experiment"),
+    (SEARCH, "", ["--experiment", "../../x"], "--experiment"),
+    (SEARCH, "", ["--tracking-uri", "file:///{tmp}/mlruns"], "tracking URI scheme"),
+    (SEARCH, "", ["--tracking-uri", "postgresql://u@127.0.0.1/db"], "tracking URI scheme"),
+    (SEARCH, "", ["--tracking-uri", "http://127.0.0.1:{port}"], "cannot reach the MLflow tracking server"),
+    (SEARCH, "", ["--set", "device=cuda:7"], "device"),
     # one run: knobs and flags
     (TRAIN, "", ["--rule", "backprop"], "unknown rule 'backprop'"),
     (TRAIN, "", ["--d", "abc"], "invalid int value"),

@@ -116,15 +116,24 @@ def mlflow_server(tmp_path):
         yield f"http://127.0.0.1:{port}"
 
 
-def test_sweep_logs_to_an_mlflow_server(ray_session, tmp_path, mlflow_server):
+def test_sweep_logs_to_an_mlflow_server_and_prints_no_credential(ray_session, tmp_path, mlflow_server, capfd):
+    """The URI carries a password (as a user might paste it): the sweep works, and the password appears in no
+    output of the driver and in no log of the trials' workers."""
+    secret = "s3cr3t-" + tmp_path.name
+    with_password = mlflow_server.replace("http://", f"http://alice:{secret}@")
     scan = load_search("both_fail_scan")
     rc = scan.main(["--preset", "smoke", "--seeds", "0", "--set", "d=16", "--set", "L=2", "--epochs", "2",
-                    "--set", "n_train=500", "--set", "credit_norm=true", "--tracking-uri", mlflow_server,
+                    "--set", "n_train=500", "--set", "credit_norm=true", "--tracking-uri", with_password,
                     "--storage", str(tmp_path / "ray"),
                     "--out", str(tmp_path / "report"), "--gpus-per-trial", "0", "--experiment", "served"])
     assert rc == 0
     assert_one_complete_run_per_trial(mlflow_server, "served", 4, 2)
     assert "d=16 L=2 credit_norm=True: " in (tmp_path / "report" / "both_fail.md").read_text()
+    out, err = capfd.readouterr()
+    assert "http://***@127.0.0.1" in out and secret not in out + err
+    logs = Path(ray_session._private.worker._global_node.get_session_dir_path()) / "logs"
+    leaked = [p.name for p in logs.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert not leaked, leaked
 
 
 def test_trial_killed_after_its_last_checkpoint_finishes_on_resume(ray_session, tmp_path):
@@ -282,3 +291,19 @@ def test_a_population_trial_resumes_from_its_checkpoint(ray_session, tmp_path):
         assert run.data.tags[tracking.RESUMED_TAG] == "1" and run.data.tags[tracking.ATTEMPT_TAG] == "2"
         assert {k: v for k, v in run.data.metrics.items() if k != "time_s"} == \
                {k: v for k, v in want["final"].items() if k != "time_s"}
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--cpus-per-trial", "100"], "--cpus-per-trial 100: no node of the Ray cluster has that many CPUs (the largest "
+                                  "has 2)"),
+    (["--gpus-per-trial", "2"], "--gpus-per-trial 2: no node of the Ray cluster has that many GPUs (the largest "
+                                "has 1)"),
+])
+def test_trial_resources_no_node_has_exit_2_instead_of_hanging(ray_session, tmp_path, capsys, argv, words):
+    scan = load_search("both_fail_scan")
+    db = tmp_path / "m.db"
+    code = run_search("both_fail_scan", scan.__doc__, scan.PRESETS, analysis=None, argv=[
+        "--preset", "smoke", "--tracking-uri", f"sqlite:///{db}", "--storage", str(tmp_path / "ray"), *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and words in err[0], err
+    assert not db.exists() and not (tmp_path / "ray").exists()
