@@ -164,9 +164,10 @@ def run_search(name: str, doc: str, presets: dict[str, Preset], *, default_prese
     """
     args = build_parser(name, doc, presets, default_preset, optuna=space is not None).parse_args(argv)
     try:
-        if space is not None:
-            return _run_optuna(name, presets[args.preset], args, analysis, space)
-        return _run(name, presets[args.preset], args, analysis)
+        with contextlib.ExitStack() as held:  # the experiment's lock, from _prepare to the end of the analysis
+            if space is not None:
+                return _run_optuna(name, presets[args.preset], args, analysis, space, held)
+            return _run(name, presets[args.preset], args, analysis, held)
     except UserError as e:
         print(f"{name}: error: {e}", file=sys.stderr)
         return 2
@@ -207,9 +208,10 @@ def run_analyses(analysis: Analysis | tuple[Analysis, ...] | None, uri: str, exp
         fn(uri, experiment, out)
 
 
-def _prepare(name: str, args, configs: list[Config]):
-    """Checks shared by every search, then connect: (tracking uri, storage, experiment, SweepSettings)."""
-    from raycredit import engine, tracking
+def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack):
+    """Checks shared by every search, then connect and take the experiment's lock (held until `held` closes):
+    (tracking uri, storage, experiment, SweepSettings)."""
+    from raycredit import engine, locks, tracking
     from raycredit.data import check_data
 
     if not (math.isfinite(args.gpus_per_trial) and math.isfinite(args.cpus_per_trial)) \
@@ -235,7 +237,12 @@ def _prepare(name: str, args, configs: list[Config]):
                         "(on a multi-node cluster, a folder every node mounts)")
     storage = str(Path(args.storage).expanduser().resolve())
     check_writable(Path(storage), "--storage")
-    engine.connect(engine.resolve_address(args.address))
+    address = engine.resolve_address(args.address)
+    # one driver per experiment: a second launch of this sweep, or of another that shares its configs, refuses
+    # (before it starts Ray: it prints one line)
+    lock_dir = Path(uri[len("sqlite:///"):]).parent if uri.startswith("sqlite:///") else Path(storage)
+    held.enter_context(locks.experiment_lock(locks.lock_path(lock_dir, uri, experiment), experiment))
+    engine.connect(address)
     engine.check_shared_storage(storage)
     gpus = args.gpus_per_trial
     if gpus > 0 and engine.cluster_gpus() == 0:
@@ -288,14 +295,14 @@ def check_writable(path: Path, flag: str) -> None:
         raise UserError(f"{flag}: cannot write to {existing}")
 
 
-def _run(name: str, preset: Preset, args, analysis) -> int:
+def _run(name: str, preset: Preset, args, analysis, held: contextlib.ExitStack) -> int:
     from raycredit import engine, tracking
     from raycredit.population import POPULATION_RULES, group_members, supports_population
 
     if args.population < 1:
         raise UserError(f"--population {args.population}: must be >= 1")
     configs = expand(preset, overrides_from(args))
-    uri, storage, experiment, settings = _prepare(name, args, configs)
+    uri, storage, experiment, settings = _prepare(name, args, configs, held)
     # the Tune experiment is named after the exact trial set, so re-running the same command resumes it
     sweep_id = stable_hash([c.key() for c in configs] + ([args.population] if args.population > 1 else []))[:8]
     groups = group_members(configs, args.population)
@@ -324,7 +331,7 @@ def _run(name: str, preset: Preset, args, analysis) -> int:
     return 1 if failed else 0
 
 
-def _run_optuna(name: str, preset: Preset, args, analysis, space: Callable) -> int:
+def _run_optuna(name: str, preset: Preset, args, analysis, space: Callable, held: contextlib.ExitStack) -> int:
     from raycredit import engine, tracking
 
     ov = overrides_from(args)
@@ -336,7 +343,7 @@ def _run_optuna(name: str, preset: Preset, args, analysis, space: Callable) -> i
     if samples < 1:
         raise UserError("--num-samples must be >= 1")
     probe = space_check(space, base)
-    uri, storage, experiment, settings = _prepare(name, args, [base, probe])
+    uri, storage, experiment, settings = _prepare(name, args, [base, probe], held)
     opt = engine.OptunaSettings(space=BoundSpace(space, base.to_dict()), num_samples=samples, seed=base.train.seed)
     # named after the base config and the sample count: the same command resumes the same search
     sweep_id = stable_hash([base.key(), samples])[:8]
