@@ -409,6 +409,21 @@ def progress_reporter(items: list[dict]):
     return tune.CLIReporter(parameter_columns=columns, metric_columns=metrics, max_report_frequency=10)
 
 
+def check_trusted(path: str) -> None:
+    """UserError unless every file and folder of the Tune experiment at `path` belongs to this user and is not
+    world-writable: resuming unpickles Tune's state files (tuner.pkl, the searcher, the trials' state), so a
+    file that someone else wrote or could rewrite in a shared --storage would run their code as this user.
+    (Group-writable files are accepted: the storage's group is trusted.)"""
+    uid = os.getuid()
+    for p in [Path(path), *Path(path).rglob("*")]:
+        st = p.lstat()
+        if st.st_uid != uid or st.st_mode & 0o002:
+            why = "belongs to another user" if st.st_uid != uid else "is writable by every user"
+            raise UserError(f"{p} {why}: resuming would unpickle Tune's state from that folder, which could run "
+                            f"code written by someone else; check it, then `chown -R` / `chmod -R o-w` it, or "
+                            f"use a new --storage")
+
+
 def _fit(settings: SweepSettings, *, name: str, storage: str, max_failures: int, kind: str,
          fresh: Callable[[], dict], base: dict | None = None):
     """Resume the Tune experiment storage/name, or start it with the Tuner arguments fresh() returns
@@ -421,6 +436,7 @@ def _fit(settings: SweepSettings, *, name: str, storage: str, max_failures: int,
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, settings=asdict(settings), base=base), resources)
     if tune.Tuner.can_restore(path):
+        check_trusted(path)
         print(f"resuming {kind} from {path}")
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
     else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
+import json
 import math
 import os
 import signal
@@ -208,9 +209,11 @@ def run_analyses(analysis: Analysis | tuple[Analysis, ...] | None, uri: str, exp
         fn(uri, experiment, out)
 
 
-def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack):
-    """Checks shared by every search, then connect and take the experiment's lock (held until `held` closes):
-    (tracking uri, storage, experiment, SweepSettings)."""
+def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack, sweep_id: str,
+             keys: list[str]):
+    """Checks shared by every search, then take the experiment's lock (held until `held` closes), check the
+    store against the sweep's record (`keys`: its run keys) and connect: (tracking uri, storage, experiment,
+    SweepSettings, the sweep's Tune name)."""
     from raycredit import engine, locks, tracking
     from raycredit.data import check_data
 
@@ -242,6 +245,8 @@ def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack)
     # (before it starts Ray: it prints one line)
     lock_dir = Path(uri[len("sqlite:///"):]).parent if uri.startswith("sqlite:///") else Path(storage)
     held.enter_context(locks.experiment_lock(locks.lock_path(lock_dir, uri, experiment), experiment))
+    sweep = f"{experiment}-{sweep_id}"
+    check_store(Path(storage) / sweep, uri, experiment, keys)
     engine.connect(address)
     engine.check_shared_storage(storage)
     gpus = args.gpus_per_trial
@@ -254,7 +259,48 @@ def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack)
     settings = engine.SweepSettings(
         search=name, experiment_id=tracking.ensure_experiment(uri, experiment), tracking_uri=uri,
         code_version=code_version(), cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus)
-    return uri, storage, experiment, settings
+    record_store(Path(storage) / sweep, uri, settings.experiment_id)
+    return uri, storage, experiment, settings, sweep
+
+
+STORE_MARKER = "raycredit-store.json"
+
+
+def check_store(sweep: Path, uri: str, experiment: str, keys: list[str]) -> None:
+    """The tracking store is the record: refuse to resume the sweep folder `sweep` into a store that is not
+    the one it started with (deleted and re-created, replaced, another one), or that lacks the run of a trial
+    the sweep has already checkpointed; either would give runs whose histories start mid-way. Writes
+    nothing: `record_store` marks a sweep's store once the sweep starts."""
+    from raycredit import tracking
+
+    marker = sweep / STORE_MARKER
+    if not marker.exists():
+        return
+    try:
+        recorded = json.loads(marker.read_text())["token"]
+    except (OSError, ValueError, KeyError, TypeError):
+        recorded = None
+    found = tracking.existing_experiment(uri, experiment)
+    fix = (f"point --tracking-uri at the sweep's original store, or start the sweep over with a new --storage "
+           f"(or delete {sweep})")
+    if found is None or found[1] != recorded:
+        raise UserError(f"the sweep in {sweep} was started with another tracking store than "
+                        f"{tracking.redact(uri)} (deleted, replaced or another one): {fix}")
+    checkpointed = {k for k in keys if (sweep / "checkpoints" / k).is_dir()}
+    missing = checkpointed - tracking.run_keys(uri, found[0])
+    if missing:
+        raise UserError(f"{len(missing)} trials of the sweep in {sweep} have checkpoints but no run in "
+                        f"{tracking.redact(uri)} (the store lost them): {fix}")
+
+
+def record_store(sweep: Path, uri: str, experiment_id: str) -> None:
+    """Record the store's token in `sweep`/raycredit-store.json (once, when the sweep starts)."""
+    from raycredit import tracking
+
+    marker = sweep / STORE_MARKER
+    if not marker.exists():
+        sweep.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"token": tracking.store_token(uri, experiment_id)}))
 
 
 EXPERIMENT_NAME_MAX = 100  # the Tune experiment folder is "<experiment>-<8 hex>" under --storage
@@ -302,9 +348,10 @@ def _run(name: str, preset: Preset, args, analysis, held: contextlib.ExitStack) 
     if args.population < 1:
         raise UserError(f"--population {args.population}: must be >= 1")
     configs = expand(preset, overrides_from(args))
-    uri, storage, experiment, settings = _prepare(name, args, configs, held)
     # the Tune experiment is named after the exact trial set, so re-running the same command resumes it
     sweep_id = stable_hash([c.key() for c in configs] + ([args.population] if args.population > 1 else []))[:8]
+    uri, storage, experiment, settings, sweep = _prepare(name, args, configs, held, sweep_id,
+                                                         [c.key() for c in configs])
     groups = group_members(configs, args.population)
     trials = f"{len(configs)} runs in {len(groups)} trials" if len(groups) < len(configs) else f"{len(configs)} trials"
     print(f"{name}: {trials}, MLflow experiment {experiment!r} at {tracking.redact(uri)}")
@@ -317,7 +364,7 @@ def _run(name: str, preset: Preset, args, analysis, held: contextlib.ExitStack) 
         print(f"notice: {done} of these configs already have a finished run in {experiment!r} and are not "
               "retrained; pass a new --experiment to run them again (e.g. after changing the code)")
     with sweep_interrupts(uri, settings.experiment_id, [c.key() for c in configs]):
-        status = engine.run_trials(configs, settings, name=f"{experiment}-{sweep_id}", storage=storage,
+        status = engine.run_trials(configs, settings, name=sweep, storage=storage,
                                    max_failures=args.max_failures, population=args.population)
         tracking.close_stale_runs(uri, settings.experiment_id, status)
     unfinished = sum(s == "KILLED" for s in status.values())
@@ -343,13 +390,13 @@ def _run_optuna(name: str, preset: Preset, args, analysis, space: Callable, held
     if samples < 1:
         raise UserError("--num-samples must be >= 1")
     probe = space_check(space, base)
-    uri, storage, experiment, settings = _prepare(name, args, [base, probe], held)
-    opt = engine.OptunaSettings(space=BoundSpace(space, base.to_dict()), num_samples=samples, seed=base.train.seed)
     # named after the base config and the sample count: the same command resumes the same search
     sweep_id = stable_hash([base.key(), samples])[:8]
+    uri, storage, experiment, settings, sweep = _prepare(name, args, [base, probe], held, sweep_id, [])
+    opt = engine.OptunaSettings(space=BoundSpace(space, base.to_dict()), num_samples=samples, seed=base.train.seed)
     print(f"{name}: Optuna (TPE) + ASHA, {samples} trials on top of {experiment!r} at {tracking.redact(uri)}")
     with sweep_interrupts(uri, settings.experiment_id, None):
-        out = engine.run_optuna(base, opt, settings, name=f"{experiment}-{sweep_id}", storage=storage,
+        out = engine.run_optuna(base, opt, settings, name=sweep, storage=storage,
                                 max_failures=args.max_failures)
         tracking.close_stale_runs(uri, settings.experiment_id, out.status, out.early)
     if not out.complete:

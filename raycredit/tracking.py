@@ -236,6 +236,36 @@ def finished_keys(uri: str, experiment_id: str) -> set[str]:
     return {r.data.tags.get(RUN_KEY_TAG) for r in runs}
 
 
+STORE_TOKEN_TAG = "raycredit.store_token"  # experiment tag: a random token, new whenever the experiment is new
+
+
+def existing_experiment(uri: str, name: str) -> tuple[str, str | None] | None:
+    """(id, store token) of experiment `name` if the store and the experiment exist; writes nothing (a sqlite
+    store that is not there is not created)."""
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        return None
+    exp = _client(uri).get_experiment_by_name(name)
+    return None if exp is None else (exp.experiment_id, exp.tags.get(STORE_TOKEN_TAG))
+
+
+def store_token(uri: str, experiment_id: str) -> str:
+    """The experiment's identity token, set on first use: a deleted and re-created store gets a new one."""
+    import uuid
+
+    client = _client(uri)
+    token = client.get_experiment(experiment_id).tags.get(STORE_TOKEN_TAG)
+    if token is None:
+        token = uuid.uuid4().hex
+        _retry(lambda: client.set_experiment_tag(experiment_id, STORE_TOKEN_TAG, token))
+    return token
+
+
+def run_keys(uri: str, experiment_id: str) -> set[str]:
+    """Run keys of all the experiment's runs, whatever their status."""
+    runs = _client(uri).search_runs([experiment_id], max_results=50000)
+    return {r.data.tags[RUN_KEY_TAG] for r in runs if RUN_KEY_TAG in r.data.tags}
+
+
 def running_keys(uri: str, experiment_id: str) -> list[str]:
     """Run keys of the experiment's runs that are RUNNING."""
     runs = _client(uri).search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=50000)

@@ -307,3 +307,78 @@ def test_trial_resources_no_node_has_exit_2_instead_of_hanging(ray_session, tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and words in err[0], err
     assert not db.exists() and not (tmp_path / "ray").exists()
+
+
+class Plant:
+    """Unpickling this writes a marker file: proof that code from the storage folder ran."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path(self.marker).write_text, ("code from the storage folder ran",))
+
+
+@pytest.mark.parametrize("tamper, words", [("foreign", "belongs to another user"),
+                                           ("world_writable", "is writable by every user")])
+def test_a_planted_tune_state_file_is_not_unpickled_on_resume(ray_session, tmp_path, capsys, tamper, words):
+    import os
+    import pickle
+
+    scan = load_search("both_fail_scan")
+    argv = ["--preset", "smoke", "--seeds", "0", "--set", "d=16", "--set", "L=2", "--epochs", "1",
+            "--set", "n_train=200", "--set", "credit_norm=true", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
+            "--storage", str(tmp_path / "ray"), "--gpus-per-trial", "0", "--no-analysis"]
+    assert scan.main(argv) == 0
+    [sweep] = [p for p in (tmp_path / "ray").iterdir() if p.is_dir()]
+    marker = tmp_path / "pwned"
+    state = sweep / "tuner.pkl"
+    state.write_bytes(pickle.dumps(Plant(str(marker))))
+    if tamper == "foreign":
+        os.chown(state, 12345, 12345)
+    else:
+        state.chmod(0o666)
+    capsys.readouterr()
+    assert scan.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0] and str(state) in err[0], err
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("loss", ["deleted", "run_removed"])
+def test_a_sweep_whose_store_was_lost_is_refused_not_resumed_mid_way(ray_session, tmp_path, capsys, loss):
+    """Store deleted (or runs lost) between an interruption and the re-run: one line, exit 2, no run whose
+    history starts mid-way. (A finished trial's checkpoint folder is gone, so the lost run of a trial is seen
+    through a trial that still has its checkpoint: one is put back here as an interrupted trial leaves it.)"""
+    import shutil
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    from searches_loader import ROOT
+
+    db = tmp_path / "m.db"
+    scan = load_search("both_fail_scan")
+    argv = ["--preset", "smoke", "--seeds", "0", "--set", "d=16", "--set", "L=2", "--epochs", "1",
+            "--set", "n_train=200", "--set", "credit_norm=true", "--tracking-uri", f"sqlite:///{db}",
+            "--storage", str(tmp_path / "ray"), "--gpus-per-trial", "0", "--no-analysis", "--experiment", "lost"]
+    assert scan.main(argv) == 0
+    [sweep] = [p for p in (tmp_path / "ray").iterdir() if p.is_dir()]
+    if loss == "deleted":
+        for f in tmp_path.glob("m.db*"):
+            f.unlink()
+        shutil.rmtree(tmp_path / "artifacts", ignore_errors=True)
+        words = "was started with another tracking store"
+    else:
+        client = MlflowClient(f"sqlite:///{db}")
+        run = client.search_runs([client.get_experiment_by_name("lost").experiment_id])[0]
+        key = run.data.tags[tracking.RUN_KEY_TAG]
+        (sweep / "checkpoints" / key).mkdir(parents=True)
+        client.delete_run(run.info.run_id)
+        words = "1 trials of the sweep"
+    # the re-run is a new process, as a user's is (this one's MLflow client keeps the deleted file open)
+    p = subprocess.run([sys.executable, str(ROOT / "searches" / "both_fail_scan.py"), *argv], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    err = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(err) == 1 and words in err[0] and "--tracking-uri" in err[0], p.stderr[-3000:]
