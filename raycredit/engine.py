@@ -21,6 +21,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -242,7 +243,7 @@ def _trainable(config: dict, settings: dict, base: dict | None = None) -> None:
     from ray import tune
 
     from raycredit.data import load_data
-    from raycredit.train import load_checkpoint, save_checkpoint, train
+    from raycredit.train import save_checkpoint, train
 
     s = SweepSettings(**settings)
     torch.set_num_threads(max(1, int(s.cpus_per_trial)))
@@ -282,7 +283,7 @@ def _trainable(config: dict, settings: dict, base: dict | None = None) -> None:
             tune.report({**run.final_metrics(), "run_key": key})
             return
         folder.mkdir(parents=True, exist_ok=True)
-        ckpt = load_checkpoint(path) if path.exists() else None
+        ckpt = _readable_checkpoint(path, [run])
         _start_attempt(run, ckpt["epoch"] if ckpt is not None else 0)
         if ckpt is not None and ckpt["epoch"] == cfg.train.epochs:
             # killed after saving its last epoch (whose metrics were logged first): nothing left to train
@@ -298,6 +299,31 @@ def _trainable(config: dict, settings: dict, base: dict | None = None) -> None:
     except BaseException:
         run.finish("FAILED")
         raise
+
+
+SET_ASIDE_TAG = "raycredit.checkpoint_set_aside"  # where an unreadable trial checkpoint was moved
+
+
+def _readable_checkpoint(path: Path, runs: list) -> dict | None:
+    """The trial's checkpoint at `path`, or None when there is none. An unreadable one (truncated by a full
+    disk or a crash, corrupt) is moved to <checkpoints>/set_aside/, noted on the runs and in the trial's log,
+    and the trial starts over from scratch: its epochs are recomputed (the run keeps the ones it logged)."""
+    from raycredit.train import load_checkpoint
+
+    if not path.exists():
+        return None
+    try:
+        return load_checkpoint(path)
+    except UserError as e:
+        # beside the trials' folders, not in its own (which goes once the trial finishes): kept to inspect
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = path.parent.parent / "set_aside" / f"{path.parent.name}-{path.name}.corrupt-{stamp}"
+        aside.parent.mkdir(exist_ok=True)
+        os.replace(path, aside)
+        print(f"warning: {e}; set aside as {aside}, the trial starts over from scratch", flush=True)
+        for run in runs:
+            run.set_tags({SET_ASIDE_TAG: str(aside)})
+        return None
 
 
 def _population_summary(key: str, epoch: int, results: list[dict], done: bool) -> dict:
@@ -366,7 +392,8 @@ def _population_trial(cfgs: list[Config], s: SweepSettings) -> None:
             tune.report(_population_summary(group, E, [r.final_metrics() for r in runs], True))
             return
         folder.mkdir(parents=True, exist_ok=True)
-        saved = saved_members()
+        whole = _readable_checkpoint(path, [runs[i] for i in todo])
+        saved = whole["population"] if whole is not None else {}
         entries = [saved.get(cfgs[i].key()) for i in todo] if saved else None
         if entries is not None and any(e is None for e in entries):
             raise RuntimeError(f"{path} lacks unfinished members of its population; delete it to restart them")

@@ -103,8 +103,12 @@ def diag_seed(cfg: Config, epoch: int) -> int:
 
 
 def restore(ckpt: dict, data: Data | None = None):
-    """(cfg, model, rule, data) as they were when `ckpt` was saved, on the CPU; loads the data unless given."""
-    cfg = Config.from_dict(ckpt["config"]).replace(device="cpu")
+    """(cfg, model, rule, data) as they were when `ckpt` was saved, on the CPU; loads the data unless given.
+
+    A checkpoint is data from wherever it came from: its config may name any folder with download on, so the
+    data is read only, never downloaded (nothing is created where the checkpoint points).
+    """
+    cfg = Config.from_dict(ckpt["config"]).replace(device="cpu", download=False)
     data = load_data(cfg.data) if data is None else data
     model = build_model(cfg.model, data.in_shape, data.n_classes, cfg.data.alpha)
     rule = build_rule(cfg, model, data.n_classes)

@@ -382,3 +382,37 @@ def test_a_sweep_whose_store_was_lost_is_refused_not_resumed_mid_way(ray_session
                        capture_output=True, text=True, timeout=300)
     err = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(err) == 1 and words in err[0] and "--tracking-uri" in err[0], p.stderr[-3000:]
+
+
+def test_a_truncated_trial_checkpoint_is_set_aside_and_the_trial_starts_over(ray_session, tmp_path):
+    """A trial's checkpoint cut short (a full disk, a crash mid-copy): set aside, noted on the run, and the
+    trial trains from scratch once, to a complete run equal to an uninterrupted one, instead of failing."""
+    from raycredit.train import save_checkpoint, train
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp_id = tracking.ensure_experiment(uri, "cut")
+    cfg = Config.from_dict(dict(rule="dfa", dataset="synthetic", n_train=256, n_test=64, input_dim=8, d=8, L=1,
+                                epochs=3, probe_size=16, rho_dirs=2, device="cpu"))
+    settings = engine.SweepSettings(search="cut", experiment_id=exp_id, tracking_uri=uri, code_version="test",
+                                    cpus_per_trial=1, gpus_per_trial=0)
+    run = tracking.TrialRun(uri, exp_id, cfg.key(), run_name="cut", params=cfg.flat(), tags={
+        "rule": "dfa", "search": "cut", "dataset": "synthetic", "seed": 0, "code_version": "test"})
+    folder = tmp_path / "ray" / "cut" / "checkpoints" / cfg.key()
+    folder.mkdir(parents=True)
+    path = folder / engine.CHECKPOINT_FILE
+    expected = {}
+
+    def log_and_save(epoch, metrics, fn):
+        expected[epoch] = metrics
+        if epoch == 1:  # the trial's first epoch reached the store and the disk, then it died
+            run.log_epoch(epoch, metrics)
+            save_checkpoint(fn(), path)
+
+    train(cfg, on_epoch=log_and_save)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    status = engine.run_trials([cfg], settings, name="cut", storage=str(tmp_path / "ray"), max_failures=0)
+    assert status == {cfg.key(): "FINISHED"}
+    [done] = assert_one_complete_run_per_trial(uri, "cut", 1, 3)
+    assert done.data.metrics["test_acc"] == expected[3]["test_acc"]
+    aside = done.data.tags[engine.SET_ASIDE_TAG]
+    assert ".corrupt-" in aside and Path(aside).exists() and not folder.exists()

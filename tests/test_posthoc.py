@@ -83,3 +83,18 @@ def test_diagnose_an_unknown_run_exits_2(tmp_path, capsys):
     assert main(["diagnose", "--run-id", "0123456789abcdef", "--tracking-uri", uri]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no MLflow run '0123456789abcdef'" in err[0], err
+
+
+def test_a_checkpoint_naming_a_download_folder_creates_nothing(tiny, tmp_path):
+    """A checkpoint whose config says cifar10 into some folder with download on: diagnosing it must neither
+    create that folder nor download into it; the missing data is one clear error."""
+    from raycredit.errors import DataError
+    from raycredit.posthoc import rediagnose
+
+    state = {}
+    train(Config.from_dict({**tiny, "rule": "dfa", "epochs": 1}), on_epoch=lambda e, m, fn: state.update(fn()))
+    target = tmp_path / "elsewhere" / "cifar"
+    state["config"]["data"].update(dataset="cifar10", data_dir=str(target), download=True)
+    with pytest.raises(DataError, match="not found or corrupted"):
+        rediagnose(state)
+    assert not (tmp_path / "elsewhere").exists()
