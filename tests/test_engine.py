@@ -136,20 +136,27 @@ def test_sweep_logs_to_an_mlflow_server_and_prints_no_credential(ray_session, tm
     assert not leaked, leaked
 
 
+def interrupted_trial(tmp_path, name: str, epochs: int):
+    """A one-trial sweep `name` as a killed driver leaves it: (uri, cfg, settings, the trial's run, the trial's
+    checkpoint folder), the run open and the folder empty; the test fills both."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp_id = tracking.ensure_experiment(uri, name)
+    cfg = Config.from_dict(dict(rule="dfa", dataset="synthetic", n_train=256, n_test=64, input_dim=8, d=8, L=1,
+                                epochs=epochs, probe_size=16, rho_dirs=2, device="cpu"))
+    settings = engine.SweepSettings(search=name, experiment_id=exp_id, tracking_uri=uri, code_version="test",
+                                    cpus_per_trial=1, gpus_per_trial=0)
+    run = tracking.TrialRun(uri, exp_id, cfg.key(), run_name=name, params=cfg.flat(), tags={
+        "rule": "dfa", "search": name, "dataset": "synthetic", "seed": 0, "code_version": "test"})
+    folder = tmp_path / "ray" / name / "checkpoints" / cfg.key()
+    folder.mkdir(parents=True)
+    return uri, cfg, settings, run, folder
+
+
 def test_trial_killed_after_its_last_checkpoint_finishes_on_resume(ray_session, tmp_path):
     """The driver died after the trial saved its final checkpoint but before its run was closed."""
     from raycredit.train import save_checkpoint, train
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    exp_id = tracking.ensure_experiment(uri, "late")
-    cfg = Config.from_dict(dict(rule="dfa", dataset="synthetic", n_train=256, n_test=64, input_dim=8, d=8, L=1,
-                                epochs=2, probe_size=16, rho_dirs=2, device="cpu"))
-    settings = engine.SweepSettings(search="late", experiment_id=exp_id, tracking_uri=uri, code_version="test",
-                                    cpus_per_trial=1, gpus_per_trial=0)
-    run = tracking.TrialRun(uri, exp_id, cfg.key(), run_name="late", params=cfg.flat(), tags={
-        "rule": "dfa", "search": "late", "dataset": "synthetic", "seed": 0, "code_version": "test"})
-    folder = tmp_path / "ray" / "late" / "checkpoints" / cfg.key()
-    folder.mkdir(parents=True)
+    uri, cfg, settings, run, folder = interrupted_trial(tmp_path, "late", 2)
 
     def log_and_save(epoch, metrics, fn):
         run.log_epoch(epoch, metrics)
@@ -389,16 +396,7 @@ def test_a_truncated_trial_checkpoint_is_set_aside_and_the_trial_starts_over(ray
     trial trains from scratch once, to a complete run equal to an uninterrupted one, instead of failing."""
     from raycredit.train import save_checkpoint, train
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    exp_id = tracking.ensure_experiment(uri, "cut")
-    cfg = Config.from_dict(dict(rule="dfa", dataset="synthetic", n_train=256, n_test=64, input_dim=8, d=8, L=1,
-                                epochs=3, probe_size=16, rho_dirs=2, device="cpu"))
-    settings = engine.SweepSettings(search="cut", experiment_id=exp_id, tracking_uri=uri, code_version="test",
-                                    cpus_per_trial=1, gpus_per_trial=0)
-    run = tracking.TrialRun(uri, exp_id, cfg.key(), run_name="cut", params=cfg.flat(), tags={
-        "rule": "dfa", "search": "cut", "dataset": "synthetic", "seed": 0, "code_version": "test"})
-    folder = tmp_path / "ray" / "cut" / "checkpoints" / cfg.key()
-    folder.mkdir(parents=True)
+    uri, cfg, settings, run, folder = interrupted_trial(tmp_path, "cut", 3)
     path = folder / engine.CHECKPOINT_FILE
     expected = {}
 
