@@ -32,11 +32,13 @@ from raycredit.errors import UserError
 from raycredit.rules import RULES
 from raycredit.rules.base import LocalRule
 
-# Set before ray is first imported (every ray import is inside a function below).
+# Set before ray is first imported (below, and in the functions that import more of it).
 # Ray binds to the machine's address unless told otherwise; this keeps local instances on 127.0.0.1 (SPEC §11).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # the classic reporter lets the progress table show the swept knobs instead of the whole nested config
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+from ray import tune  # noqa: E402  (after the environment above; the trial callbacks subclass tune.Callback)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -219,12 +221,14 @@ def _open_run(s: SweepSettings, cfg: Config, key: str, name: str, n_classes: int
 
 
 def _start_attempt(run, resumed_from: int) -> None:
+    """Tag the attempt: its node and process, and, for any attempt that starts from a checkpoint (or any
+    restart), the epoch it resumed from."""
     import ray
 
-    from raycredit.tracking import NODE_TAG, RESUMED_TAG
+    from raycredit.tracking import NODE_TAG, PID_TAG, RESUMED_TAG
 
-    node = {NODE_TAG: ray.get_runtime_context().get_node_id()}
-    run.set_tags({**node, RESUMED_TAG: resumed_from} if run.attempt > 1 else node)
+    tags = {NODE_TAG: ray.get_runtime_context().get_node_id(), PID_TAG: os.getpid()}
+    run.set_tags({**tags, RESUMED_TAG: resumed_from} if run.attempt > 1 or resumed_from else tags)
 
 
 def _close(run, metrics: dict, checkpoint: Path | None) -> None:
@@ -451,6 +455,50 @@ def check_trusted(path: str) -> None:
                             f"use a new --storage")
 
 
+# The hang watch's limits for this driver. Tune pickles its callbacks with the experiment, and a restored
+# sweep must obey the flags of the command that resumes it, so the watch reads them from here.
+HANG_LIMITS = {"timeout_s": 0.0, "factor": 10.0}
+
+
+
+
+class HangWatch(tune.Callback):
+    """Kills a trial that has reported nothing for `timeout_s` seconds (when > 0), or for `factor` times its
+    own longest gap between reports so far (once it has reported): a frozen worker (SIGSTOP, a hung NFS read,
+    a wedged GPU) then fails like a crashed one, and Tune retries it from its checkpoint."""
+
+    def __init__(self):
+        self.last: dict[str, float] = {}
+        self.longest: dict[str, float] = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.last[trial.trial_id] = time.monotonic()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        now = time.monotonic()
+        gap = now - self.last.get(trial.trial_id, now)
+        self.longest[trial.trial_id] = max(self.longest.get(trial.trial_id, 0.0), gap)
+        self.last[trial.trial_id] = now
+
+    def on_step_begin(self, iteration, trials, **info):
+        import ray
+
+        now = time.monotonic()
+        for t in trials:
+            if t.status != "RUNNING" or t.trial_id not in self.last:
+                continue
+            limits = [HANG_LIMITS["timeout_s"]] if HANG_LIMITS["timeout_s"] > 0 else []
+            if self.longest.get(t.trial_id):
+                limits.append(HANG_LIMITS["factor"] * self.longest[t.trial_id])
+            silent = now - self.last[t.trial_id]
+            actor = t.temporary_state.ray_actor  # Tune has no public way to fail one running trial
+            if limits and silent > min(limits) and actor is not None:
+                print(f"notice: trial {t} reported nothing for {silent:.0f} s (limit {min(limits):.0f} s): "
+                      "killed as hung; it is retried from its checkpoint", flush=True)
+                ray.kill(actor, no_restart=True)
+                self.last[t.trial_id] = now
+
+
 def _fit(settings: SweepSettings, *, name: str, storage: str, max_failures: int, kind: str,
          fresh: Callable[[], dict], base: dict | None = None):
     """Resume the Tune experiment storage/name, or start it with the Tuner arguments fresh() returns
@@ -470,7 +518,7 @@ def _fit(settings: SweepSettings, *, name: str, storage: str, max_failures: int,
         kw = fresh()
         tuner = tune.Tuner(trainable, run_config=tune.RunConfig(
             name=name, storage_path=storage, failure_config=tune.FailureConfig(max_failures=max_failures),
-            progress_reporter=kw.pop("progress_reporter", None), verbose=1), **kw)
+            progress_reporter=kw.pop("progress_reporter", None), callbacks=[HangWatch()], verbose=1), **kw)
     return tuner.fit(), settings
 
 

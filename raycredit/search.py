@@ -97,6 +97,11 @@ def build_parser(name: str, doc: str, presets: dict[str, Preset], default_preset
     p.add_argument("--gpus-per-trial", type=float, default=0.25, help="fractional GPUs per trial (default 0.25)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
     p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial from its checkpoint")
+    p.add_argument("--trial-timeout", type=float, default=0.0, metavar="S",
+                   help="a trial that reports nothing for S seconds is killed as hung and retried (default 0: off)")
+    p.add_argument("--hang-factor", type=float, default=10.0, metavar="K",
+                   help="a trial silent for K times its own longest epoch so far is killed as hung and retried "
+                        "(default 10; 0: off)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///$PWD/mlflow_runs/mlflow.db)")
     p.add_argument("--experiment", help=f"MLflow experiment (default {name}-<preset>)")
     p.add_argument("--storage", default="ray_results", help="Ray Tune storage path (shared on multi-node clusters)")
@@ -222,6 +227,11 @@ def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack,
         raise UserError("--gpus-per-trial must be a finite number >= 0 and --cpus-per-trial a finite number > 0")
     if args.max_failures < 0:
         raise UserError("--max-failures must be >= 0")
+    for flag, value in (("--trial-timeout", args.trial_timeout), ("--hang-factor", args.hang_factor)):
+        if not math.isfinite(value) or value < 0:
+            raise UserError(f"{flag} {value}: must be a finite number >= 0")
+    if 0 < args.hang_factor < 2:
+        raise UserError(f"--hang-factor {args.hang_factor}: below 2 an ordinary slow epoch counts as a hang")
     experiment = args.experiment or f"{name}-{args.preset}"
     check_experiment_name(experiment)
     wants_cuda = sorted({c.train.device for c in configs if c.train.device not in ("auto", "cpu")})
@@ -248,6 +258,7 @@ def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack,
     sweep = f"{experiment}-{sweep_id}"
     check_store(Path(storage) / sweep, uri, experiment, keys)
     engine.connect(address)
+    engine.HANG_LIMITS.update(timeout_s=args.trial_timeout, factor=args.hang_factor or float("inf"))
     engine.check_shared_storage(storage)
     gpus = args.gpus_per_trial
     if gpus > 0 and engine.cluster_gpus() == 0:

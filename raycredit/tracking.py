@@ -29,6 +29,7 @@ STOPPED_EARLY_TAG = "raycredit.stopped_early"
 ATTEMPT_TAG = "raycredit.attempt"  # 1, then +1 each time a restored, retried or moved trial takes its run up again
 RESUMED_TAG = "raycredit.resumed_from_epoch"  # the checkpoint epoch the latest attempt started from
 NODE_TAG = "raycredit.node"  # the Ray node id of the latest attempt
+PID_TAG = "raycredit.pid"  # the process id of the latest attempt, on that node
 POPULATION_TAG = "raycredit.population"  # runs trained together in one population trial share this key
 SUMMARY_TAG = "raycredit.summary"  # runs that summarize a search (not trials); analyses skip them
 TERMINAL = ("FINISHED", "FAILED", "KILLED")

@@ -414,3 +414,48 @@ def test_a_truncated_trial_checkpoint_is_set_aside_and_the_trial_starts_over(ray
     assert done.data.metrics["test_acc"] == expected[3]["test_acc"]
     aside = done.data.tags[engine.SET_ASIDE_TAG]
     assert ".corrupt-" in aside and Path(aside).exists() and not folder.exists()
+
+
+def test_a_frozen_trial_is_killed_as_hung_and_retried_from_its_checkpoint(ray_session, tmp_path, capsys):
+    """SIGSTOP a trial's worker mid-sweep (as a hung NFS read or a wedged GPU would freeze it): the watch kills
+    it after --trial-timeout, Tune retries it from its checkpoint, and the sweep finishes with one complete run."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    stopped = []
+
+    def freeze_once_epoch_2_is_logged():
+        deadline = time.time() + 120
+        while time.time() < deadline and not stopped:
+            try:
+                client = MlflowClient(uri)
+                exp = client.get_experiment_by_name("hung")
+                runs = client.search_runs([exp.experiment_id]) if exp else []
+            except Exception:  # the store is being created
+                runs = []
+            for r in runs:
+                if r.data.metrics.get("epoch", 0) >= 2 and "raycredit.pid" in r.data.tags:
+                    os.kill(int(r.data.tags["raycredit.pid"]), signal.SIGSTOP)
+                    stopped.append(r.info.run_id)
+                    return
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=freeze_once_epoch_2_is_logged, daemon=True)
+    watcher.start()
+    scan = load_search("both_fail_scan")
+    rc = scan.main(["--preset", "smoke", "--seeds", "0", "--set", "rule=dfa", "--set", "d=16", "--set", "L=2",
+                    "--set", "credit_norm=true", "--set", "checkpoint_every=1", "--epochs", "6",
+                    "--set", "n_train=2000", "--tracking-uri", uri, "--storage", str(tmp_path / "ray"),
+                    "--gpus-per-trial", "0", "--trial-timeout", "8", "--experiment", "hung", "--no-analysis"])
+    watcher.join(timeout=5)
+    out = capsys.readouterr().out
+    assert rc == 0 and stopped, out[-3000:]
+    assert "killed as hung; it is retried from its checkpoint" in out
+    [run] = assert_one_complete_run_per_trial(uri, "hung", 1, 6)
+    assert run.info.run_id == stopped[0] and run.data.tags[tracking.ATTEMPT_TAG] == "2"
+    assert int(run.data.tags[tracking.RESUMED_TAG]) >= 2
