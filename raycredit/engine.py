@@ -244,7 +244,6 @@ def _trainable(config: dict, settings: dict, base: dict | None = None) -> None:
     searchers pass the knobs they drew, applied on top of `base`, and the run key then includes the
     trial id (two draws may coincide)."""
     import torch
-    from ray import tune
 
     from raycredit.data import load_data
     from raycredit.train import save_checkpoint, train
@@ -343,8 +342,6 @@ def _population_trial(cfgs: list[Config], s: SweepSettings) -> None:
     """A population trial: its members train together (raycredit.population) and each logs its own MLflow
     run, exactly as a separate trial would. Its checkpoint file holds every unfinished member's checkpoint;
     a member's own checkpoint is written beside it when the member finishes, and logged to its run."""
-    from ray import tune
-
     from raycredit.population import member_data, population_key, train_population
     from raycredit.tracking import POPULATION_TAG
     from raycredit.train import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
@@ -425,8 +422,6 @@ def _population_trial(cfgs: list[Config], s: SweepSettings) -> None:
 def progress_reporter(items: list[dict]):
     """Ray's progress table with one column per knob that varies across the sweep (and one naming each
     population)."""
-    from ray import tune
-
     configs = [c for item in items for c in item_members(item)]
     flat = [c.flat() for c in configs]
     varying = [k for k in flat[0] if any(f[k] != flat[0][k] for f in flat)]
@@ -503,8 +498,6 @@ def _fit(settings: SweepSettings, *, name: str, storage: str, max_failures: int,
          fresh: Callable[[], dict], base: dict | None = None):
     """Resume the Tune experiment storage/name, or start it with the Tuner arguments fresh() returns
     (progress_reporter among them goes to the RunConfig); returns (ResultGrid, the trials' settings)."""
-    from ray import tune
-
     path = os.path.join(storage, name)
     settings = replace(settings, checkpoint_root=os.path.join(path, "checkpoints"))
     resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
@@ -529,8 +522,6 @@ def run_trials(configs: list[Config], settings: SweepSettings, *, name: str, sto
     With population > 1, configs that differ only in the population keys train as populations of up to
     that many members, one trial each (raycredit.population.group_members).
     """
-    from ray import tune
-
     from raycredit.population import group_members
 
     groups = group_members(configs, population)
@@ -590,7 +581,6 @@ def run_optuna(base: Config, opt: OptunaSettings, settings: SweepSettings, *, na
     as finished.
     """
     import optuna
-    from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch

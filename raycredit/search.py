@@ -332,10 +332,9 @@ def resolve_device_name(device: str, local: bool) -> None:
     this machine), exists here; on a cluster the GPU check comes after connecting."""
     import torch
 
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"device: {device!r} is not a device (use auto, cpu or cuda[:i])") from None
+    from raycredit.train import parse_device
+
+    dev = parse_device(device)
     if local and dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
         raise UserError(f"device {device}: this machine has {torch.cuda.device_count()} CUDA devices, and a local "
                         "Ray instance runs the trials here")

@@ -34,13 +34,18 @@ RESUMABLE_CHANGES = {"epochs", "device", "checkpoint_every"}
 EpochCallback = Callable[[int, dict, "Callable[[], dict] | None"], None]
 
 
+def parse_device(name: str) -> torch.device:
+    """torch.device(name), or UserError: whether the device exists here is the caller's to check."""
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device: {name!r} is not a device (use auto, cpu or cuda[:i])") from None
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"device: {name!r} is not a device (use auto, cpu or cuda[:i])") from None
+    dev = parse_device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device: {name!r} requested but CUDA is not available")
     return dev
