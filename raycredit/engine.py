@@ -9,6 +9,11 @@ A population trial (`run_trials(..., population=P)`) trains several configs
 with `raycredit.population.train_population`; each still has its own run, and
 the trial's one checkpoint file holds all of its unfinished members.
 
+Re-running a grid sweep starts a new Tune run, in the same folder, over the configs without a FINISHED run:
+they resume from their checkpoint files. Tune's saved state is not read
+(a disk that filled mid-sweep leaves it truncated, and it is a pickle anyone who can write --storage could
+plant); an Optuna search needs its searcher back and resumes with `Tuner.restore` (`check_trusted` first).
+
 Tune's own checkpoints are not used: with `num_to_keep` Tune deletes old
 checkpoints that its last experiment snapshot may still name, and a driver
 killed in that window leaves trials that can never be restored (seen in
@@ -28,6 +33,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from raycredit.config import Config
+from raycredit.disk import DiskFull
 from raycredit.errors import UserError
 from raycredit.rules import RULES
 from raycredit.rules.base import LocalRule
@@ -299,9 +305,28 @@ def _trainable(config: dict, settings: dict, base: dict | None = None) -> None:
         # Tune stopped the trial (a scheduler's early stop, or the sweep shutting down): the driver
         # knows which, and sets the run's status when the sweep ends (tracking.close_stale_runs)
         raise
+    except DiskFull as e:
+        _fail_cleanly([run], key, e)
     except BaseException:
         run.finish("FAILED")
         raise
+
+
+FAILURE_TAG = "raycredit.failure"  # why the latest attempt failed, when it failed cleanly (a full disk)
+
+
+def _fail_cleanly(runs: list, key: str, e: Exception) -> None:
+    """End the trial as failed without a traceback or a retry (retrying cannot help: a full disk stays full
+    until someone frees it): its unfinished runs are FAILED with the reason, and Tune is told the reason. When
+    even that cannot be written, `e` propagates and Tune retries the trial as after any crash."""
+    try:
+        for run in runs:
+            if not run.finished:
+                run.set_tags({FAILURE_TAG: str(e)})
+                run.finish("FAILED")
+    except Exception:
+        raise e from None
+    tune.report({"failure": str(e), "run_key": key})
 
 
 SET_ASIDE_TAG = "raycredit.checkpoint_set_aside"  # where an unreadable trial checkpoint was moved
@@ -412,6 +437,8 @@ def _population_trial(cfgs: list[Config], s: SweepSettings) -> None:
                          data=[data[i] for i in todo])
     except SystemExit:
         raise
+    except DiskFull as e:
+        _fail_cleanly(runs, group, e)
     except BaseException:
         for r in runs:
             if not r.finished:
@@ -495,19 +522,21 @@ class HangWatch(tune.Callback):
 
 
 def _fit(settings: SweepSettings, *, name: str, storage: str, max_failures: int, kind: str,
-         fresh: Callable[[], dict], base: dict | None = None):
-    """Resume the Tune experiment storage/name, or start it with the Tuner arguments fresh() returns
-    (progress_reporter among them goes to the RunConfig); returns (ResultGrid, the trials' settings)."""
+         fresh: Callable[[], dict], base: dict | None = None, restore: bool = True):
+    """Resume the Tune experiment storage/name (when `restore`), or start it with the Tuner arguments fresh()
+    returns (progress_reporter among them goes to the RunConfig); returns (ResultGrid, the trials' settings)."""
     path = os.path.join(storage, name)
     settings = replace(settings, checkpoint_root=os.path.join(path, "checkpoints"))
     resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, settings=asdict(settings), base=base), resources)
-    if tune.Tuner.can_restore(path):
+    if restore and tune.Tuner.can_restore(path):
         check_trusted(path)
         print(f"resuming {kind} from {path}")
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
     else:
+        if os.path.isdir(path):
+            print(f"resuming {kind} in {path}: unfinished trials continue from their checkpoints")
         kw = fresh()
         tuner = tune.Tuner(trainable, run_config=tune.RunConfig(
             name=name, storage_path=storage, failure_config=tune.FailureConfig(max_failures=max_failures),
@@ -523,8 +552,13 @@ def run_trials(configs: list[Config], settings: SweepSettings, *, name: str, sto
     that many members, one trial each (raycredit.population.group_members).
     """
     from raycredit.population import group_members
+    from raycredit.tracking import finished_keys
 
-    groups = group_members(configs, population)
+    done = finished_keys(settings.tracking_uri, settings.experiment_id)
+    groups = [g for g in group_members(configs, population) if not all(c.key() in done for c in g)]
+    status = {c.key(): "FINISHED" for c in configs if c.key() in done}
+    if not groups:
+        return status
     items = [trial_item(g) for g in groups]
 
     def fresh() -> dict:
@@ -533,13 +567,18 @@ def run_trials(configs: list[Config], settings: SweepSettings, *, name: str, sto
                                                 reuse_actors=True),
                     progress_reporter=progress_reporter(items))
 
-    grid, _ = _fit(settings, name=name, storage=storage, max_failures=max_failures, kind="sweep", fresh=fresh)
-    status = {c.key(): "KILLED" for g in groups for c in g}  # trials an interruption left unstarted have no config
+    grid, _ = _fit(settings, name=name, storage=storage, max_failures=max_failures, kind="sweep", fresh=fresh,
+                   restore=False)
+    status.update({c.key(): "KILLED" for g in groups for c in g})  # trials an interruption left unstarted
     for r in grid:
         if not r.config:
             continue
         members, last = item_members(r.config["cfg"]), r.metrics or {}
-        if r.error:
+        if last.get("failure"):
+            print(f"trial {r.path.rsplit('/', 1)[-1]} ({', '.join(run_label(c) for c in members[:3])}"
+                  f"{', ...' if len(members) > 3 else ''}) failed: {last['failure']}", flush=True)
+            outcome = "FAILED"
+        elif r.error:
             outcome = "FAILED"
         elif last.get("done") or (len(members) == 1 and (last.get("epoch") == members[0].train.epochs
                                                            or last.get("diverged"))):

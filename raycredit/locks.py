@@ -1,6 +1,7 @@
 """One driver per experiment: an exclusive lock a search holds while it trains into an MLflow experiment.
 
-The lock is `flock` on a small file: the kernel releases it when the holding process ends, however it
+For a SQLite store the lock is `flock` on a small file beside the store (a tracking server's lock is a claim
+on the server itself: `tracking.server_lock`): the kernel releases it when the holding process ends, however it
 ends (a SIGKILLed driver leaves no stale lock), and Linux maps it onto POSIX locks on NFS, so drivers on
 different hosts that share the folder see each other too. The file records its holder (host, pid,
 start time, command) for the message the next driver prints; its contents are never trusted for the
@@ -24,8 +25,7 @@ from raycredit.errors import UserError
 
 
 def lock_path(folder: Path, tracking_uri: str, experiment: str) -> Path:
-    """The lock file of (store, experiment) in `folder`: the sqlite store's own folder, or --storage for a
-    tracking server (drivers that share neither are not seen; docs/RELIABILITY.md)."""
+    """The lock file of (store, experiment) in `folder`, the SQLite store's own folder."""
     return folder / f".raycredit-{stable_hash([tracking_uri, experiment])}.lock"
 
 
@@ -40,13 +40,17 @@ def experiment_lock(path: Path, experiment: str) -> Iterator[None]:
         except BlockingIOError:
             raise UserError(f"another driver is training into experiment {experiment!r} ({holder(path)}); wait "
                             "for it to finish, or stop it, then run this command again") from None
-        owner = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-                 "command": " ".join(sys.argv)[:500]}
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(owner).encode(), 0)
+        os.pwrite(fd, json.dumps(owner()).encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def owner() -> dict:
+    """This driver, as a lock records it."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": " ".join(sys.argv)[:500]}
 
 
 def holder(path: Path) -> str:

@@ -180,6 +180,15 @@ def run_search(name: str, doc: str, presets: dict[str, Preset], *, default_prese
     except KeyboardInterrupt:  # before the sweep or after it (the sweep itself: interruptible below)
         print(f"{name}: interrupted; re-run the same command to resume", file=sys.stderr)
         return INTERRUPTED
+    except Exception as e:
+        from raycredit import disk
+
+        if not disk.is_full(e):
+            raise
+        # the driver's own writes (the tracking store, Tune's state) after the pre-flight check passed
+        print(f"{name}: error: a disk filled up during the sweep ({str(e).splitlines()[0][:300]}); free some "
+              "space and re-run the same command to finish it", file=sys.stderr)
+        return 1
 
 
 INTERRUPTED = 130  # the shell's code for a Ctrl-C
@@ -219,7 +228,7 @@ def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack,
     """Checks shared by every search, then take the experiment's lock (held until `held` closes), check the
     store against the sweep's record (`keys`: its run keys) and connect: (tracking uri, storage, experiment,
     SweepSettings, the sweep's Tune name)."""
-    from raycredit import engine, locks, tracking
+    from raycredit import disk, engine, locks, tracking
     from raycredit.data import check_data
 
     if not (math.isfinite(args.gpus_per_trial) and math.isfinite(args.cpus_per_trial)) \
@@ -244,17 +253,23 @@ def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack,
     uri = tracking.normalize_uri(args.tracking_uri)
     tracking.check_tracking_uri(uri)
     if uri.startswith("sqlite:///"):
-        check_writable(Path(uri[len("sqlite:///"):]).parent, "--tracking-uri")
+        db = Path(uri[len("sqlite:///"):])
+        disk.check_writable(db.parent, "--tracking-uri")
+        for f in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+            disk.check_writable_file(f, "--tracking-uri")
     if "://" in args.storage:
         raise UserError(f"--storage {args.storage!r}: trial checkpoints need a filesystem path "
                         "(on a multi-node cluster, a folder every node mounts)")
     storage = str(Path(args.storage).expanduser().resolve())
-    check_writable(Path(storage), "--storage")
+    disk.check_writable(Path(storage), "--storage")
     address = engine.resolve_address(args.address)
     # one driver per experiment: a second launch of this sweep, or of another that shares its configs, refuses
     # (before it starts Ray: it prints one line)
-    lock_dir = Path(uri[len("sqlite:///"):]).parent if uri.startswith("sqlite:///") else Path(storage)
-    held.enter_context(locks.experiment_lock(locks.lock_path(lock_dir, uri, experiment), experiment))
+    if uri.startswith("sqlite:///"):
+        lock = locks.lock_path(Path(uri[len("sqlite:///"):]).parent, uri, experiment)
+        held.enter_context(locks.experiment_lock(lock, experiment))
+    else:
+        held.enter_context(tracking.server_lock(uri, experiment, locks.owner(), on_lost=_lock_lost))
     sweep = f"{experiment}-{sweep_id}"
     check_store(Path(storage) / sweep, uri, experiment, keys)
     engine.connect(address)
@@ -272,6 +287,12 @@ def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack,
         code_version=code_version(), cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus)
     record_store(Path(storage) / sweep, uri, settings.experiment_id)
     return uri, storage, experiment, settings, sweep
+
+
+def _lock_lost(message: str) -> None:
+    """Another driver took over this one's experiment: stop the sweep as a Ctrl-C would (runs KILLED, exit 130)."""
+    print(f"error: {message}; stopping", file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 STORE_MARKER = "raycredit-store.json"
@@ -338,17 +359,6 @@ def resolve_device_name(device: str, local: bool) -> None:
     if local and dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
         raise UserError(f"device {device}: this machine has {torch.cuda.device_count()} CUDA devices, and a local "
                         "Ray instance runs the trials here")
-
-
-def check_writable(path: Path, flag: str) -> None:
-    """UserError unless `path` is, or can be created as, a writable folder (nothing is created here)."""
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"{flag}: cannot create {path}: {existing} is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{flag}: cannot write to {existing}")
 
 
 def _run(name: str, preset: Preset, args, analysis, held: contextlib.ExitStack) -> int:

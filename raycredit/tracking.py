@@ -14,10 +14,12 @@ import os
 import re
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from raycredit import disk
 from raycredit.errors import UserError
 
 # MLflow prints "View run <name> at: <tracking URI>/#/..." to stdout whenever a run on a server ends, in the
@@ -113,11 +115,8 @@ def ensure_experiment(uri: str, name: str) -> str:
     """Id of experiment `name`, created if needed (local stores keep artifacts beside the database)."""
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
-        db.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.closing(sqlite3.connect(db)) as con:
-            # write-ahead log (kept by the file): trials looking up their runs no longer block the trials
-            # writing metrics, which otherwise wait seconds for the lock when many trials log at once
-            con.execute("PRAGMA journal_mode=WAL")
+        if not db.exists():
+            create_sqlite_store(db)
     client = _client(uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
@@ -126,6 +125,35 @@ def ensure_experiment(uri: str, name: str) -> str:
         return exp.experiment_id
     location = (db.parent / "artifacts").as_uri() if uri.startswith("sqlite:///") else None
     return client.create_experiment(name, artifact_location=location)
+
+
+def create_sqlite_store(db: Path) -> None:
+    """Create an empty MLflow SQLite store at `db` atomically: it is built beside `db` under a temporary name
+    and linked into place complete, so a full disk or a crash never leaves a half-created store (which MLflow
+    refuses to open afterwards); a store that another process created meanwhile is kept."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    # a name never used before: SQLAlchemy may keep a failed attempt's file open under its old name
+    tmp = db.with_name(f".{db.name}.creating-{uuid.uuid4().hex}")
+    try:
+        SqlAlchemyStore(f"sqlite:///{tmp}", (db.parent / "artifacts").as_uri()).engine.dispose()
+        with contextlib.closing(sqlite3.connect(tmp)) as con:
+            # write-ahead log (kept by the file): trials looking up their runs no longer block the trials
+            # writing metrics, which otherwise wait seconds for the lock when many trials log at once
+            con.execute("PRAGMA journal_mode=WAL")
+        try:
+            os.link(tmp, db)
+        except FileExistsError:
+            pass
+    except Exception as e:
+        if disk.is_full(e):
+            raise UserError(f"cannot create the tracking store {db}: its disk is full "
+                            f"({disk.human(disk.free_bytes(db.parent))} free)") from None
+        raise
+    finally:
+        for f in tmp.parent.glob(tmp.name + "*"):
+            f.unlink(missing_ok=True)
 
 
 class TrialRun:
@@ -251,8 +279,6 @@ def existing_experiment(uri: str, name: str) -> tuple[str, str | None] | None:
 
 def store_token(uri: str, experiment_id: str) -> str:
     """The experiment's identity token, set on first use: a deleted and re-created store gets a new one."""
-    import uuid
-
     client = _client(uri)
     token = client.get_experiment(experiment_id).tags.get(STORE_TOKEN_TAG)
     if token is None:
@@ -335,3 +361,102 @@ def metrics_at(uri: str, run_id: str, step: int) -> dict[str, float]:
         if values:
             out[key] = values[-1]
     return out
+
+
+LOCK_MODEL_PREFIX = "raycredit-lock."
+LOCK_HEARTBEAT_S = 10.0  # how often a holder renews its claim
+LOCK_STALE_S = 120.0  # a claim not renewed for this long is a dead driver's (clocks of drivers' hosts agree to ~s)
+
+
+@contextlib.contextmanager
+def server_lock(uri: str, experiment: str, holder: dict, *, heartbeat_s: float = LOCK_HEARTBEAT_S,
+                stale_s: float = LOCK_STALE_S, on_lost: Callable[[str], None] | None = None):
+    """Hold the driver lock of `experiment` on a tracking server for the body, or raise UserError naming the
+    driver that holds it.
+
+    The only atomic operation an MLflow server offers is creating a uniquely named object, so the lock is a
+    registered model per generation, `raycredit-lock.<experiment hash>.<generation>`: a driver takes the lock by
+    creating generation g+1 where g is the newest one, which is allowed only once g is released or stale
+    (not renewed for `stale_s`). Two drivers that race create the same name and only one succeeds. A holder
+    renews its claim every `heartbeat_s` seconds from a thread; if it finds a newer generation (it was frozen
+    for longer than `stale_s` and another driver took over) it calls `on_lost(message)`. Released claims stay
+    as the newest generation (deleting it would let a driver start over at generation 0 beside a live one).
+    """
+    import json
+    import threading
+
+    from mlflow.exceptions import MlflowException
+
+    client = _client(uri)
+    prefix = f"{LOCK_MODEL_PREFIX}{_stable(experiment)}."
+
+    def generations() -> dict[int, object]:
+        models = _retry(lambda: client.search_registered_models(filter_string=f"name LIKE '{prefix}%'"))
+        return {int(m.name[len(prefix):]): m for m in models if m.name[len(prefix):].isdigit()}
+
+    while True:
+        gens = generations()
+        top = max(gens, default=-1)
+        if top >= 0:
+            tags = gens[top].tags
+            age = time.time() - float(tags.get("heartbeat", 0))
+            if tags.get("state") == "held" and age < stale_s:
+                raise UserError(f"another driver is training into experiment {experiment!r} ({_holder(tags)}, "
+                                f"lock {prefix}{top:06d} on the tracking server); wait for it to finish, or stop "
+                                "it, then run this command again")
+        mine = top + 1
+        name = f"{prefix}{mine:06d}"
+        try:
+            client.create_registered_model(name, tags={"state": "held", "heartbeat": str(time.time()),
+                                                       "holder": json.dumps(holder)},
+                                           description=f"raycredit's driver lock of experiment {experiment!r}; "
+                                                       "not a model (docs/RELIABILITY.md)")
+            break
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+    for g in gens:  # older generations: released or stale
+        with contextlib.suppress(MlflowException):
+            client.delete_registered_model(f"{prefix}{g:06d}")
+
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(heartbeat_s):
+            try:
+                newer = [g for g in generations() if g > mine]
+                if newer:
+                    if on_lost is not None:
+                        on_lost(f"this driver lost its lock of experiment {experiment!r} to another driver "
+                                f"({_holder(generations()[max(newer)].tags)}): it was unresponsive for more than "
+                                f"{stale_s:.0f} s")
+                    return
+                client.set_registered_model_tag(name, "heartbeat", str(time.time()))
+            except Exception:  # a server outage: the claim goes stale only if it lasts stale_s
+                continue
+
+    thread = threading.Thread(target=renew, name="raycredit-lock-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        with contextlib.suppress(Exception):
+            _retry(lambda: client.set_registered_model_tag(name, "state", "released"))
+
+
+def _holder(tags: dict) -> str:
+    import json
+
+    try:
+        owner = json.loads(tags["holder"])
+        return f"pid {owner['pid']} on {owner['host']}, since {owner['since']}"
+    except (KeyError, ValueError, TypeError):
+        return "holder unknown"
+
+
+def _stable(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

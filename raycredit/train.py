@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from raycredit import disk
 from raycredit.config import Config
 from raycredit.data import Data, load_data
 from raycredit.diagnostics import diagnose, to_floats
@@ -95,11 +96,22 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 
 def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
-    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
+    """Write atomically: a crash or a full disk mid-write leaves the previous checkpoint intact. A full disk
+    raises disk.DiskFull naming the path and the free space."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    try:
+        # through a Python file: torch's own file writer reports a full disk as "unexpected pos 64 vs 0"
+        with open(tmp, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())  # a network filesystem may report a full disk only here
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        tmp.unlink(missing_ok=True)
+        if disk.is_full(e):
+            raise disk.full_error(path, e) from None
+        raise
 
 
 def diag_seed(cfg: Config, epoch: int) -> int:

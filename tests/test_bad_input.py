@@ -5,6 +5,7 @@ Both commands run in process, exactly as their scripts do (argparse exits and `m
 `test_cli.py` checks the same once as a real process.
 """
 
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,15 @@ def setup(kind: str, tmp: Path, ckpt: bytes, monkeypatch) -> None:
             torch.save({"state_dict": {"w": torch.zeros(2)}}, run / "checkpoint.pt")
         else:
             (run / "checkpoint.pt").write_bytes(content)
+    elif kind == "store_immutable":
+        (tmp / "m.db").write_bytes(b"")
+        if subprocess.run(["chattr", "+i", str(tmp / "m.db")], capture_output=True).returncode:
+            pytest.skip("chattr +i is not available here (needs root on ext4-like filesystems)")
+    elif kind == "small_disk":
+        (tmp / "small").mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(tmp / "small")],
+                          capture_output=True).returncode:
+            pytest.skip("cannot mount a tmpfs here (needs root)")
     elif kind == "afile":
         (tmp / "afile").write_text("a file where a folder is expected")
     elif kind != "":
@@ -120,6 +130,9 @@ CASES = [
     (SEARCH, "afile", ["--storage", "{tmp}/afile/ray"], "--storage: cannot create"),
     (SEARCH, "afile", ["--tracking-uri", "sqlite:///{tmp}/afile/m.db"], "--tracking-uri: cannot create"),
     (SEARCH, "", ["--tracking-uri", "mlruns/m.db"], "is not a URI"),
+    (SEARCH, "store_immutable", [], "the file is not"),
+    (SEARCH, "small_disk", ["--storage", "{tmp}/small/ray"], "small has 1.0 MiB free (a sweep needs at least"),
+    (SEARCH, "small_disk", ["--tracking-uri", "sqlite:///{tmp}/small/m.db"], "1.0 MiB free"),
     # data
     (SEARCH, "", ["--dataset", "cifar10", "--data-dir", "{tmp}/missing"], "--download"),
     (SEARCH, "truncated_cifar", ["--dataset", "cifar10", "--data-dir", "{tmp}/cifar"], "not found or corrupted"),
@@ -173,6 +186,13 @@ CASES = [
 ]
 
 
+def undo(kind: str, tmp: Path) -> None:
+    if kind == "store_immutable":
+        subprocess.run(["chattr", "-i", str(tmp / "m.db")], check=True)
+    elif kind == "small_disk":
+        subprocess.run(["umount", str(tmp / "small")], check=True)
+
+
 def snapshot(root: Path) -> dict:
     return {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
@@ -182,6 +202,13 @@ def snapshot(root: Path) -> dict:
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch, real_checkpoint,
                                                             tool, kind, argv, words):
     setup(kind, tmp_path, real_checkpoint, monkeypatch)
+    try:
+        check_case(tmp_path, capsys, tool, argv, words)
+    finally:
+        undo(kind, tmp_path)
+
+
+def check_case(tmp_path, capsys, tool, argv, words):
     argv = [a.format(port=free_port(), tmp=tmp_path) for a in argv]
     before = snapshot(tmp_path)
     if tool == SEARCH:

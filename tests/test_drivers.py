@@ -5,6 +5,9 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+import pytest
 
 from mlflow_checks import runs_of
 from searches_loader import ROOT
@@ -68,3 +71,48 @@ def test_the_same_search_started_twice_at_once_trains_every_config_once(tmp_path
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "4 of these configs already have a finished run" in again.stdout
     assert_one_complete_run_per_trial(uri, "twice", 4, 3)
+
+
+def test_storage_filled_mid_sweep_fails_trials_with_the_reason_and_a_rerun_completes_the_sweep(tmp_path):
+    """--storage on a small tmpfs that a file fills once the first epoch is logged: the trials that cannot
+    checkpoint fail with one line naming the path and the free space (no retry, nothing left RUNNING); once
+    the file is deleted, the same command finishes every run, each epoch logged once."""
+    from mlflow_checks import assert_one_complete_run_per_trial
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=80m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        cmd = [sys.executable, str(ROOT / "searches" / "both_fail_scan.py"), "--preset", "smoke", "--seeds", "0",
+               "--set", "credit_norm=true", "--set", "d=16", "--set", "L=2", "--set", "n_train=500", "--epochs",
+               "6", "--tracking-uri", uri, "--storage", str(disk / "ray"), "--experiment", "full",
+               "--gpus-per-trial", "0", "--no-analysis"]
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for_runs(uri, "full", proc, 1)
+        fill(disk / "filler")
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 1, out[-2000:] + err[-3000:]
+        failed = [line for line in out.splitlines() if " failed: no space left writing " in line]
+        assert failed and all(str(disk / "ray") in line and "0 B free on its filesystem" in line for line in failed)
+        _, runs = runs_of(uri, "full")
+        assert not [r for r in runs if r.info.status == "RUNNING"]
+        assert all(r.data.tags.get("raycredit.failure") for r in runs if r.info.status == "FAILED")
+        (disk / "filler").unlink()
+        again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+        assert_one_complete_run_per_trial(uri, "full", 4, 6)
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def fill(path: Path) -> None:
+    """Write zeros to `path` until its filesystem is full."""
+    with open(path, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * (1 << 20))
+                f.flush()
+        except OSError:
+            pass

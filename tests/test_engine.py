@@ -6,6 +6,7 @@ import pytest
 
 from raycredit import engine, tracking
 from raycredit.config import Config
+from raycredit.errors import UserError
 from raycredit.search import run_search
 
 from mlflow_checks import assert_one_complete_run_per_trial, runs_of
@@ -134,6 +135,9 @@ def test_sweep_logs_to_an_mlflow_server_and_prints_no_credential(ray_session, tm
     logs = Path(ray_session._private.worker._global_node.get_session_dir_path()) / "logs"
     leaked = [p.name for p in logs.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
     assert not leaked, leaked
+    # nor in the sweep's storage: Tune pickles its state (the trials, the tuner) there
+    stored = [str(p) for p in (tmp_path / "ray").rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert not stored, stored
 
 
 def interrupted_trial(tmp_path, name: str, epochs: int):
@@ -326,30 +330,57 @@ class Plant:
         return (Path(self.marker).write_text, ("code from the storage folder ran",))
 
 
-@pytest.mark.parametrize("tamper, words", [("foreign", "belongs to another user"),
-                                           ("world_writable", "is writable by every user")])
-def test_a_planted_tune_state_file_is_not_unpickled_on_resume(ray_session, tmp_path, capsys, tamper, words):
+@pytest.mark.parametrize("search, words", [("both_fail_scan", None),
+                                           ("optuna_scaffold", "belongs to another user")])
+def test_a_planted_tune_state_file_is_not_unpickled_on_resume(ray_session, tmp_path, capsys, search, words):
+    """A grid sweep never reads Tune's saved state (its trials resume from raycredit's checkpoints and MLflow
+    runs): it resumes past a planted tuner.pkl. An Optuna search must restore its searcher from that state, so
+    it refuses state files that someone else owns or could rewrite, with one line."""
     import os
     import pickle
 
-    scan = load_search("both_fail_scan")
-    argv = ["--preset", "smoke", "--seeds", "0", "--set", "d=16", "--set", "L=2", "--epochs", "1",
-            "--set", "n_train=200", "--set", "credit_norm=true", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
+    scan = load_search(search)
+    argv = ["--preset", "smoke", "--seeds", "0", "--epochs", "1", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
             "--storage", str(tmp_path / "ray"), "--gpus-per-trial", "0", "--no-analysis"]
-    assert scan.main(argv) == 0
+    optuna = search == "optuna_scaffold"
+    argv += (["--num-samples", "1", "--set", "d=8", "--set", "L=2", "--set", "n_train=100"] if optuna
+             else ["--set", "d=16", "--set", "L=2", "--set", "n_train=200", "--set", "credit_norm=true"])
+    if optuna:  # in its own process: Tune pickles the search's space, which a module loaded by path is not
+        import subprocess
+        import sys
+
+        from searches_loader import ROOT
+
+        first = subprocess.run([sys.executable, str(ROOT / "searches" / f"{search}.py"), *argv], cwd=tmp_path,
+                               capture_output=True, text=True, timeout=300)
+        assert first.returncode == 0, first.stderr[-3000:]
+    else:
+        assert scan.main(argv) == 0
     [sweep] = [p for p in (tmp_path / "ray").iterdir() if p.is_dir()]
     marker = tmp_path / "pwned"
     state = sweep / "tuner.pkl"
     state.write_bytes(pickle.dumps(Plant(str(marker))))
-    if tamper == "foreign":
-        os.chown(state, 12345, 12345)
-    else:
-        state.chmod(0o666)
+    os.chown(state, 12345, 12345)
     capsys.readouterr()
-    assert scan.main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and words in err[0] and str(state) in err[0], err
+    if words is None:
+        assert scan.main(argv) == 0
+        assert "configs already have a finished run" in capsys.readouterr().out
+    else:
+        assert scan.main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0] and str(state) in err[0], err
     assert not marker.exists()
+
+
+def test_tune_state_that_another_user_could_rewrite_is_not_trusted(tmp_path):
+    (tmp_path / "sub").mkdir()
+    engine.check_trusted(str(tmp_path))
+    (tmp_path / "sub" / "searcher-state.pkl").write_bytes(b"")
+    (tmp_path / "sub" / "searcher-state.pkl").chmod(0o666)
+    with pytest.raises(UserError, match="searcher-state.pkl is writable by every user"):
+        engine.check_trusted(str(tmp_path))
+    (tmp_path / "sub" / "searcher-state.pkl").chmod(0o664)  # the group is trusted
+    engine.check_trusted(str(tmp_path))
 
 
 @pytest.mark.parametrize("loss", ["deleted", "run_removed"])
@@ -459,3 +490,45 @@ def test_a_frozen_trial_is_killed_as_hung_and_retried_from_its_checkpoint(ray_se
     [run] = assert_one_complete_run_per_trial(uri, "hung", 1, 6)
     assert run.info.run_id == stopped[0] and run.data.tags[tracking.ATTEMPT_TAG] == "2"
     assert int(run.data.tags[tracking.RESUMED_TAG]) >= 2
+
+
+def test_a_tracking_server_holds_one_driver_lock_per_experiment(mlflow_server):
+    """Drivers that share only a tracking server (different --storage, different hosts): the second is
+    refused while the first is alive, a dead driver's claim goes stale and is taken over, and a driver that
+    was frozen past the stale limit learns that it lost the lock."""
+    import json
+    import time
+
+    first, second = {"host": "a", "pid": 1, "since": "t1"}, {"host": "b", "pid": 2, "since": "t2"}
+    with tracking.server_lock(mlflow_server, "exp", first):
+        with pytest.raises(UserError, match=r"another driver is training into experiment 'exp' \(pid 1 on a"):
+            with tracking.server_lock(mlflow_server, "exp", second):
+                pass
+        with tracking.server_lock(mlflow_server, "other", second):  # another experiment is free
+            pass
+    with tracking.server_lock(mlflow_server, "exp", second):  # released
+        pass
+    with tracking.server_lock(mlflow_server, "exp", first, heartbeat_s=0.3, stale_s=1.0):
+        time.sleep(1.5)  # renewed, so not stale
+        with pytest.raises(UserError):
+            with tracking.server_lock(mlflow_server, "exp", second, stale_s=1.0):
+                pass
+    # a killed driver renews nothing: its claim goes stale and the next driver takes over
+    dead = tracking.server_lock(mlflow_server, "exp", first, heartbeat_s=3600, stale_s=1.0)
+    dead.__enter__()
+    time.sleep(1.2)
+    with tracking.server_lock(mlflow_server, "exp", second, stale_s=1.0):
+        pass
+    dead.__exit__(None, None, None)
+    # a driver frozen past the stale limit wakes up: its next renewal finds the newer claim and says so
+    lost = []
+    with tracking.server_lock(mlflow_server, "exp3", first, heartbeat_s=0.2, on_lost=lost.append):
+        client = tracking._client(mlflow_server)
+        prefix = f"{tracking.LOCK_MODEL_PREFIX}{tracking._stable('exp3')}."
+        [held] = client.search_registered_models(filter_string=f"name LIKE '{prefix}%'")
+        client.create_registered_model(f"{prefix}{int(held.name[len(prefix):]) + 1:06d}", tags={
+            "state": "held", "heartbeat": str(time.time()), "holder": json.dumps(second)})
+        deadline = time.time() + 10
+        while not lost and time.time() < deadline:
+            time.sleep(0.1)
+    assert len(lost) == 1 and "lost its lock of experiment 'exp3'" in lost[0] and "(pid 2 on b" in lost[0], lost
