@@ -8,11 +8,8 @@ import math
 import sys
 from pathlib import Path
 
-from raycredit.config import field_docs
 from raycredit.errors import UserError
-from raycredit.search import OneLineParser
-
-TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+from raycredit.flags import OneLineParser, add_knob_flags, add_tracking_uri
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,21 +20,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="output folder for result.json and checkpoint.pt")
     t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    for section, key, f in field_docs():
-        flag = "--" + key.replace("_", "-")
-        kind = TYPES[f.type] if isinstance(f.type, str) else f.type
-        helptext = f"[{section}] {f.metadata['doc']} (default {f.default!r})"
-        if kind is bool:
-            t.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, default=None, help=helptext)
-        else:
-            t.add_argument(flag, dest=key, type=kind, default=None, metavar=kind.__name__.upper(),
-                           choices=f.metadata["choices"], help=helptext)
+    add_knob_flags(t)
     dg = sub.add_parser("diagnose", help="recompute a logged run's diagnostics from its MLflow checkpoint",
                         description="Load a run's checkpoint from MLflow, recompute every diagnostic at its epoch, "
                                     "compare with what the run logged, and run the null calibration (deep_cos "
                                     "with freshly drawn feedback matrices) for rules that have them.")
     dg.add_argument("--run-id", required=True, help="MLflow run id")
-    dg.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///$PWD/mlflow_runs/mlflow.db)")
+    add_tracking_uri(dg)
     dg.add_argument("--data-dir", help="where the run's dataset is on this machine (cifar, npz), if moved")
     dg.add_argument("--null-draws", type=int, default=5, help="fresh feedback draws for the null calibration")
     return p
@@ -99,7 +88,7 @@ def _json_safe(x):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from raycredit.config import Config
+    from raycredit.config import Config, field_docs
     from raycredit.data import load_data
     from raycredit.train import load_checkpoint, resolve_device, save_checkpoint, train
 

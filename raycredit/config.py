@@ -15,6 +15,7 @@ import difflib
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -222,15 +223,8 @@ class Config:
         return cfg
 
     def _check_cross(self) -> None:
-        from raycredit.rules import get_rule_class  # rules import config: a module-level import would cycle
-
-        rule_cls = get_rule_class(self.rule.rule)
-        if self.model.arch not in rule_cls.architectures:
-            raise ConfigError(
-                f"rule: {self.rule.rule!r} supports architectures {', '.join(rule_cls.architectures)}, "
-                f"not {self.model.arch!r}"
-            )
-        rule_cls.check_config(self)
+        for check in CHECKS:
+            check(self)
         if self.model.arch in ("vit_mini", "small_cnn") and self.data.dataset == "synthetic":
             raise ConfigError(f"arch: {self.model.arch} needs image data (digits, cifar10, cifar100 or an npz of "
                               "images); synthetic gives vectors")
@@ -270,6 +264,17 @@ class Config:
     def key(self) -> str:
         """Stable short hash of the whole config: the identity of a trial across restarts."""
         return stable_hash(self.to_dict())
+
+
+# Checks of a whole Config that belong to other layers, run by every Config.from_dict: `raycredit.rules`
+# registers the rule-specific ones when it is imported (importing `raycredit` imports it), so this module,
+# which the rules build on, never imports them.
+CHECKS: list[Callable[[Config], None]] = []
+
+
+def register_check(check: Callable[[Config], None]) -> None:
+    if check not in CHECKS:
+        CHECKS.append(check)
 
 
 def stable_hash(obj: Any) -> str:

@@ -1,6 +1,7 @@
 """All Ray calls: connecting to a cluster, the Tune trainable, running and resuming a sweep.
 
-One trial = one Config = one MLflow run. The trainable is a thin adapter
+One trial = one Config = one MLflow run, or, for a population trial, several configs each with its own run.
+The trainable is a thin adapter
 around `train(cfg)`: it logs every epoch to its MLflow run (see
 `raycredit.tracking`), reports to Tune, and every `checkpoint_every` epochs
 replaces its checkpoint file `<storage>/<sweep>/checkpoints/<run key>/checkpoint.pt`

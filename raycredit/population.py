@@ -12,7 +12,7 @@ be: gradient clipping is done per member, and members with different lr
 share an optimizer run at lr 1 whose step each member then scales by its lr.
 
 Everything a member produces has exactly the format of a separate run: its
-history, its metrics and its checkpoint (`member_checkpoint`), which
+history, its metrics and its checkpoint (`train.checkpoint_dict`), which
 `raycredit diagnose` and `train(cfg, checkpoint=...)` read. Its numbers agree
 with a separate run's to float round-off (batched matmuls sum in another
 order), not bit for bit; resuming a population from its checkpoint is bit-identical.
@@ -115,7 +115,7 @@ class Member(nn.Module):
 
 def _member_optimizer_state(stacked: dict, i: int, lr: float) -> dict:
     """Member i's slice of the stacked optimizer's state_dict, as its own optimizer would hold it."""
-    state = {idx: {k: ((v[i] if v.dim() else v).clone() if torch.is_tensor(v) else v) for k, v in st.items()}
+    state = {idx: {k: ((v[i] if v.dim() else v) if torch.is_tensor(v) else v) for k, v in st.items()}
              for idx, st in stacked["state"].items()}
     groups = [{**g, "lr": lr} for g in stacked["param_groups"]]
     return {"state": state, "param_groups": groups}
@@ -265,8 +265,7 @@ def train_population(cfgs: list[Config], *, checkpoints: list[dict] | None = Non
         for i in live:
             m = members[i]
             out[i] = checkpoint_dict(cfgs[i], epoch, m.model, m.rule, _member_optimizer_state(stacked_opt, i, lrs[i]),
-                                     gens[i], list(histories[i]), h_init[i], time.perf_counter() - t0)
-            out[i]["model"] = {k: v.clone() for k, v in out[i]["model"].items()}
+                                     gens[i], histories[i], h_init[i], time.perf_counter() - t0)
         return out
 
     n, bs, E = x_tr.shape[1], cfg0.train.batch_size, cfg0.train.epochs

@@ -9,7 +9,6 @@ line and touches neither MLflow nor the Tune storage.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import itertools
 import json
@@ -23,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raycredit import __version__
-from raycredit.config import Config, check_key, stable_hash
+from raycredit.config import Config, stable_hash
 from raycredit.errors import UserError
+from raycredit.flags import overrides_from, search_parser
 
 # The reference study's design choices, off by default (the defaults are the published algorithms): every
 # preset that replicates the reference study sets them explicitly.
@@ -52,23 +52,6 @@ class Preset:
         return out
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports bad flags as one line (and exit 2), without the usage block."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def parse_value(text: str):
-    """A --set value: int, float, bool or string."""
-    for conv in (int, float):
-        try:
-            return conv(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
-
-
 def code_version() -> str:
     """Package version plus the git commit of the checkout (with -dirty for uncommitted changes)."""
     root = Path(__file__).resolve().parents[1]
@@ -78,66 +61,6 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         sha = ""
     return f"{__version__}+{sha}" if sha else __version__
-
-
-def build_parser(name: str, doc: str, presets: dict[str, Preset], default_preset: str,
-                 optuna: bool = False) -> argparse.ArgumentParser:
-    p = OneLineParser(prog=f"{name}.py", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=list(presets), default=default_preset,
-                   help=f"parameter space (default {default_preset}): "
-                        + "; ".join(f"{k}: {v.doc}" for k, v in presets.items()))
-    p.add_argument("--address", help="Ray cluster: host:port or 'auto' (default: a new local instance)")
-    p.add_argument("--dataset", help="override the preset's dataset (synthetic, cifar10, cifar100, npz)")
-    p.add_argument("--data-dir", help="dataset folder (cifar) or .npz file")
-    p.add_argument("--download", action="store_true", help="cifar: download into --data-dir when missing")
-    p.add_argument("--seeds", help="comma-separated training seeds, e.g. 0,1,2 (overrides the preset)")
-    p.add_argument("--epochs", type=int, help="override the preset's epochs")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key for every trial (repeatable)")
-    p.add_argument("--gpus-per-trial", type=float, default=0.25, help="fractional GPUs per trial (default 0.25)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
-    p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial from its checkpoint")
-    p.add_argument("--trial-timeout", type=float, default=0.0, metavar="S",
-                   help="a trial that reports nothing for S seconds is killed as hung and retried (default 0: off)")
-    p.add_argument("--hang-factor", type=float, default=10.0, metavar="K",
-                   help="a trial silent for K times its own longest epoch so far is killed as hung and retried "
-                        "(default 10; 0: off)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///$PWD/mlflow_runs/mlflow.db)")
-    p.add_argument("--experiment", help=f"MLflow experiment (default {name}-<preset>)")
-    p.add_argument("--storage", default="ray_results", help="Ray Tune storage path (shared on multi-node clusters)")
-    p.add_argument("--no-analysis", action="store_true", help="skip the analysis after the sweep")
-    p.add_argument("--out", help="analysis output folder (default reports/<experiment>)")
-    if optuna:
-        p.add_argument("--num-samples", type=int, help="trials Optuna draws (default: the preset's)")
-    else:
-        p.add_argument("--population", type=int, default=1, metavar="P",
-                       help="train up to P configs that differ only in seed, lr, penalty_lam, feedback_scale or "
-                            "alpha in one trial with batched weights (bp, fa, dfa, frozen, ep; each config keeps "
-                            "its own MLflow run); default 1")
-    return p
-
-
-def overrides_from(args: argparse.Namespace) -> dict:
-    ov: dict = {}
-    for key, attr in (("dataset", "dataset"), ("data_dir", "data_dir"), ("epochs", "epochs")):
-        if getattr(args, attr) is not None:
-            ov[key] = getattr(args, attr)
-    if args.download:
-        ov["download"] = True
-    if args.seeds is not None:
-        try:
-            ov["seed"] = [int(s) for s in args.seeds.split(",") if s.strip()]
-        except ValueError:
-            raise UserError(f"--seeds {args.seeds!r}: expected comma-separated integers") from None
-        if not ov["seed"]:
-            raise UserError("--seeds: no seeds given")
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UserError(f"--set {item!r}: expected KEY=VALUE")
-        check_key(key)
-        ov[key] = [parse_value(value)] if key == "seed" else parse_value(value)
-    return ov
 
 
 def expand(preset: Preset, ov: dict) -> list[Config]:
@@ -168,7 +91,7 @@ def run_search(name: str, doc: str, presets: dict[str, Preset], *, default_prese
     an Optuna search of `--num-samples` trials on top of the preset's fixed config; otherwise a grid.
     `analysis` (one or several functions of tracking uri, experiment, output folder) runs after the sweep.
     """
-    args = build_parser(name, doc, presets, default_preset, optuna=space is not None).parse_args(argv)
+    args = search_parser(name, doc, presets, default_preset, optuna=space is not None).parse_args(argv)
     try:
         with contextlib.ExitStack() as held:  # the experiment's lock, from _prepare to the end of the analysis
             if space is not None:

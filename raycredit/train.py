@@ -137,8 +137,9 @@ def restore(ckpt: dict, data: Data | None = None):
 
 def checkpoint_dict(cfg: Config, epoch: int, model, rule, optimizer_state: dict, generator: torch.Generator,
                     history: list, h_norm_init: float, elapsed_s: float) -> dict:
-    """The checkpoint of one run (module docstring); a population member's has exactly this form."""
-    return {
+    """The checkpoint of one run (module docstring); a population member's has exactly this form. A snapshot:
+    it keeps the state of `epoch` however the run goes on (state_dict() alone would follow the live weights)."""
+    return snapshot({
         "format": CHECKPOINT_FORMAT,
         "config": cfg.to_dict(),
         "epoch": epoch,
@@ -149,7 +150,18 @@ def checkpoint_dict(cfg: Config, epoch: int, model, rule, optimizer_state: dict,
         "history": history,
         "h_norm_init": h_norm_init,
         "elapsed_s": elapsed_s,
-    }
+    })
+
+
+def snapshot(obj):
+    """A copy of `obj`'s tensors, dicts, lists and tuples (other values are shared: they are immutable)."""
+    if torch.is_tensor(obj):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj
 
 
 @torch.no_grad()

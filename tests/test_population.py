@@ -134,3 +134,15 @@ def test_grouping_keeps_order_chunks_and_leaves_other_rules_alone(tiny):
     assert sorted(c.key() for g in groups for c in g) == sorted(c.key() for c in cfgs)
     assert group_members(cfgs, 1) == [[c] for c in cfgs]
     assert len({shared_key(c) for c in groups[0]}) == 1
+
+
+def test_population_checkpoints_handed_out_are_snapshots(tiny):
+    cfgs = [Config.from_dict({**tiny, "rule": "dfa", "epochs": 3, "seed": s}) for s in (0, 1)]
+    kept, once = [], []
+    train_population(cfgs, on_epoch=lambda e, r, fn: kept.append(fn()))
+    train_population([c.replace(epochs=1) for c in cfgs], on_epoch=lambda e, r, fn: once.append(fn()))
+    for member in range(2):
+        first, alone = kept[0][member], once[0][member]
+        assert first["epoch"] == 1 and len(first["history"]) == 1
+        assert all(torch.equal(first["model"][k], alone["model"][k]) for k in first["model"])
+        assert any(not torch.equal(first["model"][k], kept[2][member]["model"][k]) for k in first["model"])

@@ -3,7 +3,8 @@
 import pytest
 
 from raycredit.errors import UserError
-from raycredit.search import Preset, build_parser, expand, overrides_from
+from raycredit.flags import overrides_from, search_parser
+from raycredit.search import Preset, expand
 
 from searches_loader import load_search
 
@@ -11,7 +12,7 @@ SCAN = load_search("both_fail_scan")
 
 
 def configs(*argv):
-    args = build_parser("both_fail_scan", "", SCAN.PRESETS, "paper").parse_args(list(argv))
+    args = search_parser("both_fail_scan", "", SCAN.PRESETS, "paper").parse_args(list(argv))
     return expand(SCAN.PRESETS[args.preset], overrides_from(args))
 
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from raycredit.search import build_parser, expand, overrides_from
+from raycredit.flags import overrides_from, search_parser
+from raycredit.search import expand
 
 from mlflow_checks import assert_one_complete_run_per_trial
 from searches_loader import ROOT, load_search
@@ -16,7 +17,7 @@ REPLICATIONS = ["both_fail_scan", "penalty_rescue", "warmup_tgw_ablation", "scaf
 
 
 def configs(mod, *argv):
-    args = build_parser("x", "", mod.PRESETS, "paper").parse_args(list(argv))
+    args = search_parser("x", "", mod.PRESETS, "paper").parse_args(list(argv))
     return expand(mod.PRESETS[args.preset], overrides_from(args))
 
 

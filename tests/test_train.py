@@ -138,3 +138,22 @@ def test_compile_flag_compiles_the_training_step_and_changes_nothing_else(tiny, 
     assert [c.__name__ for c in compiled] == ["loss"] and compiled[0].__self__.__class__.__name__ == "DFA"
     drop = lambda h: {k: v for k, v in h.items() if k != "time_s"}  # noqa: E731
     assert [drop(h) for h in again] == [drop(h) for h in eager]
+
+
+@pytest.mark.parametrize("rule", ["fa", "state_bridge"])
+def test_checkpoints_handed_out_are_snapshots(tiny, rule):
+    """Checkpoints kept from every epoch hold their own epoch's state, not the live weights: epoch 1's equals
+    the checkpoint of a 1-epoch run exactly (model, rule, optimizer, history)."""
+    kept = []
+    cfg = Config.from_dict({**tiny, "rule": rule, "epochs": 3})
+    train(cfg, on_epoch=lambda e, m, fn: kept.append(fn()))
+    once = []
+    train(cfg.replace(epochs=1), on_epoch=lambda e, m, fn: once.append(fn()))
+    first = kept[0]
+    assert [c["epoch"] for c in kept] == [1, 2, 3] and len(first["history"]) == 1
+    for part in ("model", "rule"):
+        assert first[part].keys() == once[0][part].keys()
+        assert all(torch.equal(first[part][k], once[0][part][k]) for k in first[part]), part
+    assert any(not torch.equal(first["model"][k], kept[2]["model"][k]) for k in first["model"])
+    s1, s0 = first["optimizer"]["state"], once[0]["optimizer"]["state"]
+    assert all(torch.equal(s1[i][k], s0[i][k]) for i in s1 for k in s1[i] if torch.is_tensor(s1[i][k]))

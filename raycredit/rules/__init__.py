@@ -1,5 +1,6 @@
 """The learning-rule registry: one file per rule, all behind `raycredit.rules.base.Rule`."""
 
+from raycredit.config import Config, register_check
 from raycredit.errors import ConfigError
 from raycredit.rules.base import Rule
 from raycredit.rules.bp import BP
@@ -29,6 +30,19 @@ def get_rule_class(name: str) -> type[Rule]:
     if name not in RULES:
         raise ConfigError(f"rule: unknown rule {name!r}; valid rules: {', '.join(RULES)}")
     return RULES[name]
+
+
+def validate(cfg: Config) -> None:
+    """ConfigError when cfg's rule is unknown, does not support its architecture, or refuses its knobs (each
+    rule's `check_config`). Every Config.from_dict runs it (registered below)."""
+    rule_cls = get_rule_class(cfg.rule.rule)
+    if cfg.model.arch not in rule_cls.architectures:
+        raise ConfigError(f"rule: {cfg.rule.rule!r} supports architectures {', '.join(rule_cls.architectures)}, "
+                          f"not {cfg.model.arch!r}")
+    rule_cls.check_config(cfg)
+
+
+register_check(validate)
 
 
 def build_rule(cfg, model, n_classes: int) -> Rule:

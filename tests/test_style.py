@@ -1,0 +1,56 @@
+"""The code base's own rules, checked in CI: ruff is clean, and raycredit's modules import without a circle."""
+
+import ast
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "raycredit"
+
+
+def test_ruff_is_clean():
+    ruff = shutil.which("ruff") or pytest.fail("ruff is not installed (it is in the [test] extra)")
+    p = subprocess.run([ruff, "check", "."], cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout[-3000:]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path, modules: set[str]) -> set[str]:
+    """raycredit modules that `path` imports, at module level or inside functions."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name in modules}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            subs = {f"{node.module}.{a.name}" for a in node.names}
+            out |= (subs & modules) or ({node.module} & modules)
+    return out
+
+
+def test_no_import_circle():
+    files = sorted(PACKAGE.rglob("*.py"))
+    modules = {module_name(f) for f in files}
+    graph = {module_name(f): imports(f, modules) - {module_name(f)} for f in files}
+    assert not {m for m in graph["raycredit.config"] if m.startswith("raycredit.rules")}
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> None:
+        if state.get(m) == 1:
+            pytest.fail("import circle: " + " -> ".join(path[path.index(m):] + [m]))
+        if state.get(m) == 2:
+            return
+        state[m] = 1
+        for n in sorted(graph[m]):
+            if n != "raycredit":  # a package's __init__ runs before any of its modules: not an edge of the circle
+                visit(n, path + [m])
+        state[m] = 2
+
+    for m in sorted(graph):
+        visit(m, [])
