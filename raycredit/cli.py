@@ -40,8 +40,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     import tempfile
 
     from raycredit import tracking
+    from raycredit.checkpoint import load_checkpoint
     from raycredit.posthoc import rediagnose
-    from raycredit.train import load_checkpoint
 
     if args.null_draws < 0:
         raise UserError("--null-draws must be >= 0")
@@ -88,9 +88,10 @@ def _json_safe(x):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from raycredit.checkpoint import load_checkpoint, save_checkpoint
     from raycredit.config import Config, field_docs
     from raycredit.data import load_data
-    from raycredit.train import load_checkpoint, resolve_device, save_checkpoint, train
+    from raycredit.train import resolve_device, train
 
     knobs = {key: getattr(args, key) for _, key, _ in field_docs() if getattr(args, key) is not None}
     cfg = Config.from_dict(knobs)

@@ -252,8 +252,9 @@ def _trainable(config: dict, settings: dict, base: dict | None = None) -> None:
     trial id (two draws may coincide)."""
     import torch
 
+    from raycredit.checkpoint import save_checkpoint
     from raycredit.data import load_data
-    from raycredit.train import save_checkpoint, train
+    from raycredit.train import train
 
     s = SweepSettings(**settings)
     torch.set_num_threads(max(1, int(s.cpus_per_trial)))
@@ -337,7 +338,7 @@ def _readable_checkpoint(path: Path, runs: list) -> dict | None:
     """The trial's checkpoint at `path`, or None when there is none. An unreadable one (truncated by a full
     disk or a crash, corrupt) is moved to <checkpoints>/set_aside/, noted on the runs and in the trial's log,
     and the trial starts over from scratch: its epochs are recomputed (the run keeps the ones it logged)."""
-    from raycredit.train import load_checkpoint
+    from raycredit.checkpoint import load_checkpoint
 
     if not path.exists():
         return None
@@ -368,9 +369,9 @@ def _population_trial(cfgs: list[Config], s: SweepSettings) -> None:
     """A population trial: its members train together (raycredit.population) and each logs its own MLflow
     run, exactly as a separate trial would. Its checkpoint file holds every unfinished member's checkpoint;
     a member's own checkpoint is written beside it when the member finishes, and logged to its run."""
+    from raycredit.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
     from raycredit.population import member_data, population_key, train_population
     from raycredit.tracking import POPULATION_TAG
-    from raycredit.train import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 
     group, E = population_key(cfgs), cfgs[0].train.epochs
     data = member_data(cfgs)

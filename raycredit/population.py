@@ -20,7 +20,6 @@ order), not bit for bit; resuming a population from its checkpoint is bit-identi
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import torch
@@ -33,14 +32,7 @@ from raycredit.data import Data, load_data
 from raycredit.errors import ConfigError, UserError
 from raycredit.models import build_model
 from raycredit.rules import RULES, build_rule
-from raycredit.train import (
-    check_resumable,
-    checkpoint_dict,
-    epoch_metrics,
-    initial_h_norm,
-    make_optimizer,
-    resolve_device,
-)
+from raycredit.train import fit, make_optimizer, resolve_device
 
 POPULATION_KEYS = ("seed", "lr", "penalty_lam", "feedback_scale", "alpha")
 _NEUTRAL = {"seed": 0, "lr": 1.0, "penalty_lam": 0.0, "feedback_scale": 1.0, "alpha": 0.0}
@@ -179,139 +171,119 @@ def _member_data(cfgs: list[Config], data: list[Data] | None, device: torch.devi
     return datas, [torch.stack([getattr(d, a) for d in datas]) for a in names]
 
 
+class PopulationStepper:
+    """P members with stacked weights, stepped by one vmapped call (the module docstring); the same interface as
+    `train.EagerStepper`, whose `fit` loop trains them."""
+
+    def __init__(self, cfgs: list[Config], data: list[Data] | None, device: torch.device):
+        self.cfgs, self.device, cfg0 = cfgs, device, cfgs[0]
+        P = len(cfgs)
+        self.datas, (self.x_tr, self.y_tr, self.x_te, self.y_te) = _member_data(cfgs, data, device)
+        self.C = C = self.datas[0].n_classes
+        members, self.gens = [], []
+        for cfg, d in zip(cfgs, self.datas, strict=True):
+            torch.manual_seed(cfg.train.seed)
+            model = build_model(cfg.model, d.in_shape, C, cfg.data.alpha).to(device)
+            model.eval()  # members only evaluate and diagnose; the vmapped template trains
+            member = Member(model, build_rule(cfg, model, C).to(device))
+            member.rule.generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
+            self.gens.append(member.rule.generator)
+            members.append(member)
+        self.modules = members
+        self.members = [(m.model, m.rule) for m in members]
+        self.n = self.x_tr.shape[1]
+        self.params, self.buffers = stack_module_state(members)
+        names = [f"model.{k}" for k, p in members[0].model.named_parameters() if p.requires_grad]
+        self.trainable = [self.params[k] for k in names]
+        self.lrs = [c.train.lr for c in cfgs]
+        shared_lr = len(set(self.lrs)) == 1
+        self.opt = make_optimizer(cfg0 if shared_lr else cfg0.replace(lr=1.0), self.trainable, [], device)
+        # members with their own lr: each step starts from a copy of the weights, then moves lr of the way
+        self.lr_scales = None if shared_lr else [
+            torch.tensor(self.lrs, device=device).view(-1, *[1] * (p.dim() - 1)) for p in self.trainable]
+        self.before = None if shared_lr else [torch.empty_like(p) for p in self.trainable]
+
+        # weights-free twin of a member: functional_call supplies the stacked weights
+        template_model = build_model(cfg0.model, self.datas[0].in_shape, C, cfg0.data.alpha)
+        self.template = template = Member(template_model, build_rule(cfg0, template_model, C)).to("meta")
+        template.rule.functional = True
+        low_precision = cfg0.train.precision == "bf16"
+
+        def step(p, b, x, y):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=low_precision):
+                return functional_call(template, (p, b), (x, y))
+
+        self.batched_step = vmap(step)
+        self.model_params = {k[len("model."):]: v for k, v in self.params.items() if k.startswith("model.")}
+        self.model_buffers = {k[len("model."):]: v for k, v in self.buffers.items() if k.startswith("model.")}
+        self.batched_forward = vmap(lambda p, b, x: functional_call(template.model, (p, b), (x,)))
+        self.rows = torch.arange(P, device=device).unsqueeze(1)
+
+    def load(self, checkpoints: list[dict]) -> None:
+        for member, gen, ckpt in zip(self.modules, self.gens, checkpoints, strict=True):
+            member.model.load_state_dict(ckpt["model"])
+            member.rule.load_state_dict(ckpt["rule"])
+            gen.set_state(ckpt["generator"])
+        with torch.no_grad():  # into the stacked tensors the optimizer holds
+            for i, m in enumerate(self.modules):
+                for k, v in m.named_parameters():
+                    self.params[k][i].copy_(v)
+                for k, v in m.named_buffers():
+                    self.buffers[k][i].copy_(v)
+        self.opt.load_state_dict(_stack_optimizer_states([c["optimizer"] for c in checkpoints],
+                                                         self.opt.param_groups[0]["lr"]))
+
+    def start_epoch(self, epoch: int, epochs: int) -> torch.Tensor:
+        for m in self.modules:
+            m.rule.start_epoch(epoch, epochs)
+        self.template.rule.start_epoch(epoch, epochs)
+        return torch.stack([torch.randperm(self.n, generator=g, device=self.device) for g in self.gens])
+
+    def step(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg0 = self.cfgs[0]
+        x, y = self.x_tr[self.rows, idx], self.y_tr[self.rows, idx]
+        if cfg0.data.random_targets:
+            y = torch.stack([torch.randint(0, self.C, y.shape[1:], generator=g, device=self.device)
+                             for g in self.gens])
+        self.opt.zero_grad(set_to_none=True)
+        objective, ce, logits = self.batched_step(self.params, self.buffers, x, y)
+        objective.sum().backward()
+        if cfg0.train.clip_norm:
+            _clip_per_member([p.grad for p in self.trainable], cfg0.train.clip_norm)
+        if self.before is None:
+            self.opt.step()
+        else:
+            with torch.no_grad():
+                torch._foreach_copy_(self.before, self.trainable)
+                self.opt.step()
+                for p, b, w in zip(self.trainable, self.before, self.lr_scales, strict=True):
+                    p.copy_(b.lerp_(p, w))
+        return ce * idx.shape[1], (logits.argmax(-1) == y).sum(1)
+
+    def end_epoch(self) -> dict[str, torch.Tensor]:
+        test = _evaluate_members(self.batched_forward, self.model_params, self.model_buffers, self.x_te, self.y_te)
+        with torch.no_grad():  # each member's own modules get its slice of the stacked weights
+            for i, m in enumerate(self.modules):
+                for k, v in m.named_parameters():
+                    v.copy_(self.params[k][i])
+        return test
+
+    def optimizer_state(self, i: int) -> dict:
+        return _member_optimizer_state(self.opt.state_dict(), i, self.lrs[i])
+
+
 def train_population(cfgs: list[Config], *, checkpoints: list[dict] | None = None,
                      on_epoch: PopulationCallback | None = None, data: list[Data] | None = None) -> list[dict]:
     """Train the members `cfgs` together; returns one `train(cfg)`-style result per member.
 
-    on_epoch(epoch, results, checkpoint_fn) is called after every epoch: results[i] is member i's
-    metrics, or None once it has diverged in an earlier epoch; checkpoint_fn() builds every member's
-    checkpoint (None for members no longer training), and is None when no member is training.
+    on_epoch(epoch, results, checkpoint_fn) is called after every epoch (`train.fit`).
     `checkpoints`, one per member and all of one epoch, resume a population.
     `data`, one per member, may repeat one object (members then share it on the device).
     """
     check_members(cfgs)
-    P, cfg0 = len(cfgs), cfgs[0]
-    device = resolve_device(cfg0.train.device)
-    datas, (x_tr, y_tr, x_te, y_te) = _member_data(cfgs, data, device)
-    C = datas[0].n_classes
-
-    members, gens = [], []
-    for cfg, d in zip(cfgs, datas, strict=True):
-        torch.manual_seed(cfg.train.seed)
-        model = build_model(cfg.model, d.in_shape, C, cfg.data.alpha).to(device)
-        model.eval()  # members only evaluate and diagnose; the vmapped template trains
-        member = Member(model, build_rule(cfg, model, C).to(device))
-        member.rule.generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
-        gens.append(member.rule.generator)
-        members.append(member)
-    probes = [(d.x_test[: c.diag.probe_size], d.y_test[: c.diag.probe_size]) for c, d in zip(cfgs, datas, strict=True)]
-
-    if checkpoints is not None:
-        if len(checkpoints) != P or len({c["epoch"] for c in checkpoints}) != 1:
-            raise UserError("a population resumes from one checkpoint per member, all of the same epoch")
-        for cfg, member, gen, ckpt in zip(cfgs, members, gens, checkpoints, strict=True):
-            check_resumable(cfg, ckpt)
-            member.model.load_state_dict(ckpt["model"])
-            member.rule.load_state_dict(ckpt["rule"])
-            gen.set_state(ckpt["generator"])
-        start = checkpoints[0]["epoch"]
-        histories = [list(c["history"]) for c in checkpoints]
-        h_init = [c["h_norm_init"] for c in checkpoints]
-        elapsed = checkpoints[0]["elapsed_s"]
-    else:
-        start, histories, elapsed = 0, [[] for _ in cfgs], 0.0
-        h_init = [initial_h_norm(m.model, px) for m, (px, _) in zip(members, probes, strict=True)]
-    t0 = time.perf_counter() - elapsed
-
-    params, buffers = stack_module_state(members)
-    names = [f"model.{k}" for k, p in members[0].model.named_parameters() if p.requires_grad]
-    trainable = [params[k] for k in names]
-    lrs = [c.train.lr for c in cfgs]
-    shared_lr = len(set(lrs)) == 1
-    opt = make_optimizer(cfg0 if shared_lr else cfg0.replace(lr=1.0), trainable, [], device)
-    # members with their own lr: each step starts from a copy of the weights, then moves lr of the way
-    lr_scales = None if shared_lr else [torch.tensor(lrs, device=device).view(-1, *[1] * (p.dim() - 1))
-                                        for p in trainable]
-    before = None if shared_lr else [torch.empty_like(p) for p in trainable]
-    if checkpoints is not None:
-        opt.load_state_dict(_stack_optimizer_states([c["optimizer"] for c in checkpoints], opt.param_groups[0]["lr"]))
-
-    # weights-free twin of a member: functional_call supplies the stacked weights
-    template_model = build_model(cfg0.model, datas[0].in_shape, C, cfg0.data.alpha)
-    template = Member(template_model, build_rule(cfg0, template_model, C)).to("meta")
-    template.rule.functional = True
-    low_precision = cfg0.train.precision == "bf16"
-
-    def step(p, b, x, y):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=low_precision):
-            return functional_call(template, (p, b), (x, y))
-
-    batched_step = vmap(step)
-    model_params = {k[len("model."):]: v for k, v in params.items() if k.startswith("model.")}
-    model_buffers = {k[len("model."):]: v for k, v in buffers.items() if k.startswith("model.")}
-    batched_forward = vmap(lambda p, b, x: functional_call(template.model, (p, b), (x,)))
-
-    def sync_members() -> None:
-        """Copy each member's slice of the stacked weights into its own modules (for diagnostics, checkpoints)."""
-        with torch.no_grad():
-            for i, m in enumerate(members):
-                for k, v in m.named_parameters():
-                    v.copy_(params[k][i])
-
-    def make_checkpoint(epoch: int, live: list[int]) -> list[dict | None]:
-        """Valid inside on_epoch only: the members were synced after this epoch's evaluation."""
-        stacked_opt = opt.state_dict()
-        out: list[dict | None] = [None] * P
-        for i in live:
-            m = members[i]
-            out[i] = checkpoint_dict(cfgs[i], epoch, m.model, m.rule, _member_optimizer_state(stacked_opt, i, lrs[i]),
-                                     gens[i], histories[i], h_init[i], time.perf_counter() - t0)
-        return out
-
-    n, bs, E = x_tr.shape[1], cfg0.train.batch_size, cfg0.train.epochs
-    rows = torch.arange(P, device=device).unsqueeze(1)
-    live = list(range(P))  # checkpoints hold only members that were still training
-    for epoch in range(start + 1, E + 1):
-        for m in members:
-            m.rule.start_epoch(epoch, E)
-        template.rule.start_epoch(epoch, E)
-        perm = torch.stack([torch.randperm(n, generator=g, device=device) for g in gens])
-        loss_sum = torch.zeros(P, device=device)
-        correct = torch.zeros(P, device=device, dtype=torch.int64)
-        for s in range(0, n, bs):
-            idx = perm[:, s:s + bs]
-            x, y = x_tr[rows, idx], y_tr[rows, idx]
-            if cfg0.data.random_targets:
-                y = torch.stack([torch.randint(0, C, y.shape[1:], generator=g, device=device) for g in gens])
-            opt.zero_grad(set_to_none=True)
-            objective, ce, logits = batched_step(params, buffers, x, y)
-            objective.sum().backward()
-            if cfg0.train.clip_norm:
-                _clip_per_member([p.grad for p in trainable], cfg0.train.clip_norm)
-            if before is None:
-                opt.step()
-            else:
-                with torch.no_grad():
-                    torch._foreach_copy_(before, trainable)
-                    opt.step()
-                    for p, b, w in zip(trainable, before, lr_scales, strict=True):
-                        p.copy_(b.lerp_(p, w))
-            loss_sum += ce * idx.shape[1]
-            correct += (logits.argmax(-1) == y).sum(1)
-        test = _evaluate_members(batched_forward, model_params, model_buffers, x_te, y_te)
-        sync_members()
-        results: list[dict | None] = [None] * P
-        for i in live:
-            m = members[i]
-            results[i] = epoch_metrics(cfgs[i], epoch, {"train_loss": loss_sum[i] / n, "train_acc": correct[i] / n,
-                                                        "test_loss": test["test_loss"][i],
-                                                        "test_acc": test["test_acc"][i]},
-                                       m.model, m.rule, *probes[i], h_init[i], t0)
-            histories[i].append(results[i])
-        live = [i for i in live if not results[i]["diverged"]]
-        if on_epoch is not None:
-            on_epoch(epoch, results, (lambda e=epoch, lv=tuple(live): make_checkpoint(e, list(lv))) if live else None)
-        if not live:
-            break
-    return [{"config": c.to_dict(), "final": h[-1] if h else {}, "history": h, "n_classes": C}
+    stepper = PopulationStepper(cfgs, data, resolve_device(cfgs[0].train.device))
+    probes = [(d.x_test[: c.diag.probe_size], d.y_test[: c.diag.probe_size])
+              for c, d in zip(cfgs, stepper.datas, strict=True)]
+    histories = fit(stepper, cfgs, probes, checkpoints=checkpoints, on_epoch=on_epoch)
+    return [{"config": c.to_dict(), "final": h[-1] if h else {}, "history": h, "n_classes": stepper.C}
             for c, h in zip(cfgs, histories, strict=True)]

@@ -1,24 +1,20 @@
 """`train(cfg)`: one run, no Ray. Data stays on the device; the host syncs once per epoch.
 
-A checkpoint is a plain dict of tensors and numbers (loadable with
-`torch.load(weights_only=True)`) holding the model, the rule's feedback
-matrices / auxiliary nets, the optimizer, the batch-order generator and the
-history: resuming from it reproduces an uninterrupted run exactly.
+`fit` is the one training loop, for a single run and for a population alike: what differs between them
+(an eager step of one model, a vmapped step of P stacked members) is its stepper (`EagerStepper` here,
+`raycredit.population.PopulationStepper`). Checkpoints: `raycredit.checkpoint`.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import pickle
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from raycredit import disk
+from raycredit.checkpoint import check_resumable, checkpoint_dict
 from raycredit.config import Config
 from raycredit.data import Data, load_data
 from raycredit.diagnostics import diagnose, to_floats
@@ -27,10 +23,7 @@ from raycredit.models import build_model
 from raycredit.rules import build_rule
 from raycredit.rules.base import per_sample
 
-CHECKPOINT_FORMAT = 1
 DIVERGENCE_NORM = 1e30
-# config keys that may differ between a checkpoint and the run resuming from it
-RESUMABLE_CHANGES = {"epochs", "device", "checkpoint_every"}
 
 EpochCallback = Callable[[int, dict, "Callable[[], dict] | None"], None]
 
@@ -80,40 +73,6 @@ def last_hidden_norm(model, x: torch.Tensor) -> torch.Tensor:
     return per_sample(model.hiddens(x)[0][-1]).norm(dim=-1).max()
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # torch's advice here is weights_only=False, which would run whatever the file holds
-        raise UserError(f"cannot read checkpoint {path}: not a torch file of tensors and plain data "
-                        "(corrupt, or holding objects raycredit refuses to unpickle)") from None
-    except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: {reason}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{path} is not a raycredit checkpoint (format {CHECKPOINT_FORMAT})")
-    return ckpt
-
-
-def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
-    """Write atomically: a crash or a full disk mid-write leaves the previous checkpoint intact. A full disk
-    raises disk.DiskFull naming the path and the free space."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        # through a Python file: torch's own file writer reports a full disk as "unexpected pos 64 vs 0"
-        with open(tmp, "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())  # a network filesystem may report a full disk only here
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:
-        tmp.unlink(missing_ok=True)
-        if disk.is_full(e):
-            raise disk.full_error(path, e) from None
-        raise
-
-
 def diag_seed(cfg: Config, epoch: int) -> int:
     """Seed of the diagnostics' random directions at `epoch`: a checkpoint recomputes them exactly."""
     return cfg.train.seed * 7919 + epoch
@@ -135,35 +94,6 @@ def restore(ckpt: dict, data: Data | None = None):
     return cfg, model, rule, data
 
 
-def checkpoint_dict(cfg: Config, epoch: int, model, rule, optimizer_state: dict, generator: torch.Generator,
-                    history: list, h_norm_init: float, elapsed_s: float) -> dict:
-    """The checkpoint of one run (module docstring); a population member's has exactly this form. A snapshot:
-    it keeps the state of `epoch` however the run goes on (state_dict() alone would follow the live weights)."""
-    return snapshot({
-        "format": CHECKPOINT_FORMAT,
-        "config": cfg.to_dict(),
-        "epoch": epoch,
-        "model": model.state_dict(),
-        "rule": rule.state_dict(),
-        "optimizer": optimizer_state,
-        "generator": generator.get_state(),
-        "history": history,
-        "h_norm_init": h_norm_init,
-        "elapsed_s": elapsed_s,
-    })
-
-
-def snapshot(obj):
-    """A copy of `obj`'s tensors, dicts, lists and tuples (other values are shared: they are immutable)."""
-    if torch.is_tensor(obj):
-        return obj.detach().clone()
-    if isinstance(obj, dict):
-        return {k: snapshot(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(snapshot(v) for v in obj)
-    return obj
-
-
 @torch.no_grad()
 def initial_h_norm(model, px: torch.Tensor) -> float:
     """Mean ||h_L|| over the probe at init: the reference of mode1a."""
@@ -183,14 +113,120 @@ def epoch_metrics(cfg: Config, epoch: int, dev_metrics: dict[str, torch.Tensor],
     return metrics
 
 
-def check_resumable(cfg: Config, ckpt: dict) -> None:
-    old = Config.from_dict(ckpt["config"]).flat()
-    new = cfg.flat()
-    diff = sorted(k for k in new if new[k] != old[k] and k not in RESUMABLE_CHANGES)
-    if diff:
-        raise UserError(f"checkpoint was written by a different config (differs in {', '.join(diff)})")
-    if ckpt["epoch"] > cfg.train.epochs:
-        raise UserError(f"checkpoint is at epoch {ckpt['epoch']}, beyond epochs={cfg.train.epochs}")
+class EagerStepper:
+    """One model trained eagerly: what `fit` needs to step, evaluate, checkpoint and resume it. A population's
+    stepper (`raycredit.population.PopulationStepper`) offers the same for P members with stacked weights;
+    every list here is indexed by member (one)."""
+
+    def __init__(self, cfg: Config, data: Data, device: torch.device):
+        torch.manual_seed(cfg.train.seed)
+        self.cfg, self.data, self.device = cfg, data, device
+        self.model = build_model(cfg.model, data.in_shape, data.n_classes, cfg.data.alpha).to(device)
+        self.rule = build_rule(cfg, self.model, data.n_classes).to(device)
+        self.params = self.rule.trainable_params(self.model)
+        self.opt = make_optimizer(cfg, self.params, list(self.rule.parameters()), device)
+        self.rule.generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
+        self.step_loss = torch.compile(self.rule.loss) if cfg.train.compile else self.rule.loss
+        self.members = [(self.model, self.rule)]
+        self.gens = [self.rule.generator]
+        self.n = len(data.y_train)
+
+    def load(self, checkpoints: list[dict]) -> None:
+        [ckpt] = checkpoints
+        self.model.load_state_dict(ckpt["model"])
+        self.rule.load_state_dict(ckpt["rule"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.rule.generator.set_state(ckpt["generator"])
+
+    def start_epoch(self, epoch: int, epochs: int) -> torch.Tensor:
+        """Schedules, train mode; returns the epoch's batch order, (members, n)."""
+        self.model.train()
+        self.rule.start_epoch(epoch, epochs)
+        return torch.randperm(self.n, generator=self.rule.generator, device=self.device).unsqueeze(0)
+
+    def step(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on the batch idx (members, b); returns (summed CE, correct), each (members,)."""
+        cfg, d, [i] = self.cfg, self.data, idx
+        x, y = d.x_train[i], d.y_train[i]
+        if cfg.data.random_targets:
+            y = torch.randint(0, d.n_classes, y.shape, generator=self.rule.generator, device=self.device)
+        self.opt.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16"):
+            objective, ce, logits = self.step_loss(self.model, x, y)
+        objective.backward()
+        if cfg.train.clip_norm:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.train.clip_norm)
+        self.opt.step()
+        return (ce * len(i)).unsqueeze(0), (logits.argmax(1) == y).sum().unsqueeze(0)
+
+    def end_epoch(self) -> dict[str, torch.Tensor]:
+        """Eval mode and the test metrics, each (members,); the members' modules hold the current weights."""
+        self.model.eval()
+        return {k: v.unsqueeze(0) for k, v in evaluate(self.model, self.data.x_test, self.data.y_test).items()}
+
+    def optimizer_state(self, i: int) -> dict:
+        return self.opt.state_dict()
+
+
+def fit(stepper, cfgs: list[Config], probes: list[tuple[torch.Tensor, torch.Tensor]], *,
+        checkpoints: list[dict] | None, on_epoch: Callable | None, bar=None) -> list[list[dict]]:
+    """The training loop, for one run or a population (`stepper`, one member per config): batch order,
+    steps, metrics, divergence, diagnostics cadence, checkpoints and resume. Returns each member's history.
+
+    on_epoch(epoch, results, checkpoint_fn): results[i] is member i's metrics, None once it has diverged in an
+    earlier epoch; checkpoint_fn() gives every member's checkpoint (None for members no longer training), and
+    is None when no member is training.
+    """
+    P, cfg0 = len(cfgs), cfgs[0]
+    if checkpoints is not None:
+        if len(checkpoints) != P or len({c["epoch"] for c in checkpoints}) != 1:
+            raise UserError("a population resumes from one checkpoint per member, all of the same epoch")
+        for cfg, ckpt in zip(cfgs, checkpoints, strict=True):
+            check_resumable(cfg, ckpt)
+        stepper.load(checkpoints)
+        start, elapsed = checkpoints[0]["epoch"], checkpoints[0]["elapsed_s"]
+        histories = [list(c["history"]) for c in checkpoints]
+        h_init = [c["h_norm_init"] for c in checkpoints]
+    else:
+        start, histories, elapsed = 0, [[] for _ in cfgs], 0.0
+        h_init = [initial_h_norm(model, px) for (model, _), (px, _) in zip(stepper.members, probes, strict=True)]
+    t0 = time.perf_counter() - elapsed
+
+    def make_checkpoint(epoch: int, live: tuple[int, ...]) -> list[dict | None]:
+        out: list[dict | None] = [None] * P
+        for i in live:
+            model, rule = stepper.members[i]
+            out[i] = checkpoint_dict(cfgs[i], epoch, model, rule, stepper.optimizer_state(i), stepper.gens[i],
+                                     histories[i], h_init[i], time.perf_counter() - t0)
+        return out
+
+    n, bs, E = stepper.n, cfg0.train.batch_size, cfg0.train.epochs
+    live = list(range(P))  # checkpoints hold only members that are still training
+    for epoch in range(start + 1, E + 1):
+        perm = stepper.start_epoch(epoch, E)
+        loss_sum = torch.zeros(P, device=stepper.device)
+        correct = torch.zeros(P, device=stepper.device, dtype=torch.int64)
+        for s in range(0, n, bs):
+            ce_sum, right = stepper.step(perm[:, s:s + bs])
+            loss_sum += ce_sum
+            correct += right
+        test = stepper.end_epoch()
+        results: list[dict | None] = [None] * P
+        for i in live:
+            model, rule = stepper.members[i]
+            results[i] = epoch_metrics(cfgs[i], epoch, {"train_loss": loss_sum[i] / n, "train_acc": correct[i] / n,
+                                                        **{k: v[i] for k, v in test.items()}},
+                                       model, rule, *probes[i], h_init[i], t0)
+            histories[i].append(results[i])
+        live = [i for i in live if not results[i]["diverged"]]
+        if bar is not None:
+            bar.set_postfix(test_acc=f"{results[0]['test_acc']:.3f}", loss=f"{results[0]['train_loss']:.3f}")
+            bar.update(1)
+        if on_epoch is not None:
+            on_epoch(epoch, results, (lambda e=epoch, lv=tuple(live): make_checkpoint(e, lv)) if live else None)
+        if not live:
+            break
+    return histories
 
 
 def train(cfg: Config, *, checkpoint: dict | None = None, on_epoch: EpochCallback | None = None,
@@ -203,74 +239,24 @@ def train(cfg: Config, *, checkpoint: dict | None = None, on_epoch: EpochCallbac
     """
     device = resolve_device(cfg.train.device)
     data = load_data(cfg.data, device) if data is None else data.to(device)
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, data.in_shape, data.n_classes, cfg.data.alpha).to(device)
-    rule = build_rule(cfg, model, data.n_classes).to(device)
-    params = rule.trainable_params(model)
-    opt = make_optimizer(cfg, params, list(rule.parameters()), device)
-    gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
-    rule.generator = gen
-    px, py = data.x_test[: cfg.diag.probe_size], data.y_test[: cfg.diag.probe_size]
+    stepper = EagerStepper(cfg, data, device)
+    probe = (data.x_test[: cfg.diag.probe_size], data.y_test[: cfg.diag.probe_size])
 
-    if checkpoint is not None:
-        check_resumable(cfg, checkpoint)
-        model.load_state_dict(checkpoint["model"])
-        rule.load_state_dict(checkpoint["rule"])
-        opt.load_state_dict(checkpoint["optimizer"])
-        gen.set_state(checkpoint["generator"])
-        start, history = checkpoint["epoch"], list(checkpoint["history"])
-        h_norm_init, elapsed = checkpoint["h_norm_init"], checkpoint["elapsed_s"]
-    else:
-        start, history, elapsed = 0, [], 0.0
-        h_norm_init = initial_h_norm(model, px)
-    t0 = time.perf_counter() - elapsed
+    def each_epoch(epoch: int, results: list[dict | None], checkpoint_fn) -> None:
+        if on_epoch is not None:
+            on_epoch(epoch, results[0], None if checkpoint_fn is None else (lambda: checkpoint_fn()[0]))
 
-    def make_checkpoint(epoch: int) -> dict:
-        return checkpoint_dict(cfg, epoch, model, rule, opt.state_dict(), gen, history, h_norm_init,
-                               time.perf_counter() - t0)
-
-    n, bs, E = len(data.y_train), cfg.train.batch_size, cfg.train.epochs
-    step_loss = torch.compile(rule.loss) if cfg.train.compile else rule.loss
-    low_precision = cfg.train.precision == "bf16"
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=E, initial=start, desc=f"{cfg.rule.rule} seed={cfg.train.seed}", unit="epoch")
-    for epoch in range(start + 1, E + 1):
-        model.train()
-        rule.start_epoch(epoch, E)
-        perm = torch.randperm(n, generator=gen, device=device)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        for s in range(0, n, bs):
-            idx = perm[s:s + bs]
-            x, y = data.x_train[idx], data.y_train[idx]
-            if cfg.data.random_targets:
-                y = torch.randint(0, data.n_classes, y.shape, generator=gen, device=device)
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=low_precision):
-                objective, ce, logits = step_loss(model, x, y)
-            objective.backward()
-            if cfg.train.clip_norm:
-                torch.nn.utils.clip_grad_norm_(params, cfg.train.clip_norm)
-            opt.step()
-            loss_sum += ce * len(idx)
-            correct += (logits.argmax(1) == y).sum()
-        model.eval()
-        metrics = epoch_metrics(cfg, epoch, {"train_loss": loss_sum / n, "train_acc": correct / n,
-                                             **evaluate(model, data.x_test, data.y_test)},
-                                model, rule, px, py, h_norm_init, t0)
-        diverged = bool(metrics["diverged"])
-        history.append(metrics)
+        start = checkpoint["epoch"] if checkpoint is not None else 0
+        bar = tqdm(total=cfg.train.epochs, initial=start, desc=f"{cfg.rule.rule} seed={cfg.train.seed}", unit="epoch")
+    try:
+        [history] = fit(stepper, [cfg], [probe], checkpoints=None if checkpoint is None else [checkpoint],
+                        on_epoch=each_epoch, bar=bar)
+    finally:
         if bar is not None:
-            bar.set_postfix(test_acc=f"{metrics['test_acc']:.3f}", loss=f"{metrics['train_loss']:.3f}")
-            bar.update(1)
-        if on_epoch is not None:
-            on_epoch(epoch, metrics, None if diverged else (lambda e=epoch: make_checkpoint(e)))
-        if diverged:
-            break
-    if bar is not None:
-        bar.close()
+            bar.close()
     return {"config": cfg.to_dict(), "final": history[-1] if history else {}, "history": history,
             "n_classes": data.n_classes}

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from raycredit import disk
-from raycredit.train import load_checkpoint, save_checkpoint
+from raycredit.checkpoint import load_checkpoint, save_checkpoint
 
 
 @pytest.fixture

@@ -75,7 +75,7 @@ def test_a_diverging_trial_is_recorded_and_the_sweep_finishes(ray_session, tmp_p
     import torch
 
     from analysis import summary
-    from raycredit.train import load_checkpoint
+    from raycredit.checkpoint import load_checkpoint
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     exp_id = tracking.ensure_experiment(uri, "diverge")
@@ -158,7 +158,8 @@ def interrupted_trial(tmp_path, name: str, epochs: int):
 
 def test_trial_killed_after_its_last_checkpoint_finishes_on_resume(ray_session, tmp_path):
     """The driver died after the trial saved its final checkpoint but before its run was closed."""
-    from raycredit.train import save_checkpoint, train
+    from raycredit.checkpoint import save_checkpoint
+    from raycredit.train import train
 
     uri, cfg, settings, run, folder = interrupted_trial(tmp_path, "late", 2)
 
@@ -231,7 +232,8 @@ def test_a_population_trial_logs_each_member_as_its_own_run(ray_session, tmp_pat
     """Three configs in one trial: each member has the run a separate trial would have, the diverging one included."""
     import torch
 
-    from raycredit.train import load_checkpoint, train
+    from raycredit.checkpoint import load_checkpoint
+    from raycredit.train import train
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     exp_id = tracking.ensure_experiment(uri, "pop")
@@ -270,8 +272,8 @@ def test_a_population_trial_resumes_from_its_checkpoint(ray_session, tmp_path):
     """An attempt died after epoch 1: the next continues every member's run, exactly as if uninterrupted."""
     import copy
 
+    from raycredit.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
     from raycredit.population import population_key, train_population
-    from raycredit.train import CHECKPOINT_FORMAT, save_checkpoint
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     exp_id = tracking.ensure_experiment(uri, "popres")
@@ -425,7 +427,8 @@ def test_a_sweep_whose_store_was_lost_is_refused_not_resumed_mid_way(ray_session
 def test_a_truncated_trial_checkpoint_is_set_aside_and_the_trial_starts_over(ray_session, tmp_path):
     """A trial's checkpoint cut short (a full disk, a crash mid-copy): set aside, noted on the run, and the
     trial trains from scratch once, to a complete run equal to an uninterrupted one, instead of failing."""
-    from raycredit.train import save_checkpoint, train
+    from raycredit.checkpoint import save_checkpoint
+    from raycredit.train import train
 
     uri, cfg, settings, run, folder = interrupted_trial(tmp_path, "cut", 3)
     path = folder / engine.CHECKPOINT_FILE

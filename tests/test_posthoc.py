@@ -4,9 +4,10 @@ calibration of feedback-matrix rules. No Ray: the run is logged the way a trial 
 import pytest
 
 from raycredit import posthoc, tracking
+from raycredit.checkpoint import save_checkpoint
 from raycredit.cli import main
 from raycredit.config import Config
-from raycredit.train import save_checkpoint, train
+from raycredit.train import train
 
 
 def logged_run(tmp_path, cfg: Config) -> tuple[str, str]:
@@ -42,7 +43,7 @@ def test_diagnose_reproduces_every_logged_diagnostic(tmp_path, tiny, capsys, rul
 def test_null_calibration_swaps_only_the_feedback_matrices(tmp_path, tiny, monkeypatch):
     """A 'fresh' draw with the training seed is the training B: it must give the training deep_cos exactly;
     other draws give other values."""
-    from raycredit.train import load_checkpoint
+    from raycredit.checkpoint import load_checkpoint
 
     cfg = Config.from_dict({**tiny, "rule": "dfa", "seed": 3})
     uri, run_id = logged_run(tmp_path, cfg)
@@ -57,7 +58,7 @@ def test_null_calibration_swaps_only_the_feedback_matrices(tmp_path, tiny, monke
 def test_null_calibration_of_a_rule_whose_credit_ignores_its_feedback_matrices(tmp_path, tiny):
     """credit_bridge keeps DFA's B for its warm-up; without a warm-up its credit never reads B, so fresh
     draws must leave deep_cos exactly as it was."""
-    from raycredit.train import load_checkpoint
+    from raycredit.checkpoint import load_checkpoint
 
     uri, run_id = logged_run(tmp_path, Config.from_dict({**tiny, "rule": "credit_bridge", "warmup_ratio": 0.0}))
     metrics, null = posthoc.rediagnose(load_checkpoint(tracking.run_checkpoint(uri, run_id, tmp_path / "dl")[1]),

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
+from raycredit.checkpoint import load_checkpoint, save_checkpoint
 from raycredit.config import Config
-from raycredit.train import load_checkpoint, save_checkpoint, train
+from raycredit.train import train
 
 
 def strip_time(history):
@@ -103,8 +104,8 @@ class Payload:
 
 
 def test_checkpoints_are_never_unpickled(tmp_path, capsys):
+    from raycredit.checkpoint import CHECKPOINT_FORMAT
     from raycredit.errors import UserError
-    from raycredit.train import CHECKPOINT_FORMAT
 
     path = tmp_path / "evil.pt"
     torch.save({"format": CHECKPOINT_FORMAT, "model": Payload()}, path)

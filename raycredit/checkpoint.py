@@ -1,0 +1,95 @@
+"""Checkpoints: plain dicts of tensors and numbers, written atomically, read without unpickling objects.
+
+A run's checkpoint holds the model, the rule's feedback matrices / auxiliary nets, the optimizer, the
+batch-order generator and the history (`checkpoint_dict`): resuming from it reproduces an uninterrupted
+run exactly. A population member's checkpoint has exactly the same form.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import torch
+
+from raycredit import disk
+from raycredit.config import Config
+from raycredit.errors import UserError
+
+CHECKPOINT_FORMAT = 1
+# config keys that may differ between a checkpoint and the run resuming from it
+RESUMABLE_CHANGES = {"epochs", "device", "checkpoint_every"}
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's advice here is weights_only=False, which would run whatever the file holds
+        raise UserError(f"cannot read checkpoint {path}: not a torch file of tensors and plain data "
+                        "(corrupt, or holding objects raycredit refuses to unpickle)") from None
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: {reason}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} is not a raycredit checkpoint (format {CHECKPOINT_FORMAT})")
+    return ckpt
+
+
+def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
+    """Write atomically: a crash or a full disk mid-write leaves the previous checkpoint intact. A full disk
+    raises disk.DiskFull naming the path and the free space."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        # through a Python file: torch's own file writer reports a full disk as "unexpected pos 64 vs 0"
+        with open(tmp, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())  # a network filesystem may report a full disk only here
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        tmp.unlink(missing_ok=True)
+        if disk.is_full(e):
+            raise disk.full_error(path, e) from None
+        raise
+
+
+def checkpoint_dict(cfg: Config, epoch: int, model, rule, optimizer_state: dict, generator: torch.Generator,
+                    history: list, h_norm_init: float, elapsed_s: float) -> dict:
+    """The checkpoint of one run (module docstring); a population member's has exactly this form. A snapshot:
+    it keeps the state of `epoch` however the run goes on (state_dict() alone would follow the live weights)."""
+    return snapshot({
+        "format": CHECKPOINT_FORMAT,
+        "config": cfg.to_dict(),
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "rule": rule.state_dict(),
+        "optimizer": optimizer_state,
+        "generator": generator.get_state(),
+        "history": history,
+        "h_norm_init": h_norm_init,
+        "elapsed_s": elapsed_s,
+    })
+
+
+def snapshot(obj):
+    """A copy of `obj`'s tensors, dicts, lists and tuples (other values are shared: they are immutable)."""
+    if torch.is_tensor(obj):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj
+
+
+def check_resumable(cfg: Config, ckpt: dict) -> None:
+    old = Config.from_dict(ckpt["config"]).flat()
+    new = cfg.flat()
+    diff = sorted(k for k in new if new[k] != old[k] and k not in RESUMABLE_CHANGES)
+    if diff:
+        raise UserError(f"checkpoint was written by a different config (differs in {', '.join(diff)})")
+    if ckpt["epoch"] > cfg.train.epochs:
+        raise UserError(f"checkpoint is at epoch {ckpt['epoch']}, beyond epochs={cfg.train.epochs}")
