@@ -113,7 +113,7 @@ def diagnose(model, rule: Rule, x: torch.Tensor, y: torch.Tensor, cfg: DiagConfi
     gen = torch.Generator(device=x.device).manual_seed(seed)
     with torch.enable_grad():
         hs, logits, g = probe_forward(m, x, y)
-        if credits is None and r.has_credit:
+        if credits is None:
             credits = r.credits(m, hs, logits, y)
     hs = [h.detach() for h in hs]
     out: dict[str, torch.Tensor] = {}

@@ -80,8 +80,8 @@ def search_parser(name: str, doc: str, presets: dict, default_preset: str,
     else:
         p.add_argument("--population", type=int, default=1, metavar="P",
                        help="train up to P configs that differ only in seed, lr, penalty_lam, feedback_scale or "
-                            "alpha in one trial with batched weights (bp, fa, dfa, frozen, ep; each config keeps "
-                            "its own MLflow run); default 1")
+                            "alpha in one trial with batched weights (any rule, without compile; each config "
+                            "keeps its own MLflow run); default 1")
     return p
 
 

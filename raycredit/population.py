@@ -3,10 +3,14 @@
 Members may differ only in `POPULATION_KEYS` (seeds, lr, penalty_lam, feedback
 scale, the synthetic teacher's alpha). Each member is built exactly as
 `train(cfg)` builds it: same init, feedback matrices and batch order (its own
-generator). Their weights and buffers are stacked along a leading member axis;
-one `torch.func.vmap` of `functional_call` computes every member's objective,
-one backward of their sum fills every member's gradient (members share no
-weights), and one optimizer updates the stacked tensors. Adam, AdamW and SGD
+generator). Their weights and buffers, the rules' auxiliary nets included, are
+stacked along a leading member axis; one `torch.func.vmap` of `functional_call`
+computes every member's objective, one backward of their sum fills every
+member's gradient (members share no weights), and one optimizer updates the
+stacked tensors (the auxiliary nets in their own group at `aux_lr`). A rule's
+random tensors of a step (`Rule.random_draws`) are drawn before it, each
+member's from its own generator in the order a separate run draws them, and
+handed to the vmapped step. Adam, AdamW and SGD
 are elementwise, so this is P separate optimizers, except where it could not
 be: gradient clipping is done per member, and members with different lr
 share an optimizer run at lr 1 whose step each member then scales by its lr.
@@ -32,7 +36,7 @@ from raycredit.data import Data, load_data
 from raycredit.errors import ConfigError, UserError
 from raycredit.models import build_model
 from raycredit.rules import RULES, build_rule
-from raycredit.train import fit, make_optimizer, resolve_device
+from raycredit.train import EagerStepper, fit, make_optimizer, resolve_device
 
 POPULATION_KEYS = ("seed", "lr", "penalty_lam", "feedback_scale", "alpha")
 _NEUTRAL = {"seed": 0, "lr": 1.0, "penalty_lam": 0.0, "feedback_scale": 1.0, "alpha": 0.0}
@@ -101,15 +105,17 @@ class Member(nn.Module):
         super().__init__()
         self.model, self.rule = model, rule
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor):
+    def forward(self, x: torch.Tensor, y: torch.Tensor, *drawn: torch.Tensor):
+        self.rule.drawn = list(drawn)  # this member's random tensors of the step (Rule.random_draws)
         return self.rule.loss(self.model, x, y)
 
 
 def _member_optimizer_state(stacked: dict, i: int, lr: float) -> dict:
-    """Member i's slice of the stacked optimizer's state_dict, as its own optimizer would hold it."""
+    """Member i's slice of the stacked optimizer's state_dict, as its own optimizer would hold it (the model's
+    group at the member's lr; the auxiliary nets' group at aux_lr, which members share)."""
     state = {idx: {k: ((v[i] if v.dim() else v) if torch.is_tensor(v) else v) for k, v in st.items()}
              for idx, st in stacked["state"].items()}
-    groups = [{**g, "lr": lr} for g in stacked["param_groups"]]
+    groups = [{**g, "lr": lr} if j == 0 else dict(g) for j, g in enumerate(stacked["param_groups"])]
     return {"state": state, "param_groups": groups}
 
 
@@ -119,7 +125,8 @@ def _stack_optimizer_states(states: list[dict], lr: float) -> dict:
     for idx, st in states[0]["state"].items():
         stacked[idx] = {k: (torch.stack([s["state"][idx][k] for s in states]) if torch.is_tensor(v) and v.dim() > 0
                             else v) for k, v in st.items()}
-    return {"state": stacked, "param_groups": [{**g, "lr": lr} for g in states[0]["param_groups"]]}
+    groups = [{**g, "lr": lr} if j == 0 else dict(g) for j, g in enumerate(states[0]["param_groups"])]
+    return {"state": stacked, "param_groups": groups}
 
 
 def _clip_per_member(grads: list[torch.Tensor], max_norm: float) -> None:
@@ -195,9 +202,10 @@ class PopulationStepper:
         self.params, self.buffers = stack_module_state(members)
         names = [f"model.{k}" for k, p in members[0].model.named_parameters() if p.requires_grad]
         self.trainable = [self.params[k] for k in names]
+        aux = [self.params[f"rule.{k}"] for k, _ in members[0].rule.named_parameters()]  # at aux_lr, shared
         self.lrs = [c.train.lr for c in cfgs]
         shared_lr = len(set(self.lrs)) == 1
-        self.opt = make_optimizer(cfg0 if shared_lr else cfg0.replace(lr=1.0), self.trainable, [], device)
+        self.opt = make_optimizer(cfg0 if shared_lr else cfg0.replace(lr=1.0), self.trainable, aux, device)
         # members with their own lr: each step starts from a copy of the weights, then moves lr of the way
         self.lr_scales = None if shared_lr else [
             torch.tensor(self.lrs, device=device).view(-1, *[1] * (p.dim() - 1)) for p in self.trainable]
@@ -209,9 +217,9 @@ class PopulationStepper:
         template.rule.functional = True
         low_precision = cfg0.train.precision == "bf16"
 
-        def step(p, b, x, y):
+        def step(p, b, x, y, *drawn):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=low_precision):
-                return functional_call(template, (p, b), (x, y))
+                return functional_call(template, (p, b), (x, y, *drawn))
 
         self.batched_step = vmap(step)
         self.model_params = {k[len("model."):]: v for k, v in self.params.items() if k.startswith("model.")}
@@ -246,7 +254,7 @@ class PopulationStepper:
             y = torch.stack([torch.randint(0, self.C, y.shape[1:], generator=g, device=self.device)
                              for g in self.gens])
         self.opt.zero_grad(set_to_none=True)
-        objective, ce, logits = self.batched_step(self.params, self.buffers, x, y)
+        objective, ce, logits = self.batched_step(self.params, self.buffers, x, y, *self.draw(idx.shape[1]))
         objective.sum().backward()
         if cfg0.train.clip_norm:
             _clip_per_member([p.grad for p in self.trainable], cfg0.train.clip_norm)
@@ -259,6 +267,19 @@ class PopulationStepper:
                 for p, b, w in zip(self.trainable, self.before, self.lr_scales, strict=True):
                     p.copy_(b.lerp_(p, w))
         return ce * idx.shape[1], (logits.argmax(-1) == y).sum(1)
+
+    def draw(self, n: int) -> list[torch.Tensor]:
+        """The step's random tensors (Rule.random_draws), each member's from its own generator, stacked."""
+        plan = self.modules[0].rule.random_draws(n, self.cfgs[0].model.d)
+        if not plan:
+            return []
+        per_member = []
+        for m in self.modules:
+            gen = m.rule.step_generator(self.device)
+            per_member.append([torch.randn(shape, generator=gen, device=self.device) if kind == "randn"
+                               else torch.randperm(shape[0], generator=gen, device=self.device)
+                               for kind, shape in plan])
+        return [torch.stack(ts) for ts in zip(*per_member, strict=True)]
 
     def end_epoch(self) -> dict[str, torch.Tensor]:
         test = _evaluate_members(self.batched_forward, self.model_params, self.model_buffers, self.x_te, self.y_te)
@@ -287,3 +308,20 @@ def train_population(cfgs: list[Config], *, checkpoints: list[dict] | None = Non
     histories = fit(stepper, cfgs, probes, checkpoints=checkpoints, on_epoch=on_epoch)
     return [{"config": c.to_dict(), "final": h[-1] if h else {}, "history": h, "n_classes": stepper.C}
             for c, h in zip(cfgs, histories, strict=True)]
+
+
+def train_members(cfgs: list[Config], *, checkpoints: list[dict] | None = None,
+                  on_epoch: PopulationCallback | None = None, data: list[Data] | None = None) -> list[list[dict]]:
+    """One config trained eagerly (exactly `train(cfg)`), or several as a population; returns each member's
+    history. on_epoch and checkpoints as in `train.fit`."""
+    device = resolve_device(cfgs[0].train.device)
+    if len(cfgs) == 1:
+        [d] = member_data(cfgs, data)
+        stepper = EagerStepper(cfgs[0], d.to(device), device)
+        datas = [stepper.data]
+    else:
+        check_members(cfgs)
+        stepper = PopulationStepper(cfgs, data, device)
+        datas = stepper.datas
+    probes = [(d.x_test[: c.diag.probe_size], d.y_test[: c.diag.probe_size]) for c, d in zip(cfgs, datas, strict=True)]
+    return fit(stepper, cfgs, probes, checkpoints=checkpoints, on_epoch=on_epoch)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import math
 import os
 import signal
@@ -151,7 +150,7 @@ def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack,
     """Checks shared by every search, then take the experiment's lock (held until `held` closes), check the
     store against the sweep's record (`keys`: its run keys) and connect: (tracking uri, storage, experiment,
     SweepSettings, the sweep's Tune name)."""
-    from raycredit import disk, engine, locks, tracking
+    from raycredit import checks, disk, engine, locks, tracking
     from raycredit.data import check_data
 
     if not (math.isfinite(args.gpus_per_trial) and math.isfinite(args.cpus_per_trial)) \
@@ -165,10 +164,10 @@ def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack,
     if 0 < args.hang_factor < 2:
         raise UserError(f"--hang-factor {args.hang_factor}: below 2 an ordinary slow epoch counts as a hang")
     experiment = args.experiment or f"{name}-{args.preset}"
-    check_experiment_name(experiment)
+    checks.experiment_name(experiment)
     wants_cuda = sorted({c.train.device for c in configs if c.train.device not in ("auto", "cpu")})
     for device in wants_cuda:
-        resolve_device_name(device, local=args.address in (None, "", "local"))
+        checks.device_name(device, local=args.address in (None, "", "local"))
     if wants_cuda and args.gpus_per_trial == 0:
         raise UserError(f"device {wants_cuda[0]}: trials get no GPU with --gpus-per-trial 0")
     for data_cfg in {c.data for c in configs}:
@@ -194,7 +193,7 @@ def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack,
     else:
         held.enter_context(tracking.server_lock(uri, experiment, locks.owner(), on_lost=_lock_lost))
     sweep = f"{experiment}-{sweep_id}"
-    check_store(Path(storage) / sweep, uri, experiment, keys)
+    checks.store(Path(storage) / sweep, uri, experiment, keys)
     engine.connect(address)
     engine.HANG_LIMITS.update(timeout_s=args.trial_timeout, factor=args.hang_factor or float("inf"))
     engine.check_shared_storage(storage)
@@ -208,7 +207,7 @@ def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack,
     settings = engine.SweepSettings(
         search=name, experiment_id=tracking.ensure_experiment(uri, experiment), tracking_uri=uri,
         code_version=code_version(), cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus)
-    record_store(Path(storage) / sweep, uri, settings.experiment_id)
+    checks.record_store(Path(storage) / sweep, uri, settings.experiment_id)
     return uri, storage, experiment, settings, sweep
 
 
@@ -216,72 +215,6 @@ def _lock_lost(message: str) -> None:
     """Another driver took over this one's experiment: stop the sweep as a Ctrl-C would (runs KILLED, exit 130)."""
     print(f"error: {message}; stopping", file=sys.stderr, flush=True)
     os.kill(os.getpid(), signal.SIGINT)
-
-
-STORE_MARKER = "raycredit-store.json"
-
-
-def check_store(sweep: Path, uri: str, experiment: str, keys: list[str]) -> None:
-    """The tracking store is the record: refuse to resume the sweep folder `sweep` into a store that is not
-    the one it started with (deleted and re-created, replaced, another one), or that lacks the run of a trial
-    the sweep has already checkpointed; either would give runs whose histories start mid-way. Writes
-    nothing: `record_store` marks a sweep's store once the sweep starts."""
-    from raycredit import tracking
-
-    marker = sweep / STORE_MARKER
-    if not marker.exists():
-        return
-    try:
-        recorded = json.loads(marker.read_text())["token"]
-    except (OSError, ValueError, KeyError, TypeError):
-        recorded = None
-    found = tracking.existing_experiment(uri, experiment)
-    fix = (f"point --tracking-uri at the sweep's original store, or start the sweep over with a new --storage "
-           f"(or delete {sweep})")
-    if found is None or found[1] != recorded:
-        raise UserError(f"the sweep in {sweep} was started with another tracking store than "
-                        f"{tracking.redact(uri)} (deleted, replaced or another one): {fix}")
-    checkpointed = {k for k in keys if (sweep / "checkpoints" / k).is_dir()}
-    missing = checkpointed - tracking.run_keys(uri, found[0])
-    if missing:
-        raise UserError(f"{len(missing)} trials of the sweep in {sweep} have checkpoints but no run in "
-                        f"{tracking.redact(uri)} (the store lost them): {fix}")
-
-
-def record_store(sweep: Path, uri: str, experiment_id: str) -> None:
-    """Record the store's token in `sweep`/raycredit-store.json (once, when the sweep starts)."""
-    from raycredit import tracking
-
-    marker = sweep / STORE_MARKER
-    if not marker.exists():
-        sweep.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"token": tracking.store_token(uri, experiment_id)}))
-
-
-EXPERIMENT_NAME_MAX = 100  # the Tune experiment folder is "<experiment>-<8 hex>" under --storage
-
-
-def check_experiment_name(name: str) -> None:
-    """UserError unless `name` is a usable experiment name: it also names a folder under --storage, so it
-    must stay inside it (no separators, no leading dot) and within filesystem name limits."""
-    if not name or len(name) > EXPERIMENT_NAME_MAX:
-        raise UserError(f"--experiment: {len(name)} characters; use 1 to {EXPERIMENT_NAME_MAX}")
-    if any(c in name for c in "/\\\0") or name.startswith(".") or not name.isprintable():
-        raise UserError(f"--experiment {name!r}: no '/', '\\', leading '.' or control characters (it names a "
-                        "folder under --storage)")
-
-
-def resolve_device_name(device: str, local: bool) -> None:
-    """UserError unless `device` parses as a torch device and, for a local Ray instance (whose trials run on
-    this machine), exists here; on a cluster the GPU check comes after connecting."""
-    import torch
-
-    from raycredit.train import parse_device
-
-    dev = parse_device(device)
-    if local and dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        raise UserError(f"device {device}: this machine has {torch.cuda.device_count()} CUDA devices, and a local "
-                        "Ray instance runs the trials here")
 
 
 def _run(name: str, preset: Preset, args, analysis, held: contextlib.ExitStack) -> int:

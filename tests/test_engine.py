@@ -105,11 +105,13 @@ def test_a_diverging_trial_is_recorded_and_the_sweep_finishes(ray_session, tmp_p
     assert sorted(r.strip(" |").rsplit("|", 1)[-1].strip() for r in rows) == ["0.000", "1.000"], rows  # diverged
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """A real `mlflow server` on 127.0.0.1, in its own process group, stopped (that group only) afterwards."""
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1, in its own process group, stopped (that group only) after this
+    module's tests (each uses its own experiments)."""
     import sys
 
+    tmp_path = tmp_path_factory.mktemp("mlflow_server")
     port = free_port()
     with server([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                  "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
@@ -183,7 +185,7 @@ def test_node_local_storage_on_a_multi_node_cluster_exits_2_and_leaves_nothing(r
         Path(storage).mkdir(parents=True, exist_ok=True)  # as the real probe does
         return {"10.0.0.1 (node aaaaaaaa)": True, "10.0.0.2 (node bbbbbbbb)": False}
 
-    monkeypatch.setattr(engine, "storage_visibility", one_node_blind)
+    monkeypatch.setattr(engine.cluster, "storage_visibility", one_node_blind)
     scan = load_search("both_fail_scan")
     db = tmp_path / "m.db"
     code = run_search("both_fail_scan", scan.__doc__, scan.PRESETS, analysis=None, argv=[
@@ -282,7 +284,7 @@ def test_a_population_trial_resumes_from_its_checkpoint(ray_session, tmp_path):
     configs = [Config.from_dict({**base, "seed": s}) for s in (0, 1)]
     settings = engine.SweepSettings(search="popres", experiment_id=exp_id, tracking_uri=uri, code_version="test",
                                     cpus_per_trial=1, gpus_per_trial=0)
-    runs = [engine._open_run(settings, c, c.key(), engine.run_label(c), 10) for c in configs]
+    runs = [engine.open_run(settings, c, c.key(), engine.run_label(c), 10) for c in configs]
     at_1 = {}
 
     def first_attempt(epoch, results, checkpoint_fn):
@@ -526,8 +528,10 @@ def test_a_tracking_server_holds_one_driver_lock_per_experiment(mlflow_server):
     # a driver frozen past the stale limit wakes up: its next renewal finds the newer claim and says so
     lost = []
     with tracking.server_lock(mlflow_server, "exp3", first, heartbeat_s=0.2, on_lost=lost.append):
-        client = tracking._client(mlflow_server)
-        prefix = f"{tracking.LOCK_MODEL_PREFIX}{tracking._stable('exp3')}."
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(mlflow_server)
+        prefix = tracking.lock_prefix("exp3")
         [held] = client.search_registered_models(filter_string=f"name LIKE '{prefix}%'")
         client.create_registered_model(f"{prefix}{int(held.name[len(prefix):]) + 1:06d}", tags={
             "state": "held", "heartbeat": str(time.time()), "holder": json.dumps(second)})

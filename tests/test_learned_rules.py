@@ -84,11 +84,11 @@ def test_vector_field_measures_directional_derivatives(tiny):
     cfg, model, rule, hs, logits, y, g = double_setup(tiny, rule="vector_field", vf_eps=1e-4, vf_dirs=3)
     rule.generator = torch.Generator().manual_seed(0)
     for l in range(cfg.model.L + 1):
-        u, slopes = measured_slopes(model, l, hs[l].detach(), y, rule.cfg, rule.generator)
+        u, slopes = measured_slopes(rule, model, l, hs[l].detach(), y, rule.cfg)
         torch.testing.assert_close(slopes, (u * g[l].unsqueeze(0)).sum(-1), rtol=1e-6, atol=1e-9)
     rule.cfg = dataclasses.replace(rule.cfg, one_sided=True, vf_eps=1e-1)
     rule.generator = torch.Generator().manual_seed(0)
-    u, rough = measured_slopes(model, 1, hs[1].detach(), y, rule.cfg, rule.generator)
+    u, rough = measured_slopes(rule, model, 1, hs[1].detach(), y, rule.cfg)
     exact = (u * g[1].unsqueeze(0)).sum(-1)
     err = ((rough - exact).norm() / exact.norm()).item()
     assert 1e-4 < err < 0.1, err  # first-order accurate: visibly off at eps = 0.1, yet close
@@ -126,7 +126,7 @@ def test_credit_bridge_learns_only_with_terminal_gradient_matching():
 
 def test_credit_bridge_credit_is_the_value_gradient(tiny):
     cfg, model, rule, hs, logits, y, g = double_setup(tiny, rule="credit_bridge", warmup_ratio=0.0)
-    s = rule.cond(model, hs, logits, y)
+    s = rule.cond(rule, model, hs, logits, y)
     a = rule.credits(model, hs, logits, y)
     n = 5
     for l in range(cfg.model.L + 1):

@@ -64,19 +64,17 @@ class Rule(nn.Module):
     """
 
     architectures: ClassVar[tuple[str, ...]] = ("resmlp",)  # rules with per-layer d-vector nets are ResMLP-only
-    has_credit: ClassVar[bool] = True
-    # trainable in population mode: loss() is a deterministic function of (weights, buffers, batch) that
-    # vmap can batch, and the rule has no parameters of its own; each rule opts in itself (not inherited)
-    population: ClassVar[bool] = False
-    functional = False  # True in a population's vmapped step: input gradients must then use torch.func
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        cls.population = cls.__dict__.get("population", False)
+    # trains in population mode (raycredit.population): loss() vmaps over stacked members, the auxiliary nets
+    # stacked like the model, its random draws made per member beforehand (`random_draws`)
+    population: ClassVar[bool] = True
 
     def __init__(self, cfg: Config, model: nn.Module, n_classes: int):
         super().__init__()
         self.generator: torch.Generator | None = None  # set by the trainer
+        # True on a population's vmapped template (raycredit.population): gradients with respect to inputs
+        # then use torch.func, and random tensors come from `drawn`, drawn per member before the step
+        self.functional = False
+        self.drawn: list[torch.Tensor] = []
         self.cfg = cfg.rule
         self.L = cfg.model.L
         self.d = cfg.model.d
@@ -110,6 +108,52 @@ class Rule(nn.Module):
     def credits(self, model: nn.Module, hs: list[torch.Tensor], logits: torch.Tensor, y: torch.Tensor):
         """Per-sample credits [a_0, ..., a_L], detached, from a forward pass (hs, logits); None if the rule has none."""
         raise NotImplementedError
+
+    def input_grad(self, fn, x, keep_graph: bool = False):
+        """Gradient of the scalar fn(x) with respect to x (a tensor or a list of tensors), detached unless
+        keep_graph (then it stays a function of the parameters fn uses). torch.func.grad in a population's
+        vmapped step; otherwise torch.autograd.grad, several times cheaper per call on small models."""
+        if self.functional:
+            g = torch.func.grad(fn)(x.detach() if torch.is_tensor(x) else [t.detach() for t in x])
+        else:
+            with torch.enable_grad():
+                xs = x.detach().requires_grad_() if torch.is_tensor(x) else [t.detach().requires_grad_() for t in x]
+                g = torch.autograd.grad(fn(xs), xs, create_graph=keep_graph)
+                g = g[0] if torch.is_tensor(x) else list(g)
+        if keep_graph:
+            return g
+        return g.detach() if torch.is_tensor(g) else [t.detach() for t in g]
+
+    def vjp(self, fn, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """v^T J_fn(x), detached: the pull-back of v through fn at x."""
+        if self.functional:
+            return torch.func.vjp(fn, x.detach())[1](v)[0].detach()
+        with torch.enable_grad():
+            x = x.detach().requires_grad_()
+            return torch.autograd.grad(fn(x), x, grad_outputs=v)[0].detach()
+
+    def output_local_grad(self, model: nn.Module, hL: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Exact per-sample dCE_n/dh_L through the head only."""
+        return self.input_grad(lambda h: F.cross_entropy(model.head(h), y, reduction="sum"), hL)
+
+    def random_draws(self, n: int, d: int) -> list[tuple[str, tuple[int, ...]]]:
+        """The random tensors one training step on n samples (width d) draws from `step_generator`, in order:
+        ("randn", shape) or ("randperm", (n,)). A population draws them per member before its vmapped step."""
+        return []
+
+    def step_generator(self, device) -> torch.Generator:
+        """The generator of a training step's random draws (the trainer's, checkpointed)."""
+        return self.generator
+
+    def randn(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        if self.functional:
+            return self.drawn.pop(0).to(like.dtype)
+        return torch.randn(shape, generator=self.step_generator(like.device), device=like.device, dtype=like.dtype)
+
+    def randperm(self, n: int, device) -> torch.Tensor:
+        if self.functional:
+            return self.drawn.pop(0)
+        return torch.randperm(n, generator=self.step_generator(device), device=device)
 
 
 class LocalRule(Rule):
@@ -157,25 +201,3 @@ class LocalRule(Rule):
 def mlp(d_in: int, width: int, d_out: int) -> nn.Sequential:
     """The auxiliary nets' shape: d_in -> width -> d_out with a GELU."""
     return nn.Sequential(nn.Linear(d_in, width), nn.GELU(), nn.Linear(width, d_out))
-
-
-def input_grad(fn, x, functional: bool = False):
-    """Gradient of the scalar fn(x) with respect to x (a tensor or a list of tensors), detached.
-
-    functional: torch.func.grad, which composes with vmap (a population's step); otherwise
-    torch.autograd.grad, several times cheaper per call on small models.
-    """
-    if functional:
-        g = torch.func.grad(fn)(x.detach() if torch.is_tensor(x) else [t.detach() for t in x])
-        return g.detach() if torch.is_tensor(g) else [t.detach() for t in g]
-    with torch.enable_grad():
-        if torch.is_tensor(x):
-            x = x.detach().requires_grad_()
-            return torch.autograd.grad(fn(x), x)[0].detach()
-        xs = [t.detach().requires_grad_() for t in x]
-        return [g.detach() for g in torch.autograd.grad(fn(xs), xs)]
-
-
-def output_local_grad(model: nn.Module, hL: torch.Tensor, y: torch.Tensor, functional: bool = False) -> torch.Tensor:
-    """Exact per-sample dCE_n/dh_L through the head only."""
-    return input_grad(lambda h: F.cross_entropy(model.head(h), y, reduction="sum"), hL, functional)

@@ -9,7 +9,6 @@ from raycredit.rules.base import Rule
 
 class BP(Rule):
     architectures = tuple(ARCHITECTURES)
-    population = True
     def loss(self, model, x, y):
         logits = model(x)
         ce = F.cross_entropy(logits, y)

@@ -4,8 +4,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raycredit.rules.base import output_local_grad
-
 H_L_PROJECTION = 32  # width of the fixed random projection of h_L in the *_hL codes
 
 
@@ -19,11 +17,13 @@ class Conditioning(nn.Module):
         self.dim = base + (H_L_PROJECTION if s_type.endswith("_hL") else 0)
         self.register_buffer("P", torch.randn(d, H_L_PROJECTION, generator=generator) / d**0.5)
 
-    def forward(self, model: nn.Module, hs: list[torch.Tensor], logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, rule, model: nn.Module, hs: list[torch.Tensor], logits: torch.Tensor, y: torch.Tensor
+                ) -> torch.Tensor:
+        """The code of a batch; `rule` (the owner) supplies dCE/dh_L."""
         if self.s_type.startswith("eT"):
             s = logits.softmax(-1) - F.one_hot(y, self.n_classes).to(logits.dtype)
         else:
-            s = output_local_grad(model, hs[-1], y)
+            s = rule.output_local_grad(model, hs[-1], y)
         if self.s_type.endswith("_hL"):
             s = torch.cat([s, hs[-1] @ self.P], -1)
         return s.detach()

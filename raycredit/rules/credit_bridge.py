@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from raycredit.rules.base import mlp, output_local_grad
+from raycredit.rules.base import mlp
 from raycredit.rules.conditioning import Conditioning, with_time
 from raycredit.rules.dfa import DFAWarmup
 
@@ -28,28 +28,28 @@ class CreditBridge(DFAWarmup):
         return self.value(with_time(h, l, self.L, s)).squeeze(-1)
 
     def grad_V(self, h: torch.Tensor, l: int, s: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
-        with torch.enable_grad():
-            h = h.detach().requires_grad_()
-            return torch.autograd.grad(self.V(h, l, s).sum(), h, create_graph=create_graph)[0]
+        return self.input_grad(lambda h: self.V(h, l, s).sum(), h, keep_graph=create_graph)
 
     def learned_credits(self, model, hs, logits, y):
-        s = self.cond(model, hs, logits, y)
+        s = self.cond(self, model, hs, logits, y)
         return [self.grad_V(hs[l], l, s).detach() for l in range(self.L + 1)]
+
+    def random_draws(self, n, d):
+        return [("randn", (self.cfg.cb_samples, n, d))] * self.L
 
     def aux_objective(self, model, hs, logits, y):
         c = self.cfg
-        s = self.cond(model, hs, logits, y)
+        s = self.cond(self, model, hs, logits, y)
         hL = hs[-1].detach()
         ce = F.cross_entropy(logits.detach(), y, reduction="none")
         loss = (self.V(hL, self.L, s) - ce).pow(2).mean()
         if c.tgw:
-            gL = output_local_grad(model, hs[-1], y)
+            gL = self.output_local_grad(model, hs[-1], y)
             loss = loss + c.tgw * (self.grad_V(hL, self.L, s, create_graph=True) - gL).pow(2).sum(-1).mean()
         for l in range(self.L):
             with torch.no_grad():
                 nxt = hs[l + 1].detach()
-                noise = torch.randn((c.cb_samples, *nxt.shape), generator=self.generator, device=nxt.device,
-                                    dtype=nxt.dtype)
+                noise = self.randn((c.cb_samples, *nxt.shape), like=nxt)
                 succ = torch.stack([self.V(nxt + c.cb_sigma * z, l + 1, s) for z in noise])
                 target = -c.cb_temp * (torch.logsumexp(-succ / c.cb_temp, 0) - math.log(c.cb_samples))
             loss = loss + (self.V(hs[l].detach(), l, s) - target).pow(2).mean()

@@ -32,7 +32,6 @@ def dfa_credits(B: Feedback, logits: torch.Tensor, y: torch.Tensor) -> list[torc
 
 class DFA(LocalRule):
     architectures = tuple(ARCHITECTURES)
-    population = True
     def __init__(self, cfg, model, n_classes):
         super().__init__(cfg, model, n_classes)
         self.B = dfa_feedback(self.h_shapes, n_classes, self.cfg.feedback_scale, self.feedback_generator(cfg))

@@ -23,12 +23,11 @@ import torch
 import torch.nn.functional as F
 
 from raycredit.models import ARCHITECTURES
-from raycredit.rules.base import LocalRule, input_grad
+from raycredit.rules.base import LocalRule
 
 
 class EP(LocalRule):
     architectures = tuple(ARCHITECTURES)
-    population = True
     def energy(self, model, h0: torch.Tensor, free: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
         """Summed over the batch: every sample's states only feel their own energy."""
         prev, e = h0, 0.0
@@ -42,14 +41,14 @@ class EP(LocalRule):
         h0 = hs[0].detach()
         states = [h.detach() for h in hs[1:]]
         for _ in range(self.cfg.ep_steps):
-            forces = input_grad(lambda free: self.energy(model, h0, free, y), states, self.functional)
+            forces = self.input_grad(lambda free: self.energy(model, h0, free, y), states)
             states = [s - self.cfg.ep_step_size * g for s, g in zip(states, forces, strict=True)]
         return states
 
     def credits(self, model, hs, logits, y):
         beta = self.cfg.ep_beta
         nudged = self.relax(model, hs, y)
-        a = [input_grad(lambda h0: self.energy(model, h0, nudged, y), hs[0], self.functional) / beta]
+        a = [self.input_grad(lambda h0: self.energy(model, h0, nudged, y), hs[0]) / beta]
         with torch.no_grad():
             below = [hs[0].detach()] + nudged[:-1]
             for l, (h, prev) in enumerate(zip(nudged, below, strict=True), start=1):

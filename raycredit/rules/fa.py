@@ -24,7 +24,7 @@ import torch
 
 from raycredit.errors import ConfigError
 from raycredit.models import ARCHITECTURES, Linear
-from raycredit.rules.base import Feedback, LocalRule, dot, input_grad, output_local_grad
+from raycredit.rules.base import Feedback, LocalRule, dot
 
 
 def feedback_linears(model) -> list[str]:
@@ -35,7 +35,6 @@ def feedback_linears(model) -> list[str]:
 
 class FA(LocalRule):
     architectures = tuple(ARCHITECTURES)
-    population = True
 
     def __init__(self, cfg, model, n_classes):
         super().__init__(cfg, model, n_classes)
@@ -83,13 +82,13 @@ class FA(LocalRule):
 
     def credits(self, model, hs, logits, y):
         if self.cfg.fa_mode == "reference":
-            a = [output_local_grad(model, hs[-1], y, self.functional)]
+            a = [self.output_local_grad(model, hs[-1], y)]
             for l in range(self.L - 1, -1, -1):
                 a.append(a[-1] @ self.B[str(l)].T)
             return a[::-1]
         with self.feedback(model):
-            a = [output_local_grad(model, hs[-1], y, self.functional)]
+            a = [self.output_local_grad(model, hs[-1], y)]
             for l in range(self.L, 0, -1):
-                a.append(input_grad(lambda h, l=l, al=a[-1]: dot(model.step(l, h, model.f(l, h)), al).sum(),
-                                    hs[l - 1], self.functional))
+                a.append(self.input_grad(lambda h, l=l, al=a[-1]: dot(model.step(l, h, model.f(l, h)), al).sum(),
+                                         hs[l - 1]))
         return a[::-1]

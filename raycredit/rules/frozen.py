@@ -13,8 +13,6 @@ from raycredit.rules.base import Rule
 
 class Frozen(Rule):
     architectures = tuple(ARCHITECTURES)
-    population = True
-    has_credit = False
 
     def __init__(self, cfg, model, n_classes):
         super().__init__(cfg, model, n_classes)

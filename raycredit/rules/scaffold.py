@@ -42,7 +42,7 @@ from raycredit.errors import ConfigError
 from raycredit.rules.base import mlp, rms
 from raycredit.rules.conditioning import Conditioning
 from raycredit.rules.dfa import DFA
-from raycredit.rules.vector_field import field_input, field_loss
+from raycredit.rules.vector_field import field_draws, field_input, field_loss
 
 
 def aux_kinds() -> tuple[str, ...]:
@@ -106,6 +106,17 @@ class Scaffold(DFA):
                 self._aux_gen.set_state(self._aux_gen_state)
         return self._aux_gen
 
+    def step_generator(self, device) -> torch.Generator:
+        return self.aux_generator(device)
+
+    def random_draws(self, n, d):
+        c = self.cfg
+        if c.aux_kind == "gaussian_noise":
+            return [("randn", (n, d))] * (self.L + 1) if self.blending and self.alpha != 0.0 else []
+        if not self.aux_learns or c.aux_kind == "zero_target":
+            return []
+        return field_draws(c, self.L, n, d, c.aux_kind == "shuffled_trainable")
+
     def get_extra_state(self):
         return {"aux_generator": self.aux_generator(self.B["0"].device).get_state()}
 
@@ -119,12 +130,12 @@ class Scaffold(DFA):
         if kind == "perlayer_vector":
             return self.vec[l].expand_as(h)
         if kind == "gaussian_noise":
-            return torch.randn(h.shape, generator=self.aux_generator(h.device), device=h.device, dtype=h.dtype)
+            return self.randn(h.shape, like=h)
         code = l / self.L if kind == "time_only" else 1.0
         return self.net(torch.full_like(h[:, :1], code))
 
     def code(self, model, hs, logits, y):
-        return self.cond(model, hs, logits, y) if self.cfg.aux_kind in STATE_KINDS else None
+        return self.cond(self, model, hs, logits, y) if self.cfg.aux_kind in STATE_KINDS else None
 
     def credits(self, model, hs, logits, y):
         dfa = super().credits(model, hs, logits, y)
@@ -145,6 +156,5 @@ class Scaffold(DFA):
         c, s = self.cfg, self.code(model, hs, logits, y)
         if c.aux_kind == "zero_target":
             return sum(self.field(h.detach(), l, s).pow(2).sum(-1).mean() for l, h in enumerate(hs))
-        gen = self.aux_generator(y.device)
-        perm = torch.randperm(len(y), generator=gen, device=y.device) if c.aux_kind == "shuffled_trainable" else None
-        return field_loss(lambda h, l: self.field(h, l, s), model, hs, logits, y, c, gen, perm)
+        perm = self.randperm(len(y), y.device) if c.aux_kind == "shuffled_trainable" else None
+        return field_loss(self, lambda h, l: self.field(h, l, s), model, hs, logits, y, c, perm)

@@ -6,10 +6,9 @@ gradient, so a_L is exact and a_l carries the bridge's Jacobian in place of
 the network's.
 """
 
-import torch
 from torch import nn
 
-from raycredit.rules.base import LocalRule, mlp, output_local_grad
+from raycredit.rules.base import LocalRule, mlp
 
 
 class StateBridge(LocalRule):
@@ -22,13 +21,8 @@ class StateBridge(LocalRule):
         return frozenset({self.L})
 
     def credits(self, model, hs, logits, y):
-        gL = output_local_grad(model, hs[-1], y)
-        a = []
-        with torch.enable_grad():
-            for l, bridge in enumerate(self.bridges):
-                h = hs[l].detach().requires_grad_()
-                a.append(torch.autograd.grad(bridge(h), h, grad_outputs=gL)[0].detach())
-        return a + [gL]
+        gL = self.output_local_grad(model, hs[-1], y)
+        return [self.vjp(bridge, hs[l], gL) for l, bridge in enumerate(self.bridges)] + [gL]
 
     def aux_objective(self, model, hs, logits, y):
         target = hs[-1].detach()

@@ -16,17 +16,18 @@ import torch
 import torch.nn.functional as F
 
 from raycredit.config import RuleConfig
-from raycredit.rules.base import mlp, output_local_grad
+from raycredit.rules.base import Rule, mlp
 from raycredit.rules.conditioning import Conditioning, with_time
 from raycredit.rules.dfa import DFAWarmup
 
 
 @torch.no_grad()
-def measured_slopes(model, l: int, h: torch.Tensor, y: torch.Tensor, cfg: RuleConfig, generator: torch.Generator,
+def measured_slopes(rule: Rule, model, l: int, h: torch.Tensor, y: torch.Tensor, cfg: RuleConfig,
                     perm: torch.Tensor | None = None):
-    """(unit directions u: M x N x d, measured directional derivatives D: M x N), both permuted by perm."""
+    """(unit directions u: M x N x d, measured directional derivatives D: M x N), both permuted by perm; the
+    directions are `rule`'s random draws."""
     m, eps = cfg.vf_dirs, cfg.vf_eps
-    u = torch.randn((m, *h.shape), generator=generator, device=h.device, dtype=h.dtype)
+    u = rule.randn((m, *h.shape), like=h)
     u = u / u.norm(dim=-1, keepdim=True)
     ys = y.repeat(m)
 
@@ -42,19 +43,24 @@ def measured_slopes(model, l: int, h: torch.Tensor, y: torch.Tensor, cfg: RuleCo
     return (u, slopes) if perm is None else (u[:, perm], slopes[:, perm])
 
 
-def field_loss(field, model, hs: list[torch.Tensor], logits: torch.Tensor, y: torch.Tensor, cfg: RuleConfig,
-               generator: torch.Generator, perm: torch.Tensor | None = None):
+def field_loss(rule: Rule, field, model, hs: list[torch.Tensor], logits: torch.Tensor, y: torch.Tensor,
+               cfg: RuleConfig, perm: torch.Tensor | None = None):
     """The vector-field objective of the field a_l = field(h_l, l): directional matches plus the terminal term."""
     loss = 0.0
     for l in range(len(hs)):
         h = hs[l].detach()
-        u, slopes = measured_slopes(model, l, h, y, cfg, generator, perm)
+        u, slopes = measured_slopes(rule, model, l, h, y, cfg, perm)
         loss = loss + ((u * field(h, l).unsqueeze(0)).sum(-1) - slopes).pow(2).mean()
     if cfg.tw:
-        gL = output_local_grad(model, hs[-1], y)
+        gL = rule.output_local_grad(model, hs[-1], y)
         target = gL if perm is None else gL[perm]
         loss = loss + cfg.tw * (field(hs[-1].detach(), len(hs) - 1) - target).pow(2).sum(-1).mean()
     return loss
+
+
+def field_draws(cfg: RuleConfig, L: int, n: int, d: int, shuffled: bool) -> list[tuple[str, tuple[int, ...]]]:
+    """The random draws of one step of `field_loss` (after the shuffle's permutation, if any)."""
+    return [("randperm", (n,))] * shuffled + [("randn", (cfg.vf_dirs, n, d))] * (L + 1)
 
 
 def field_input(h: torch.Tensor, l: int, L: int, s: torch.Tensor) -> torch.Tensor:
@@ -73,11 +79,14 @@ class VectorField(DFAWarmup):
         return self.net(field_input(h, l, self.L, s))
 
     def learned_credits(self, model, hs, logits, y):
-        s = self.cond(model, hs, logits, y)
+        s = self.cond(self, model, hs, logits, y)
         with torch.no_grad():
             return [self.field(hs[l].detach(), l, s) for l in range(self.L + 1)]
 
+    def random_draws(self, n, d):
+        return field_draws(self.cfg, self.L, n, d, self.cfg.shuffle_control)
+
     def aux_objective(self, model, hs, logits, y):
-        s = self.cond(model, hs, logits, y)
-        perm = torch.randperm(len(y), generator=self.generator, device=y.device) if self.cfg.shuffle_control else None
-        return field_loss(lambda h, l: self.field(h, l, s), model, hs, logits, y, self.cfg, self.generator, perm)
+        s = self.cond(self, model, hs, logits, y)
+        perm = self.randperm(len(y), y.device) if self.cfg.shuffle_control else None
+        return field_loss(self, lambda h, l: self.field(h, l, s), model, hs, logits, y, self.cfg, perm)

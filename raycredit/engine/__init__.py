@@ -1,0 +1,42 @@
+"""All Ray calls: connecting to a cluster (`cluster`), the Tune trainable (`trainable`), running and resuming
+a sweep (`sweep`). One trial trains one config, or several as a population, each with its own MLflow run."""
+
+import os
+
+# Set before ray is first imported (by the modules below).
+# Ray binds to the machine's address unless told otherwise; this keeps local instances on 127.0.0.1 (SPEC §11).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# the classic reporter lets the progress table show the trials' labels instead of the whole nested config
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+from raycredit.engine.cluster import (  # noqa: E402
+    check_shared_storage,
+    check_trial_resources,
+    cluster_gpus,
+    connect,
+    resolve_address,
+    storage_visibility,
+)
+from raycredit.engine.sweep import (  # noqa: E402
+    HANG_LIMITS,
+    HangWatch,
+    OptunaSettings,
+    SearchOutcome,
+    check_trusted,
+    run_optuna,
+    run_trials,
+)
+from raycredit.engine.trainable import (  # noqa: E402
+    CHECKPOINT_FILE,
+    FAILURE_TAG,
+    SET_ASIDE_TAG,
+    SweepSettings,
+    open_run,
+    run_label,
+    trainable,
+)
+
+__all__ = ["CHECKPOINT_FILE", "FAILURE_TAG", "HANG_LIMITS", "SET_ASIDE_TAG", "HangWatch", "OptunaSettings",
+           "SearchOutcome", "SweepSettings", "check_shared_storage", "check_trial_resources", "check_trusted",
+           "cluster_gpus", "connect", "open_run", "resolve_address", "run_label", "run_optuna", "run_trials",
+           "storage_visibility", "trainable"]

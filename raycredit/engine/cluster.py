@@ -1,0 +1,128 @@
+"""The Ray cluster: connecting to it (or starting a local instance), and checking that it can run the sweep
+(trial resources that some node has, storage that every node sees)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import uuid
+from pathlib import Path
+
+from raycredit.errors import UserError
+
+
+def resolve_address(address: str | None) -> str | None:
+    """None for a new local instance; else a reachable host:port, or UserError."""
+    if address in (None, "", "local"):
+        return None
+    if address == "auto":
+        resolved = os.environ.get("RAY_ADDRESS", "")
+        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        if not resolved and current.exists():
+            resolved = current.read_text().strip()
+        if not resolved:
+            raise UserError("--address auto: no running Ray cluster found (start one with `ray start --head`, "
+                            "or omit --address for a local instance)")
+    else:
+        resolved = address.removeprefix("ray://") if address.startswith("ray://") else address
+    host, _, port = resolved.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address {address!r}: expected host:port, 'auto' or nothing")
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            pass
+    except OSError as e:
+        reason = e.strerror or e
+        raise UserError(f"--address {address!r}: cannot reach a Ray cluster at {resolved} ({reason})") from None
+    return resolved
+
+
+def connect(address: str | None) -> None:
+    """Join the cluster at `address` (already resolved), or start a local instance on 127.0.0.1."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address is None:
+        ray.init(address="local", include_dashboard=False, log_to_driver=True)
+        return
+    # `ray start` turns token auth on when ~/.ray/auth_token exists but ray.init(address=...) does not (ray 2.60):
+    # make the driver decide the same way, or it is refused by the cluster it was pointed at.
+    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    ray.init(address=address, log_to_driver=True)
+
+
+def cluster_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def check_trial_resources(cpus: float, gpus: float) -> None:
+    """UserError when no alive node of the cluster has the CPUs or GPUs one trial asks for: Tune would wait
+    for them forever."""
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n["Alive"]]
+    for flag, want, name in (("--cpus-per-trial", cpus, "CPU"), ("--gpus-per-trial", gpus, "GPU")):
+        most = max((float(r.get(name, 0.0)) for r in nodes), default=0.0)
+        if want > most:
+            raise UserError(f"{flag} {want:g}: no node of the Ray cluster has that many {name}s (the largest has "
+                            f"{most:g}); a trial would wait forever")
+
+
+def _reads(path: str, token: str) -> bool:
+    try:
+        return Path(path).read_text() == token
+    except OSError:
+        return False
+
+
+def storage_visibility(storage: str) -> dict[str, bool]:
+    """On a cluster of more than one node: {node: whether it reads the file this driver writes into
+    `storage`} (created if missing), from a zero-CPU task pinned to each alive node; {} on one node."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    if len(nodes) < 2:
+        return {}
+    Path(storage).mkdir(parents=True, exist_ok=True)
+    probe = Path(storage) / f".raycredit-probe-{uuid.uuid4().hex}"
+    probe.write_text(probe.name)
+    try:
+        task = ray.remote(num_cpus=0, max_retries=0)(_reads)
+        refs = {f"{n['NodeManagerAddress']} (node {n['NodeID'][:8]})": task.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(str(probe), probe.name)
+            for n in nodes}
+        try:
+            return dict(zip(refs, ray.get(list(refs.values()), timeout=120), strict=True))
+        except ray.exceptions.GetTimeoutError:
+            raise UserError(f"--storage {storage}: could not check within 120 s that every node of the cluster "
+                            "can read it (a node is unresponsive?)") from None
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def check_shared_storage(storage: str) -> None:
+    """UserError when a multi-node cluster has nodes that cannot see `storage`: a trial moved to such a
+    node would not find its checkpoint. Leaves no folder behind when it fails."""
+    top = Path(storage)
+    while not top.parent.exists():
+        top = top.parent
+    existed = top.exists()
+    try:
+        seen = storage_visibility(storage)
+        blind = [node for node, ok in seen.items() if not ok]
+        if blind:
+            raise UserError(f"--storage {storage} is node-local: {len(blind)} of {len(seen)} nodes cannot read it "
+                            f"({', '.join(blind[:3])}{', ...' if len(blind) > 3 else ''}); on a multi-node "
+                            "cluster pass a folder that every node mounts (e.g. NFS)")
+    except UserError:
+        if not existed:
+            shutil.rmtree(top, ignore_errors=True)
+        raise

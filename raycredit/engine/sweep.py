@@ -1,0 +1,230 @@
+"""The sweep driver: runs (or resumes) a grid or an Optuna search of Tune trials, watches for hung trials,
+and reports each config's outcome.
+
+Re-running a grid sweep starts a new Tune run, in the same folder, over the configs without a FINISHED run:
+they resume from their checkpoint files. Tune's saved state is not read (a disk that filled mid-sweep leaves
+it truncated, and it is a pickle anyone who can write --storage could plant); an Optuna search needs its
+searcher back and resumes with `Tuner.restore` (`check_trusted` first).
+
+Tune's own checkpoints are not used: with `num_to_keep` Tune deletes old checkpoints that its last
+experiment snapshot may still name, and a driver killed in that window leaves trials that can never be
+restored (seen in testing); keeping them all would cost one checkpoint per epoch per trial.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from ray import tune
+
+from raycredit.config import Config
+from raycredit.engine.trainable import (
+    TRIAL_DONE,
+    SweepSettings,
+    item_members,
+    run_label,
+    trainable,
+    trial_dirname,
+    trial_item,
+    trial_name,
+)
+from raycredit.errors import UserError
+
+
+def progress_reporter(items: list[dict]):
+    """Ray's progress table: each trial's label (rule, d, L and seed, or population size) and its metrics."""
+    metrics = {"epoch": "epoch", "train_loss": "train_loss", "test_acc": "test_acc", "deep_cos": "deep_cos",
+               "diverged": "diverged"}
+    if any(len(item["members"]) > 1 for item in items):
+        metrics["members"] = "members"
+    return tune.CLIReporter(parameter_columns={"cfg/label": "trial"}, metric_columns=metrics,
+                            max_report_frequency=10)
+
+
+def check_trusted(path: str) -> None:
+    """UserError unless every file and folder of the Tune experiment at `path` belongs to this user and is not
+    world-writable: resuming unpickles Tune's state files (tuner.pkl, the searcher, the trials' state), so a
+    file that someone else wrote or could rewrite in a shared --storage would run their code as this user.
+    (Group-writable files are accepted: the storage's group is trusted.)"""
+    uid = os.getuid()
+    for p in [Path(path), *Path(path).rglob("*")]:
+        st = p.lstat()
+        if st.st_uid != uid or st.st_mode & 0o002:
+            why = "belongs to another user" if st.st_uid != uid else "is writable by every user"
+            raise UserError(f"{p} {why}: resuming would unpickle Tune's state from that folder, which could run "
+                            f"code written by someone else; check it, then `chown -R` / `chmod -R o-w` it, or "
+                            f"use a new --storage")
+
+
+# The hang watch's limits for this driver. Tune pickles its callbacks with the experiment, and a restored
+# sweep must obey the flags of the command that resumes it, so the watch reads them from here.
+HANG_LIMITS = {"timeout_s": 0.0, "factor": 10.0}
+
+
+class HangWatch(tune.Callback):
+    """Kills a trial that has reported nothing for `timeout_s` seconds (when > 0), or for `factor` times its
+    own longest gap between reports so far (once it has reported): a frozen worker (SIGSTOP, a hung NFS read,
+    a wedged GPU) then fails like a crashed one, and Tune retries it from its checkpoint."""
+
+    def __init__(self):
+        self.last: dict[str, float] = {}
+        self.longest: dict[str, float] = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.last[trial.trial_id] = time.monotonic()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        now = time.monotonic()
+        gap = now - self.last.get(trial.trial_id, now)
+        self.longest[trial.trial_id] = max(self.longest.get(trial.trial_id, 0.0), gap)
+        self.last[trial.trial_id] = now
+
+    def on_step_begin(self, iteration, trials, **info):
+        import ray
+
+        now = time.monotonic()
+        for t in trials:
+            if t.status != "RUNNING" or t.trial_id not in self.last:
+                continue
+            limits = [HANG_LIMITS["timeout_s"]] if HANG_LIMITS["timeout_s"] > 0 else []
+            if self.longest.get(t.trial_id):
+                limits.append(HANG_LIMITS["factor"] * self.longest[t.trial_id])
+            silent = now - self.last[t.trial_id]
+            actor = t.temporary_state.ray_actor  # Tune has no public way to fail one running trial
+            if limits and silent > min(limits) and actor is not None:
+                print(f"notice: trial {t} reported nothing for {silent:.0f} s (limit {min(limits):.0f} s): "
+                      "killed as hung; it is retried from its checkpoint", flush=True)
+                ray.kill(actor, no_restart=True)
+                self.last[t.trial_id] = now
+
+
+def _fit(settings: SweepSettings, *, name: str, storage: str, max_failures: int, kind: str,
+         fresh: Callable[[], dict], base: dict | None = None, restore: bool = True):
+    """Resume the Tune experiment storage/name (when `restore`), or start it with the Tuner arguments fresh()
+    returns (progress_reporter among them goes to the RunConfig); returns (ResultGrid, the trials' settings)."""
+    path = os.path.join(storage, name)
+    settings = replace(settings, checkpoint_root=os.path.join(path, "checkpoints"))
+    resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
+    fn = tune.with_resources(tune.with_parameters(trainable, settings=asdict(settings), base=base), resources)
+    if restore and tune.Tuner.can_restore(path):
+        check_trusted(path)
+        print(f"resuming {kind} from {path}")
+        tuner = tune.Tuner.restore(path, fn, resume_errored=True)
+    else:
+        if os.path.isdir(path):
+            print(f"resuming {kind} in {path}: unfinished trials continue from their checkpoints")
+        kw = fresh()
+        tuner = tune.Tuner(fn, run_config=tune.RunConfig(
+            name=name, storage_path=storage, failure_config=tune.FailureConfig(max_failures=max_failures),
+            progress_reporter=kw.pop("progress_reporter", None), callbacks=[HangWatch()], verbose=1), **kw)
+    return tuner.fit(), settings
+
+
+def run_trials(configs: list[Config], settings: SweepSettings, *, name: str, storage: str,
+               max_failures: int, population: int = 1) -> dict[str, str]:
+    """Run (or resume) the sweep; returns {run key: 'FINISHED' | 'FAILED' | 'KILLED' (interrupted, resumable)}.
+
+    With population > 1, configs that differ only in the population keys train as populations of up to
+    that many members, one trial each (raycredit.population.group_members).
+    """
+    from raycredit.population import group_members
+    from raycredit.tracking import finished_keys
+
+    done = finished_keys(settings.tracking_uri, settings.experiment_id)
+    groups = [g for g in group_members(configs, population) if not all(c.key() in done for c in g)]
+    status = {c.key(): "FINISHED" for c in configs if c.key() in done}
+    if not groups:
+        return status
+    items = [trial_item(g) for g in groups]
+
+    def fresh() -> dict:
+        return dict(param_space={"cfg": tune.grid_search(items)},
+                    tune_config=tune.TuneConfig(trial_name_creator=trial_name, trial_dirname_creator=trial_dirname,
+                                                reuse_actors=True),
+                    progress_reporter=progress_reporter(items))
+
+    grid, _ = _fit(settings, name=name, storage=storage, max_failures=max_failures, kind="sweep", fresh=fresh,
+                   restore=False)
+    status.update({c.key(): "KILLED" for g in groups for c in g})  # trials an interruption left unstarted
+    for r in grid:
+        if not r.config:
+            continue
+        members, last = item_members(r.config["cfg"]), r.metrics or {}
+        if last.get("failure"):
+            print(f"trial {r.path.rsplit('/', 1)[-1]} ({', '.join(run_label(c) for c in members[:3])}"
+                  f"{', ...' if len(members) > 3 else ''}) failed: {last['failure']}", flush=True)
+            outcome = "FAILED"
+        elif r.error:
+            outcome = "FAILED"
+        else:
+            outcome = "FINISHED" if last.get(TRIAL_DONE) else "KILLED"
+        status.update({c.key(): outcome for c in members})
+    return status
+
+
+@dataclass(frozen=True)
+class OptunaSettings:
+    """A model-based search: Optuna's TPE proposes, ASHA stops the laggards early."""
+
+    space: object  # define-by-run function(optuna.Trial) -> dict of constants or None
+    num_samples: int
+    metric: str = "test_acc"
+    mode: str = "max"
+    grace_period: int = 2  # epochs every trial runs before ASHA may stop it
+    max_concurrent: int = 4
+    seed: int = 0
+
+
+@dataclass
+class SearchOutcome:
+    status: dict[str, str]  # run key -> FINISHED / FAILED / KILLED
+    early: set[str]  # run keys of trials the scheduler stopped before their last epoch
+    complete: bool  # every trial of num_samples has ended
+    best: dict | None  # the best trial's drawn knobs
+    best_metrics: dict
+
+
+def run_optuna(base: Config, opt: OptunaSettings, settings: SweepSettings, *, name: str, storage: str,
+               max_failures: int) -> SearchOutcome:
+    """Run (or resume) an Optuna search over knobs on top of `base`.
+
+    Optuna keeps its study in memory and Tune checkpoints the searcher with the experiment:
+    Optuna's RDB storage breaks Tuner.restore (SPEC §11). Trials that ASHA stopped early count
+    as finished.
+    """
+    import optuna
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    def fresh() -> dict:
+        searcher = OptunaSearch(opt.space, metric=opt.metric, mode=opt.mode,
+                                sampler=optuna.samplers.TPESampler(seed=opt.seed))
+        scheduler = ASHAScheduler(metric=opt.metric, mode=opt.mode, time_attr="epoch", max_t=base.train.epochs,
+                                  grace_period=min(opt.grace_period, base.train.epochs))
+        return dict(tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=opt.max_concurrent), scheduler=scheduler,
+            num_samples=opt.num_samples, trial_name_creator=trial_name, trial_dirname_creator=trial_dirname))
+
+    grid, settings = _fit(settings, name=name, storage=storage, max_failures=max_failures, kind="search",
+                          fresh=fresh, base=base.to_dict())
+    out = SearchOutcome({}, set(), grid.num_terminated + grid.num_errors == opt.num_samples, None, {})
+    for r in grid:
+        last = r.metrics or {}
+        if "run_key" not in last:
+            continue
+        full = bool(last.get(TRIAL_DONE))
+        out.status[last["run_key"]] = "FAILED" if r.error else "FINISHED" if full or out.complete else "KILLED"
+        if out.complete and not full and not r.error:
+            out.early.add(last["run_key"])
+            shutil.rmtree(Path(settings.checkpoint_root) / last["run_key"], ignore_errors=True)
+        value = last.get(opt.metric)
+        if not r.error and value is not None and (
+                out.best is None or (value > out.best_metrics[opt.metric]) == (opt.mode == "max")):
+            out.best, out.best_metrics = dict(r.config), dict(last)
+    return out

@@ -1,0 +1,265 @@
+"""The Tune trainable: one trial trains one config, or several as a population, each with its own MLflow run.
+
+A thin adapter around `raycredit.population.train_members` (one config: exactly `train(cfg)`): it logs
+every epoch to each member's run (`raycredit.tracking`), reports to Tune, and every `checkpoint_every`
+epochs replaces the trial's checkpoint file `<storage>/<sweep>/checkpoints/<trial key>/checkpoint.pt`
+atomically. A restored, retried or moved trial resumes from that file. A trial of one config keeps that
+config's checkpoint there; a population's file holds every unfinished member's, and a member that finishes
+gets its own file beside it, logged to its run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ray import tune
+
+from raycredit.config import Config
+from raycredit.disk import DiskFull
+from raycredit.errors import UserError
+from raycredit.rules import RULES
+from raycredit.rules.base import LocalRule
+
+CHECKPOINT_FILE = "checkpoint.pt"
+FAILURE_TAG = "raycredit.failure"  # why the latest attempt failed, when it failed cleanly (a full disk)
+SET_ASIDE_TAG = "raycredit.checkpoint_set_aside"  # where an unreadable trial checkpoint was moved
+# reported with every result: 1 once every run of the trial is finished (Tune's own "done" is also 1 for a
+# trial a scheduler stopped early)
+TRIAL_DONE = "runs_done"
+
+
+def trainable(config: dict, settings: dict, base: dict | None = None) -> None:
+    """One trial. A grid passes its members as config["cfg"] (`trial_item`); a searcher passes the knobs it
+    drew, applied on top of `base`, and the run key then includes the trial id (two draws may coincide)."""
+    import torch
+
+    from raycredit.population import member_data, train_members
+    from raycredit.tracking import POPULATION_TAG
+
+    s = SweepSettings(**settings)
+    torch.set_num_threads(max(1, int(s.cpus_per_trial)))
+    cfgs, keys, names, trial_key = trial_members(config, base)
+    E, every = cfgs[0].train.epochs, cfgs[0].train.checkpoint_every
+    data = member_data(cfgs)
+    tags = {POPULATION_TAG: trial_key} if len(cfgs) > 1 else {}
+    runs = [open_run(s, c, k, n, d.n_classes, tags) for c, k, n, d in zip(cfgs, keys, names, data, strict=True)]
+    folder = Path(s.checkpoint_root) / trial_key
+    path = folder / CHECKPOINT_FILE
+    todo = [i for i, r in enumerate(runs) if not r.finished]
+
+    def close(i: int, metrics: dict, ckpt: dict | None) -> None:
+        """Everything a finished run owes MLflow: its last finite checkpoint, the divergence tag, FINISHED.
+        Done before the trial's last report: a scheduler may stop the trial inside that report (SystemExit)."""
+        from raycredit.checkpoint import save_checkpoint
+
+        if ckpt is not None:
+            member_path = folder / keys[i] / CHECKPOINT_FILE
+            member_path.parent.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(ckpt, member_path)
+            runs[i].log_checkpoint(member_path)
+        runs[i].set_tags({"diverged": int(metrics.get("diverged", 0))})
+        runs[i].finish("FINISHED")
+
+    def report(epoch: int, results: list[dict]) -> None:
+        done = all(runs[i].finished for i in todo)
+        if done:
+            shutil.rmtree(folder, ignore_errors=True)
+        tune.report(trial_summary(trial_key, epoch, results, done))
+
+    def on_epoch(epoch: int, results: list[dict | None], checkpoint_fn) -> None:
+        members = [(todo[j], m) for j, m in enumerate(results) if m is not None]
+        for i, m in members:
+            runs[i].log_epoch(epoch, m)
+        diverged = [(i, m) for i, m in members if m["diverged"]]
+        if diverged:
+            old = read_checkpoint(path, keys[0], [])  # their last finite state
+            for i, m in diverged:
+                close(i, m, old.get(keys[i]))
+        new = {}
+        if checkpoint_fn is not None and (epoch == E or epoch % every == 0):
+            new = {keys[todo[j]]: c for j, c in enumerate(checkpoint_fn()) if c is not None}
+            write_checkpoint(path, new, population=len(cfgs) > 1)
+        if epoch == E:
+            for i, m in members:
+                if not m["diverged"]:
+                    close(i, m, new[keys[i]])
+        report(epoch, [m for _, m in members])
+
+    try:
+        if not todo:  # finished before the driver died, though Tune's state may not know it yet
+            tune.report(trial_summary(trial_key, E, [r.final_metrics() for r in runs], True))
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        saved = read_checkpoint(path, keys[0], [runs[i] for i in todo])
+        entries = [saved.get(keys[i]) for i in todo] if saved else None
+        if entries is not None and None in entries:
+            raise RuntimeError(f"{path} lacks unfinished members of its trial; delete it to restart them")
+        for i in todo:
+            start_attempt(runs[i], entries[0]["epoch"] if entries else 0)
+        if entries and entries[0]["epoch"] == E:
+            # killed after saving the last epoch (whose metrics were logged first): nothing left to train
+            for i, e in zip(todo, entries, strict=True):
+                close(i, e["history"][-1], e)
+            report(E, [e["history"][-1] for e in entries])
+            return
+        device = trial_device()
+        train_members([cfgs[i].replace(device=device) for i in todo], checkpoints=entries, on_epoch=on_epoch,
+                      data=[data[i] for i in todo])
+    except SystemExit:
+        # Tune stopped the trial (a scheduler's early stop, or the sweep shutting down): the driver knows
+        # which, and sets the runs' status when the sweep ends (tracking.close_stale_runs)
+        raise
+    except DiskFull as e:
+        fail_cleanly([runs[i] for i in todo], trial_key, e)
+    except BaseException:
+        for r in runs:
+            if not r.finished:
+                r.finish("FAILED")
+        raise
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """What every trial of one sweep shares."""
+
+    search: str
+    experiment_id: str
+    tracking_uri: str
+    code_version: str
+    cpus_per_trial: float
+    gpus_per_trial: float
+    checkpoint_root: str = ""  # set by run_trials / run_optuna: <storage>/<sweep>/checkpoints
+
+
+def run_label(cfg: Config) -> str:
+    """Readable name of a trial and its MLflow run; `-norm` marks a local rule trained with credit_norm."""
+    norm = "-norm" if cfg.rule.credit_norm and issubclass(RULES[cfg.rule.rule], LocalRule) else ""
+    return f"{cfg.rule.rule}{norm}-d{cfg.model.d}-L{cfg.model.L}-seed{cfg.train.seed}"
+
+
+def trial_item(members: list[Config]) -> dict:
+    """A grid trial's Tune config: its members, and a label for the progress table and the trial's name."""
+    c = members[0]
+    label = run_label(c) if len(members) == 1 else f"{c.rule.rule}-d{c.model.d}-L{c.model.L}-pop{len(members)}"
+    return {"members": [m.to_dict() for m in members], "label": label}
+
+
+def item_members(item: dict) -> list[Config]:
+    return [Config.from_dict(m) for m in item["members"]]
+
+
+def trial_members(config: dict, base: dict | None) -> tuple[list[Config], list[str], list[str], str]:
+    """(configs, run keys, run names, the trial's key: its checkpoint folder) of a trial's Tune config."""
+    from raycredit.population import population_key
+
+    if base is not None:
+        cfg = Config.from_dict(base).replace(**config)
+        trial_id = tune.get_context().get_trial_id()
+        return [cfg], [f"{cfg.key()}-{trial_id}"], [f"{run_label(cfg)}-{trial_id}"], f"{cfg.key()}-{trial_id}"
+    cfgs = item_members(config["cfg"])
+    keys = [c.key() for c in cfgs]
+    return cfgs, keys, [run_label(c) for c in cfgs], keys[0] if len(cfgs) == 1 else population_key(cfgs)
+
+
+def trial_name(trial) -> str:
+    if "cfg" not in trial.config:
+        return f"trial-{trial.trial_id}"  # a searcher's trial: its config is drawn when it starts
+    return f"{trial.config['cfg']['label']}-{trial.trial_id}"
+
+
+def trial_dirname(trial) -> str:
+    return trial.trial_id
+
+
+def trial_summary(key: str, epoch: int, results: list[dict], done: bool) -> dict:
+    """What a trial reports to Tune: a single member's metrics, or a population's means over the members that
+    have not diverged (each member's run holds its own), and whether every member is done."""
+    ok = [m for m in results if not m.get("diverged")]
+    if len(results) == 1:
+        means = dict(results[0])
+    else:
+        means = {k: sum(m[k] for m in ok) / len(ok) for k in ("train_loss", "test_acc", "deep_cos")
+                 if ok and all(k in m for m in ok)}
+    return {**means, "epoch": epoch, "members": len(results), "diverged": float(len(results) - len(ok)),
+            TRIAL_DONE: float(done), "run_key": key}
+
+
+def trial_device() -> str:
+    import ray
+    import torch
+
+    on_gpu = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
+    if ray.get_gpu_ids() and not on_gpu:
+        print(f"notice: Ray assigned GPU {ray.get_gpu_ids()} but torch sees no CUDA device; training on CPU")
+    return "cuda" if on_gpu else "cpu"
+
+
+def open_run(s: SweepSettings, cfg: Config, key: str, name: str, n_classes: int, tags: dict | None = None):
+    from raycredit.tracking import TrialRun
+
+    return TrialRun(s.tracking_uri, s.experiment_id, key, run_name=name, params=cfg.flat(),
+                    tags={"rule": cfg.rule.rule, "search": s.search, "dataset": cfg.data.dataset,
+                          "seed": cfg.train.seed, "code_version": s.code_version, "n_classes": n_classes,
+                          **(tags or {})})
+
+
+def start_attempt(run, resumed_from: int) -> None:
+    """Tag the attempt: its node and process, and, for any attempt that starts from a checkpoint (or any
+    restart), the epoch it resumed from."""
+    import ray
+
+    from raycredit.tracking import NODE_TAG, PID_TAG, RESUMED_TAG
+
+    tags = {NODE_TAG: ray.get_runtime_context().get_node_id(), PID_TAG: os.getpid()}
+    run.set_tags({**tags, RESUMED_TAG: resumed_from} if run.attempt > 1 or resumed_from else tags)
+
+
+def write_checkpoint(path: Path, members: dict[str, dict], population: bool) -> None:
+    """The trial's checkpoint file: a one-config trial's checkpoint itself, or a population's
+    {"population": {member key: checkpoint}} of its members still training."""
+    from raycredit.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "population": members} if population
+                    else next(iter(members.values())), path)
+
+
+def read_checkpoint(path: Path, key: str, runs: list) -> dict[str, dict]:
+    """{member key: checkpoint} of the trial's file at `path` ({} when there is none); `key` names the member of
+    a one-config trial. An unreadable file (truncated by a full disk or a crash, corrupt) is moved to
+    <checkpoints>/set_aside/, noted on `runs` and in the trial's log, and the trial starts over from scratch:
+    its epochs are recomputed (the runs keep the ones they logged)."""
+    from raycredit.checkpoint import load_checkpoint
+
+    if not path.exists():
+        return {}
+    try:
+        ckpt = load_checkpoint(path)
+    except UserError as e:
+        # beside the trials' folders, not in its own (which goes once the trial finishes): kept to inspect
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = path.parent.parent / "set_aside" / f"{path.parent.name}-{path.name}.corrupt-{stamp}"
+        aside.parent.mkdir(exist_ok=True)
+        os.replace(path, aside)
+        print(f"warning: {e}; set aside as {aside}, the trial starts over from scratch", flush=True)
+        for run in runs:
+            run.set_tags({SET_ASIDE_TAG: str(aside)})
+        return {}
+    return ckpt["population"] if "population" in ckpt else {key: ckpt}
+
+
+def fail_cleanly(runs: list, key: str, e: Exception) -> None:
+    """End the trial as failed without a traceback or a retry (retrying cannot help: a full disk stays full
+    until someone frees it): its unfinished runs are FAILED with the reason, and Tune is told the reason. When
+    even that cannot be written, `e` propagates and Tune retries the trial as after any crash."""
+    try:
+        for run in runs:
+            if not run.finished:
+                run.set_tags({FAILURE_TAG: str(e)})
+                run.finish("FAILED")
+    except Exception:
+        raise e from None
+    tune.report({"failure": str(e), "run_key": key})

@@ -1,0 +1,58 @@
+"""All MLflow calls: the store (`store`), runs (`runs`) and a tracking server's driver lock (`lock`).
+
+Trials log from inside the trial through `TrialRun`, keyed by a stable run
+key (the config hash): a restored or retried trial finds and continues its
+own run instead of creating a second one (the stock MLflowLoggerCallback
+duplicates runs after `Tuner.restore`, SPEC §11), and epochs that were already
+logged before an interruption are not logged twice.
+"""
+
+import os
+
+# MLflow prints "View run <name> at: <tracking URI>/#/..." to stdout whenever a run on a server ends, in the
+# driver and in every trial's worker log, credentials in the URI included; raycredit prints its own summary.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+from raycredit.tracking.lock import LOCK_MODEL_PREFIX, lock_prefix, server_lock  # noqa: E402
+from raycredit.tracking.runs import (  # noqa: E402
+    ATTEMPT_TAG,
+    NODE_TAG,
+    PID_TAG,
+    POPULATION_TAG,
+    RESUMED_TAG,
+    RUN_KEY_TAG,
+    STOPPED_EARLY_TAG,
+    SUMMARY_TAG,
+    TERMINAL,
+    TrialRun,
+    close_stale_runs,
+    finished_keys,
+    metric_history,
+    metrics_at,
+    record_summary,
+    run_checkpoint,
+    run_keys,
+    running_keys,
+)
+from raycredit.tracking.store import (  # noqa: E402
+    REACH_TIMEOUT_S,
+    STORE_TOKEN_TAG,
+    TRACKING_SCHEMES,
+    check_tracking_uri,
+    create_sqlite_store,
+    default_tracking_uri,
+    ensure_experiment,
+    existing_experiment,
+    experiment_id,
+    load_runs,
+    normalize_uri,
+    redact,
+    store_token,
+)
+
+__all__ = ["ATTEMPT_TAG", "LOCK_MODEL_PREFIX", "NODE_TAG", "PID_TAG", "POPULATION_TAG", "REACH_TIMEOUT_S",
+           "RESUMED_TAG", "RUN_KEY_TAG", "STOPPED_EARLY_TAG", "STORE_TOKEN_TAG", "SUMMARY_TAG", "TERMINAL",
+           "TRACKING_SCHEMES", "TrialRun", "check_tracking_uri", "close_stale_runs", "create_sqlite_store",
+           "default_tracking_uri", "ensure_experiment", "existing_experiment", "experiment_id", "finished_keys",
+           "load_runs", "lock_prefix", "metric_history", "metrics_at", "normalize_uri", "record_summary", "redact",
+           "run_checkpoint", "run_keys", "running_keys", "server_lock", "store_token"]

@@ -1,0 +1,184 @@
+"""Runs: one per trial, found by its run key (`TrialRun`), the search's summary runs, and closing runs whose
+trial has ended."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from raycredit.errors import UserError
+from raycredit.tracking.client import get_client, retry
+from raycredit.tracking.store import normalize_uri, redact
+
+RUN_KEY_TAG = "raycredit.run_key"
+STOPPED_EARLY_TAG = "raycredit.stopped_early"
+ATTEMPT_TAG = "raycredit.attempt"  # 1, then +1 each time a restored, retried or moved trial takes its run up again
+RESUMED_TAG = "raycredit.resumed_from_epoch"  # the checkpoint epoch the latest attempt started from
+NODE_TAG = "raycredit.node"  # the Ray node id of the latest attempt
+PID_TAG = "raycredit.pid"  # the process id of the latest attempt, on that node
+POPULATION_TAG = "raycredit.population"  # runs trained together in one population trial share this key
+SUMMARY_TAG = "raycredit.summary"  # runs that summarize a search (not trials); analyses skip them
+TERMINAL = ("FINISHED", "FAILED", "KILLED")
+
+
+class TrialRun:
+    """The MLflow run of one trial: found by its run key, or created."""
+
+    def __init__(self, uri: str, experiment_id: str, key: str, *, run_name: str, params: dict, tags: dict):
+        from mlflow.entities import Param
+
+        self.client = get_client(uri)
+        found = retry(lambda: self.client.search_runs(
+            [experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'", max_results=2))
+        if found:
+            run = found[0]
+            self.run_id, self.status = run.info.run_id, run.info.status
+            self.last_epoch = int(run.data.metrics.get("epoch", 0))
+            self._final = dict(run.data.metrics)
+            logged = run.data.params
+            self.attempt = int(run.data.tags.get(ATTEMPT_TAG, "1")) + (self.status != "FINISHED")
+            if self.status not in ("RUNNING", "FINISHED"):  # a failed or killed attempt is being retried
+                retry(lambda: self.client.update_run(self.run_id, status="RUNNING"))
+                self.status = "RUNNING"
+        else:
+            # tag values must be strings for the REST store (a tracking server); SQLite is lenient
+            run = retry(lambda: self.client.create_run(
+                experiment_id, run_name=run_name,
+                tags={**{k: str(v) for k, v in tags.items()}, RUN_KEY_TAG: key, ATTEMPT_TAG: "1"}))
+            self.run_id, self.status, self.last_epoch, self._final, logged = run.info.run_id, "RUNNING", 0, {}, {}
+            self.attempt = 1
+        # also after a kill between create_run and this call: a run is found but its params are missing
+        missing = [Param(k, str(v)) for k, v in params.items() if k not in logged]
+        if missing:
+            retry(lambda: self.client.log_batch(self.run_id, params=missing))
+        if self.attempt > 1 and not self.finished:
+            self.set_tags({ATTEMPT_TAG: self.attempt})
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "FINISHED"
+
+    def final_metrics(self) -> dict[str, float]:
+        """Last logged value of every metric of a run found at start."""
+        return self._final
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Log one epoch's metrics at step=epoch, unless that epoch was logged before an interruption."""
+        from mlflow.entities import Metric
+
+        if epoch <= self.last_epoch:
+            return
+        ts = int(time.time() * 1000)
+        batch = [Metric(k, float(v), ts, epoch) for k, v in metrics.items()]
+        retry(lambda: self.client.log_batch(self.run_id, metrics=batch))
+        self.last_epoch = epoch
+
+    def set_tags(self, tags: dict) -> None:
+        from mlflow.entities import RunTag
+
+        retry(lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
+
+    def log_checkpoint(self, path: str | Path) -> None:
+        retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path="checkpoint"))
+
+    def finish(self, status: str = "FINISHED") -> None:
+        retry(lambda: self.client.set_terminated(self.run_id, status))
+        self.status = status
+
+
+def record_summary(uri: str, experiment_id: str, *, key: str, name: str, params: dict, metrics: dict,
+                   tags: dict, note: str | None = None, files: tuple[Path, ...] = ()) -> str:
+    """Create (once per key) a FINISHED run that records a search's result, with `files` as artifacts under
+    results/ (replaced when the run exists already); returns its run id."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    client = get_client(uri)
+    found = retry(lambda: client.search_runs([experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'",
+                                              max_results=1))
+    if found:
+        run_id = found[0].info.run_id
+    else:
+        run_id = retry(lambda: client.create_run(
+            experiment_id, run_name=name,
+            tags={**{k: str(v) for k, v in tags.items()}, RUN_KEY_TAG: key, SUMMARY_TAG: "1"})).info.run_id
+        ts = int(time.time() * 1000)
+        retry(lambda: client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()],
+                                        metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()],
+                                        tags=[RunTag("mlflow.note.content", note or f"best config of {name}")]))
+        retry(lambda: client.set_terminated(run_id, "FINISHED"))
+    for f in files:
+        retry(lambda f=f: client.log_artifact(run_id, str(f), artifact_path="results"))
+    return run_id
+
+
+def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) of every logged value of one metric of one run, by step."""
+    return sorted((m.step, m.value) for m in get_client(normalize_uri(uri)).get_metric_history(run_id, key))
+
+
+def _runs(uri: str, experiment_id: str, status: str = ""):
+    """The experiment's runs (of one status, when given)."""
+    where = f"attributes.status = '{status}'" if status else ""
+    return get_client(uri).search_runs([experiment_id], filter_string=where, max_results=50000)
+
+
+def finished_keys(uri: str, experiment_id: str) -> set[str]:
+    """Run keys of the experiment's FINISHED runs."""
+    return {r.data.tags.get(RUN_KEY_TAG) for r in _runs(uri, experiment_id, "FINISHED")}
+
+
+def run_keys(uri: str, experiment_id: str) -> set[str]:
+    """Run keys of all the experiment's runs, whatever their status."""
+    return {r.data.tags[RUN_KEY_TAG] for r in _runs(uri, experiment_id) if RUN_KEY_TAG in r.data.tags}
+
+
+def running_keys(uri: str, experiment_id: str) -> list[str]:
+    """Run keys of the experiment's runs that are RUNNING."""
+    return [r.data.tags[RUN_KEY_TAG] for r in _runs(uri, experiment_id, "RUNNING") if RUN_KEY_TAG in r.data.tags]
+
+
+def close_stale_runs(uri: str, experiment_id: str, keys_status: dict[str, str], early: set[str] = frozenset()) -> int:
+    """Set RUNNING runs whose trial has ended (key -> FINISHED/FAILED/KILLED) to that status; returns how many.
+
+    Runs of trials a scheduler stopped early (`early`) are FINISHED with the tag raycredit.stopped_early=1.
+    """
+    from mlflow.entities import RunTag
+
+    client = get_client(uri)
+    n = 0
+    for run in _runs(uri, experiment_id, "RUNNING"):
+        key = run.data.tags.get(RUN_KEY_TAG, "")
+        status = keys_status.get(key)
+        if status in TERMINAL:
+            if key in early:
+                retry(lambda run_id=run.info.run_id: client.log_batch(
+                    run_id, tags=[RunTag(STOPPED_EARLY_TAG, "1")]))
+            retry(lambda run_id=run.info.run_id, status=status: client.set_terminated(run_id, status))
+            n += 1
+    return n
+
+
+def run_checkpoint(uri: str, run_id: str, dst: str | Path) -> tuple[str, Path]:
+    """(run name, local path of the run's logged checkpoint, downloaded into dst); UserError when the run
+    or its checkpoint is missing."""
+    from mlflow.exceptions import MlflowException
+
+    client = get_client(normalize_uri(uri))
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise UserError(f"no MLflow run {run_id!r} in {redact(normalize_uri(uri))}") from None
+    if "checkpoint/checkpoint.pt" not in [a.path for a in client.list_artifacts(run_id, "checkpoint")]:
+        raise UserError(f"run {run_id} has no checkpoint artifact (checkpoint/checkpoint.pt); it did not finish")
+    return run.info.run_name, Path(client.download_artifacts(run_id, "checkpoint/checkpoint.pt", str(dst)))
+
+
+def metrics_at(uri: str, run_id: str, step: int) -> dict[str, float]:
+    """Every metric the run logged at `step` (an epoch)."""
+    client = get_client(normalize_uri(uri))
+    out = {}
+    for key in client.get_run(run_id).data.metrics:
+        values = [m.value for m in client.get_metric_history(run_id, key) if m.step == step]
+        if values:
+            out[key] = values[-1]
+    return out
