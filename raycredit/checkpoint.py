@@ -93,3 +93,8 @@ def check_resumable(cfg: Config, ckpt: dict) -> None:
         raise UserError(f"checkpoint was written by a different config (differs in {', '.join(diff)})")
     if ckpt["epoch"] > cfg.train.epochs:
         raise UserError(f"checkpoint is at epoch {ckpt['epoch']}, beyond epochs={cfg.train.epochs}")
+
+
+def checkpoint_due(cfg: Config, epoch: int) -> bool:
+    """Whether a run saves its checkpoint after `epoch`: every `checkpoint_every` epochs and at the last."""
+    return epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs

@@ -88,7 +88,7 @@ def _json_safe(x):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from raycredit.checkpoint import load_checkpoint, save_checkpoint
+    from raycredit.checkpoint import checkpoint_due, load_checkpoint, save_checkpoint
     from raycredit.config import Config, field_docs
     from raycredit.data import load_data
     from raycredit.train import resolve_device, train
@@ -108,7 +108,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     def on_epoch(epoch, metrics, checkpoint_fn):
-        if checkpoint_fn is not None and (epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs):
+        if checkpoint_fn is not None and checkpoint_due(cfg, epoch):
             save_checkpoint(checkpoint_fn(), ckpt_path)
 
     result = train(cfg, checkpoint=ckpt, on_epoch=on_epoch, progress=not args.no_progress, data=data)

@@ -37,13 +37,14 @@ def trainable(config: dict, settings: dict, base: dict | None = None) -> None:
     drew, applied on top of `base`, and the run key then includes the trial id (two draws may coincide)."""
     import torch
 
+    from raycredit.checkpoint import checkpoint_due
     from raycredit.population import member_data, train_members
     from raycredit.tracking import POPULATION_TAG
 
     s = SweepSettings(**settings)
     torch.set_num_threads(max(1, int(s.cpus_per_trial)))
     cfgs, keys, names, trial_key = trial_members(config, base)
-    E, every = cfgs[0].train.epochs, cfgs[0].train.checkpoint_every
+    E = cfgs[0].train.epochs
     data = member_data(cfgs)
     tags = {POPULATION_TAG: trial_key} if len(cfgs) > 1 else {}
     runs = [open_run(s, c, k, n, d.n_classes, tags) for c, k, n, d in zip(cfgs, keys, names, data, strict=True)]
@@ -80,7 +81,7 @@ def trainable(config: dict, settings: dict, base: dict | None = None) -> None:
             for i, m in diverged:
                 close(i, m, old.get(keys[i]))
         new = {}
-        if checkpoint_fn is not None and (epoch == E or epoch % every == 0):
+        if checkpoint_fn is not None and checkpoint_due(cfgs[0], epoch):
             new = {keys[todo[j]]: c for j, c in enumerate(checkpoint_fn()) if c is not None}
             write_checkpoint(path, new, population=len(cfgs) > 1)
         if epoch == E:
