@@ -219,7 +219,7 @@ def _lock_lost(message: str) -> None:
 
 def _run(name: str, preset: Preset, args, analysis, held: contextlib.ExitStack) -> int:
     from raycredit import engine, tracking
-    from raycredit.population import POPULATION_RULES, group_members, supports_population
+    from raycredit.population import POPULATION_RULES, supports_population
 
     if args.population < 1:
         raise UserError(f"--population {args.population}: must be >= 1")
@@ -228,9 +228,7 @@ def _run(name: str, preset: Preset, args, analysis, held: contextlib.ExitStack) 
     sweep_id = stable_hash([c.key() for c in configs] + ([args.population] if args.population > 1 else []))[:8]
     uri, storage, experiment, settings, sweep = _prepare(name, args, configs, held, sweep_id,
                                                          [c.key() for c in configs])
-    groups = group_members(configs, args.population)
-    trials = f"{len(configs)} runs in {len(groups)} trials" if len(groups) < len(configs) else f"{len(configs)} trials"
-    print(f"{name}: {trials}, MLflow experiment {experiment!r} at {tracking.redact(uri)}")
+    print(f"{name}: {len(configs)} runs, MLflow experiment {experiment!r} at {tracking.redact(uri)}")
     alone = sorted({c.rule.rule for c in configs if not supports_population(c)})
     if args.population > 1 and alone:
         print(f"notice: {', '.join(alone)} configs train one per trial (population mode trains "

@@ -36,13 +36,11 @@ from raycredit.engine.trainable import (
 from raycredit.errors import UserError
 
 
-def progress_reporter(items: list[dict]):
-    """Ray's progress table: each trial's label (rule, d, L and seed, or population size) and its metrics."""
+def progress_reporter():
+    """Ray's progress table: each trial's name (its label), how many runs it trains, and its metrics."""
     metrics = {"epoch": "epoch", "train_loss": "train_loss", "test_acc": "test_acc", "deep_cos": "deep_cos",
                "diverged": "diverged"}
-    if any(len(item["members"]) > 1 for item in items):
-        metrics["members"] = "members"
-    return tune.CLIReporter(parameter_columns={"cfg/label": "trial"}, metric_columns=metrics,
+    return tune.CLIReporter(parameter_columns={"cfg/runs": "runs"}, metric_columns=metrics,
                             max_report_frequency=10)
 
 
@@ -136,7 +134,10 @@ def run_trials(configs: list[Config], settings: SweepSettings, *, name: str, sto
     from raycredit.tracking import finished_keys
 
     done = finished_keys(settings.tracking_uri, settings.experiment_id)
-    groups = [g for g in group_members(configs, population) if not all(c.key() in done for c in g)]
+    groups = group_members(configs, population)
+    if len(groups) < len(configs):
+        print(f"{len(configs)} runs in {len(groups)} trials (populations of up to {population})", flush=True)
+    groups = [g for g in groups if not all(c.key() in done for c in g)]
     status = {c.key(): "FINISHED" for c in configs if c.key() in done}
     if not groups:
         return status
@@ -146,7 +147,7 @@ def run_trials(configs: list[Config], settings: SweepSettings, *, name: str, sto
         return dict(param_space={"cfg": tune.grid_search(items)},
                     tune_config=tune.TuneConfig(trial_name_creator=trial_name, trial_dirname_creator=trial_dirname,
                                                 reuse_actors=True),
-                    progress_reporter=progress_reporter(items))
+                    progress_reporter=progress_reporter())
 
     grid, _ = _fit(settings, name=name, storage=storage, max_failures=max_failures, kind="sweep", fresh=fresh,
                    restore=False)

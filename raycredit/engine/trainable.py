@@ -143,10 +143,12 @@ def run_label(cfg: Config) -> str:
 
 
 def trial_item(members: list[Config]) -> dict:
-    """A grid trial's Tune config: its members, and a label for the progress table and the trial's name."""
-    c = members[0]
-    label = run_label(c) if len(members) == 1 else f"{c.rule.rule}-d{c.model.d}-L{c.model.L}-pop{len(members)}"
-    return {"members": [m.to_dict() for m in members], "label": label}
+    """A grid trial's Tune config: its members, a label for the trial's name and how many runs it trains (the
+    progress table's one parameter column)."""
+    label = run_label(members[0])
+    if len(members) > 1:  # members differ in seed and the other population keys
+        label = f"{label.rsplit('-seed', 1)[0]}-pop{len(members)}"
+    return {"members": [m.to_dict() for m in members], "label": label, "runs": len(members)}
 
 
 def item_members(item: dict) -> list[Config]:
