@@ -97,7 +97,10 @@ def run_search(name: str, doc: str, presets: dict[str, Preset], *, default_prese
                 return _run_optuna(name, presets[args.preset], args, analysis, space, held)
             return _run(name, presets[args.preset], args, analysis, held)
     except UserError as e:
-        print(f"{name}: error: {e}", file=sys.stderr)
+        hint = ""
+        if "--data-dir" in str(e) and args.preset != "smoke" and "smoke" in presets:
+            hint = f" (preset {args.preset!r}; `--preset smoke` needs no data: synthetic, on this machine)"
+        print(f"{name}: error: {e}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # before the sweep or after it (the sweep itself: interruptible below)
         print(f"{name}: interrupted; re-run the same command to resume", file=sys.stderr)

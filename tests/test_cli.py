@@ -61,3 +61,14 @@ def test_help_lists_every_knob():
     assert p.returncode == 0
     for _, key, _ in field_docs():
         assert "--" + key.replace("_", "-") in p.stdout, key
+
+
+def test_diagnose_from_a_folder_without_a_store_creates_nothing(tmp_path):
+    """Run from another folder, `raycredit diagnose` reports the missing default store instead of creating an
+    empty mlflow_runs/mlflow.db there and then saying the run is missing."""
+    p = subprocess.run([sys.executable, "-m", "raycredit.cli", "diagnose", "--run-id", "0123abcd"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    [line] = p.stderr.strip().splitlines()
+    assert f"no MLflow store at sqlite:///{tmp_path}/mlflow_runs/mlflow.db" in line, line
+    assert list(tmp_path.iterdir()) == []

@@ -48,3 +48,10 @@ def test_duplicate_configs_are_run_once():
 def test_bad_overrides(argv, words):
     with pytest.raises(UserError, match=words):
         configs("--preset", "smoke", *argv)
+
+
+def test_the_default_paper_preset_without_data_points_to_the_smoke_preset(tmp_path, capsys):
+    assert SCAN.main(["--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--storage", str(tmp_path / "ray")]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "needs --data-dir" in line and "(preset 'paper'; `--preset smoke` needs no data" in line, line
+    assert list(tmp_path.iterdir()) == []

@@ -43,6 +43,7 @@ from raycredit.tracking.store import (  # noqa: E402
     default_tracking_uri,
     ensure_experiment,
     existing_experiment,
+    existing_store,
     experiment_id,
     load_runs,
     normalize_uri,
@@ -53,6 +54,6 @@ from raycredit.tracking.store import (  # noqa: E402
 __all__ = ["ATTEMPT_TAG", "LOCK_MODEL_PREFIX", "NODE_TAG", "PID_TAG", "POPULATION_TAG", "REACH_TIMEOUT_S",
            "RESUMED_TAG", "RUN_KEY_TAG", "STOPPED_EARLY_TAG", "STORE_TOKEN_TAG", "SUMMARY_TAG", "TERMINAL",
            "TRACKING_SCHEMES", "TrialRun", "check_tracking_uri", "close_stale_runs", "create_sqlite_store",
-           "default_tracking_uri", "ensure_experiment", "existing_experiment", "experiment_id", "finished_keys",
-           "load_runs", "lock_prefix", "metric_history", "metrics_at", "normalize_uri", "record_summary", "redact",
-           "run_checkpoint", "run_keys", "running_keys", "server_lock", "store_token"]
+           "default_tracking_uri", "ensure_experiment", "existing_experiment", "existing_store", "experiment_id",
+           "finished_keys", "load_runs", "lock_prefix", "metric_history", "metrics_at", "normalize_uri",
+           "record_summary", "redact", "run_checkpoint", "run_keys", "running_keys", "server_lock", "store_token"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from raycredit.errors import UserError
 from raycredit.tracking.client import get_client, retry
-from raycredit.tracking.store import normalize_uri, redact
+from raycredit.tracking.store import existing_store, normalize_uri, redact
 
 RUN_KEY_TAG = "raycredit.run_key"
 STOPPED_EARLY_TAG = "raycredit.stopped_early"
@@ -113,7 +113,7 @@ def record_summary(uri: str, experiment_id: str, *, key: str, name: str, params:
 
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     """(step, value) of every logged value of one metric of one run, by step."""
-    return sorted((m.step, m.value) for m in get_client(normalize_uri(uri)).get_metric_history(run_id, key))
+    return sorted((m.step, m.value) for m in get_client(existing_store(uri)).get_metric_history(run_id, key))
 
 
 def _runs(uri: str, experiment_id: str, status: str = ""):
@@ -163,7 +163,7 @@ def run_checkpoint(uri: str, run_id: str, dst: str | Path) -> tuple[str, Path]:
     or its checkpoint is missing."""
     from mlflow.exceptions import MlflowException
 
-    client = get_client(normalize_uri(uri))
+    client = get_client(existing_store(uri))
     try:
         run = client.get_run(run_id)
     except MlflowException:
@@ -175,7 +175,7 @@ def run_checkpoint(uri: str, run_id: str, dst: str | Path) -> tuple[str, Path]:
 
 def metrics_at(uri: str, run_id: str, step: int) -> dict[str, float]:
     """Every metric the run logged at `step` (an epoch)."""
-    client = get_client(normalize_uri(uri))
+    client = get_client(existing_store(uri))
     out = {}
     for key in client.get_run(run_id).data.metrics:
         values = [m.value for m in client.get_metric_history(run_id, key) if m.step == step]

@@ -117,7 +117,7 @@ def create_sqlite_store(db: Path) -> None:
 
 def experiment_id(uri: str, name: str) -> str:
     """Id of an existing experiment; UserError when there is none of that name."""
-    exp = get_client(normalize_uri(uri)).get_experiment_by_name(name)
+    exp = get_client(existing_store(uri)).get_experiment_by_name(name)
     if exp is None:
         raise UserError(f"no MLflow experiment {name!r} in {redact(normalize_uri(uri))}")
     return exp.experiment_id
@@ -145,13 +145,21 @@ def store_token(uri: str, experiment_id: str) -> str:
     return token
 
 
+def existing_store(uri: str | None) -> str:
+    """The normalized URI of a store to read; UserError for a SQLite store that is not there (MLflow would
+    create an empty one wherever the command runs)."""
+    uri = normalize_uri(uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise UserError(f"no MLflow store at {uri} (pass --tracking-uri, or run from the folder holding "
+                        "mlflow_runs/)")
+    return uri
+
+
 def load_runs(uri: str, experiment: str):
     """All runs of an experiment as a pandas DataFrame: params.*, metrics.* (last values), tags.*, status."""
     import mlflow
 
-    uri = normalize_uri(uri)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        raise UserError(f"no MLflow store at {uri}")
+    uri = existing_store(uri)
     client = get_client(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
