@@ -197,7 +197,6 @@ class PopulationStepper:
             self.gens.append(member.rule.generator)
             members.append(member)
         self.modules = members
-        self.members = [(m.model, m.rule) for m in members]
         self.n = self.x_tr.shape[1]
         self.params, self.buffers = stack_module_state(members)
         names = [f"model.{k}" for k, p in members[0].model.named_parameters() if p.requires_grad]
@@ -226,6 +225,11 @@ class PopulationStepper:
         self.model_buffers = {k[len("model."):]: v for k, v in self.buffers.items() if k.startswith("model.")}
         self.batched_forward = vmap(lambda p, b, x: functional_call(template.model, (p, b), (x,)))
         self.rows = torch.arange(P, device=device).unsqueeze(1)
+
+    @property
+    def members(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(model, rule) of each member: its own modules, which hold its slice of the weights after each epoch."""
+        return [(m.model, m.rule) for m in self.modules]
 
     def load(self, checkpoints: list[dict]) -> None:
         for member, gen, ckpt in zip(self.modules, self.gens, checkpoints, strict=True):
