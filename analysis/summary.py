@@ -22,7 +22,8 @@ from analysis.tables import cli_main, finished_runs, markdown_table, write_repor
 from raycredit.tracking import load_runs
 
 METRICS = ("test_acc", "deep_cos", "deep_rho", "h_norm_L", "mode1a", "diverged")
-NOT_GROUPED = {"seed", "device", "checkpoint_every", "diag_every", "data_dir", "download", "n_classes", *METRICS}
+NOT_GROUPED = {"seed", "device", "checkpoint_every", "diag_every", "data_dir", "download", "n_classes", "keep_epochs",
+               "parent_run", *METRICS}
 DEPTH_METRICS = {"h_norm_L": "h_norm/l{L}", "g_norm_L": "g_norm/l{L}"}  # read at each run's last layer L
 
 

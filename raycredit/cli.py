@@ -21,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_knob_flags(t)
+    t.add_argument("--from-run", dest="parent_run", metavar="RUN", help="the same as --parent-run")
+    t.add_argument("--from-epoch", dest="parent_epoch", type=int, metavar="E", help="the same as --parent-epoch")
+    add_tracking_uri(t)
     dg = sub.add_parser("diagnose", help="recompute a logged run's diagnostics from its MLflow checkpoint",
                         description="Load a run's checkpoint from MLflow, recompute every diagnostic at its epoch, "
                                     "compare with what the run logged, and run the null calibration (deep_cos "
@@ -88,6 +91,9 @@ def _json_safe(x):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from raycredit import lineage
     from raycredit.checkpoint import checkpoint_due, load_checkpoint, save_checkpoint
     from raycredit.config import Config, field_docs
     from raycredit.data import load_data
@@ -104,12 +110,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         ckpt = load_checkpoint(ckpt_path)
     elif ckpt_path.exists():
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if cfg.exploit.exploitability:
+        raise UserError("exploitability: `raycredit train` trains; snapshot analyses run as search trials "
+                        "(searches/exploitability.py)")
     data = load_data(cfg.data, resolve_device(cfg.train.device))
+    if ckpt is None and cfg.lineage.parent_run:
+        with tempfile.TemporaryDirectory(prefix="raycredit-parent-") as tmp:
+            parent_id, parent = lineage.fetch_parent(cfg, tmp, args.tracking_uri)
+        ckpt = lineage.branch_start(cfg, parent, data.in_shape, data.n_classes)
+        print(f"branch of {parent_id or cfg.lineage.parent_run} at epoch {cfg.lineage.parent_epoch}")
+    kept = set(lineage.kept_epochs(cfg)) - {cfg.train.epochs}
     out.mkdir(parents=True, exist_ok=True)
 
     def on_epoch(epoch, metrics, checkpoint_fn):
-        if checkpoint_fn is not None and checkpoint_due(cfg, epoch):
-            save_checkpoint(checkpoint_fn(), ckpt_path)
+        if checkpoint_fn is not None and (checkpoint_due(cfg, epoch) or epoch in kept):
+            ckpt = checkpoint_fn()
+            if epoch in kept:
+                (out / lineage.KEPT_DIR).mkdir(exist_ok=True)
+                save_checkpoint(ckpt, out / lineage.KEPT_DIR / f"epoch-{epoch}.pt")
+            if checkpoint_due(cfg, epoch):
+                save_checkpoint(ckpt, ckpt_path)
 
     result = train(cfg, checkpoint=ckpt, on_epoch=on_epoch, progress=not args.no_progress, data=data)
     (out / "result.json").write_text(json.dumps(_json_safe(result), indent=1))

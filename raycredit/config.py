@@ -113,6 +113,12 @@ class RuleConfig:
     decay_to: float = knob(-1.0, "scaffold: after the freeze alpha goes linearly to this by the last epoch "
                                  "(-1 = alpha stays)", lo=-1, hi=1)
     prefit_epochs: int = knob(0, "scaffold: epochs after the warm-up in which only the auxiliary learns", lo=0)
+    refit_every: int = knob(0, "scaffold: periodic refit (the seeds' 9B): after every this many blended epochs, "
+                               "refit_epochs in which only the auxiliary learns, which is frozen in between "
+                               "(0 = off: it learns throughout)", lo=0)
+    refit_epochs: int = knob(1, "scaffold: epochs of each periodic refit", lo=1)
+    blend_layers: int = knob(0, "scaffold: blend only the last this many blocks' credit; the layers below keep "
+                                "DFA's (the seeds' 9C top-down curriculum; 0 = every layer)", lo=0)
     aux_width: int = knob(0, "hidden width of auxiliary nets (bridges, value/vector nets; 0 = 2 d)", lo=0)
     aux_lr: float = knob(1e-3, "learning rate of auxiliary nets", lo=0, lo_open=True)
 
@@ -133,6 +139,11 @@ class TrainConfig:
                                   "and diagnostics stay fp32)", choices=("fp32", "bf16"))
     compile: bool = knob(False, "torch.compile the training step's forward and loss (the first steps pay "
                                 "the compilation)")
+    freeze_model: bool = knob(False, "train only the rule's auxiliary nets; the model's weights stay as they are "
+                                     "(credit recovery on a frozen snapshot: the seeds' phases 4A/5B)")
+    keep_epochs: str = knob("", "comma-separated epochs whose checkpoints are kept (MLflow artifacts "
+                                "checkpoint/epoch-<e>/checkpoint.pt) for branches to start from; the last epoch's "
+                                "is always kept")
 
 
 @dataclass(frozen=True)
@@ -145,12 +156,36 @@ class DiagConfig:
     diag_dtype: str = knob("float64", "dtype of the diagnostic forward passes", choices=("float64", "float32"))
 
 
+@dataclass(frozen=True)
+class LineageConfig:
+    parent_run: str = knob("", "start from this run's checkpoint at parent_epoch instead of from scratch: an MLflow "
+                               "run id, the run key of a config in the same experiment, or a checkpoint file or "
+                               "`raycredit train --out` folder (raycredit.lineage says what a branch may change)")
+    parent_epoch: int = knob(0, "the parent's epoch a branch starts from (its checkpoint must have been kept)", lo=0)
+
+
+@dataclass(frozen=True)
+class ExploitConfig:
+    exploitability: bool = knob(False, "measure the starting snapshot instead of training it: k local steps along "
+                                       "the rule's credit (bp: the oracle gradient), raw or credit_norm, and the "
+                                       "loss change on the same batch and held out (seeds' phases 6A/6.5A/7A)")
+    exploit_steps: str = knob("1,5", "exploitability: comma-separated step counts k")
+    exploit_etas: str = knob("0.001,0.01,0.1,1", "exploitability: comma-separated step sizes eta (the line search)")
+    exploit_blocks: str = knob("all", "exploitability: the blocks that step (the embedding and head stay)",
+                               choices=("all", "last"))
+    exploit_batches: int = knob(8, "exploitability: training mini-batches measured (mean, spread and update "
+                                   "variance over them)", lo=2)
+    exploit_held_out: int = knob(1024, "exploitability: test examples of the held-out loss", lo=1)
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "data": DataConfig,
     "rule": RuleConfig,
     "train": TrainConfig,
     "diag": DiagConfig,
+    "lineage": LineageConfig,
+    "exploit": ExploitConfig,
 }
 KEY_SECTION: dict[str, str] = {f.name: s for s, cls in SECTIONS.items() for f in fields(cls)}
 
@@ -197,6 +232,8 @@ class Config:
     rule: RuleConfig = field(default_factory=RuleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     diag: DiagConfig = field(default_factory=DiagConfig)
+    lineage: LineageConfig = field(default_factory=LineageConfig)
+    exploit: ExploitConfig = field(default_factory=ExploitConfig)
 
     @classmethod
     def from_dict(cls, d: dict) -> Config:
@@ -233,6 +270,24 @@ class Config:
         if self.data.dataset in ("cifar10", "cifar100", "npz") and not self.data.data_dir:
             raise ConfigError(f"data_dir: dataset {self.data.dataset!r} needs --data-dir")
         self._check_sizes()
+        self._check_lineage()
+
+    def _check_lineage(self) -> None:
+        t, lin, ex = self.train, self.lineage, self.exploit
+        kept = number_list("keep_epochs", t.keep_epochs, int, lo=1)
+        if kept and max(kept) > t.epochs:
+            raise ConfigError(f"keep_epochs: epoch {max(kept)} is beyond epochs={t.epochs}")
+        number_list("exploit_steps", ex.exploit_steps, int, lo=1, need=True)
+        number_list("exploit_etas", ex.exploit_etas, float, lo=0.0, need=True)
+        if lin.parent_run and lin.parent_epoch < 1:
+            raise ConfigError("parent_epoch: a branch needs the parent's epoch to start from (>= 1)")
+        if ex.exploitability and not lin.parent_run:
+            raise ConfigError("exploitability: measures a snapshot; set parent_run and parent_epoch")
+        if lin.parent_epoch and not lin.parent_run:
+            raise ConfigError(f"parent_epoch: {lin.parent_epoch} given without parent_run")
+        if lin.parent_run and not ex.exploitability and t.epochs <= lin.parent_epoch:
+            raise ConfigError(f"epochs: a branch from epoch {lin.parent_epoch} trains up to epochs={t.epochs}, "
+                              "which must be later (epochs counts from the trunk's start)")
 
     def _check_sizes(self) -> None:
         """ConfigError for a synthetic dataset or a model whose float32 tensors would exceed MAX_TENSOR_BYTES."""
@@ -275,6 +330,20 @@ CHECKS: list[Callable[[Config], None]] = []
 def register_check(check: Callable[[Config], None]) -> None:
     if check not in CHECKS:
         CHECKS.append(check)
+
+
+def number_list(key: str, text: str, kind: type, *, lo, need: bool = False) -> list:
+    """The numbers of a comma-separated knob, sorted and distinct; ConfigError naming key when malformed."""
+    try:
+        values = sorted({kind(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise ConfigError(f"{key}: {text!r} is not a comma-separated list of {kind.__name__}s") from None
+    if need and not values:
+        raise ConfigError(f"{key}: needs at least one value")
+    bad = [v for v in values if not math.isfinite(v) or (v <= lo if kind is float else v < lo)]
+    if bad:
+        raise ConfigError(f"{key}: {bad[0]!r} must be {'>' if kind is float else '>='} {lo}")
+    return values
 
 
 def stable_hash(obj: Any) -> str:

@@ -58,7 +58,7 @@ POPULATION_RULES = tuple(k for k, v in RULES.items() if v.population)
 
 
 def supports_population(cfg: Config) -> bool:
-    return RULES[cfg.rule.rule].population and not cfg.train.compile
+    return RULES[cfg.rule.rule].population and not cfg.train.compile and not cfg.exploit.exploitability
 
 
 def check_members(cfgs: list[Config]) -> None:
@@ -259,9 +259,11 @@ class PopulationStepper:
                              for g in self.gens])
         self.opt.zero_grad(set_to_none=True)
         objective, ce, logits = self.batched_step(self.params, self.buffers, x, y, *self.draw(idx.shape[1]))
-        objective.sum().backward()
-        if cfg0.train.clip_norm:
-            _clip_per_member([p.grad for p in self.trainable], cfg0.train.clip_norm)
+        if objective.requires_grad:  # see EagerStepper.step
+            objective.sum().backward()
+        grads = [p.grad for p in self.trainable if p.grad is not None]  # none with freeze_model
+        if cfg0.train.clip_norm and grads:
+            _clip_per_member(grads, cfg0.train.clip_norm)
         if self.before is None:
             self.opt.step()
         else:

@@ -31,15 +31,32 @@ REFERENCE = {"credit_norm": True, "fa_mode": "reference"}
 
 
 @dataclass(frozen=True)
+class Branch:
+    """Branches (`raycredit.lineage`) of every config generated so far whose values match `of` (key -> allowed
+    values): for each parent epoch in `at` (empty: the parent's last epoch) and each point of `grid`, a config
+    that is its parent with `fixed` and the grid point applied, starting from the parent's checkpoint at that
+    epoch. A value of `fixed` may be a function of the branch's flat config (parent_epoch and the grid point
+    already set), e.g. {"epochs": lambda c: c["parent_epoch"] + 4}; they are applied in order. The parents
+    keep the epochs their branches start from (keep_epochs). Branches of branches: a later Branch whose `of`
+    matches an earlier one's configs."""
+
+    grid: dict[str, list] = field(default_factory=dict)
+    of: dict[str, list] = field(default_factory=dict)
+    at: tuple[int, ...] = ()
+    fixed: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Preset:
     """A search's parameter space: the product of `grid`, plus the products of the `also` grids
-    (controls and baselines that do not cross every axis), each on top of `fixed`."""
+    (controls and baselines that do not cross every axis), each on top of `fixed`; then the `branches`."""
 
     grid: dict[str, list]
     fixed: dict = field(default_factory=dict)
     doc: str = ""
     also: tuple[dict[str, list], ...] = ()
     samples: int = 0  # Optuna searches: trials to draw (the grid is then empty)
+    branches: tuple[Branch, ...] = ()
 
     def configs(self, overrides: dict) -> list[dict]:
         """Flat config dicts; overrides replace fixed values and collapse grid axes."""
@@ -70,12 +87,99 @@ def expand(preset: Preset, ov: dict) -> list[Config]:
             space["seed"] = seeds
     dicts = Preset(spaces[0], preset.fixed, also=tuple(spaces[1:])).configs(ov)
     configs, seen = [], set()
-    for d in dicts:
-        cfg = Config.from_dict(d)
+    for cfg in with_branches([Config.from_dict(d).flat() for d in dicts], preset.branches):
         if cfg.key() not in seen:
             seen.add(cfg.key())
             configs.append(cfg)
     return configs
+
+
+def with_branches(trunks: list[dict], branches: tuple[Branch, ...]) -> list[Config]:
+    """The configs of `trunks` (flat dicts) and of their `branches`, parents first, each parent keeping the
+    epochs its branches start from."""
+    nodes: list[tuple[dict, int | None, int]] = [(t, None, 0) for t in trunks]  # (flat, parent index, epoch)
+    for b in branches:
+        for p in range(len(nodes)):
+            flat = nodes[p][0]
+            if any(flat[k] not in allowed for k, allowed in b.of.items()):
+                continue
+            for t in b.at or (flat["epochs"],):
+                for combo in itertools.product(*b.grid.values()):
+                    child = {**flat, "keep_epochs": "", "parent_epoch": t, **dict(zip(b.grid, combo, strict=True))}
+                    for k, v in b.fixed.items():
+                        child[k] = v(child) if callable(v) else v
+                    nodes.append((child, p, t))
+    keep: dict[int, set[int]] = {}
+    for _, p, t in nodes:
+        if p is not None and t != nodes[p][0]["epochs"]:
+            keep.setdefault(p, set()).add(t)
+    out: list[Config] = []
+    for i, (flat, p, _) in enumerate(nodes):
+        if i in keep:
+            flat = {**flat, "keep_epochs": ",".join(map(str, sorted(keep[i] | set(_epochs(flat)))))}
+        if p is not None:
+            flat = {**flat, "parent_run": out[p].key()}
+        out.append(Config.from_dict(flat))
+    return out
+
+
+def _epochs(flat: dict) -> list[int]:
+    return [int(e) for e in flat["keep_epochs"].split(",") if e.strip()]
+
+
+def lineage_levels(configs: list[Config]) -> list[list[Config]]:
+    """The configs in stages: those whose parent is not among them first, then their branches, and so on
+    (a stage's trials start once the stage before it has ended)."""
+    by_key = {c.key(): c for c in configs}
+    level: dict[str, int] = {}
+
+    def depth(c: Config) -> int:
+        if c.key() not in level:
+            parent = by_key.get(c.lineage.parent_run)
+            level[c.key()] = 0 if parent is None else depth(parent) + 1
+        return level[c.key()]
+
+    stages: list[list[Config]] = []
+    for c in configs:
+        d = depth(c)
+        stages += [[] for _ in range(d + 1 - len(stages))]
+        stages[d].append(c)
+    return stages
+
+
+def check_lineage(configs: list[Config]) -> None:
+    """UserError for a branch whose parent in this search cannot be branched from: it changes the parent's
+    model, data or seed, or the parent does not keep the epoch it starts from."""
+    from raycredit.lineage import check_branch, kept_epochs
+
+    by_key = {c.key(): c for c in configs}
+    for c in configs:
+        parent = by_key.get(c.lineage.parent_run)
+        if parent is None:
+            continue
+        check_branch(c, parent)
+        if c.lineage.parent_epoch not in kept_epochs(parent):
+            raise UserError(f"parent_epoch: {c.lineage.parent_epoch} is not kept by its parent in this search "
+                            f"(keeps {', '.join(map(str, kept_epochs(parent)))}; add it to the parent's keep_epochs)")
+
+
+def check_outside_parents(configs: list[Config], uri: str, experiment_id: str) -> None:
+    """UserError for a branch whose parent is not in this search and cannot be read or branched from (each
+    parent's checkpoint is fetched once, before any trial starts)."""
+    import tempfile
+
+    from raycredit.lineage import check_branch, fetch_parent
+
+    inside = {c.key() for c in configs}
+    checked: dict[tuple[str, int], Config] = {}
+    for c in configs:
+        ref = (c.lineage.parent_run, c.lineage.parent_epoch)
+        if not ref[0] or ref[0] in inside:
+            continue
+        if ref not in checked:
+            with tempfile.TemporaryDirectory(prefix="raycredit-parent-") as tmp:
+                checked[ref] = Config.from_dict(fetch_parent(c, tmp, uri, experiment_id)[1]["config"])
+        check_branch(c, checked[ref])
 
 
 Analysis = Callable[[str, str, str], object]  # (tracking uri, experiment, output folder) -> anything
@@ -221,12 +325,13 @@ def _lock_lost(message: str) -> None:
 
 
 def _run(name: str, preset: Preset, args, analysis, held: contextlib.ExitStack) -> int:
-    from raycredit import engine, tracking
+    from raycredit import tracking
     from raycredit.population import POPULATION_RULES, supports_population
 
     if args.population < 1:
         raise UserError(f"--population {args.population}: must be >= 1")
     configs = expand(preset, overrides_from(args))
+    check_lineage(configs)
     # the Tune experiment is named after the exact trial set, so re-running the same command resumes it
     sweep_id = stable_hash([c.key() for c in configs] + ([args.population] if args.population > 1 else []))[:8]
     uri, storage, experiment, settings, sweep = _prepare(name, args, configs, held, sweep_id,
@@ -240,9 +345,9 @@ def _run(name: str, preset: Preset, args, analysis, held: contextlib.ExitStack) 
     if done:
         print(f"notice: {done} of these configs already have a finished run in {experiment!r} and are not "
               "retrained; pass a new --experiment to run them again (e.g. after changing the code)")
+    check_outside_parents(configs, uri, settings.experiment_id)
     with sweep_interrupts(uri, settings.experiment_id, [c.key() for c in configs]):
-        status = engine.run_trials(configs, settings, name=sweep, storage=storage,
-                                   max_failures=args.max_failures, population=args.population)
+        status = run_stages(configs, settings, sweep, storage, args)
         tracking.close_stale_runs(uri, settings.experiment_id, status)
     unfinished = sum(s == "KILLED" for s in status.values())
     if unfinished:
@@ -253,6 +358,30 @@ def _run(name: str, preset: Preset, args, analysis, held: contextlib.ExitStack) 
     if not args.no_analysis:
         run_analyses(analysis, uri, experiment, args.out or str(Path("reports") / experiment))
     return 1 if failed else 0
+
+
+def run_stages(configs: list[Config], settings, sweep: str, storage: str, args) -> dict[str, str]:
+    """Run the sweep's lineage stages in order (`lineage_levels`); a branch whose parent failed is not started
+    (FAILED), and an interrupted stage leaves the later ones unstarted (KILLED)."""
+    from raycredit import engine
+
+    stages = lineage_levels(configs)
+    status: dict[str, str] = {}
+    for n, stage in enumerate(stages):
+        if n and len(stages) > 1:
+            print(f"lineage stage {n + 1} of {len(stages)}: {len(stage)} branches", flush=True)
+        blocked = [c for c in stage if status.get(c.lineage.parent_run, "FINISHED") != "FINISHED"]
+        if any(status.get(c.lineage.parent_run) == "KILLED" for c in blocked) or "KILLED" in status.values():
+            status.update({c.key(): "KILLED" for s in stages[n:] for c in s})
+            break
+        if blocked:
+            print(f"{len(blocked)} branches not started: their parent failed", flush=True)
+            status.update({c.key(): "FAILED" for c in blocked})
+        todo = [c for c in stage if c not in blocked]
+        if todo:
+            status.update(engine.run_trials(todo, settings, name=sweep, storage=storage,
+                                            max_failures=args.max_failures, population=args.population))
+    return status
 
 
 def _run_optuna(name: str, preset: Preset, args, analysis, space: Callable, held: contextlib.ExitStack) -> int:

@@ -153,7 +153,8 @@ class EagerStepper:
         self.opt.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16"):
             objective, ce, logits = self.step_loss(self.model, x, y)
-        objective.backward()
+        if objective.requires_grad:  # a frozen model whose rule has nothing to learn: no step at all
+            objective.backward()
         if cfg.train.clip_norm:
             torch.nn.utils.clip_grad_norm_(self.params, cfg.train.clip_norm)
         self.opt.step()

@@ -38,6 +38,7 @@ def trainable(config: dict, settings: dict, base: dict | None = None) -> None:
     import torch
 
     from raycredit.checkpoint import checkpoint_due
+    from raycredit.lineage import kept_epochs
     from raycredit.population import member_data, train_members
     from raycredit.tracking import POPULATION_TAG
 
@@ -51,6 +52,7 @@ def trainable(config: dict, settings: dict, base: dict | None = None) -> None:
     folder = Path(s.checkpoint_root) / trial_key
     path = folder / CHECKPOINT_FILE
     todo = [i for i, r in enumerate(runs) if not r.finished]
+    kept = [set(kept_epochs(c)) - {E} for c in cfgs]
 
     def close(i: int, metrics: dict, ckpt: dict | None) -> None:
         """Everything a finished run owes MLflow: its last finite checkpoint, the divergence tag, FINISHED.
@@ -81,9 +83,13 @@ def trainable(config: dict, settings: dict, base: dict | None = None) -> None:
             for i, m in diverged:
                 close(i, m, old.get(keys[i]))
         new = {}
-        if checkpoint_fn is not None and checkpoint_due(cfgs[0], epoch):
+        keep = [i for i, m in members if epoch in kept[i] and not m["diverged"]]
+        if checkpoint_fn is not None and (checkpoint_due(cfgs[0], epoch) or keep):
             new = {keys[todo[j]]: c for j, c in enumerate(checkpoint_fn()) if c is not None}
-            write_checkpoint(path, new, population=len(cfgs) > 1)
+            for i in keep:
+                keep_checkpoint(folder / keys[i], epoch, new[keys[i]], runs[i])
+            if checkpoint_due(cfgs[0], epoch):
+                write_checkpoint(path, new, population=len(cfgs) > 1)
         if epoch == E:
             for i, m in members:
                 if not m["diverged"]:
@@ -99,8 +105,19 @@ def trainable(config: dict, settings: dict, base: dict | None = None) -> None:
         entries = [saved.get(keys[i]) for i in todo] if saved else None
         if entries is not None and None in entries:
             raise RuntimeError(f"{path} lacks unfinished members of its trial; delete it to restart them")
+        if entries is None and cfgs[0].lineage.parent_run:  # a branch's first attempt (members share the epoch)
+            entries = [branch_entry(s, cfgs[i], runs[i], data[i], folder) for i in todo]
         for i in todo:
             start_attempt(runs[i], entries[0]["epoch"] if entries else 0)
+        if cfgs[0].exploit.exploitability:
+            from raycredit.snapshot import exploitability
+
+            [i], [start] = todo, entries
+            metrics = {**exploitability(start, data[i], trial_device()), "epoch": start["epoch"]}
+            runs[i].log_epoch(start["epoch"], metrics)
+            runs[i].finish("FINISHED")
+            report(start["epoch"], [metrics])
+            return
         if entries and entries[0]["epoch"] == E:
             # killed after saving the last epoch (whose metrics were logged first): nothing left to train
             for i, e in zip(todo, entries, strict=True):
@@ -139,7 +156,9 @@ class SweepSettings:
 def run_label(cfg: Config) -> str:
     """Readable name of a trial and its MLflow run; `-norm` marks a local rule trained with credit_norm."""
     norm = "-norm" if cfg.rule.credit_norm and issubclass(RULES[cfg.rule.rule], LocalRule) else ""
-    return f"{cfg.rule.rule}{norm}-d{cfg.model.d}-L{cfg.model.L}-seed{cfg.train.seed}"
+    branch = f"-from{cfg.lineage.parent_epoch}" if cfg.lineage.parent_run else ""
+    what = "-exploit" if cfg.exploit.exploitability else "-frozen-model" if cfg.train.freeze_model else ""
+    return f"{cfg.rule.rule}{norm}{what}-d{cfg.model.d}-L{cfg.model.L}-seed{cfg.train.seed}{branch}"
 
 
 def trial_item(members: list[Config]) -> dict:
@@ -166,6 +185,38 @@ def trial_members(config: dict, base: dict | None) -> tuple[list[Config], list[s
     cfgs = item_members(config["cfg"])
     keys = [c.key() for c in cfgs]
     return cfgs, keys, [run_label(c) for c in cfgs], keys[0] if len(cfgs) == 1 else population_key(cfgs)
+
+
+def branch_entry(s: SweepSettings, cfg: Config, run, data, folder: Path) -> dict:
+    """The start of a branch (`lineage.branch_start`) from its parent's kept checkpoint; tags its run with its
+    lineage (MLflow's UI nests it under its parent) and logs the parent's epochs to it, once."""
+    import tempfile
+
+    from raycredit import lineage
+    from raycredit.tracking import PARENT_EPOCH_TAG, PARENT_RUN_TAG
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        parent_id, parent = lineage.fetch_parent(cfg, tmp, s.tracking_uri, s.experiment_id)
+    start = lineage.branch_start(cfg, parent, data.in_shape, data.n_classes)
+    tags = {PARENT_RUN_TAG: parent_id or cfg.lineage.parent_run, PARENT_EPOCH_TAG: cfg.lineage.parent_epoch}
+    run.set_tags({**tags, "mlflow.parentRunId": parent_id} if parent_id else tags)
+    if not cfg.exploit.exploitability:
+        for m in start["history"]:
+            run.log_epoch(m["epoch"], m)
+    return start
+
+
+def keep_checkpoint(folder: Path, epoch: int, ckpt: dict, run) -> None:
+    """A kept epoch (train.keep_epochs): its checkpoint, logged to the run as checkpoint/epoch-<e>/."""
+    from raycredit.checkpoint import save_checkpoint
+    from raycredit.tracking import KEPT_ARTIFACT
+
+    path = folder / f"epoch-{epoch}" / CHECKPOINT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(ckpt, path)
+    run.log_checkpoint(path, KEPT_ARTIFACT.format(epoch=epoch))
+    path.unlink()
 
 
 def trial_name(trial) -> str:

@@ -2,7 +2,7 @@
 
 from raycredit.config import Config, register_check
 from raycredit.errors import ConfigError
-from raycredit.rules.base import Rule
+from raycredit.rules.base import LocalRule, Rule
 from raycredit.rules.bp import BP
 from raycredit.rules.credit_bridge import CreditBridge
 from raycredit.rules.dfa import DFA
@@ -39,6 +39,11 @@ def validate(cfg: Config) -> None:
     if cfg.model.arch not in rule_cls.architectures:
         raise ConfigError(f"rule: {cfg.rule.rule!r} supports architectures {', '.join(rule_cls.architectures)}, "
                           f"not {cfg.model.arch!r}")
+    if cfg.train.freeze_model and not issubclass(rule_cls, LocalRule):
+        raise ConfigError(f"freeze_model: {cfg.rule.rule!r} has no auxiliary nets to train on a frozen model (rules "
+                          f"that do: {', '.join(k for k, v in RULES.items() if issubclass(v, LocalRule))})")
+    if cfg.exploit.exploitability and cfg.rule.rule == "frozen":
+        raise ConfigError("exploitability: 'frozen' has no credit to step along")
     rule_cls.check_config(cfg)
 
 

@@ -159,13 +159,15 @@ class Rule(nn.Module):
 class LocalRule(Rule):
     """Rules that train each block from a credit vector through the local loss <f_l, a_l>.
 
-    While `model_learns` is False the objective is the auxiliary loss alone (a prefit phase).
+    While `model_learns` is False (a prefit phase), or throughout with freeze_model, the objective is the
+    auxiliary loss alone: the model's parameters get no gradient at all.
     """
 
     model_learns = True
 
     def __init__(self, cfg: Config, model: nn.Module, n_classes: int):
         super().__init__(cfg, model, n_classes)
+        self.freeze_model = cfg.train.freeze_model
         # a buffer rather than a float so that a population's members can each have their own
         self.register_buffer("penalty_lam", torch.tensor(float(cfg.rule.penalty_lam)), persistent=False)
 
@@ -188,7 +190,10 @@ class LocalRule(Rule):
             # always added (an exact 0 at penalty_lam = 0): population members may differ in penalty_lam
             local = local + dot(f, al).mean() + self.penalty_lam * dot(f, f).mean()
         aux = self.aux_objective(model, hs, logits, y)
-        return (ce + local + aux if self.model_learns else aux), ce.detach(), logits.detach()
+        if self.model_learns and not self.freeze_model:
+            return ce + local + aux, ce.detach(), logits.detach()
+        # a rule without auxiliary nets then learns nothing: a constant objective, which the trainers skip
+        return (aux if torch.is_tensor(aux) else ce.detach() * 0), ce.detach(), logits.detach()
 
     def aux_objective(self, model, hs: list[torch.Tensor], logits: torch.Tensor, y: torch.Tensor):
         """Loss of the rule's auxiliary nets on this batch (hs detached); 0 for rules without any.

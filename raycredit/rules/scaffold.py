@@ -11,6 +11,13 @@ The seeds' blend dissection (phases 9-10) as one rule. Schedule over the E epoch
    that alpha mixes directions rather than magnitudes (a net trained on loss slopes outputs vectors
    orders of magnitude smaller than DFA's). The auxiliary learns for `freeze_after` blended epochs
    (-1: throughout); after the freeze alpha goes linearly to `decay_to` at the last epoch (-1: stays).
+   With `refit_every` K > 0 (the seeds' 9B periodic refit) the blended epochs instead cycle through K
+   epochs with the auxiliary frozen and `refit_epochs` R epochs in which only the auxiliary learns.
+   With `blend_layers` n > 0 (9C, top-down) only the last n blocks' credit is blended; the layers below
+   keep DFA's.
+
+A scaffold branch from a `dfa` run at epoch t0 (`raycredit.lineage`) whose warm-up is t0 epochs trains
+exactly like a scaffold run from scratch: the warm-up is DFA, step for step.
 
 Auxiliary kinds (`aux_kind`); all but gaussian_noise learn the vector-field objective of
 `raycredit.rules.vector_field` (measured loss slopes along random directions, terminal weight `tw`),
@@ -66,6 +73,10 @@ class Scaffold(DFA):
             raise ConfigError(f"decay_to: {c.decay_to!r} must be -1 (no decay) or in [0, 1]")
         if c.decay_to >= 0 and c.freeze_after < 0:
             raise ConfigError("decay_to: the decay starts at the freeze; set freeze_after too")
+        if c.refit_every and (c.aux_kind == "gaussian_noise" or c.freeze_after >= 0):
+            raise ConfigError("refit_every: a periodic refit needs a learning auxiliary and no freeze_after")
+        if c.blend_layers > cfg.model.L:
+            raise ConfigError(f"blend_layers: {c.blend_layers} is more than the L={cfg.model.L} blocks")
         if int(c.warmup_ratio * E) + c.prefit_epochs >= E:
             raise ConfigError(f"prefit_epochs: warm-up ({int(c.warmup_ratio * E)}) + prefit ({c.prefit_epochs}) "
                               f"epochs leave no blended epoch of epochs={E}")
@@ -91,9 +102,10 @@ class Scaffold(DFA):
         c = self.cfg
         b = epoch - self.warm_epochs - c.prefit_epochs  # blended epoch index, 1-based
         prefit = self.warm_epochs < epoch <= self.warm_epochs + c.prefit_epochs
-        self.model_learns, self.blending = not prefit, b >= 1
+        refit = c.refit_every > 0 and b >= 1 and (b - 1) % (c.refit_every + c.refit_epochs) >= c.refit_every
+        self.model_learns, self.blending = not (prefit or refit), b >= 1
         self.aux_learns = c.aux_kind != "gaussian_noise" and (prefit or self.blending and (
-            c.freeze_after < 0 or b <= c.freeze_after))
+            refit if c.refit_every else c.freeze_after < 0 or b <= c.freeze_after))
         self.alpha = c.blend_alpha
         if self.blending and c.decay_to >= 0 and b > c.freeze_after:
             left = epochs - self.warm_epochs - c.prefit_epochs - c.freeze_after
@@ -112,7 +124,8 @@ class Scaffold(DFA):
     def random_draws(self, n, d):
         c = self.cfg
         if c.aux_kind == "gaussian_noise":
-            return [("randn", (n, d))] * (self.L + 1) if self.blending and self.alpha != 0.0 else []
+            blended = c.blend_layers or self.L + 1
+            return [("randn", (n, d))] * blended if self.blending and self.alpha != 0.0 else []
         if not self.aux_learns or c.aux_kind == "zero_target":
             return []
         return field_draws(c, self.L, n, d, c.aux_kind == "shuffled_trainable")
@@ -145,6 +158,9 @@ class Scaffold(DFA):
         with torch.no_grad():
             out = []
             for l, a_dfa in enumerate(dfa):
+                if self.cfg.blend_layers and l <= self.L - self.cfg.blend_layers:
+                    out.append(a_dfa)
+                    continue
                 aux = self.field(hs[l].detach(), l, s)
                 aux = aux * (rms(a_dfa) / rms(aux).clamp_min(torch.finfo(aux.dtype).tiny))
                 out.append(self.alpha * aux + (1 - self.alpha) * a_dfa)

@@ -16,7 +16,10 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 from raycredit.tracking.lock import LOCK_MODEL_PREFIX, lock_prefix, server_lock  # noqa: E402
 from raycredit.tracking.runs import (  # noqa: E402
     ATTEMPT_TAG,
+    KEPT_ARTIFACT,
     NODE_TAG,
+    PARENT_EPOCH_TAG,
+    PARENT_RUN_TAG,
     PID_TAG,
     POPULATION_TAG,
     RESUMED_TAG,
@@ -27,6 +30,7 @@ from raycredit.tracking.runs import (  # noqa: E402
     TrialRun,
     close_stale_runs,
     finished_keys,
+    kept_checkpoint,
     metric_history,
     metrics_at,
     record_summary,
@@ -51,9 +55,10 @@ from raycredit.tracking.store import (  # noqa: E402
     store_token,
 )
 
-__all__ = ["ATTEMPT_TAG", "LOCK_MODEL_PREFIX", "NODE_TAG", "PID_TAG", "POPULATION_TAG", "REACH_TIMEOUT_S",
-           "RESUMED_TAG", "RUN_KEY_TAG", "STOPPED_EARLY_TAG", "STORE_TOKEN_TAG", "SUMMARY_TAG", "TERMINAL",
-           "TRACKING_SCHEMES", "TrialRun", "check_tracking_uri", "close_stale_runs", "create_sqlite_store",
-           "default_tracking_uri", "ensure_experiment", "existing_experiment", "existing_store", "experiment_id",
-           "finished_keys", "load_runs", "lock_prefix", "metric_history", "metrics_at", "normalize_uri",
-           "record_summary", "redact", "run_checkpoint", "run_keys", "running_keys", "server_lock", "store_token"]
+__all__ = ["ATTEMPT_TAG", "KEPT_ARTIFACT", "LOCK_MODEL_PREFIX", "NODE_TAG", "PARENT_EPOCH_TAG", "PARENT_RUN_TAG",
+           "PID_TAG", "POPULATION_TAG", "REACH_TIMEOUT_S", "RESUMED_TAG", "RUN_KEY_TAG", "STOPPED_EARLY_TAG",
+           "STORE_TOKEN_TAG", "SUMMARY_TAG", "TERMINAL", "TRACKING_SCHEMES", "TrialRun", "check_tracking_uri",
+           "close_stale_runs", "create_sqlite_store", "default_tracking_uri", "ensure_experiment",
+           "existing_experiment", "existing_store", "experiment_id", "finished_keys", "kept_checkpoint", "load_runs",
+           "lock_prefix", "metric_history", "metrics_at", "normalize_uri", "record_summary", "redact",
+           "run_checkpoint", "run_keys", "running_keys", "server_lock", "store_token"]

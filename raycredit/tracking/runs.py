@@ -17,6 +17,8 @@ RESUMED_TAG = "raycredit.resumed_from_epoch"  # the checkpoint epoch the latest 
 NODE_TAG = "raycredit.node"  # the Ray node id of the latest attempt
 PID_TAG = "raycredit.pid"  # the process id of the latest attempt, on that node
 POPULATION_TAG = "raycredit.population"  # runs trained together in one population trial share this key
+PARENT_RUN_TAG = "raycredit.parent_run"  # a branch's parent: its MLflow run id, or the checkpoint it started from
+PARENT_EPOCH_TAG = "raycredit.parent_epoch"  # the parent's epoch the branch started from
 SUMMARY_TAG = "raycredit.summary"  # runs that summarize a search (not trials); analyses skip them
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
@@ -78,8 +80,8 @@ class TrialRun:
 
         retry(lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
 
-    def log_checkpoint(self, path: str | Path) -> None:
-        retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path="checkpoint"))
+    def log_checkpoint(self, path: str | Path, artifact_path: str = "checkpoint") -> None:
+        retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path=artifact_path))
 
     def finish(self, status: str = "FINISHED") -> None:
         retry(lambda: self.client.set_terminated(self.run_id, status))
@@ -171,6 +173,38 @@ def run_checkpoint(uri: str, run_id: str, dst: str | Path) -> tuple[str, Path]:
     if "checkpoint/checkpoint.pt" not in [a.path for a in client.list_artifacts(run_id, "checkpoint")]:
         raise UserError(f"run {run_id} has no checkpoint artifact (checkpoint/checkpoint.pt); it did not finish")
     return run.info.run_name, Path(client.download_artifacts(run_id, "checkpoint/checkpoint.pt", str(dst)))
+
+
+KEPT_ARTIFACT = "checkpoint/epoch-{epoch}"  # where a run's kept epochs go (train.keep_epochs)
+
+
+def kept_checkpoint(uri: str, ref: str, epoch: int, dst: str | Path, experiment_id: str | None = None
+                    ) -> tuple[str, Path]:
+    """(run id, local path) of the checkpoint at `epoch` of the run `ref`: a run id, or with experiment_id a
+    run key in that experiment; downloaded into dst. UserError naming the epochs the run has kept otherwise."""
+    from mlflow.exceptions import MlflowException
+
+    client = get_client(existing_store(uri))
+    if experiment_id is not None:
+        found = retry(lambda: client.search_runs([experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{ref}'",
+                                                  max_results=1))
+        if not found:
+            raise UserError(f"parent_run {ref!r}: no run with that key in the experiment (has it been trained?)")
+        run_id = found[0].info.run_id
+    else:
+        try:
+            run_id = retry(lambda: client.get_run(ref)).info.run_id
+        except MlflowException:
+            raise UserError(f"parent_run {ref!r}: no such MLflow run in {redact(normalize_uri(uri))}") from None
+    listed = {a.path for a in client.list_artifacts(run_id, "checkpoint")}
+    kept = KEPT_ARTIFACT.format(epoch=epoch)
+    # a kept epoch, else the last checkpoint (the caller checks its epoch)
+    for where in (kept, "checkpoint"):
+        if where in listed or f"{where}/checkpoint.pt" in listed:
+            return run_id, Path(client.download_artifacts(run_id, f"{where}/checkpoint.pt", str(dst)))
+    epochs = sorted(int(p.rsplit("-", 1)[1]) for p in listed if p.startswith("checkpoint/epoch-"))
+    raise UserError(f"parent_run {ref!r}: run {run_id} has no checkpoint of epoch {epoch} (kept: "
+                    f"{', '.join(map(str, epochs)) or 'none'}; it has not finished; see keep_epochs)")
 
 
 def metrics_at(uri: str, run_id: str, step: int) -> dict[str, float]:

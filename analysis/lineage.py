@@ -1,0 +1,179 @@
+"""Tables of the lineage searches (the seeds' phases 4-10), each mean ± sample std (ddof=1) over seeds:
+
+- `handoff`: every branch of a trunk against the trunk continued unchanged ("diff vs continue_DFA", paired by
+  seed: the branch's final test_acc minus its own trunk's), per branch epoch t0 (searches/handoff.py);
+- `recovery`: credit estimators fitted on a frozen snapshot, their final deep_cos (the seeds' Gamma),
+  deep_rho and nudge, per snapshot epoch (searches/snapshot_recovery.py);
+- `exploitability`: the k-step loss changes per credit, normalization, blocks, k and eta, the line search's
+  best eta, and PUR (searches/exploitability.py).
+
+Reads MLflow only; never re-trains. Each writes <name>.csv and <name>.md into the output folder.
+
+    python analysis/lineage.py handoff --experiment handoff-smoke [--tracking-uri URI] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.summary import mean_std
+from analysis.tables import cli_main, finished_trials, markdown_table, numeric_or_text, write_report
+from raycredit.tracking import load_runs
+
+SCAFFOLD_KNOBS = (("prefit_epochs", 0), ("freeze_after", -1), ("decay_to", -1.0))
+
+
+def load(tracking_uri: str, experiment: str) -> pd.DataFrame:
+    """One row per finished run: params (typed), the run's key and id, and its last value of every metric."""
+    runs = finished_trials(load_runs(tracking_uri, experiment))
+    if runs.empty:
+        return pd.DataFrame()
+    out = pd.DataFrame({c.removeprefix("params."): runs[c] for c in runs.columns if c.startswith("params.")})
+    out = out.apply(numeric_or_text)
+    for c in runs.columns:
+        if c.startswith("metrics."):
+            out[c.removeprefix("metrics.")] = runs[c].astype(float)
+    out["run_key"] = runs["tags.raycredit.run_key"]
+    out["parent_run"] = out["parent_run"].fillna("") if "parent_run" in out else ""
+    return out.reset_index(drop=True)
+
+
+def branch_name(row: pd.Series) -> str:
+    """The seeds' names: handoff_to_Vec, blend_<alpha> (a prefit vector field), the auxiliary kind otherwise,
+    with the schedule knobs that differ from their defaults; a rule change is old->new."""
+    if row["rule"] != "scaffold":
+        return str(row["rule"])
+    kind, alpha = row["aux_kind"], row["blend_alpha"]
+    if kind == "vector_field":
+        name = "handoff_to_Vec" if alpha == 1 else f"blend_{alpha:g}"
+    else:
+        name = f"{kind} α={alpha:g}"
+    extras = [f"{k}={row[k]:g}" for k, default in SCAFFOLD_KNOBS if k in row and row[k] != default]
+    return " ".join([name, *extras])
+
+
+def mean_pm(values: pd.Series) -> str:
+    return mean_std(values.mean(), values.std(ddof=1))
+
+
+def handoff_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (t0, branch): seeds, final test_acc, and its paired difference from the trunk of the same seed."""
+    trunks = df[df["parent_run"] == ""].set_index("run_key")
+    branches = df[df["parent_run"].isin(trunks.index)].copy()
+    if branches.empty:
+        return pd.DataFrame()
+    branches["branch"] = branches.apply(branch_name, axis=1)
+    branches["diff"] = branches["test_acc"].to_numpy() - trunks.loc[branches["parent_run"], "test_acc"].to_numpy()
+    rows = []
+    for (t0, name), g in branches.groupby(["parent_epoch", "branch"], sort=True):
+        base = trunks.loc[g["parent_run"]]
+        rows.append({"t0": int(t0), "branch": f"continue_{base['rule'].iloc[0].upper()}", "seeds": len(g),
+                     "final acc": mean_pm(base["test_acc"]), "diff vs trunk": "–"})
+        rows.append({"t0": int(t0), "branch": name, "seeds": len(g), "final acc": mean_pm(g["test_acc"]),
+                     "diff vs trunk": mean_std(g["diff"].mean(), g["diff"].std(ddof=1)),
+                     "diff_mean": g["diff"].mean()})
+    table = pd.DataFrame(rows).drop_duplicates(subset=["t0", "branch"])
+    return table
+
+
+def report_handoff(tracking_uri: str, experiment: str, out_dir: str | Path) -> str:
+    table = handoff_table(load(tracking_uri, experiment))
+    lines = [f"# Hand-offs of {experiment}", ""]
+    if table.empty:
+        lines.append("No finished branches.")
+    else:
+        lines += ["Final test_acc, mean ± sample std (ddof=1) over seeds; 'diff vs trunk' pairs each branch with "
+                  "its own seed's trunk continued unchanged.", "",
+                  markdown_table(table.drop(columns=["diff_mean"]).fillna("–"), "g")]
+    return write_report(lines, table, out_dir, "handoff")
+
+
+RECOVERY_METRICS = ("deep_cos", "deep_rho", "nudge_deep")
+
+
+def recovery_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (snapshot epoch, estimator): the fitted estimator's final credit diagnostics over seeds."""
+    fits = df[df.get("freeze_model", False).astype(bool)].copy() if "freeze_model" in df else pd.DataFrame()
+    if fits.empty:
+        return pd.DataFrame()
+    nudges = [c for c in fits.columns if c.startswith("nudge/l") and c != "nudge/l0"]
+    fits["nudge_deep"] = fits[nudges].mean(axis=1)
+    rows = []
+    for (t, rule, s_type), g in fits.groupby(["parent_epoch", "rule", "s_type"], sort=True):
+        row = {"snapshot epoch": int(t), "estimator": rule if rule in ("dfa", "state_bridge") else f"{rule} "
+               f"({s_type})", "seeds": len(g)}
+        row.update({m: mean_pm(g[m]) for m in RECOVERY_METRICS})
+        rows.append(row)
+    return pd.DataFrame(rows).drop_duplicates()
+
+
+def report_recovery(tracking_uri: str, experiment: str, out_dir: str | Path) -> str:
+    table = recovery_table(load(tracking_uri, experiment))
+    lines = [f"# Credit recovery on frozen snapshots: {experiment}", ""]
+    if table.empty:
+        lines.append("No finished fits.")
+    else:
+        lines += ["After fitting on the frozen snapshot: deep_cos (the seeds' Gamma), deep_rho and the mean nudge "
+                  "of the deep layers, mean ± sample std (ddof=1) over seeds.", "", markdown_table(table, "g")]
+    return write_report(lines, table, out_dir, "recovery")
+
+
+def exploit_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (snapshot epoch, credit, norm, blocks, k): the line search's best eta and the loss changes there."""
+    if "exploitability" not in df:
+        return pd.DataFrame()
+    ex = df[df["exploitability"].astype(bool)].copy()
+    if ex.empty:
+        return pd.DataFrame()
+    runs = df.set_index("run_key")
+    # the snapshot's epoch: a credit fitted on a frozen snapshot counts from the trunk epoch it was fitted on
+    ex["snapshot"] = [int(runs.loc[p, "parent_epoch"]) if p in runs.index and runs.loc[p, "parent_run"]
+                      else int(t) for p, t in zip(ex["parent_run"], ex["parent_epoch"], strict=True)]
+    ex["credit"] = ["oracle BP" if r == "bp" else r for r in ex["rule"]]
+    ks = sorted({int(c.rsplit("/k", 1)[1]) for c in ex.columns if c.startswith("exploit/best_eta/k")})
+    rows = []
+    for (t, credit, norm, blocks), g in ex.groupby(["snapshot", "credit", "credit_norm", "exploit_blocks"],
+                                                   sort=True):
+        row = {"snapshot epoch": int(t), "credit": credit, "norm": "norm" if norm else "raw",
+               "blocks": blocks, "seeds": len(g), "Gamma": mean_pm(g["deep_cos"]), "rho": mean_pm(g["deep_rho"])}
+        for k in ks:
+            row[f"best eta k={k}"] = "/".join(f"{e:g}" for e in sorted(set(g[f"exploit/best_eta/k{k}"])))
+            for name, col in (("dL_same", "dL_same"), ("dL_held", "dL_held"), ("PUR", "pur")):
+                row[f"{name} k={k}"] = mean_pm(g[f"exploit/{col}/k{k}"])
+            at_best = pd.Series([r[f"exploit/upd_var/k{k}/eta{r[f'exploit/best_eta/k{k}']:g}"]
+                                 for _, r in g.iterrows()])
+            row[f"upd_var k={k}"] = mean_pm(at_best)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def report_exploitability(tracking_uri: str, experiment: str, out_dir: str | Path) -> str:
+    table = exploit_table(load(tracking_uri, experiment))
+    lines = [f"# Snapshot exploitability: {experiment}", ""]
+    if table.empty:
+        lines.append("No finished measurements.")
+    else:
+        lines += ["Loss change after k local steps at the line search's best eta (lowest same-batch change), on "
+                  "the same batch and held out; PUR = dL_held / dL_same; upd_var: the relative variance of the "
+                  "update over batches, at that eta. Mean ± sample std (ddof=1) over seeds.", "",
+                  markdown_table(table, "g")]
+    return write_report(lines, table, out_dir, "exploitability")
+
+
+REPORTS = {"handoff": report_handoff, "recovery": report_recovery, "exploitability": report_exploitability}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in REPORTS:
+        print(f"usage: lineage.py {{{','.join(REPORTS)}}} --experiment NAME [--tracking-uri URI] [--out DIR]",
+              file=sys.stderr)
+        return 2
+    return cli_main(f"lineage {argv[0]}", __doc__, REPORTS[argv[0]], argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
