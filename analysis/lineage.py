@@ -5,7 +5,9 @@
 - `recovery`: credit estimators fitted on a frozen snapshot, their final deep_cos (the seeds' Gamma),
   deep_rho and nudge, per snapshot epoch (searches/snapshot_recovery.py);
 - `exploitability`: the k-step loss changes per credit, normalization, blocks, k and eta, the line search's
-  best eta, and PUR (searches/exploitability.py).
+  best eta, and PUR (searches/exploitability.py);
+- `schedules`: test accuracy of each schedule at every epoch where one of them switches, and at the end
+  (searches/schedules.py).
 
 Reads MLflow only; never re-trains. Each writes <name>.csv and <name>.md into the output folder.
 
@@ -32,11 +34,13 @@ def load(tracking_uri: str, experiment: str) -> pd.DataFrame:
     if runs.empty:
         return pd.DataFrame()
     out = pd.DataFrame({c.removeprefix("params."): runs[c] for c in runs.columns if c.startswith("params.")})
-    out = out.apply(numeric_or_text)
+    out = out.apply(numeric_or_text).apply(
+        lambda col: col.map({"True": True, "False": False}) if set(col.dropna()) <= {"True", "False"} else col)
     for c in runs.columns:
         if c.startswith("metrics."):
             out[c.removeprefix("metrics.")] = runs[c].astype(float)
     out["run_key"] = runs["tags.raycredit.run_key"]
+    out["run_id"] = runs["run_id"]
     out["parent_run"] = out["parent_run"].fillna("") if "parent_run" in out else ""
     return out.reset_index(drop=True)
 
@@ -96,7 +100,7 @@ RECOVERY_METRICS = ("deep_cos", "deep_rho", "nudge_deep")
 
 def recovery_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per (snapshot epoch, estimator): the fitted estimator's final credit diagnostics over seeds."""
-    fits = df[df.get("freeze_model", False).astype(bool)].copy() if "freeze_model" in df else pd.DataFrame()
+    fits = df[df["freeze_model"]].copy() if "freeze_model" in df else pd.DataFrame()
     if fits.empty:
         return pd.DataFrame()
     nudges = [c for c in fits.columns if c.startswith("nudge/l") and c != "nudge/l0"]
@@ -125,7 +129,7 @@ def exploit_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per (snapshot epoch, credit, norm, blocks, k): the line search's best eta and the loss changes there."""
     if "exploitability" not in df:
         return pd.DataFrame()
-    ex = df[df["exploitability"].astype(bool)].copy()
+    ex = df[df["exploitability"]].copy()
     if ex.empty:
         return pd.DataFrame()
     runs = df.set_index("run_key")
@@ -163,7 +167,61 @@ def report_exploitability(tracking_uri: str, experiment: str, out_dir: str | Pat
     return write_report(lines, table, out_dir, "exploitability")
 
 
-REPORTS = {"handoff": report_handoff, "recovery": report_recovery, "exploitability": report_exploitability}
+TRUNK_NAMES = {"dfa": "DFA_only", "vector_field": "Vec_only_from_0"}
+SHORT = {"dfa": "DFA", "vector_field": "Vec"}
+
+
+def schedule_name(row: pd.Series, parent: pd.Series | None) -> str:
+    """The seeds' phase-8/9 names: DFA_only, Vec_T5_then_DFA, periodic refits and top-down blends."""
+    rule = row["rule"]
+    if parent is None:
+        return TRUNK_NAMES.get(rule, rule)
+    t = int(row["parent_epoch"])
+    if rule == "scaffold":
+        if row.get("refit_every", 0):
+            refit = f"refit_{int(row['refit_epochs'])}_every_{int(row['refit_every'])}"
+            return f"{refit}_from_{t} α={row['blend_alpha']:g}"
+        if row.get("blend_layers", 0):
+            return f"last{int(row['blend_layers'])}_vec_from_{t} α={row['blend_alpha']:g}"
+        return f"{branch_name(row)}_from_{t}"
+    return f"{SHORT.get(parent['rule'], parent['rule'])}_T{t}_then_{SHORT.get(rule, rule)}"
+
+
+def schedules_table(df: pd.DataFrame, tracking_uri: str) -> pd.DataFrame:
+    """Per schedule: test_acc at each switching epoch and at the end, mean ± std (ddof=1) over seeds."""
+    from raycredit.tracking import metric_history
+
+    if df.empty:
+        return pd.DataFrame()
+    by_key = df.set_index("run_key")
+    df = df.copy()
+    df["schedule"] = [schedule_name(r, by_key.loc[r["parent_run"]] if r["parent_run"] in by_key.index else None)
+                      for _, r in df.iterrows()]
+    marks = sorted({int(t) for t in df["parent_epoch"] if t})
+    acc = {run_id: dict(metric_history(tracking_uri, run_id, "test_acc")) for run_id in df["run_id"]}
+    rows = []
+    for name, g in df.groupby("schedule", sort=False):
+        row = {"schedule": name, "seeds": len(g)}
+        for t in marks:
+            row[f"acc@{t}"] = mean_pm(pd.Series([acc[r].get(t, float("nan")) for r in g["run_id"]]))
+        row["final"] = mean_pm(g["test_acc"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def report_schedules(tracking_uri: str, experiment: str, out_dir: str | Path) -> str:
+    table = schedules_table(load(tracking_uri, experiment), tracking_uri)
+    lines = [f"# Credit schedules: {experiment}", ""]
+    if table.empty:
+        lines.append("No finished runs.")
+    else:
+        lines += ["test_acc at the epochs where a schedule switches and at the end, mean ± sample std (ddof=1) "
+                  "over seeds (a branch's epochs up to its switch are its trunk's).", "", markdown_table(table, "g")]
+    return write_report(lines, table, out_dir, "schedules")
+
+
+REPORTS = {"handoff": report_handoff, "recovery": report_recovery, "exploitability": report_exploitability,
+           "schedules": report_schedules}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -105,7 +105,10 @@ def with_branches(trunks: list[dict], branches: tuple[Branch, ...]) -> list[Conf
                 continue
             for t in b.at or (flat["epochs"],):
                 for combo in itertools.product(*b.grid.values()):
-                    child = {**flat, "keep_epochs": "", "parent_epoch": t, **dict(zip(b.grid, combo, strict=True))}
+                    # parent_run: the parent's key once every config is final (keep_epochs changes it); until
+                    # then a placeholder, so that a later Branch's `of` tells branches from trunks
+                    child = {**flat, "keep_epochs": "", "parent_run": f"branch-of-{p}", "parent_epoch": t,
+                             **dict(zip(b.grid, combo, strict=True))}
                     for k, v in b.fixed.items():
                         child[k] = v(child) if callable(v) else v
                     nodes.append((child, p, t))

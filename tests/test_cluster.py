@@ -197,3 +197,56 @@ def test_a_worker_node_removed_mid_sweep_loses_nothing(tmp_path):
                 assert logged[name] == pytest.approx(expected[name], rel=1e-9, abs=1e-12), (cfg.rule.rule, name)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_lineage_search_killed_after_its_trunk_retrains_nothing_and_finishes_every_branch_once(head, tmp_path):
+    """handoff.py's smoke preset (one seed): SIGKILL of the driver once the trunk has finished and a branch has
+    started; the same command again finishes every branch exactly once, from the trunk's kept checkpoint,
+    without retraining or modifying the trunk."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = [sys.executable, str(ROOT / "searches" / "handoff.py"), "--preset", "smoke", "--seeds", "0",
+           "--set", "d=16", "--set", "L=2", "--set", "n_train=500", "--epochs", "4", "--address", "auto",
+           "--tracking-uri", uri,
+           "--storage", str(tmp_path / "ray"), "--experiment", "killed", "--out", str(tmp_path / "reports")]
+    env = run_env(head.address)
+    with open(tmp_path / "driver.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while True:
+            try:
+                _, runs = runs_of(uri, "killed")
+            except Exception:
+                runs = []
+            if any(r.info.status == "FINISHED" for r in runs) and any("mlflow.parentRunId" in r.data.tags
+                                                                       for r in runs):
+                break
+            assert proc.poll() is None and time.time() < deadline, (tmp_path / "driver.log").read_text()[-3000:]
+            time.sleep(0.3)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    client, runs = runs_of(uri, "killed")
+    [trunk] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]  # a branch is tagged as it is created
+    assert trunk.info.status == "FINISHED"
+
+    p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "1 of these configs already have a finished run" in p.stdout
+    assert "continue_DFA" in (tmp_path / "reports" / "handoff.md").read_text()
+    client, runs = runs_of(uri, "killed")
+    keys = [r.data.tags[RUN_KEY_TAG] for r in runs]
+    assert len(runs) == 13 and len(set(keys)) == 13, keys
+    again = client.get_run(trunk.info.run_id)
+    assert again.info.end_time == trunk.info.end_time and again.data.metrics == trunk.data.metrics
+    assert sorted(m.step for m in client.get_metric_history(trunk.info.run_id, "test_acc")) == list(range(1, 5))
+    assert sorted(a.path for a in client.list_artifacts(trunk.info.run_id, "checkpoint")) == [
+        "checkpoint/checkpoint.pt", "checkpoint/epoch-2"]
+    first_epochs = {m.step: m.value for m in client.get_metric_history(trunk.info.run_id, "test_acc")}
+    for r in runs:
+        if r.info.run_id == trunk.info.run_id:
+            continue
+        assert r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == trunk.info.run_id
+        assert r.data.tags["raycredit.parent_epoch"] == "2"
+        history = {m.step: m.value for m in client.get_metric_history(r.info.run_id, "test_acc")}
+        epochs = int(r.data.params["epochs"])
+        assert sorted(history) == list(range(1, epochs + 1)), (r.info.run_name, sorted(history))
+        assert [history[e] for e in (1, 2)] == [first_epochs[e] for e in (1, 2)]  # the trunk's, inherited

@@ -220,3 +220,11 @@ def test_a_preset_declares_trunks_and_branches_of_branches():
     check_lineage(configs)
     with pytest.raises(UserError, match="not kept"):
         check_lineage([trunk, kids[0].replace(parent_epoch=1)])
+
+
+def test_a_later_branch_can_select_trunks_only():
+    p = Preset(grid={"rule": ["bp"]}, fixed=SMALL, branches=(
+        Branch(at=(2,), fixed={"rule": "dfa"}),
+        Branch(of={"parent_run": [""]}, at=(3,), fixed={"rule": "fa"})))
+    configs = expand(p, {})
+    assert [(c.rule.rule, c.lineage.parent_epoch) for c in configs] == [("bp", 0), ("dfa", 2), ("fa", 3)]

@@ -1,6 +1,7 @@
 """The MLflow UI workflow end to end: a smoke search fills a scratch store, `mlflow ui` serves it on
 127.0.0.1, and headless Chromium (Debian's `chromium` and `chromium-driver`, driven by selenium) shows
-the search's experiment, its runs and a run's metrics. A screenshot is saved beside the store.
+the search's experiment, its runs and a run's metrics, and a branch nested under its trunk. Screenshots are
+saved beside the store.
 
 Without Chromium the test is skipped, unless RAYCREDIT_REQUIRE_BROWSER=1 (set by .ci/run, which installs
 it), where a missing browser fails it.
@@ -95,3 +96,28 @@ def test_a_smoke_search_is_browsable_in_the_mlflow_ui(ray_session, tmp_path, mlf
                f"test_acc\n{fa.data.metrics['test_acc']}", f"deep_cos\n{fa.data.metrics['deep_cos']}",
                "penalty_lam")
     assert (tmp_path / "experiment.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    check_branches_nest_under_their_trunk(tmp_path, uri, url, browser)
+
+
+def check_branches_nest_under_their_trunk(tmp_path, uri: str, url: str, browser) -> None:
+    """A trunk and a branch of it from one search: the branch's run page names its parent run, and the
+    experiment's table shows the branch only under its trunk (collapsed)."""
+    from raycredit.search import Branch, Preset, run_search
+
+    preset = Preset(grid={"rule": ["dfa"], "seed": [0]}, branches=(Branch(at=(1,), fixed={"rule": "fa"}),),
+                    fixed={"dataset": "synthetic", "d": 16, "L": 2, "n_train": 500, "n_test": 200, "epochs": 2,
+                           "probe_size": 32, "rho_dirs": 2})
+    rc = run_search("lineage_ui", "", {"smoke": preset}, default_preset="smoke", argv=[
+        "--tracking-uri", uri, "--storage", str(tmp_path / "ray"), "--gpus-per-trial", "0",
+        "--experiment", "ui-lineage"])
+    assert rc == 0
+    _, runs = runs_of(uri, "ui-lineage")
+    trunk = next(r for r in runs if r.info.run_name == "dfa-d16-L2-seed0")
+    branch = next(r for r in runs if r.info.run_name == "fa-d16-L2-seed0-from1")
+    assert branch.data.tags["mlflow.parentRunId"] == trunk.info.run_id
+    exp_id = trunk.info.experiment_id
+    page_shows(browser, f"{url}/#/experiments/{exp_id}/runs/{branch.info.run_id}", "fa-d16-L2-seed0-from1",
+               "Parent run", "dfa-d16-L2-seed0")
+    browser.save_screenshot(str(tmp_path / "branch.png"))
+    body = page_shows(browser, f"{url}/#/experiments/{exp_id}/runs", "dfa-d16-L2-seed0")
+    assert "fa-d16-L2-seed0-from1" not in body  # nested: hidden under its trunk until expanded

@@ -48,7 +48,8 @@ def trainable(config: dict, settings: dict, base: dict | None = None) -> None:
     E = cfgs[0].train.epochs
     data = member_data(cfgs)
     tags = {POPULATION_TAG: trial_key} if len(cfgs) > 1 else {}
-    runs = [open_run(s, c, k, n, d.n_classes, tags) for c, k, n, d in zip(cfgs, keys, names, data, strict=True)]
+    runs = [open_run(s, c, k, n, d.n_classes, {**tags, **lineage_tags(s, c)})
+            for c, k, n, d in zip(cfgs, keys, names, data, strict=True)]
     folder = Path(s.checkpoint_root) / trial_key
     path = folder / CHECKPOINT_FILE
     todo = [i for i, r in enumerate(runs) if not r.finished]
@@ -187,20 +188,33 @@ def trial_members(config: dict, base: dict | None) -> tuple[list[Config], list[s
     return cfgs, keys, [run_label(c) for c in cfgs], keys[0] if len(cfgs) == 1 else population_key(cfgs)
 
 
+def lineage_tags(s: SweepSettings, cfg: Config) -> dict:
+    """A branch's tags: its parent (run id, or the checkpoint on disk) and epoch, and MLflow's parentRunId, which
+    nests the branch under its parent in the UI."""
+    from raycredit.lineage import kind_of_parent
+    from raycredit.tracking import PARENT_EPOCH_TAG, PARENT_RUN_TAG, parent_run_id
+
+    ref = cfg.lineage.parent_run
+    if not ref:
+        return {}
+    kind = kind_of_parent(ref)
+    if kind == "path":
+        return {PARENT_RUN_TAG: ref, PARENT_EPOCH_TAG: cfg.lineage.parent_epoch}
+    run_id = parent_run_id(s.tracking_uri, ref, s.experiment_id if kind == "run_key" else None)
+    return {PARENT_RUN_TAG: run_id, PARENT_EPOCH_TAG: cfg.lineage.parent_epoch, "mlflow.parentRunId": run_id}
+
+
 def branch_entry(s: SweepSettings, cfg: Config, run, data, folder: Path) -> dict:
-    """The start of a branch (`lineage.branch_start`) from its parent's kept checkpoint; tags its run with its
-    lineage (MLflow's UI nests it under its parent) and logs the parent's epochs to it, once."""
+    """The start of a branch (`lineage.branch_start`) from its parent's kept checkpoint; the parent's epochs are
+    logged to the branch's run (once: a retry skips the epochs logged before)."""
     import tempfile
 
     from raycredit import lineage
-    from raycredit.tracking import PARENT_EPOCH_TAG, PARENT_RUN_TAG
 
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        parent_id, parent = lineage.fetch_parent(cfg, tmp, s.tracking_uri, s.experiment_id)
+        _, parent = lineage.fetch_parent(cfg, tmp, s.tracking_uri, s.experiment_id)
     start = lineage.branch_start(cfg, parent, data.in_shape, data.n_classes)
-    tags = {PARENT_RUN_TAG: parent_id or cfg.lineage.parent_run, PARENT_EPOCH_TAG: cfg.lineage.parent_epoch}
-    run.set_tags({**tags, "mlflow.parentRunId": parent_id} if parent_id else tags)
     if not cfg.exploit.exploitability:
         for m in start["history"]:
             run.log_epoch(m["epoch"], m)

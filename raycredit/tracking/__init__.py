@@ -12,6 +12,8 @@ import os
 # MLflow prints "View run <name> at: <tracking URI>/#/..." to stdout whenever a run on a server ends, in the
 # driver and in every trial's worker log, credentials in the URI included; raycredit prints its own summary.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+# a branch downloads its parent's checkpoint inside its trial: no progress bar in the sweep's output
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from raycredit.tracking.lock import LOCK_MODEL_PREFIX, lock_prefix, server_lock  # noqa: E402
 from raycredit.tracking.runs import (  # noqa: E402
@@ -33,6 +35,7 @@ from raycredit.tracking.runs import (  # noqa: E402
     kept_checkpoint,
     metric_history,
     metrics_at,
+    parent_run_id,
     record_summary,
     run_checkpoint,
     run_keys,
@@ -60,5 +63,5 @@ __all__ = ["ATTEMPT_TAG", "KEPT_ARTIFACT", "LOCK_MODEL_PREFIX", "NODE_TAG", "PAR
            "STORE_TOKEN_TAG", "SUMMARY_TAG", "TERMINAL", "TRACKING_SCHEMES", "TrialRun", "check_tracking_uri",
            "close_stale_runs", "create_sqlite_store", "default_tracking_uri", "ensure_experiment",
            "existing_experiment", "existing_store", "experiment_id", "finished_keys", "kept_checkpoint", "load_runs",
-           "lock_prefix", "metric_history", "metrics_at", "normalize_uri", "record_summary", "redact",
+           "lock_prefix", "metric_history", "metrics_at", "normalize_uri", "parent_run_id", "record_summary", "redact",
            "run_checkpoint", "run_keys", "running_keys", "server_lock", "store_token"]

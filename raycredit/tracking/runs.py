@@ -178,10 +178,8 @@ def run_checkpoint(uri: str, run_id: str, dst: str | Path) -> tuple[str, Path]:
 KEPT_ARTIFACT = "checkpoint/epoch-{epoch}"  # where a run's kept epochs go (train.keep_epochs)
 
 
-def kept_checkpoint(uri: str, ref: str, epoch: int, dst: str | Path, experiment_id: str | None = None
-                    ) -> tuple[str, Path]:
-    """(run id, local path) of the checkpoint at `epoch` of the run `ref`: a run id, or with experiment_id a
-    run key in that experiment; downloaded into dst. UserError naming the epochs the run has kept otherwise."""
+def parent_run_id(uri: str, ref: str, experiment_id: str | None = None) -> str:
+    """The run id of `ref`: a run id, or with experiment_id a run key in that experiment; UserError if none."""
     from mlflow.exceptions import MlflowException
 
     client = get_client(existing_store(uri))
@@ -190,15 +188,22 @@ def kept_checkpoint(uri: str, ref: str, epoch: int, dst: str | Path, experiment_
                                                   max_results=1))
         if not found:
             raise UserError(f"parent_run {ref!r}: no run with that key in the experiment (has it been trained?)")
-        run_id = found[0].info.run_id
-    else:
-        try:
-            run_id = retry(lambda: client.get_run(ref)).info.run_id
-        except MlflowException:
-            raise UserError(f"parent_run {ref!r}: no such MLflow run in {redact(normalize_uri(uri))}") from None
+        return found[0].info.run_id
+    try:
+        return retry(lambda: client.get_run(ref)).info.run_id
+    except MlflowException:
+        raise UserError(f"parent_run {ref!r}: no such MLflow run in {redact(normalize_uri(uri))}") from None
+
+
+def kept_checkpoint(uri: str, ref: str, epoch: int, dst: str | Path, experiment_id: str | None = None
+                    ) -> tuple[str, Path]:
+    """(run id, local path) of the checkpoint at `epoch` of the run `ref` (`parent_run_id`), downloaded into
+    dst: a kept epoch, else the last checkpoint (the caller checks its epoch). UserError naming the epochs the
+    run has kept when it has neither."""
+    client = get_client(existing_store(uri))
+    run_id = parent_run_id(uri, ref, experiment_id)
     listed = {a.path for a in client.list_artifacts(run_id, "checkpoint")}
     kept = KEPT_ARTIFACT.format(epoch=epoch)
-    # a kept epoch, else the last checkpoint (the caller checks its epoch)
     for where in (kept, "checkpoint"):
         if where in listed or f"{where}/checkpoint.pt" in listed:
             return run_id, Path(client.download_artifacts(run_id, f"{where}/checkpoint.pt", str(dst)))
