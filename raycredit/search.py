@@ -166,12 +166,13 @@ def check_lineage(configs: list[Config]) -> None:
                             f"(keeps {', '.join(map(str, kept_epochs(parent)))}; add it to the parent's keep_epochs)")
 
 
-def check_outside_parents(configs: list[Config], uri: str, experiment_id: str) -> None:
+def check_outside_parents(configs: list[Config], uri: str, experiment: str) -> None:
     """UserError for a branch whose parent is not in this search and cannot be read or branched from (each
-    parent's checkpoint is fetched once, before any trial starts)."""
+    parent's checkpoint is fetched once, before any trial starts; nothing is written)."""
     import tempfile
 
-    from raycredit.lineage import check_branch, fetch_parent
+    from raycredit import tracking
+    from raycredit.lineage import check_branch, fetch_parent, kind_of_parent
 
     inside = {c.key() for c in configs}
     checked: dict[tuple[str, int], Config] = {}
@@ -180,8 +181,11 @@ def check_outside_parents(configs: list[Config], uri: str, experiment_id: str) -
         if not ref[0] or ref[0] in inside:
             continue
         if ref not in checked:
+            found = tracking.existing_experiment(uri, experiment)
+            if kind_of_parent(ref[0]) == "run_key" and found is None:
+                raise UserError(f"parent_run {ref[0]!r}: no run with that key in experiment {experiment!r}")
             with tempfile.TemporaryDirectory(prefix="raycredit-parent-") as tmp:
-                checked[ref] = Config.from_dict(fetch_parent(c, tmp, uri, experiment_id)[1]["config"])
+                checked[ref] = Config.from_dict(fetch_parent(c, tmp, uri, found and found[0])[1]["config"])
         check_branch(c, checked[ref])
 
 
@@ -284,6 +288,7 @@ def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack,
         check_data(data_cfg)
     uri = tracking.normalize_uri(args.tracking_uri)
     tracking.check_tracking_uri(uri)
+    check_outside_parents(configs, uri, experiment)
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
         disk.check_writable(db.parent, "--tracking-uri")
@@ -348,7 +353,6 @@ def _run(name: str, preset: Preset, args, analysis, held: contextlib.ExitStack) 
     if done:
         print(f"notice: {done} of these configs already have a finished run in {experiment!r} and are not "
               "retrained; pass a new --experiment to run them again (e.g. after changing the code)")
-    check_outside_parents(configs, uri, settings.experiment_id)
     with sweep_interrupts(uri, settings.experiment_id, [c.key() for c in configs]):
         status = run_stages(configs, settings, sweep, storage, args)
         tracking.close_stale_runs(uri, settings.experiment_id, status)
