@@ -1,10 +1,11 @@
-"""Wall time of `python searches/both_fail_scan.py --preset smoke` (the README's main command).
+"""Wall time of `python searches/<search>.py --preset smoke` (by default both_fail_scan, the README's main
+command).
 
 Runs the search in a scratch folder (its own MLflow store and Tune storage, a
 new local Ray instance), prints the search's output, the measured wall time,
-and how much of it was training (the `time_s` each run logged).
+and how much of it was training (the `time_s` each run logged; a branch's includes its trunk's epochs).
 
-    python benchmarks/smoke_scan.py [--budget-s 300] [search flags, e.g. --population 2]
+    python benchmarks/smoke_scan.py [--search handoff] [--budget-s 300] [search flags, e.g. --population 2]
 """
 
 import argparse
@@ -21,10 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget-s", type=float, default=300.0, help="target wall time in seconds")
+    p.add_argument("--search", default="both_fail_scan", help="the search script under searches/ (no .py)")
     args, search_flags = p.parse_known_args()
+    name = args.search
     with tempfile.TemporaryDirectory(prefix="raycredit-bench-") as tmp:
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, str(ROOT / "searches" / "both_fail_scan.py"), "--preset", "smoke",
+        proc = subprocess.run([sys.executable, str(ROOT / "searches" / f"{name}.py"), "--preset", "smoke",
                                *search_flags],
                               cwd=tmp, capture_output=True, text=True)
         wall = time.perf_counter() - t0
@@ -32,14 +35,14 @@ def main() -> int:
         if proc.returncode == 0:
             from raycredit.tracking import load_runs
 
-            runs = load_runs(f"sqlite:///{tmp}/mlflow_runs/mlflow.db", "both_fail_scan-smoke")
-            train_s = runs["metrics.time_s"]
+            runs = load_runs(f"sqlite:///{tmp}/mlflow_runs/mlflow.db", f"{name}-smoke")
+            train_s = runs["metrics.time_s"].dropna()
     out = proc.stdout
-    print(out[out.rfind("both_fail_scan: "):] if "both_fail_scan: " in out else out[-4000:])
+    print(out[out.rfind(f"{name}: "):] if f"{name}: " in out else out[-4000:])
     if proc.returncode:
         print(proc.stderr[-4000:], file=sys.stderr)
     verdict = "within" if wall <= args.budget_s else "MISSES"
-    print(f"smoke scan: exit {proc.returncode}, {wall:.1f} s wall on {os.cpu_count()} CPU cores "
+    print(f"{name} smoke: exit {proc.returncode}, {wall:.1f} s wall on {os.cpu_count()} CPU cores "
           f"({verdict} the {args.budget_s:.0f} s budget)")
     if train_s is not None:
         print(f"training inside the trials: {train_s.sum():.1f} s summed over {len(train_s)} runs "
