@@ -79,9 +79,9 @@ def search_parser(name: str, doc: str, presets: dict, default_preset: str,
         p.add_argument("--num-samples", type=int, help="trials Optuna draws (default: the preset's)")
     else:
         p.add_argument("--population", type=int, default=1, metavar="P",
-                       help="train up to P configs that differ only in seed, lr, penalty_lam, feedback_scale or "
-                            "alpha in one trial with batched weights (any rule, without compile; each config "
-                            "keeps its own MLflow run); default 1")
+                       help="train up to P configs that differ only in seed, lr, penalty_lam, feedback_scale, "
+                            "alpha or parent_run in one trial with batched weights (any rule, without compile; "
+                            "each config keeps its own MLflow run); default 1")
     return p
 
 

@@ -1,7 +1,8 @@
 """Population mode: one process trains P members that share architecture, rule and data shape.
 
 Members may differ only in `POPULATION_KEYS` (seeds, lr, penalty_lam, feedback
-scale, the synthetic teacher's alpha). Each member is built exactly as
+scale, the synthetic teacher's alpha, and a branch's parent run: branches of
+one epoch of several trunks, each member starting from its own). Each member is built exactly as
 `train(cfg)` builds it: same init, feedback matrices and batch order (its own
 generator). Their weights and buffers, the rules' auxiliary nets included, are
 stacked along a leading member axis; one `torch.func.vmap` of `functional_call`
@@ -38,7 +39,7 @@ from raycredit.models import build_model
 from raycredit.rules import RULES, build_rule
 from raycredit.train import EagerStepper, fit, make_optimizer, resolve_device
 
-POPULATION_KEYS = ("seed", "lr", "penalty_lam", "feedback_scale", "alpha")
+POPULATION_KEYS = ("seed", "lr", "penalty_lam", "feedback_scale", "alpha", "parent_run")
 _NEUTRAL = {"seed": 0, "lr": 1.0, "penalty_lam": 0.0, "feedback_scale": 1.0, "alpha": 0.0}
 
 PopulationCallback = Callable[[int, "list[dict | None]", "Callable[[], dict] | None"], None]
@@ -51,6 +52,8 @@ def shared_key(cfg: Config) -> str:
     so such members must share alpha.
     """
     neutral = {k: v for k, v in _NEUTRAL.items() if k != "alpha" or cfg.model.student_activation == "own"}
+    if cfg.lineage.parent_run:  # branches of one epoch of different trunks (a trunk's parent_run is empty)
+        neutral["parent_run"] = "a branch"
     return cfg.replace(**neutral).key()
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from raycredit.checkpoint import check_resumable, checkpoint_dict
+from raycredit.checkpoint import check_resumable, checkpoint_dict, snapshot
 from raycredit.config import Config
 from raycredit.data import Data, load_data
 from raycredit.diagnostics import diagnose, to_floats
@@ -184,7 +184,9 @@ def fit(stepper, cfgs: list[Config], probes: list[tuple[torch.Tensor, torch.Tens
             raise UserError("a population resumes from one checkpoint per member, all of the same epoch")
         for cfg, ckpt in zip(cfgs, checkpoints, strict=True):
             check_resumable(cfg, ckpt)
-        stepper.load(checkpoints)
+        # copies: torch's Optimizer.load_state_dict keeps the tensors it is given, and Adam then updates them in
+        # place, which would change the caller's checkpoint (a branch's start, reused by another branch)
+        stepper.load([snapshot(c) for c in checkpoints])
         start, elapsed = checkpoints[0]["epoch"], checkpoints[0]["elapsed_s"]
         histories = [list(c["history"]) for c in checkpoints]
         h_init = [c["h_norm_init"] for c in checkpoints]

@@ -26,7 +26,7 @@ def run(cfg: Config, data, start=None):
 
 
 def branch(cfg: Config, parent: dict, data, **changes) -> Config:
-    b = cfg.replace(parent_run="parent.pt", parent_epoch=parent["epoch"], keep_epochs="", **changes)
+    b = cfg.replace(**{"parent_run": "parent.pt", "parent_epoch": parent["epoch"], "keep_epochs": "", **changes})
     return b, branch_start(b, parent, data.in_shape, data.n_classes)
 
 
@@ -44,7 +44,11 @@ def test_a_branch_that_changes_nothing_is_the_uninterrupted_run(dfa_trunk):
     b, start = branch(cfg, ckpts[2], data)
     for k, v in start["model"].items():  # the branch's first epoch starts from exactly the parent's weights
         assert torch.equal(v, parent["model"][k])
+    before = copy.deepcopy(start)
     got, branch_ckpts = run(b, data, start)
+    # training from a checkpoint leaves it as it was (torch's optimizer would otherwise update its tensors)
+    assert torch.equal(start["optimizer"]["state"][0]["step"], before["optimizer"]["state"][0]["step"])
+    assert torch.equal(start["optimizer"]["state"][0]["exp_avg"], before["optimizer"]["state"][0]["exp_avg"])
     assert got == history  # epochs 1-2 are the parent's, 3-5 recomputed: the same, bit for bit
     for k, v in ckpts[5]["model"].items():
         assert torch.equal(v, branch_ckpts[5]["model"][k])
@@ -228,3 +232,25 @@ def test_a_later_branch_can_select_trunks_only():
         Branch(of={"parent_run": [""]}, at=(3,), fixed={"rule": "fa"})))
     configs = expand(p, {})
     assert [(c.rule.rule, c.lineage.parent_epoch) for c in configs] == [("bp", 0), ("dfa", 2), ("fa", 3)]
+
+
+def test_branches_of_several_trunks_train_as_one_population(dfa_trunk):
+    """Branches at one epoch of two trunks (seeds 0 and 1) share a population, each member starting from its
+    own trunk; each agrees with its branch trained alone to float round-off."""
+    from raycredit.population import group_members
+
+    cfg, data, _, ckpts = dfa_trunk
+    other = cfg.replace(seed=1)
+    _, other_ckpts = run(other, data)
+    knobs = dict(rule="scaffold", aux_kind="perlayer_vector", blend_alpha=0.5, warmup_ratio=0.5)
+    pairs = [branch(c, k[2], data, **knobs, parent_run=f"trunk-{c.train.seed}.pt")
+             for c, k in ((cfg, ckpts), (other, other_ckpts))]
+    cfgs = [c for c, _ in pairs]
+    assert len(group_members(cfgs, 2)) == 1
+    results = train_population(cfgs, checkpoints=[s for _, s in pairs], data=[data, data])
+    for c, (_, start), result in zip(cfgs, pairs, results, strict=True):
+        alone, _ = run(c, data, start)
+        assert [h["epoch"] for h in result["history"]] == [1, 2, 3, 4, 5]
+        for got, want in zip(result["history"], alone, strict=True):
+            assert got["test_acc"] == pytest.approx(want["test_acc"], abs=1e-6)
+            assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-4)
