@@ -74,32 +74,34 @@ def test_diagnose_from_a_folder_without_a_store_creates_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_train_branches_from_an_mlflow_runs_kept_epoch(tmp_path):
+def test_train_branches_from_an_mlflow_runs_kept_epoch(tmp_path, capsys):
     """`raycredit train --from-run RUN_ID --from-epoch E`: the branch downloads the run's kept checkpoint; one
     that changes nothing reproduces the parent's later epochs; an epoch the run did not keep is named."""
     import shutil
 
     from mlflow.tracking import MlflowClient
 
+    from raycredit.cli import main
+
     trunk = tmp_path / "trunk"
-    p = cli("train", "--rule", "dfa", "--epochs", "4", "--keep-epochs", "2", "--out", str(trunk), *TINY_FLAGS)
-    assert p.returncode == 0, p.stderr
+    assert main(["train", "--rule", "dfa", "--epochs", "4", "--keep-epochs", "2", "--out", str(trunk),
+                 *TINY_FLAGS]) == 0
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     client = MlflowClient(uri)
-    run_id = client.create_run(client.create_experiment("trunks")).info.run_id
+    run_id = client.create_run(client.create_experiment("trunks", (tmp_path / "artifacts").as_uri())).info.run_id
     (tmp_path / "art").mkdir()
     shutil.copy(trunk / "keep" / "epoch-2.pt", tmp_path / "art" / "checkpoint.pt")
     client.log_artifact(run_id, str(tmp_path / "art" / "checkpoint.pt"), "checkpoint/epoch-2")
     client.log_artifact(run_id, str(trunk / "checkpoint.pt"), "checkpoint")
+    capsys.readouterr()
 
-    b = cli("train", "--rule", "dfa", "--epochs", "4", "--from-run", run_id, "--from-epoch", "2", "--tracking-uri",
-            uri, "--out", str(tmp_path / "branch"), *TINY_FLAGS)
-    assert b.returncode == 0, b.stderr
-    assert f"branch of {run_id} at epoch 2" in b.stdout
+    assert main(["train", "--rule", "dfa", "--epochs", "4", "--from-run", run_id, "--from-epoch", "2",
+                 "--tracking-uri", uri, "--out", str(tmp_path / "branch"), *TINY_FLAGS]) == 0
+    assert f"branch of {run_id} at epoch 2" in capsys.readouterr().out
     drop = lambda h: {k: v for k, v in h.items() if k != "time_s"}  # noqa: E731
     want, got = (json.loads((d / "result.json").read_text())["history"] for d in (trunk, tmp_path / "branch"))
     assert [drop(h) for h in got] == [drop(h) for h in want]
-    missing = cli("train", "--rule", "dfa", "--epochs", "4", "--from-run", run_id, "--from-epoch", "3",
-                  "--tracking-uri", uri, "--out", str(tmp_path / "b3"), *TINY_FLAGS)
-    assert missing.returncode == 2 and "holds epoch 4, not parent_epoch=3" in missing.stderr
+    assert main(["train", "--rule", "dfa", "--epochs", "4", "--from-run", run_id, "--from-epoch", "3",
+                 "--tracking-uri", uri, "--out", str(tmp_path / "b3"), *TINY_FLAGS]) == 2
+    assert "holds epoch 4, not parent_epoch=3" in capsys.readouterr().err
     assert not (tmp_path / "b3").exists()
