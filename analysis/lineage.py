@@ -83,16 +83,19 @@ def handoff_table(df: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def report(table: pd.DataFrame, title: str, caption: str, out_dir: str | Path, name: str) -> str:
+    """Write <name>.csv and <name>.md: the title, the caption and the table (or that there is nothing yet)."""
+    lines = [f"# {title}", ""]
+    lines += ["No finished runs of this kind."] if table.empty else [caption, "", markdown_table(table, "g")]
+    return write_report(lines, table, out_dir, name)
+
+
 def report_handoff(tracking_uri: str, experiment: str, out_dir: str | Path) -> str:
     table = handoff_table(load(tracking_uri, experiment))
-    lines = [f"# Hand-offs of {experiment}", ""]
-    if table.empty:
-        lines.append("No finished branches.")
-    else:
-        lines += ["Final test_acc, mean ± sample std (ddof=1) over seeds; 'diff vs trunk' pairs each branch with "
-                  "its own seed's trunk continued unchanged.", "",
-                  markdown_table(table.drop(columns=["diff_mean"]).fillna("–"), "g")]
-    return write_report(lines, table, out_dir, "handoff")
+    shown = table.drop(columns=["diff_mean"]).fillna("–") if not table.empty else table
+    return report(shown, f"Hand-offs of {experiment}", "Final test_acc, mean ± sample std (ddof=1) over seeds; "
+                  "'diff vs trunk' pairs each branch with its own seed's trunk continued unchanged.", out_dir,
+                  "handoff")
 
 
 RECOVERY_METRICS = ("deep_cos", "deep_rho", "nudge_deep")
@@ -115,14 +118,10 @@ def recovery_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def report_recovery(tracking_uri: str, experiment: str, out_dir: str | Path) -> str:
-    table = recovery_table(load(tracking_uri, experiment))
-    lines = [f"# Credit recovery on frozen snapshots: {experiment}", ""]
-    if table.empty:
-        lines.append("No finished fits.")
-    else:
-        lines += ["After fitting on the frozen snapshot: deep_cos (the seeds' Gamma), deep_rho and the mean nudge "
-                  "of the deep layers, mean ± sample std (ddof=1) over seeds.", "", markdown_table(table, "g")]
-    return write_report(lines, table, out_dir, "recovery")
+    title = f"Credit recovery on frozen snapshots: {experiment}"
+    return report(recovery_table(load(tracking_uri, experiment)), title,
+                  "After fitting on the frozen snapshot: deep_cos (the seeds' Gamma), deep_rho and the mean nudge of "
+                  "the deep layers, mean ± sample std (ddof=1) over seeds.", out_dir, "recovery")
 
 
 def exploit_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -155,16 +154,10 @@ def exploit_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def report_exploitability(tracking_uri: str, experiment: str, out_dir: str | Path) -> str:
-    table = exploit_table(load(tracking_uri, experiment))
-    lines = [f"# Snapshot exploitability: {experiment}", ""]
-    if table.empty:
-        lines.append("No finished measurements.")
-    else:
-        lines += ["Loss change after k local steps at the line search's best eta (lowest same-batch change), on "
-                  "the same batch and held out; PUR = dL_held / dL_same; upd_var: the relative variance of the "
-                  "update over batches, at that eta. Mean ± sample std (ddof=1) over seeds.", "",
-                  markdown_table(table, "g")]
-    return write_report(lines, table, out_dir, "exploitability")
+    return report(exploit_table(load(tracking_uri, experiment)), f"Snapshot exploitability: {experiment}",
+                  "Loss change after k local steps at the line search's best eta (lowest same-batch change), on the "
+                  "same batch and held out; PUR = dL_held / dL_same; upd_var: the relative variance of the update "
+                  "over batches, at that eta. Mean ± sample std (ddof=1) over seeds.", out_dir, "exploitability")
 
 
 TRUNK_NAMES = {"dfa": "DFA_only", "vector_field": "Vec_only_from_0"}
@@ -210,14 +203,9 @@ def schedules_table(df: pd.DataFrame, tracking_uri: str) -> pd.DataFrame:
 
 
 def report_schedules(tracking_uri: str, experiment: str, out_dir: str | Path) -> str:
-    table = schedules_table(load(tracking_uri, experiment), tracking_uri)
-    lines = [f"# Credit schedules: {experiment}", ""]
-    if table.empty:
-        lines.append("No finished runs.")
-    else:
-        lines += ["test_acc at the epochs where a schedule switches and at the end, mean ± sample std (ddof=1) "
-                  "over seeds (a branch's epochs up to its switch are its trunk's).", "", markdown_table(table, "g")]
-    return write_report(lines, table, out_dir, "schedules")
+    return report(schedules_table(load(tracking_uri, experiment), tracking_uri), f"Credit schedules: {experiment}",
+                  "test_acc at the epochs where a schedule switches and at the end, mean ± sample std (ddof=1) over "
+                  "seeds (a branch's epochs up to its switch are its trunk's).", out_dir, "schedules")
 
 
 REPORTS = {"handoff": report_handoff, "recovery": report_recovery, "exploitability": report_exploitability,

@@ -254,3 +254,43 @@ def test_branches_of_several_trunks_train_as_one_population(dfa_trunk):
         for got, want in zip(result["history"], alone, strict=True):
             assert got["test_acc"] == pytest.approx(want["test_acc"], abs=1e-6)
             assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-4)
+
+
+def test_lineage_tables_pair_branches_with_their_own_trunk():
+    """analysis/lineage.py on a hand-made table: the hand-off difference is paired by seed, recovery and
+    exploitability group by snapshot epoch (a fitted credit counts from the trunk epoch it was fitted on)."""
+    import pandas as pd
+
+    from analysis.lineage import exploit_table, handoff_table, recovery_table, schedule_name
+
+    base = dict(parent_epoch=0, freeze_model=False, exploitability=False, s_type="eT", aux_kind="vector_field",
+                blend_alpha=0.75, prefit_epochs=0, freeze_after=-1, decay_to=-1.0, credit_norm=True,
+                exploit_blocks="all", deep_cos=0.0, deep_rho=0.0)
+    rows = [dict(base, run_key="t0", parent_run="", rule="dfa", seed=0, test_acc=0.30),
+            dict(base, run_key="t1", parent_run="", rule="dfa", seed=1, test_acc=0.40),
+            dict(base, run_key="b0", parent_run="t0", parent_epoch=5, rule="scaffold", seed=0, test_acc=0.33),
+            dict(base, run_key="b1", parent_run="t1", parent_epoch=5, rule="scaffold", seed=1, test_acc=0.45)]
+    table = handoff_table(pd.DataFrame(rows))
+    row = table[table["branch"] == "blend_0.75"].iloc[0]
+    assert row["diff_mean"] == pytest.approx(0.04) and row["diff vs trunk"] == "0.040 ± 0.014"
+    assert table[table["branch"] == "continue_DFA"].iloc[0]["final acc"] == "0.350 ± 0.071"
+
+    fits = [dict(base, run_key=f"f{s}", parent_run=f"t{s}", parent_epoch=6, rule="vector_field", seed=s,
+                 freeze_model=True, deep_cos=c, **{"nudge/l1": -1.0, "nudge/l2": -3.0})
+            for s, c in ((0, 0.3), (1, 0.5))]
+    rec = recovery_table(pd.DataFrame(rows[:2] + fits))
+    assert list(rec["estimator"]) == ["vector_field (eT)"] and rec.iloc[0]["deep_cos"] == "0.400 ± 0.141"
+    assert rec.iloc[0]["nudge_deep"] == "-2.000 ± 0.000"
+
+    ex = {"exploit/best_eta/k1": 0.1, "exploit/dL_same/k1": -0.2, "exploit/dL_held/k1": -0.1, "exploit/pur/k1": 0.5,
+          "exploit/upd_var/k1/eta0.1": 2.0}
+    meas = [dict(base, **ex, run_key="m0", parent_run="f0", parent_epoch=12, rule="vector_field",
+                 exploitability=True, seed=0),
+            dict(base, **ex, run_key="m1", parent_run="t0", parent_epoch=6, rule="bp", exploitability=True, seed=0)]
+    table = exploit_table(pd.DataFrame(rows[:2] + fits + meas))
+    assert sorted(zip(table["snapshot epoch"], table["credit"])) == [(6, "oracle BP"), (6, "vector_field")]
+    assert set(table["upd_var k=1"]) == {"2.000"} and set(table["PUR k=1"]) == {"0.500"}
+
+    trunk = pd.Series(dict(rule="dfa"))
+    assert schedule_name(pd.Series(dict(rule="vector_field", parent_epoch=20)), trunk) == "DFA_T20_then_Vec"
+    assert schedule_name(pd.Series(dict(rule="dfa")), None) == "DFA_only"
