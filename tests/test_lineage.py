@@ -288,7 +288,7 @@ def test_lineage_tables_pair_branches_with_their_own_trunk():
                  exploitability=True, seed=0),
             dict(base, **ex, run_key="m1", parent_run="t0", parent_epoch=6, rule="bp", exploitability=True, seed=0)]
     table = exploit_table(pd.DataFrame(rows[:2] + fits + meas))
-    assert sorted(zip(table["snapshot epoch"], table["credit"])) == [(6, "oracle BP"), (6, "vector_field")]
+    assert sorted(zip(table["snapshot epoch"], table["credit"], strict=True)) == [(6, "oracle BP"), (6, "vector_field")]
     assert set(table["upd_var k=1"]) == {"2.000"} and set(table["PUR k=1"]) == {"0.500"}
 
     trunk = pd.Series(dict(rule="dfa"))
