@@ -18,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train one configuration without Ray and write DIR/result.json",
                        description="Train one configuration; writes DIR/result.json and DIR/checkpoint.pt.")
     t.add_argument("--out", required=True, help="output folder for result.json and checkpoint.pt")
-    t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt with the run's own config "
+                   "(flags given override it: --epochs N trains on to epoch N)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_knob_flags(t)
     t.add_argument("--from-run", dest="parent_run", metavar="RUN", help="the same as --parent-run")
@@ -100,7 +101,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from raycredit.train import resolve_device, train
 
     knobs = {key: getattr(args, key) for _, key, _ in field_docs() if getattr(args, key) is not None}
-    cfg = Config.from_dict(knobs)
     out = Path(args.out)
     ckpt_path = out / "checkpoint.pt"
     ckpt = None
@@ -108,8 +108,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not ckpt_path.exists():
             raise UserError(f"--resume: no checkpoint at {ckpt_path}")
         ckpt = load_checkpoint(ckpt_path)
+        # the run's own config; flags given override it (e.g. --epochs to train longer)
+        knobs = {**Config.from_dict(ckpt["config"]).flat(), **knobs}
     elif ckpt_path.exists():
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    cfg = Config.from_dict(knobs)
     if cfg.exploit.exploitability:
         raise UserError("exploitability: `raycredit train` trains; snapshot analyses run as search trials "
                         "(searches/exploitability.py)")

@@ -11,6 +11,7 @@ Metric names (one table for the whole project; i = 0..L, l0 = embedding output):
 | `nudge/l{i}` | mean CE after h_i -> h_i - eta * a_i / RMS(a_i), minus mean CE before (negative = credit descends) |
 | `h_norm/l{i}` | mean ||h_i|| |
 | `g_norm/l{i}` | mean ||dCE_n/dh_i|| (per-sample cross-entropy) |
+| `h_norm/last`, `g_norm/last` | the same at the last layer h_L, under one name for every depth |
 | `mode1a` | 1 when ||h_L|| has grown >= 100x over its value at init (residual-stream growth) |
 | `mode1b` | 1 when ||g_L|| < 1e-7 (gradient-floor collapse) |
 | `train_loss`, `train_acc` | mean CE and accuracy over the epoch's training mini-batches |
@@ -131,6 +132,7 @@ def diagnose(model, rule: Rule, x: torch.Tensor, y: torch.Tensor, cfg: DiagConfi
         out["deep_cos"] = torch.stack([out[f"cos/l{i}"] for i in deep]).mean()
         out["deep_rho"] = torch.stack([out[f"rho/l{i}"] for i in deep]).mean()
     vals = to_floats(out)
+    vals["h_norm/last"], vals["g_norm/last"] = vals[f"h_norm/l{L}"], vals[f"g_norm/l{L}"]
     hL = vals[f"h_norm/l{L}"]
     vals["mode1a"] = float(h_norm_init is not None and hL >= MODE1A_GROWTH * h_norm_init)
     vals["mode1b"] = float(vals[f"g_norm/l{L}"] < MODE1B_FLOOR)

@@ -105,3 +105,22 @@ def test_train_branches_from_an_mlflow_runs_kept_epoch(tmp_path, capsys):
                  "--tracking-uri", uri, "--out", str(tmp_path / "b3"), *TINY_FLAGS]) == 2
     assert "holds epoch 4, not parent_epoch=3" in capsys.readouterr().err
     assert not (tmp_path / "b3").exists()
+
+
+def test_resume_needs_no_flags(tmp_path, capsys):
+    """`raycredit train --out DIR --resume` continues the run in DIR with its own config."""
+    import shutil
+
+    from raycredit.cli import main
+
+    full = tmp_path / "full"
+    assert main(["train", "--rule", "fa", "--epochs", "3", "--keep-epochs", "2", "--seed", "3", "--out", str(full),
+                 *TINY_FLAGS]) == 0
+    cut = tmp_path / "cut"  # a run stopped after its second epoch
+    cut.mkdir()
+    shutil.copy(full / "keep" / "epoch-2.pt", cut / "checkpoint.pt")
+    assert main(["train", "--out", str(cut), "--resume", "--no-progress"]) == 0
+    drop = lambda h: {k: v for k, v in h.items() if k != "time_s"}  # noqa: E731
+    want, got = (json.loads((d / "result.json").read_text()) for d in (full, cut))
+    assert got["config"] == want["config"]
+    assert [drop(h) for h in got["history"]] == [drop(h) for h in want["history"]]

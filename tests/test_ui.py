@@ -88,13 +88,13 @@ def test_a_smoke_search_is_browsable_in_the_mlflow_ui(ray_session, tmp_path, mlf
     page_shows(browser, f"{url}/#/experiments/{exp_id}/runs", "fa-d16-L2-seed0", "dfa-d16-L2-seed0",
                "bp-d16-L2-seed0", "frozen-d16-L2-seed0", "plots", "5 matching runs")
     browser.save_screenshot(str(tmp_path / "experiment.png"))
-    # the README's filter for FA against DFA, as the UI puts it in its URL
-    body = page_shows(browser, f"{url}/#/experiments/{exp_id}/runs?searchFilter=" + quote("params.rule LIKE '%fa'"),
-                      "2 matching runs")
+    # the README's filter for FA and DFA with their frozen baseline, as the UI puts it in its URL
+    body = page_shows(browser, f"{url}/#/experiments/{exp_id}/runs?searchFilter=" + quote("params.rule != 'bp'"),
+                      "frozen-d16-L2-seed0")
     assert "fa-d16-L2-seed0" in body and "dfa-d16-L2-seed0" in body and "bp-d16-L2-seed0" not in body
     page_shows(browser, f"{url}/#/experiments/{exp_id}/runs/{fa.info.run_id}", "fa-d16-L2-seed0", "Metrics (",
                f"test_acc\n{fa.data.metrics['test_acc']}", f"deep_cos\n{fa.data.metrics['deep_cos']}",
-               "penalty_lam")
+               f"h_norm/last\n{fa.data.metrics['h_norm/l2']}", "penalty_lam")
     assert (tmp_path / "experiment.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     check_branches_nest_under_their_trunk(tmp_path, uri, url, browser)
 
