@@ -90,7 +90,7 @@ def test_a_smoke_search_is_browsable_in_the_mlflow_ui(ray_session, tmp_path, mlf
     browser.save_screenshot(str(tmp_path / "experiment.png"))
     # the README's filter for FA and DFA with their frozen baseline, as the UI puts it in its URL
     body = page_shows(browser, f"{url}/#/experiments/{exp_id}/runs?searchFilter=" + quote("params.rule != 'bp'"),
-                      "frozen-d16-L2-seed0")
+                      "3 matching runs")
     assert "fa-d16-L2-seed0" in body and "dfa-d16-L2-seed0" in body and "bp-d16-L2-seed0" not in body
     page_shows(browser, f"{url}/#/experiments/{exp_id}/runs/{fa.info.run_id}", "fa-d16-L2-seed0", "Metrics (",
                f"test_acc\n{fa.data.metrics['test_acc']}", f"deep_cos\n{fa.data.metrics['deep_cos']}",
