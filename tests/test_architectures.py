@@ -94,8 +94,9 @@ def test_ep_credit_matches_the_gradient_on_image_layers(images, arch):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_image_architectures_train_with_every_supported_rule(images, arch):
     finals = {}
-    for name in ("bp", "fa", "dfa", "ep", "frozen"):
-        out = train(image_cfg(images, arch, rule=name, epochs=3, lr=3e-3, ep_steps=5))
+    for name in ("bp", "fa", "dfa", "ep", "frozen") + (("sign_symmetry",) if arch == "vit_mini" else ()):
+        layerwise = {"fa_mode": "lillicrap"} if name == "sign_symmetry" else {}
+        out = train(image_cfg(images, arch, rule=name, epochs=3, lr=3e-3, ep_steps=5, **layerwise))
         finals[name] = out["final"]
         assert out["final"]["diverged"] == 0 and len(out["history"]) == 3, (name, out["final"])
     assert finals["bp"]["test_acc"] > 0.5, finals["bp"]  # 5 classes: chance is 0.2
@@ -107,7 +108,8 @@ def test_learned_credit_rules_refuse_image_architectures(images, arch):
     for name in ("state_bridge", "credit_bridge", "vector_field", "scaffold"):
         with pytest.raises(ConfigError, match=f"'{name}' supports architectures resmlp, not '{arch}'"):
             image_cfg(images, arch, rule=name)
-    assert {n for n, r in RULES.items() if arch in r.architectures} == {"bp", "fa", "dfa", "ep", "frozen"}
+    layerwise = {"sign_symmetry"} if arch == "vit_mini" else set()  # small_cnn has no layer-wise feedback path
+    assert {n for n, r in RULES.items() if arch in r.architectures} == {"bp", "fa", "dfa", "ep", "frozen", *layerwise}
 
 
 def test_image_architectures_need_image_data(tmp_path):

@@ -10,12 +10,14 @@ from raycredit.rules.ep import EP
 from raycredit.rules.fa import FA
 from raycredit.rules.frozen import Frozen
 from raycredit.rules.scaffold import Scaffold
+from raycredit.rules.sign_symmetry import SignSymmetry
 from raycredit.rules.state_bridge import StateBridge
 from raycredit.rules.vector_field import VectorField
 
 RULES: dict[str, type[Rule]] = {
     "bp": BP,
     "fa": FA,
+    "sign_symmetry": SignSymmetry,
     "dfa": DFA,
     "frozen": Frozen,
     "ep": EP,
