@@ -39,8 +39,9 @@ from raycredit.errors import DataError
 
 class FeedbackLinear(torch.autograd.Function):
     """y = x W^T + b whose backward to x is g B (B has W's shape) instead of g W; W and b get their true
-    gradients. With B = W it is exactly a linear layer. Written in the functorch form (setup_context,
-    generated vmap rule) so that population mode can vmap and torch.func.grad it."""
+    gradients, and B, when it requires one, W's gradient. With B = W it is exactly a linear layer. Written in
+    the functorch form (setup_context, generated vmap rule) so that population mode can vmap and
+    torch.func.grad it."""
 
     generate_vmap_rule = True
 
@@ -60,7 +61,8 @@ class FeedbackLinear(torch.autograd.Function):
         g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
         grad_x = g @ feedback.to(g.dtype)
         grad_w = g2.T @ x2.to(g.dtype)
-        return grad_x, grad_w, g2.sum(0) if ctx.has_bias else None, None
+        # a learned feedback (kolen_pollack) gets the forward weight's own gradient: the same update as W
+        return grad_x, grad_w, g2.sum(0) if ctx.has_bias else None, grad_w if ctx.needs_input_grad[3] else None
 
 
 class Linear(nn.Linear):

@@ -94,8 +94,9 @@ def test_ep_credit_matches_the_gradient_on_image_layers(images, arch):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_image_architectures_train_with_every_supported_rule(images, arch):
     finals = {}
-    for name in ("bp", "fa", "dfa", "ep", "frozen") + (("sign_symmetry",) if arch == "vit_mini" else ()):
-        layerwise = {"fa_mode": "lillicrap"} if name == "sign_symmetry" else {}
+    layerwise_rules = ("sign_symmetry", "kolen_pollack") if arch == "vit_mini" else ()
+    for name in ("bp", "fa", "dfa", "ep", "frozen", *layerwise_rules):
+        layerwise = {"fa_mode": "lillicrap", "weight_decay": 0.1} if name in layerwise_rules else {}
         out = train(image_cfg(images, arch, rule=name, epochs=3, lr=3e-3, ep_steps=5, **layerwise))
         finals[name] = out["final"]
         assert out["final"]["diverged"] == 0 and len(out["history"]) == 3, (name, out["final"])
@@ -108,7 +109,7 @@ def test_learned_credit_rules_refuse_image_architectures(images, arch):
     for name in ("state_bridge", "credit_bridge", "vector_field", "scaffold"):
         with pytest.raises(ConfigError, match=f"'{name}' supports architectures resmlp, not '{arch}'"):
             image_cfg(images, arch, rule=name)
-    layerwise = {"sign_symmetry"} if arch == "vit_mini" else set()  # small_cnn has no layer-wise feedback path
+    layerwise = {"sign_symmetry", "kolen_pollack"} if arch == "vit_mini" else set()  # none through small_cnn
     assert {n for n, r in RULES.items() if arch in r.architectures} == {"bp", "fa", "dfa", "ep", "frozen", *layerwise}
 
 

@@ -16,6 +16,7 @@ from raycredit.train import train
 
 # members differ in every population key; clip_norm is small so that per-member clipping really clips
 MEMBERS = [dict(seed=0, lr=1e-3), dict(seed=1, lr=3e-3, feedback_scale=0.5), dict(seed=2, lr=1e-3, penalty_lam=0.1)]
+RULE_KNOBS = {"kolen_pollack": {"optimizer": "adamw", "weight_decay": 0.5}}  # it refuses to run without a decay
 
 
 def final_states(cfgs, run):
@@ -48,7 +49,8 @@ def cfg_rule_params(cfg: Config):
 
 @pytest.mark.parametrize("rule", POPULATION_RULES)
 def test_members_equal_separate_runs(tiny, rule):
-    cfgs = [Config.from_dict({**tiny, "rule": rule, "clip_norm": 0.05, **m}) for m in MEMBERS]
+    cfgs = [Config.from_dict({**tiny, "rule": rule, "clip_norm": 0.05, **RULE_KNOBS.get(rule, {}), **m})
+            for m in MEMBERS]
     pop, pop_ckpts = final_states(cfgs, lambda cb: train_population(cfgs, on_epoch=cb))
     assert len(pop) == len(cfgs)
     for cfg, got, ckpt in zip(cfgs, pop, pop_ckpts, strict=True):

@@ -9,6 +9,7 @@ from raycredit.rules.dfa import DFA
 from raycredit.rules.ep import EP
 from raycredit.rules.fa import FA
 from raycredit.rules.frozen import Frozen
+from raycredit.rules.kolen_pollack import KolenPollack
 from raycredit.rules.scaffold import Scaffold
 from raycredit.rules.sign_symmetry import SignSymmetry
 from raycredit.rules.state_bridge import StateBridge
@@ -17,7 +18,6 @@ from raycredit.rules.vector_field import VectorField
 RULES: dict[str, type[Rule]] = {
     "bp": BP,
     "fa": FA,
-    "sign_symmetry": SignSymmetry,
     "dfa": DFA,
     "frozen": Frozen,
     "ep": EP,
@@ -25,6 +25,8 @@ RULES: dict[str, type[Rule]] = {
     "vector_field": VectorField,
     "credit_bridge": CreditBridge,
     "scaffold": Scaffold,
+    "sign_symmetry": SignSymmetry,
+    "kolen_pollack": KolenPollack,
 }
 
 
