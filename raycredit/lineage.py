@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from raycredit.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, snapshot
-from raycredit.config import Config
+from raycredit.config import Config, number_list
 from raycredit.errors import ConfigError, UserError
 
 FIXED_SECTIONS = ("model", "data")
@@ -52,8 +52,6 @@ def check_branch(cfg: Config, parent: Config) -> None:
 
 def kept_epochs(cfg: Config) -> list[int]:
     """The epochs a run keeps a checkpoint of: keep_epochs and its last."""
-    from raycredit.config import number_list
-
     return sorted({*number_list("keep_epochs", cfg.train.keep_epochs, int, lo=1), cfg.train.epochs})
 
 
