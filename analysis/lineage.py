@@ -22,27 +22,18 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.summary import mean_std
-from analysis.tables import cli_main, finished_trials, markdown_table, numeric_or_text, write_report
-from raycredit.tracking import load_runs
+from analysis.tables import cli_main, markdown_table, write_report
+from raycredit.tracking.results import results
 
 SCAFFOLD_KNOBS = (("prefit_epochs", 0), ("freeze_after", -1), ("decay_to", -1.0))
 
 
 def load(tracking_uri: str, experiment: str) -> pd.DataFrame:
     """One row per finished run: params (typed), the run's key and id, and its last value of every metric."""
-    runs = finished_trials(load_runs(tracking_uri, experiment))
-    if runs.empty:
-        return pd.DataFrame()
-    out = pd.DataFrame({c.removeprefix("params."): runs[c] for c in runs.columns if c.startswith("params.")})
-    out = out.apply(numeric_or_text).apply(
-        lambda col: col.map({"True": True, "False": False}) if set(col.dropna()) <= {"True", "False"} else col)
-    for c in runs.columns:
-        if c.startswith("metrics."):
-            out[c.removeprefix("metrics.")] = runs[c].astype(float)
-    out["run_key"] = runs["tags.raycredit.run_key"]
-    out["run_id"] = runs["run_id"]
-    out["parent_run"] = out["parent_run"].fillna("") if "parent_run" in out else ""
-    return out.reset_index(drop=True)
+    df = results(experiment, tracking_uri)
+    if not df.empty:
+        df["parent_run"] = df["parent_run"].fillna("") if "parent_run" in df else ""
+    return df
 
 
 def branch_name(row: pd.Series) -> str:

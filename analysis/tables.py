@@ -10,20 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from raycredit.errors import UserError
-
-
-def numeric_or_text(s: pd.Series) -> pd.Series:
-    """The column as numbers when every value parses (MLflow stores params as strings), else unchanged."""
-    converted = pd.to_numeric(s, errors="coerce")
-    return converted if converted.notna().sum() == s.notna().sum() else s
-
-
-def finished_trials(runs: pd.DataFrame) -> pd.DataFrame:
-    """The FINISHED rows of load_runs' table, without the runs that summarize a search (best config, plots)."""
-    done = runs[runs["status"] == "FINISHED"]
-    if "tags.raycredit.summary" in done.columns:
-        done = done[done["tags.raycredit.summary"].isna()]
-    return done
+from raycredit.tracking.results import finished_trials, numeric_or_text  # noqa: F401  (the analyses' own names)
 
 
 def finished_runs(runs: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:

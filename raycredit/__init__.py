@@ -5,4 +5,12 @@ from raycredit.config import Config
 from raycredit.errors import UserError
 
 __version__ = "0.1.0"
-__all__ = ["Config", "UserError", "__version__"]
+__all__ = ["Config", "UserError", "__version__", "results"]
+
+
+def results(experiment: str, tracking_uri: str | None = None):
+    """A pandas DataFrame of an experiment's finished trials, one row each: the config's params (typed), the last
+    value of every metric, the MLflow run id and the run key (`raycredit.tracking.results`)."""
+    from raycredit.tracking.results import results as table
+
+    return table(experiment, tracking_uri)

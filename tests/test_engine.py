@@ -227,7 +227,8 @@ def test_32_trials_log_every_epoch_into_sqlite_without_losing_a_point(ray_sessio
         assert set(r.data.params) == set(configs[0].flat())
         assert {t for t in r.data.tags if not t.startswith("mlflow.")} == {
             "rule", "search", "dataset", "seed", "code_version", "n_classes", "diverged", tracking.RUN_KEY_TAG,
-            tracking.ATTEMPT_TAG, tracking.NODE_TAG, tracking.PID_TAG}
+            tracking.ATTEMPT_TAG, tracking.NODE_TAG, tracking.PID_TAG, tracking.DEVICE_TAG}
+        assert r.data.tags[tracking.DEVICE_TAG] == "cpu"  # the device used (these configs ask for cpu)
 
 
 def test_a_population_trial_logs_each_member_as_its_own_run(ray_session, tmp_path):

@@ -10,10 +10,12 @@ from searches_loader import ROOT, load_search
 
 GRID_SEARCHES = ["penalty_rescue", "warmup_tgw_ablation", "scaffold_blend", "synthetic_ladder"]  # and audit, below
 PAPER_TRIALS = {"both_fail_scan": 480, "penalty_rescue": 60, "warmup_tgw_ablation": 192, "scaffold_blend": 99,
-                "synthetic_ladder": 432, "audit": 21, "anchors": 70, "synthetic_depth": 6}
+                "synthetic_ladder": 432, "audit": 21, "anchors": 70, "synthetic_depth": 6,
+                # the lineage searches: trunks and their branches (docstrings)
+                "handoff": 66, "snapshot_recovery": 54, "exploitability": 165, "schedules": 7}
 # searches that replicate the reference study: their presets set its choices explicitly
 REPLICATIONS = ["both_fail_scan", "penalty_rescue", "warmup_tgw_ablation", "scaffold_blend", "synthetic_ladder",
-                "audit", "optuna_scaffold"]
+                "audit", "optuna_scaffold", "handoff", "schedules"]
 
 
 def configs(mod, *argv):
@@ -103,6 +105,13 @@ def test_smoke_preset_runs_into_a_scratch_store(ray_session, tmp_path, name):
     table = (tmp_path / "report" / "summary.md").read_text().splitlines()
     rows = [line for line in table if line.startswith("| ") and not line.startswith("| rule ")]
     assert len(rows) == len(smoke), table  # one seed: one row per configuration
+    # the notebook entry point: one row per trial, params typed, the last value of every metric
+    import raycredit
+
+    df = raycredit.results(f"{name}-smoke", tracking_uri=uri)
+    assert sorted(df["run_key"]) == sorted(c.key() for c in smoke)
+    assert df["d"].dtype.kind == "i" and df["credit_norm"].dtype == bool and df["test_acc"].between(0, 1).all()
+    assert set(df["epoch"]) == {smoke[0].train.epochs}
 
 
 def test_audit_smoke_with_two_seeds_ends_with_one_audit_row_per_rule(ray_session, tmp_path):

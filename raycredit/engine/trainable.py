@@ -108,13 +108,14 @@ def trainable(config: dict, settings: dict, base: dict | None = None) -> None:
             raise RuntimeError(f"{path} lacks unfinished members of its trial; delete it to restart them")
         if entries is None and cfgs[0].lineage.parent_run:  # a branch's first attempt (members share the epoch)
             entries = [branch_entry(s, cfgs[i], runs[i], data[i], folder) for i in todo]
+        device = trial_device()
         for i in todo:
-            start_attempt(runs[i], entries[0]["epoch"] if entries else 0)
+            start_attempt(runs[i], entries[0]["epoch"] if entries else 0, device)
         if cfgs[0].exploit.exploitability:
             from raycredit.snapshot import exploitability
 
             [i], [start] = todo, entries
-            metrics = {**exploitability(start, data[i], trial_device()), "epoch": start["epoch"]}
+            metrics = {**exploitability(start, data[i], device), "epoch": start["epoch"]}
             runs[i].log_epoch(start["epoch"], metrics)
             runs[i].finish("FINISHED")
             report(start["epoch"], [metrics])
@@ -125,7 +126,6 @@ def trainable(config: dict, settings: dict, base: dict | None = None) -> None:
                 close(i, e["history"][-1], e)
             report(E, [e["history"][-1] for e in entries])
             return
-        device = trial_device()
         train_members([cfgs[i].replace(device=device) for i in todo], checkpoints=entries, on_epoch=on_epoch,
                       data=[data[i] for i in todo])
     except SystemExit:
@@ -275,14 +275,15 @@ def open_run(s: SweepSettings, cfg: Config, key: str, name: str, n_classes: int,
                           **(tags or {})})
 
 
-def start_attempt(run, resumed_from: int) -> None:
-    """Tag the attempt: its node and process, and, for any attempt that starts from a checkpoint (or any
-    restart), the epoch it resumed from."""
+def start_attempt(run, resumed_from: int, device: str) -> None:
+    """Tag the attempt: its node, process and the device it trains on (the config's `device` param keeps the
+    request, e.g. auto), and, for any attempt that starts from a checkpoint (or any restart), the epoch it
+    resumed from."""
     import ray
 
-    from raycredit.tracking import NODE_TAG, PID_TAG, RESUMED_TAG
+    from raycredit.tracking import DEVICE_TAG, NODE_TAG, PID_TAG, RESUMED_TAG
 
-    tags = {NODE_TAG: ray.get_runtime_context().get_node_id(), PID_TAG: os.getpid()}
+    tags = {NODE_TAG: ray.get_runtime_context().get_node_id(), PID_TAG: os.getpid(), DEVICE_TAG: device}
     run.set_tags({**tags, RESUMED_TAG: resumed_from} if run.attempt > 1 or resumed_from else tags)
 
 

@@ -18,6 +18,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 from raycredit.tracking.lock import LOCK_MODEL_PREFIX, lock_prefix, server_lock  # noqa: E402
 from raycredit.tracking.runs import (  # noqa: E402
     ATTEMPT_TAG,
+    DEVICE_TAG,
     KEPT_ARTIFACT,
     NODE_TAG,
     PARENT_EPOCH_TAG,
@@ -58,10 +59,11 @@ from raycredit.tracking.store import (  # noqa: E402
     store_token,
 )
 
-__all__ = ["ATTEMPT_TAG", "KEPT_ARTIFACT", "LOCK_MODEL_PREFIX", "NODE_TAG", "PARENT_EPOCH_TAG", "PARENT_RUN_TAG",
-           "PID_TAG", "POPULATION_TAG", "REACH_TIMEOUT_S", "RESUMED_TAG", "RUN_KEY_TAG", "STOPPED_EARLY_TAG",
-           "STORE_TOKEN_TAG", "SUMMARY_TAG", "TERMINAL", "TRACKING_SCHEMES", "TrialRun", "check_tracking_uri",
-           "close_stale_runs", "create_sqlite_store", "default_tracking_uri", "ensure_experiment",
-           "existing_experiment", "existing_store", "experiment_id", "finished_keys", "kept_checkpoint", "load_runs",
-           "lock_prefix", "metric_history", "metrics_at", "normalize_uri", "parent_run_id", "record_summary", "redact",
-           "run_checkpoint", "run_keys", "running_keys", "server_lock", "store_token"]
+__all__ = ["ATTEMPT_TAG", "DEVICE_TAG", "KEPT_ARTIFACT", "LOCK_MODEL_PREFIX", "NODE_TAG", "PARENT_EPOCH_TAG",
+           "PARENT_RUN_TAG", "PID_TAG", "POPULATION_TAG", "REACH_TIMEOUT_S", "RESUMED_TAG", "RUN_KEY_TAG",
+           "STOPPED_EARLY_TAG", "STORE_TOKEN_TAG", "SUMMARY_TAG", "TERMINAL", "TRACKING_SCHEMES", "TrialRun",
+           "check_tracking_uri", "close_stale_runs", "create_sqlite_store", "default_tracking_uri",
+           "ensure_experiment", "existing_experiment", "existing_store", "experiment_id", "finished_keys",
+           "kept_checkpoint", "load_runs", "lock_prefix", "metric_history", "metrics_at", "normalize_uri",
+           "parent_run_id", "record_summary", "redact", "run_checkpoint", "run_keys", "running_keys", "server_lock",
+           "store_token"]

@@ -16,6 +16,7 @@ ATTEMPT_TAG = "raycredit.attempt"  # 1, then +1 each time a restored, retried or
 RESUMED_TAG = "raycredit.resumed_from_epoch"  # the checkpoint epoch the latest attempt started from
 NODE_TAG = "raycredit.node"  # the Ray node id of the latest attempt
 PID_TAG = "raycredit.pid"  # the process id of the latest attempt, on that node
+DEVICE_TAG = "raycredit.device"  # the device the latest attempt trained on (cpu, cuda); params.device is the request
 POPULATION_TAG = "raycredit.population"  # runs trained together in one population trial share this key
 PARENT_RUN_TAG = "raycredit.parent_run"  # a branch's parent: its MLflow run id, or the checkpoint it started from
 PARENT_EPOCH_TAG = "raycredit.parent_epoch"  # the parent's epoch the branch started from
