@@ -375,12 +375,12 @@ def run_stages(configs: list[Config], settings, sweep: str, storage: str, args) 
     stages = lineage_levels(configs)
     status: dict[str, str] = {}
     for n, stage in enumerate(stages):
-        if n and len(stages) > 1:
-            print(f"lineage stage {n + 1} of {len(stages)}: {len(stage)} branches", flush=True)
-        blocked = [c for c in stage if status.get(c.lineage.parent_run, "FINISHED") != "FINISHED"]
-        if any(status.get(c.lineage.parent_run) == "KILLED" for c in blocked) or "KILLED" in status.values():
+        if "KILLED" in status.values():
             status.update({c.key(): "KILLED" for s in stages[n:] for c in s})
             break
+        if n:
+            print(f"lineage stage {n + 1} of {len(stages)}: {len(stage)} branches", flush=True)
+        blocked = [c for c in stage if status.get(c.lineage.parent_run, "FINISHED") != "FINISHED"]
         if blocked:
             print(f"{len(blocked)} branches not started: their parent failed", flush=True)
             status.update({c.key(): "FAILED" for c in blocked})

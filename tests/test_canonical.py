@@ -53,9 +53,10 @@ def test_dfa_on_a_plain_mlp_is_nokland_exactly(tiny, L):
     torch.testing.assert_close(got["readout.weight"], e.T @ hs[-1], rtol=1e-10, atol=1e-13)
 
 
-def test_fa_on_a_plain_mlp_is_lillicrap_exactly(tiny):
-    """Two hidden layers: delta_2 = (e B_out) * f'(z_2), delta_1 = (delta_2 B_2) * f'(z_1), grad W_l = delta_l h^T."""
-    cfg, data, model, rule = mlp_setup(tiny, 2, rule="fa")
+def assert_layerwise_update(tiny, feedback, **over):
+    """Two hidden tanh layers: delta_2 = (e B_out) * f'(z_2), delta_1 = (delta_2 B_2) * f'(z_1), grad W_l =
+    delta_l h^T, with B = feedback(rule, name, layer) for the readout and the second layer; returns (model, rule)."""
+    cfg, data, model, rule = mlp_setup(tiny, 2, **over)
     x, y = data.x_train[:32].double(), data.y_train[:32]
     got = grads(model, rule, x, y)
     w1, w2, wo = model.blocks[0].w, model.blocks[1].w, model.readout
@@ -64,12 +65,18 @@ def test_fa_on_a_plain_mlp_is_lillicrap_exactly(tiny):
     z2 = h1 @ w2.weight.T + w2.bias
     h2 = torch.tanh(z2)
     e = ((h2 @ wo.weight.T + wo.bias).softmax(-1) - F.one_hot(y, 10).double()) / len(y)
-    d2 = (e @ rule.B["readout"]) * tanh_prime(z2)
-    d1 = (d2 @ rule.B["blocks_1_w"]) * tanh_prime(z1)
+    d2 = (e @ feedback(rule, "readout", wo)) * tanh_prime(z2)
+    d1 = (d2 @ feedback(rule, "blocks_1_w", w2)) * tanh_prime(z1)
     for name, want in [("blocks.1.w.weight", d2.T @ h1), ("blocks.0.w.weight", d1.T @ x),
                        ("blocks.1.w.bias", d2.sum(0)), ("blocks.0.w.bias", d1.sum(0)), ("readout.weight", e.T @ h2)]:
         torch.testing.assert_close(got[name], want, rtol=1e-10, atol=1e-13)
-    assert not torch.allclose(rule.B["blocks_1_w"], w2.weight)  # so the test above is not BP's
+    return model, rule
+
+
+def test_fa_on_a_plain_mlp_is_lillicrap_exactly(tiny):
+    """Lillicrap's update with the rule's fixed random B of each layer."""
+    model, rule = assert_layerwise_update(tiny, lambda rule, name, layer: rule.B[name], rule="fa")
+    assert not torch.allclose(rule.B["blocks_1_w"], model.blocks[1].w.weight)  # so the test above is not BP's
 
 
 @pytest.mark.parametrize("arch", ["mlp", "resmlp"])
@@ -153,26 +160,12 @@ def test_ep_credit_stays_bounded_on_a_trained_model():
 
 
 def test_sign_symmetry_on_a_plain_mlp_is_liao_exactly(tiny):
-    """The errors travel back through sign(W) * scale / sqrt(out) of the current weights:
-    delta_2 = (e S_out) * f'(z_2), delta_1 = (delta_2 S_2) * f'(z_1), grad W_l = delta_l h^T."""
-    cfg, data, model, rule = mlp_setup(tiny, 2, rule="sign_symmetry", feedback_scale=0.5)
-    x, y = data.x_train[:32].double(), data.y_train[:32]
-    got = grads(model, rule, x, y)
-    w1, w2, wo = model.blocks[0].w, model.blocks[1].w, model.readout
-    z1 = x @ w1.weight.T + w1.bias
-    h1 = torch.tanh(z1)
-    z2 = h1 @ w2.weight.T + w2.bias
-    h2 = torch.tanh(z2)
-    e = ((h2 @ wo.weight.T + wo.bias).softmax(-1) - F.one_hot(y, 10).double()) / len(y)
+    """The errors travel back through sign(W) * scale / sqrt(out) of the current weights."""
 
-    def sign_feedback(w):
-        return torch.sign(w.detach()) * 0.5 / w.shape[0] ** 0.5
+    def sign_feedback(rule, name, layer):
+        return torch.sign(layer.weight.detach()) * 0.5 / layer.weight.shape[0] ** 0.5
 
-    d2 = (e @ sign_feedback(wo.weight)) * tanh_prime(z2)
-    d1 = (d2 @ sign_feedback(w2.weight)) * tanh_prime(z1)
-    for name, want in [("blocks.1.w.weight", d2.T @ h1), ("blocks.0.w.weight", d1.T @ x),
-                       ("blocks.1.w.bias", d2.sum(0)), ("blocks.0.w.bias", d1.sum(0)), ("readout.weight", e.T @ h2)]:
-        torch.testing.assert_close(got[name], want, rtol=1e-10, atol=1e-13)
+    model, _ = assert_layerwise_update(tiny, sign_feedback, rule="sign_symmetry", feedback_scale=0.5)
     assert all(m.feedback is None for m in model.modules() if hasattr(m, "feedback"))  # restored after the step
 
 
