@@ -26,22 +26,11 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.tables import cli_main, finished_runs, markdown_table, write_report
-from raycredit.config import SECTIONS
+from raycredit.protocol import VARIANTS, setting_columns
 from raycredit.tracking import load_runs
 
-BASE_SETTING = ["dataset", "d", "L", "epochs"]
-NOT_SETTING = {"rule", "seed", "device", "checkpoint_every"} | set(SECTIONS["rule"].__dataclass_fields__) | set(
-    SECTIONS["diag"].__dataclass_fields__)
 CHANCE_FACTOR = 1.5
 BP_MARGIN = 0.02
-VARIANTS = ["credit_norm"]  # rule knobs that split FA and DFA runs within a setting, always reported
-
-
-def setting_columns(df: pd.DataFrame) -> list[str]:
-    varying = [c for c in df.columns if c not in NOT_SETTING and c not in BASE_SETTING
-               and c in set().union(*(SECTIONS[s].__dataclass_fields__ for s in ("model", "data", "train")))
-               and df[c].nunique(dropna=False) > 1]
-    return BASE_SETTING + sorted(varying)
 
 
 def variant_columns(df: pd.DataFrame) -> list[str]:

@@ -36,7 +36,43 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-DIAGNOSE_RTOL = 1e-6  # recomputed vs logged: the same computation (float64 by default), only round-off differs
+# recomputed vs logged: the same computation in the run's dtype; only round-off (another device) differs
+DIAGNOSE_RTOL = {"float64": 1e-6, "float32": 1e-4}
+
+
+def print_verdicts(uri: str | None, run_id: str) -> None:
+    """The run's evaluation-protocol verdicts (raycredit.protocol) among its experiment's finished runs."""
+    from raycredit import tracking
+    from raycredit.protocol import THRESHOLD_PP, run_verdicts
+    from raycredit.tracking.results import results
+
+    experiment = tracking.run_experiment_name(uri, run_id)
+    table = run_verdicts(results(experiment, uri))
+    row = table[table["run_id"] == run_id] if "run_id" in table else table
+    if row.empty:
+        print(f"\nevaluation protocol: run {run_id} has not finished; its verdicts come with its final epoch")
+        return
+    r = row.iloc[0]
+
+    def word(fired) -> str:
+        return "–" if fired is None or fired != fired else "FIRE" if fired else "PASS"
+
+    taus = ", ".join(f"{m} {r[f'tau_{m}']:+.2f}" for m in ("test_acc", "deep_nudge", "loss_decrease")
+                     if r[f"tau_{m}"] == r[f"tau_{m}"])
+    print(f"\nevaluation protocol (raycredit.protocol) at the run's final epoch, among the finished runs of "
+          f"experiment {experiment!r}:")
+    print(f"  (a) residual-stream growth: {word(r['(a)'])} (mode1a = {r['mode1a']:g})")
+    print(f"  (b) gradient-floor collapse: {word(r['(b)'])} (mode1b = {r['mode1b']:g})")
+    print(f"  (c) functional agreement: {word(r['(c)'])} " + (
+        f"(Kendall tau of deep_cos's order of the setting's audited rules at this seed against {taus})"
+        if r["(c)"] is not None else "(no other audited credit rule of this setting and seed to rank against)"))
+    if r["rule"] == "frozen":
+        print("  (d) depth utilization: – (the frozen-blocks baseline itself)")
+    elif r["frozen_acc"] != r["frozen_acc"]:
+        print("  (d) depth utilization: – (no frozen runs of this setting in the experiment)")
+    else:
+        print(f"  (d) depth utilization: {word(r['(d)'])} (test_acc {r['test_acc']:.4f} - frozen baseline "
+              f"{r['frozen_acc']:.4f} = {r['margin_pp']:+.2f} pp; threshold {THRESHOLD_PP:g} pp)")
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
@@ -56,6 +92,9 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         ckpt["config"]["data"]["data_dir"] = args.data_dir
     epoch = ckpt["epoch"]
     logged = tracking.metrics_at(args.tracking_uri, args.run_id, epoch)
+    dtype = "float64" if logged.get("diag_float64", 1.0) == 1.0 else "float32"
+    ckpt["config"]["diag"]["diag_dtype"] = dtype  # the dtype the run's own diagnostics ran in
+    rtol = DIAGNOSE_RTOL[dtype]
     metrics, null = rediagnose(ckpt, null_draws=args.null_draws)
     print(f"run {args.run_id} ({name}): {ckpt['config']['rule']['rule']}, checkpoint at epoch {epoch}\n")
     print("| metric | logged | recomputed | |difference| |\n|---|---|---|---|")
@@ -66,17 +105,18 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
             print(f"| {key} | – | {got:.6g} | |")
             continue
         diff = abs(got - want)
-        same = diff <= DIAGNOSE_RTOL * max(1.0, abs(want)) or (math.isnan(got) and math.isnan(want))
+        same = diff <= rtol * max(1.0, abs(want)) or (math.isnan(got) and math.isnan(want))
         mismatched += [] if same else [key]
         print(f"| {key} | {want:.6g} | {got:.6g} | {diff:.2g}{'' if same else ' MISMATCH'} |")
     if null is not None:
         spread = f" ± {statistics.stdev(null):.3f}" if len(null) > 1 else ""
         print(f"\nnull calibration: deep_cos {metrics['deep_cos']:.4f} with the training feedback matrices, "
               f"{statistics.mean(null):.4f}{spread} with {len(null)} fresh draws")
+    print_verdicts(args.tracking_uri, args.run_id)
     if mismatched:
         print(f"\n{len(mismatched)} diagnostics differ from the logged values: {', '.join(mismatched)}")
         return 1
-    print(f"\nall {sum(k in logged for k in metrics)} logged diagnostics reproduced (rtol {DIAGNOSE_RTOL:g})")
+    print(f"\nall {sum(k in logged for k in metrics)} logged diagnostics reproduced ({dtype}, rtol {rtol:g})")
     return 0
 
 

@@ -151,9 +151,16 @@ class DiagConfig:
     diag_every: int = knob(1, "epochs between diagnostics (the last epoch always has them)", lo=1)
     probe_size: int = knob(256, "fixed probe batch: the first probe_size test examples", lo=2)
     rho_dirs: int = knob(32, "random directions M per sample for rho", lo=1)
-    rho_eps: float = knob(1e-3, "perturbation size for rho", lo=0, lo_open=True)
+    rho_measured: int = knob(2, "rho: directions per sample whose loss change a forward pass measures; the "
+                                "linear part of the others is exact and their rest is estimated from these "
+                                "(raycredit.diagnostics); rho_dirs or more measures every one", lo=1)
+    rho_eps: float = knob(1e-3, "perturbation size for rho (float64)", lo=0, lo_open=True)
+    rho_eps_float32: float = knob(1e-1, "perturbation size for rho when the diagnostics run in float32, large "
+                                        "enough for float32 to resolve the loss change", lo=0, lo_open=True)
     nudge_eta: float = knob(1e-2, "step along the RMS-normalized credit for nudge", lo=0, lo_open=True)
-    diag_dtype: str = knob("float64", "dtype of the diagnostic forward passes", choices=("float64", "float32"))
+    diag_dtype: str = knob("auto", "dtype of the diagnostic forward passes; auto: float64 on the CPU and on GPUs "
+                                   "with full-rate float64, float32 elsewhere", choices=("auto", "float64", "float32"))
+    loss_window: int = knob(5, "epochs over which loss_decrease measures the change of train_loss", lo=1)
 
 
 @dataclass(frozen=True)

@@ -1,37 +1,68 @@
 """Credit diagnostics on a fixed probe batch (SPEC §5).
 
-Metric names (one table for the whole project; i = 0..L, l0 = embedding output):
+Metric names (one table for the whole project; i = 0..L, l0 = embedding output, b{l} = block l = 1..L, τ one
+of `SUPPORT_TAUS`):
 
 | name | meaning |
 |---|---|
 | `cos/l{i}` | mean over probe samples of cosine(a_i, dCE_n/dh_i), true gradient from a connected forward graph |
-| `deep_cos` | mean of `cos/l{i}` over the deep layers i = 1..L whose credit the rule estimates (below) |
+| `deep_cos` | mean of `cos/l{i}` over the deep layers i = 1..L whose credit the rule estimates (below): Gamma |
 | `rho/l{i}` | Pearson corr. over samples x `rho_dirs` unit directions u of eps<a_i, u> and CE(h_i+eps u) - CE(h_i) |
 | `deep_rho` | mean of `rho/l{i}` over the same layers |
 | `nudge/l{i}` | mean CE after h_i -> h_i - eta * a_i / RMS(a_i), minus mean CE before (negative = credit descends) |
+| `deep_nudge` | mean of `nudge/l{i}` over the same layers |
 | `h_norm/l{i}` | mean ||h_i|| |
 | `g_norm/l{i}` | mean ||dCE_n/dh_i|| (per-sample cross-entropy) |
 | `h_norm/last`, `g_norm/last` | the same at the last layer h_L, under one name for every depth |
+| `g_p10/l{i}`, `g_p50/l{i}`, `g_p90/l{i}` | 10th, 50th, 90th percentile over probe samples of ||dCE_n/dh_i|| |
+| `support/l{i}/τ` | fraction of probe samples with ||dCE_n/dh_i|| > τ (support sparsity) |
+| `deep_cos_active/τ` | Gamma on the active subset: deep_cos over the samples with ||dCE_n/dh_i|| > τ (below) |
+| `a_over_g/l{i}` | mean ||a_i|| / mean ||dCE_n/dh_i||: the credit's scale against the true gradient's |
+| `upd_cos/b{l}` | cosine of the rule's gradient for block l's parameters and the true one, on the probe (below) |
+| `deep_upd_cos` | mean of `upd_cos/b{l}` over the blocks of the deep layers above |
+| `wb_angle/{name}` | degrees between a feedback matrix and the forward weight it stands in for (below) |
+| `wb_angle` | mean of the `wb_angle/{name}` |
+| `diag_float64` | 1 when the diagnostics ran in float64, 0 when in float32 (below) |
 | `mode1a` | 1 when ||h_L|| has grown >= 100x over its value at init (residual-stream growth) |
 | `mode1b` | 1 when ||g_L|| < 1e-7 (gradient-floor collapse) |
 | `train_loss`, `train_acc` | mean CE and accuracy over the epoch's training mini-batches |
 | `test_loss`, `test_acc` | CE and accuracy on the whole test set |
+| `loss_decrease` | train_loss minus its value `loss_window` epochs earlier (or at epoch 1); from epoch 2 |
 | `diverged` | 1 when the loss or activations became non-finite (or ||h|| > 1e30); the trial stops |
 | `epoch`, `time_s` | epoch index (1-based), wall seconds since the start of the run |
 
+`deep_cos_active/τ` averages, over the deep layers that have any sample above τ, the mean cosine of those
+samples (absent when no layer has one). `upd_cos/b{l}` compares the gradient the rule gives block l's
+parameters on the probe batch (before clipping and the optimizer's own scaling) with the true gradient of the
+probe's mean CE with respect to the same parameters. `wb_angle` pairs come from `Rule.feedback_pairs`: fa's
+and its relatives' B against W, and dfa's B_l against the readout weight (the forward product along the
+residual skip path). `loss_decrease` is the seeds' training-loss decrease: negative when the loss falls.
+
 A rule's exact layers (`Rule.exact_layers`: h_L for fa with fa_mode=reference and for state_bridge,
-whose a_L is the exact output-local gradient) are left out of `deep_cos` and `deep_rho`, so that an exact
+whose a_L is the exact output-local gradient) are left out of the deep summaries, so that an exact
 last layer does not lift a summary meant to measure estimated credit; when every deep layer is exact
-(`bp`), the summary is over all of them. Every `cos/l{i}` is still logged.
-Rules without credit (`frozen`) report no `cos`, `rho` or `nudge`. The
-diagnostic forward passes run on a float64 copy by default so that rho is not
-limited by float32 round-off.
+(`bp`), the summary is over all of them. Every per-layer metric is still logged.
+Rules without credit (`frozen`) report no credit metrics (cos, rho, nudge, a_over_g, upd_cos).
+
+rho is measured, with fewer forward passes than samples x directions. The loss change along u is
+eps<g, u> + r(u), g = dCE_n/dh_i from the probe's backward pass and r the rest (curvature, round-off). The
+linear part is exact for all `rho_dirs` directions: for the ones nobody perturbs along, <a, u> and <g, u>
+are drawn exactly as for a uniform unit u, through u's components in span{a, g} (`sphere_projections`).
+The rest r is measured by forward passes on the first `rho_measured` directions of every sample and
+stands for all of them in the Pearson sums (a control variate: the estimate's expectation is the full
+measurement's). With rho_measured = rho_dirs every loss change is measured, as in a plain
+finite-difference rho.
+
+The diagnostic forward passes run on a float64 copy where float64 is cheap (`diag_dtype` auto: the CPU and
+the CUDA GPUs with full-rate float64) and on a float32 copy elsewhere, where rho uses the larger step
+`rho_eps_float32` that float32 can resolve; `tests/test_diagnostics.py` checks that both agree.
 """
 
 from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -40,11 +71,29 @@ from raycredit.rules.base import Rule, per_sample, rms_normalize
 
 MODE1A_GROWTH = 100.0
 MODE1B_FLOOR = 1e-7
+SUPPORT_TAUS = ("1e-4", "1e-6", "1e-8")  # thresholds of support sparsity, as written in the metric names
+QUANTILES = (10, 50, 90)
+# float32 diagnostics stand when every layer's measured rest of the loss change (curvature and round-off) is at
+# most this fraction of its linear part (RMS); measured on bp/fa/dfa checkpoints at d=256, the float32 rho is
+# then within 0.003 of float64's (the rest, mostly round-off, enters rho's sums rho_dirs/rho_measured times)
+FLOAT32_REST = 0.03
+# CUDA compute capabilities whose float64 runs at half the float32 rate (P100, V100, A100, H100/H200, B200)
+FULL_RATE_FLOAT64 = {(6, 0), (7, 0), (8, 0), (9, 0), (10, 0)}
 
 
 def to_floats(values: dict[str, torch.Tensor]) -> dict[str, float]:
     """Scalar tensors to Python floats with a single host sync."""
     return dict(zip(values, torch.stack([v.double() for v in values.values()]).tolist(), strict=True))
+
+
+def diag_dtype(cfg: DiagConfig, device: torch.device) -> torch.dtype:
+    """The dtype the diagnostics start in: `diag_dtype`, or with auto float64 where it is cheap (full-rate
+    GPUs) and float32 elsewhere, the CPU included (float64 there halves the matrix throughput)."""
+    if cfg.diag_dtype != "auto":
+        return getattr(torch, cfg.diag_dtype)
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) in FULL_RATE_FLOAT64:
+        return torch.float64
+    return torch.float32
 
 
 def per_sample_cos(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -58,28 +107,60 @@ def pearson(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return (u * v).sum() / (u.norm() * v.norm())
 
 
-@torch.no_grad()
-def perturbation_rho(model, i: int, h: torch.Tensor, a: torch.Tensor, y: torch.Tensor,
-                     dirs: int, eps: float, gen: torch.Generator, chunk: int = 8) -> torch.Tensor:
-    """Pearson correlation of predicted eps<a, u> and measured per-sample CE change along unit directions u."""
-    base = F.cross_entropy(model.forward_from(i, h), y, reduction="none")
-    preds, meas = [], []
-    for start in range(0, dirs, chunk):
-        m = min(chunk, dirs - start)
-        u = torch.randn((m, len(h), h[0].numel()), generator=gen, device=h.device, dtype=h.dtype)
-        u = u / u.norm(dim=-1, keepdim=True)
-        hp = h.unsqueeze(0) + eps * u.view(m, *h.shape)
-        lp = F.cross_entropy(model.forward_from(i, hp.flatten(0, 1)), y.repeat(m), reduction="none").view(m, -1)
-        meas.append((lp - base).flatten())
-        preds.append((eps * (u * per_sample(a).unsqueeze(0)).sum(-1)).flatten())
-    return pearson(torch.cat(preds), torch.cat(meas))
+def sphere_projections(a: torch.Tensor, g: torch.Tensor, m: int, gen: torch.Generator):
+    """(<a_n, u>, <g_n, u>), each (m, N), for m independent unit directions u per sample, uniform on the sphere
+    of R^D (D >= 3), without drawing u: with e1, e2 an orthonormal basis of span{a_n, g_n}, u's coordinates
+    there are (z1, z2) / sqrt(z1^2 + z2^2 + c), z ~ N(0, 1) and c ~ chi^2(D - 2) independent."""
+    n, dim = a.shape
+    tiny = torch.finfo(a.dtype).tiny
+    a_norm = a.norm(dim=1)
+    e1 = a / a_norm.clamp_min(tiny)[:, None]
+    g1 = (g * e1).sum(1)
+    g2 = (g - g1[:, None] * e1).norm(dim=1)
+    z = torch.randn((m, n, 2), generator=gen, device=a.device, dtype=a.dtype)
+    seed = int(torch.randint(2**62, (1,), generator=gen, device=gen.device))  # chi^2 draws: numpy, same stream
+    c = torch.from_numpy(np.random.default_rng(seed).chisquare(dim - 2, size=(m, n))).to(a.device, a.dtype)
+    u = z / (z.pow(2).sum(-1) + c).sqrt()[..., None]
+    return a_norm * u[..., 0], g1 * u[..., 0] + g2 * u[..., 1]
 
 
 @torch.no_grad()
-def nudge(model, i: int, h: torch.Tensor, a: torch.Tensor, y: torch.Tensor, eta: float) -> torch.Tensor:
-    before = F.cross_entropy(model.forward_from(i, h), y)
-    after = F.cross_entropy(model.forward_from(i, h - eta * rms_normalize(a)), y)
-    return after - before
+def perturbation_rho(model, i: int, h: torch.Tensor, a: torch.Tensor, g: torch.Tensor, y: torch.Tensor,
+                     base: torch.Tensor, dirs: int, measured: int, eps: float,
+                     gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rho, RMS of the measured rest / RMS of the linear part): the Pearson correlation over samples x `dirs`
+    unit directions u of the predicted change eps<a, u> and the measured per-sample CE change along u,
+    `measured` directions per sample by forward passes (module docstring). base: the per-sample CE at h."""
+    a, g = per_sample(a), per_sample(g)
+    n, dim = a.shape
+    k = dirs if dim < 3 else min(measured, dirs)
+    u = torch.randn((k, n, dim), generator=gen, device=h.device, dtype=torch.float64)  # one draw for either dtype
+    u = (u / u.norm(dim=-1, keepdim=True)).to(h.dtype)
+    hp = (h.unsqueeze(0) + eps * u.view(k, *h.shape)).flatten(0, 1)
+    meas = F.cross_entropy(model.forward_from(i, hp), y.repeat(k), reduction="none").view(k, n) - base
+    # the Pearson sums in float64 whatever the dtype of the forward passes
+    pred_k, lin_k = (eps * (u * a).sum(-1)).double(), (eps * (u * g).sum(-1)).double()
+    rest = meas.double() - lin_k
+    pred, lin = pred_k, lin_k
+    if k < dirs:
+        pa, la = sphere_projections(a.double(), g.double(), dirs - k, gen)
+        pred, lin = torch.cat([pred_k.flatten(), eps * pa.flatten()]), torch.cat([lin_k.flatten(), eps * la.flatten()])
+    w, count = dirs / k, dirs * n  # each measured rest stands for dirs / k directions
+    s_p, s_pp = pred.sum(), pred.pow(2).sum()
+    s_q = lin.sum() + w * rest.sum()
+    s_qq = lin.pow(2).sum() + w * (2 * lin_k * rest + rest.pow(2)).sum()
+    s_pq = (pred * lin).sum() + w * (pred_k * rest).sum()
+    cov = s_pq / count - s_p * s_q / count**2
+    var_p = s_pp / count - (s_p / count) ** 2
+    var_q = (s_qq / count - (s_q / count) ** 2).clamp_min(0)
+    return cov / (var_p * var_q).sqrt(), rest.norm() / lin_k.norm()
+
+
+@torch.no_grad()
+def nudge(model, i: int, h: torch.Tensor, a: torch.Tensor, y: torch.Tensor, eta: float,
+          before: torch.Tensor) -> torch.Tensor:
+    """Mean CE after h -> h - eta a / RMS(a), minus `before` (the mean CE at h)."""
+    return F.cross_entropy(model.forward_from(i, h - eta * rms_normalize(a)), y) - before
 
 
 def probe_forward(model, x: torch.Tensor, y: torch.Tensor):
@@ -94,46 +175,128 @@ def probe_forward(model, x: torch.Tensor, y: torch.Tensor):
 
 
 def summary_layers(L: int, exact: frozenset[int]) -> list[int]:
-    """The deep layers that deep_cos and deep_rho average: 1..L less the exact ones, or all when all are exact."""
+    """The deep layers that the deep_* summaries average: 1..L less the exact ones, or all when all are exact."""
     estimated = [i for i in range(1, L + 1) if i not in exact]
     return estimated or list(range(1, L + 1))
 
 
+def update_alignment(model, rule: Rule, x: torch.Tensor, y: torch.Tensor, blocks: list[int]) -> dict[str, torch.Tensor]:
+    """upd_cos/b{l} for l = 1..L and deep_upd_cos over `blocks`: the rule's gradient for each block's parameters
+    on (x, y) against the true gradient of the mean CE; {} while the rule gives the blocks no gradient."""
+    params = [list(model.blocks[l - 1].parameters()) for l in range(1, model.L + 1)]
+    flat = [p for ps in params for p in ps]
+    for p in flat:
+        p.requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            objective = rule.loss(model, x, y)[0]
+            if not objective.requires_grad:
+                return {}
+            used = torch.autograd.grad(objective, flat, allow_unused=True)
+            if all(t is None for t in used):
+                return {}
+            true = torch.autograd.grad(F.cross_entropy(model(x), y), flat)
+    finally:
+        for p in flat:
+            p.requires_grad_(False)
+    out, at = {}, 0
+    for l, ps in enumerate(params, start=1):
+        u = torch.cat([(t if t is not None else torch.zeros_like(p)).flatten()
+                       for t, p in zip(used[at:at + len(ps)], ps, strict=True)])
+        g = torch.cat([t.flatten() for t in true[at:at + len(ps)]])
+        out[f"upd_cos/b{l}"] = (u @ g) / (u.norm() * g.norm()).clamp_min(torch.finfo(u.dtype).tiny)
+        at += len(ps)
+    out["deep_upd_cos"] = torch.stack([out[f"upd_cos/b{l}"] for l in blocks]).mean()
+    return out
+
+
+def angle_degrees(b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    b, w = b.flatten().double(), w.flatten().double()
+    cos = (b @ w) / (b.norm() * w.norm()).clamp_min(torch.finfo(b.dtype).tiny)
+    return torch.rad2deg(torch.arccos(cos.clamp(-1, 1)))
+
+
 def diagnose(model, rule: Rule, x: torch.Tensor, y: torch.Tensor, cfg: DiagConfig, *,
              seed: int, h_norm_init: float | None = None, credits=None) -> dict[str, float]:
-    """All SPEC §5 credit diagnostics of (model, rule) on the probe batch (x, y).
+    """All SPEC §5 credit diagnostics of (model, rule) on the probe batch (x, y) (the module's metric table).
 
-    `credits` overrides the rule's credit (calibration tests pass a random vector here).
+    `credits` overrides the rule's credit (calibration tests pass a random vector here); the rule's own
+    update (upd_cos) is then not measured. Started in float32 (`diag_dtype`), they are measured again in
+    float64 when float32 cannot resolve rho's loss changes at some layer.
     """
-    dtype = getattr(torch, cfg.diag_dtype)
-    m = copy.deepcopy(model).to(dtype).eval()
-    r = copy.deepcopy(rule).to(dtype)
-    for p in m.parameters():
-        p.requires_grad_(False)
-    x = x.to(dtype)
-    gen = torch.Generator(device=x.device).manual_seed(seed)
-    with torch.enable_grad():
-        hs, logits, g = probe_forward(m, x, y)
-        if credits is None:
-            credits = r.credits(m, hs, logits, y)
-    hs = [h.detach() for h in hs]
-    out: dict[str, torch.Tensor] = {}
-    L = m.L
-    for i in range(L + 1):
-        out[f"h_norm/l{i}"] = per_sample(hs[i]).norm(dim=-1).mean()
-        out[f"g_norm/l{i}"] = per_sample(g[i]).norm(dim=-1).mean()
-        if credits is not None:
-            a = credits[i].to(dtype)
-            out[f"cos/l{i}"] = per_sample_cos(a, g[i]).mean()
-            out[f"rho/l{i}"] = perturbation_rho(m, i, hs[i], a, y, cfg.rho_dirs, cfg.rho_eps, gen)
-            out[f"nudge/l{i}"] = nudge(m, i, hs[i], a, y, cfg.nudge_eta)
-    if credits is not None:
-        deep = summary_layers(L, r.exact_layers())
-        out["deep_cos"] = torch.stack([out[f"cos/l{i}"] for i in deep]).mean()
-        out["deep_rho"] = torch.stack([out[f"rho/l{i}"] for i in deep]).mean()
+    dtype = diag_dtype(cfg, x.device)
+    out = measure(model, rule, x, y, cfg, seed, credits, dtype)
+    if out is None:
+        out = measure(model, rule, x, y, cfg, seed, credits, torch.float64)
     vals = to_floats(out)
+    L = model.L
     vals["h_norm/last"], vals["g_norm/last"] = vals[f"h_norm/l{L}"], vals[f"g_norm/l{L}"]
     hL = vals[f"h_norm/l{L}"]
     vals["mode1a"] = float(h_norm_init is not None and hL >= MODE1A_GROWTH * h_norm_init)
     vals["mode1b"] = float(vals[f"g_norm/l{L}"] < MODE1B_FLOOR)
     return vals
+
+
+def measure(model, rule: Rule, x: torch.Tensor, y: torch.Tensor, cfg: DiagConfig, seed: int, credits,
+            dtype: torch.dtype) -> dict[str, torch.Tensor] | None:
+    """`diagnose` on a `dtype` copy of (model, rule); None when in float32 some layer's measured loss changes
+    stray from their exact linear part by more than FLOAT32_REST (RMS): float32 does not resolve them there."""
+    float64 = dtype == torch.float64
+    eps = cfg.rho_eps if float64 else cfg.rho_eps_float32
+    m = copy.deepcopy(model).to(dtype).eval()
+    r = copy.deepcopy(rule).to(dtype)
+    r.generator = torch.Generator(device=x.device).manual_seed(seed + 1)  # draws of rule.loss (upd_cos)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    x = x.to(dtype)
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    own = credits is None
+    with torch.enable_grad():
+        hs, logits, g = probe_forward(m, x, y)
+        if own:
+            credits = r.credits(m, hs, logits, y)
+    hs, logits = [h.detach() for h in hs], logits.detach()
+    base = F.cross_entropy(logits, y, reduction="none")
+    out: dict[str, torch.Tensor] = {"diag_float64": torch.tensor(float(float64))}
+    L = m.L
+    deep = summary_layers(L, r.exact_layers())
+    qs = torch.tensor([q / 100 for q in QUANTILES], dtype=dtype, device=x.device)
+    active_cos: dict[str, list[torch.Tensor]] = {tau: [] for tau in SUPPORT_TAUS}
+    rests = []
+    for i in range(L + 1):
+        g_norms = per_sample(g[i]).norm(dim=-1)
+        out[f"h_norm/l{i}"] = per_sample(hs[i]).norm(dim=-1).mean()
+        out[f"g_norm/l{i}"] = g_norms.mean()
+        for q, v in zip(QUANTILES, torch.quantile(g_norms, qs), strict=True):
+            out[f"g_p{q}/l{i}"] = v
+        for tau in SUPPORT_TAUS:
+            out[f"support/l{i}/{tau}"] = (g_norms > float(tau)).to(dtype).mean()
+        if credits is None:
+            continue
+        a = credits[i].to(dtype)
+        cos = per_sample_cos(a, g[i])
+        out[f"cos/l{i}"] = cos.mean()
+        out[f"rho/l{i}"], rest = perturbation_rho(m, i, hs[i], a, g[i], y, base, cfg.rho_dirs, cfg.rho_measured,
+                                                  eps, gen)
+        rests.append(rest)
+        out[f"nudge/l{i}"] = nudge(m, i, hs[i], a, y, cfg.nudge_eta, base.mean())
+        out[f"a_over_g/l{i}"] = per_sample(a).norm(dim=-1).mean() / g_norms.mean()
+        if i in deep:
+            for tau in SUPPORT_TAUS:
+                active = g_norms > float(tau)
+                if active.any():
+                    active_cos[tau].append(cos[active].mean())
+    if not float64 and rests and not bool(torch.stack(rests).max() <= FLOAT32_REST):  # a NaN rest fails too
+        return None
+    if credits is not None:
+        for name in ("cos", "rho", "nudge"):
+            out[f"deep_{name}"] = torch.stack([out[f"{name}/l{i}"] for i in deep]).mean()
+        for tau, vals in active_cos.items():
+            if vals:
+                out[f"deep_cos_active/{tau}"] = torch.stack(vals).mean()
+        if own:
+            out.update(update_alignment(m, r, x, y, deep))
+    angles = {f"wb_angle/{name}": angle_degrees(b, w) for name, (b, w) in r.feedback_pairs(m).items()}
+    if angles:
+        out.update(angles, wb_angle=torch.stack(list(angles.values())).mean())
+    return out

@@ -22,7 +22,7 @@ Logged per k and eta (`exploit/<name>/k<k>/eta<eta>`), over the batches:
 and per k, the line search's best eta (lowest dL_same): `exploit/best_eta/k<k>`, with `exploit/dL_same/k<k>`,
 `exploit/dL_held/k<k>` and `exploit/pur/k<k>` at it. The snapshot's own credit diagnostics (deep_cos = the
 seeds' Gamma, deep_rho, nudge, ...) are logged beside them (`raycredit.diagnostics`). Forward passes run in
-`diag_dtype` (float64 by default), so small loss changes are not float32 round-off.
+the dtype of the diagnostics (`diag_dtype`; float64 on the CPU), so small loss changes are not float32 round-off.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from raycredit.config import number_list
 from raycredit.data import Data
-from raycredit.diagnostics import diagnose, probe_forward
+from raycredit.diagnostics import diag_dtype, diagnose, probe_forward
 from raycredit.rules.base import dot, rms_normalize
 from raycredit.train import diag_seed, restore
 
@@ -114,7 +114,7 @@ def exploitability(start: dict, data: Data, device: torch.device | str = "cpu") 
     """The exploitability table (module docstring) and the credit diagnostics of the snapshot `start` (a
     checkpoint of the exploitability config, e.g. `lineage.branch_start`)."""
     cfg, model, rule, data = restore(start, data)
-    dtype = getattr(torch, cfg.diag.diag_dtype)
+    dtype = diag_dtype(cfg.diag, torch.device(device))
     model, rule = model.to(device, dtype).eval(), rule.to(device, dtype)
     for p in model.parameters():
         p.requires_grad_(True)

@@ -100,13 +100,22 @@ def initial_h_norm(model, px: torch.Tensor) -> float:
     return per_sample(model.hiddens(px)[0][-1]).norm(dim=-1).mean().item()
 
 
+def loss_decrease(cfg: Config, epoch: int, train_loss: float, history: list[dict]) -> dict[str, float]:
+    """{"loss_decrease": train_loss minus the train_loss of epoch max(1, epoch - loss_window)}; {} at epoch 1."""
+    then = max(1, epoch - cfg.diag.loss_window)
+    earlier = [r["train_loss"] for r in history if r.get("epoch") == then]
+    return {"loss_decrease": train_loss - earlier[0]} if earlier and then < epoch else {}
+
+
 def epoch_metrics(cfg: Config, epoch: int, dev_metrics: dict[str, torch.Tensor], model, rule, px: torch.Tensor,
-                  py: torch.Tensor, h_norm_init: float, t0: float) -> dict[str, float]:
-    """An epoch's record from its on-device metrics: one host sync, the divergence check, diagnostics when due."""
+                  py: torch.Tensor, h_norm_init: float, t0: float, history: list[dict]) -> dict[str, float]:
+    """An epoch's record from its on-device metrics: one host sync, the divergence check, diagnostics when due.
+    history: the earlier epochs' records."""
     metrics = to_floats({**dev_metrics, "_h_max": last_hidden_norm(model, px)})
     h_max = metrics.pop("_h_max")
     diverged = not (math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["test_loss"])
                     and math.isfinite(h_max) and h_max < DIVERGENCE_NORM)
+    metrics.update(loss_decrease(cfg, epoch, metrics["train_loss"], history))
     if not diverged and (epoch % cfg.diag.diag_every == 0 or epoch == cfg.train.epochs):
         metrics.update(diagnose(model, rule, px, py, cfg.diag, seed=diag_seed(cfg, epoch), h_norm_init=h_norm_init))
     metrics.update(epoch=epoch, diverged=float(diverged), time_s=time.perf_counter() - t0)
@@ -219,7 +228,7 @@ def fit(stepper, cfgs: list[Config], probes: list[tuple[torch.Tensor, torch.Tens
             model, rule = stepper.members[i]
             results[i] = epoch_metrics(cfgs[i], epoch, {"train_loss": loss_sum[i] / n, "train_acc": correct[i] / n,
                                                         **{k: v[i] for k, v in test.items()}},
-                                       model, rule, *probes[i], h_init[i], t0)
+                                       model, rule, *probes[i], h_init[i], t0, histories[i])
             histories[i].append(results[i])
         live = [i for i in live if not results[i]["diverged"]]
         if bar is not None:

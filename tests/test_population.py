@@ -35,7 +35,9 @@ def assert_same_history(got: list[dict], want: list[dict], rtol: float = 1e-4, a
         assert set(g) == set(w)
         for k in w:
             if k != "time_s":
-                assert math.isclose(g[k], w[k], rel_tol=rtol, abs_tol=atol), (k, g["epoch"], g[k], w[k])
+                # a quantile over samples is one sample's norm, not an average: it follows weight differences more
+                tol = 10 * rtol if k.startswith("g_p") else rtol
+                assert math.isclose(g[k], w[k], rel_tol=tol, abs_tol=atol), (k, g["epoch"], g[k], w[k])
 
 
 def cfg_rule_params(cfg: Config):

@@ -95,6 +95,11 @@ class Rule(nn.Module):
         out of deep_cos and deep_rho unless every deep layer is exact)."""
         return frozenset()
 
+    def feedback_pairs(self, model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{name: (feedback matrix, the forward weight of the same shape it stands in for)}, for the W-B
+        alignment angles of the diagnostics; {} for rules without feedback matrices."""
+        return {}
+
     def trainable_params(self, model: nn.Module) -> list[nn.Parameter]:
         return [p for p in model.parameters() if p.requires_grad]
 

@@ -39,6 +39,12 @@ class DFA(LocalRule):
     def credits(self, model, hs, logits, y):
         return dfa_credits(self.B, logits, y)
 
+    def feedback_pairs(self, model):
+        """B_l against the readout weight, where they have one shape: along the residual skip path the forward
+        product from h_l to the logits is the readout (out_ln and the blocks' branches aside)."""
+        w = model.readout.weight
+        return {f"l{l}": (self.B[str(l)], w) for l in range(len(self.B)) if self.B[str(l)].shape == w.shape}
+
 
 class DFAWarmup(DFA):
     """A learned-credit rule that uses DFA's credit for the first `warmup_ratio` of the epochs."""

@@ -76,6 +76,13 @@ class FA(LocalRule):
             for m, f in zip(mods, saved, strict=True):
                 m.feedback = f
 
+    def feedback_pairs(self, model):
+        """Each feedback linear's B against its W (lillicrap, sign_symmetry, kolen_pollack); the reference
+        form's B_l stands in for a block's Jacobian, which no weight is, so it has none."""
+        with self.feedback(model):
+            return {name: (model.get_submodule(name).feedback, model.get_submodule(name).weight)
+                    for name in self.linears}
+
     def loss(self, model, x, y):
         with self.feedback(model):
             return super().loss(model, x, y)

@@ -176,6 +176,12 @@ def run_checkpoint(uri: str, run_id: str, dst: str | Path) -> tuple[str, Path]:
     return run.info.run_name, Path(client.download_artifacts(run_id, "checkpoint/checkpoint.pt", str(dst)))
 
 
+def run_experiment_name(uri: str, run_id: str) -> str:
+    """The name of the experiment that holds the run."""
+    client = get_client(existing_store(uri))
+    return client.get_experiment(client.get_run(run_id).info.experiment_id).name
+
+
 KEPT_ARTIFACT = "checkpoint/epoch-{epoch}"  # where a run's kept epochs go (train.keep_epochs)
 
 
