@@ -43,6 +43,8 @@ class ModelConfig:
     mlp_ratio: float = knob(4.0, "block hidden width as a multiple of d", lo=0, lo_open=True)
     residual_add: bool = knob(True, "h_{l+1} = h_l + f_l(h_l); off gives h_{l+1} = f_l(h_l) (not mlp: never residual)")
     out_ln: bool = knob(True, "terminal LayerNorm before the readout (not mlp: no LayerNorm)")
+    block_ln: bool = knob(True, "resmlp: LayerNorm at the input of every block; off, with student_activation=teacher "
+                                "at alpha=0 and out_ln off, the network is linear (the toy_lq student)")
     w2_std: float = knob(0.02, "init std of each block's second linear W2 (0 = zero-init blocks; not mlp)", lo=0)
     activation: str = knob("gelu", "block nonlinearity", choices=("gelu", "relu", "tanh"))
     student_activation: str = knob("own", "own: `activation`; teacher: the synthetic teacher's phi_alpha with the "
@@ -54,8 +56,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = knob("synthetic", "dataset (digits: scikit-learn's 8x8 handwritten digits, shipped with it)",
-                        choices=("synthetic", "digits", "cifar10", "cifar100", "npz"))
+    dataset: str = knob("synthetic", "dataset (digits: scikit-learn's 8x8 handwritten digits, shipped with it; "
+                                     "toy_lq: the linear-quadratic toy, target vectors and a quadratic cost)",
+                        choices=("synthetic", "digits", "cifar10", "cifar100", "npz", "toy_lq"))
     data_dir: str = knob("", "cifar: folder holding the torchvision files; npz: path of the .npz file")
     download: bool = knob(False, "cifar: download into data_dir when missing")
     alpha: float = knob(1.0, "synthetic: teacher nonlinearity phi(z) = (1-alpha) z + alpha tanh(z)", lo=0, hi=1)
@@ -64,7 +67,9 @@ class DataConfig:
     teacher_width: int = knob(128, "synthetic: hidden width of the teacher network", lo=1)
     teacher_gain: float = knob(2.0, "synthetic: teacher weights ~ N(0, gain^2 / fan_in); a larger gain drives "
                                      "tanh into saturation (more nonlinear; no effect at alpha=0)", lo=0, lo_open=True)
-    n_classes: int = knob(10, "synthetic: number of classes C", lo=2)
+    n_classes: int = knob(10, "synthetic: number of classes C; toy_lq: dimension of the target vectors", lo=2)
+    lq_noise: float = knob(0.5, "toy_lq: std of Gaussian noise on the targets, the cost's irreducible part (the "
+                                "per-sample costate stays away from 0 at the optimum)", lo=0)
     n_train: int = knob(0, "training examples (0 = synthetic 10000 / all of digits or the file)", lo=0)
     n_test: int = knob(0, "test examples (0 = synthetic 2000 / all of digits or the file)", lo=0)
     data_seed: int = knob(0, "synthetic: seed of the teacher and inputs; digits: of the train/test split (fixed "
@@ -274,6 +279,10 @@ class Config:
                               "images); synthetic gives vectors")
         if self.model.arch == "vit_mini" and self.model.d % self.model.heads:
             raise ConfigError(f"heads: {self.model.heads} does not divide d={self.model.d}")
+        if not self.model.block_ln and self.model.arch != "resmlp":
+            raise ConfigError(f"block_ln: only resmlp's blocks can drop their LayerNorm, not {self.model.arch}'s")
+        if self.data.dataset == "toy_lq" and self.data.random_targets:
+            raise ConfigError("random_targets: draws random class labels; toy_lq has target vectors")
         if self.data.dataset in ("cifar10", "cifar100", "npz") and not self.data.data_dir:
             raise ConfigError(f"data_dir: dataset {self.data.dataset!r} needs --data-dir")
         self._check_sizes()
@@ -300,7 +309,7 @@ class Config:
         """ConfigError for a synthetic dataset or a model whose float32 tensors would exceed MAX_TENSOR_BYTES."""
         m, dc = self.model, self.data
         gib = 2**30
-        if dc.dataset == "synthetic":
+        if dc.dataset in ("synthetic", "toy_lq"):
             n = (dc.n_train or 10_000) + (dc.n_test or 2_000)
             widest = max(dc.input_dim, dc.teacher_width if dc.teacher_depth else 0, dc.n_classes)
             if 4 * n * widest > MAX_TENSOR_BYTES:

@@ -2,7 +2,9 @@
 
 `load_data(cfg, device)` returns a `Data` with flattened float32 inputs (their
 per-example shape kept in `Data.shape`, for the image architectures) and int64
-labels; mini-batches are index_select-ed there, never copied per batch.
+labels, or float32 target vectors for toy_lq (whose loss is then the quadratic
+cost, `rules.base.task_loss`); mini-batches are index_select-ed there, never
+copied per batch.
 """
 
 from __future__ import annotations
@@ -64,6 +66,22 @@ def synthetic(cfg: DataConfig) -> Data:
     # standardize each class score so that argmax gives roughly balanced classes
     z = (z - z.mean(0)) / z.std(0)
     y = z.argmax(1)
+    return Data(x[:n_train], y[:n_train], x[n_train:], y[n_train:], cfg.n_classes)
+
+
+def toy_lq(cfg: DataConfig) -> Data:
+    """The linear-quadratic toy (seeds' "Toy LQ"): initial states x ~ N(0, I) of input_dim, each to be driven to
+    the target y = T x + noise of n_classes dimensions, T a fixed random linear map (entries ~ N(0, 1 /
+    input_dim)), the noise ~ N(0, lq_noise^2) per entry.
+    With the quadratic cost 1/2 ||z - y||^2 and a linear student (block_ln and out_ln off, student_activation
+    teacher at alpha 0: h_l = h_{l-1} + W2 W1 h_{l-1}) it is a linear-quadratic control problem over the
+    layers, whose costate is the true gradient dJ/dh_l: cos/l{i} is the costate cosine."""
+    g = torch.Generator().manual_seed(cfg.data_seed)
+    n_train = cfg.n_train or SYNTHETIC_DEFAULT_SIZES[0]
+    n_test = cfg.n_test or SYNTHETIC_DEFAULT_SIZES[1]
+    x = torch.randn(n_train + n_test, cfg.input_dim, generator=g)
+    y = x @ (torch.randn(cfg.input_dim, cfg.n_classes, generator=g) / cfg.input_dim**0.5)
+    y = y + cfg.lq_noise * torch.randn(y.shape, generator=g)
     return Data(x[:n_train], y[:n_train], x[n_train:], y[n_train:], cfg.n_classes)
 
 
@@ -168,7 +186,8 @@ def npz(cfg: DataConfig) -> Data:
     return _subset(Data(xtr, ytr, xte, yte, n_classes, tuple(arrays["x_train"].shape[1:])), cfg)
 
 
-LOADERS = {"synthetic": synthetic, "digits": digits, "cifar10": cifar, "cifar100": cifar, "npz": npz}
+LOADERS = {"synthetic": synthetic, "digits": digits, "cifar10": cifar, "cifar100": cifar, "npz": npz,
+           "toy_lq": toy_lq}
 
 
 def load_data(cfg: DataConfig, device: torch.device | str = "cpu") -> Data:

@@ -64,10 +64,9 @@ import copy
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from raycredit.config import DiagConfig
-from raycredit.rules.base import Rule, per_sample, rms_normalize
+from raycredit.rules.base import Rule, per_sample, repeat_samples, rms_normalize, task_loss
 
 MODE1A_GROWTH = 100.0
 MODE1B_FLOOR = 1e-7
@@ -137,7 +136,7 @@ def perturbation_rho(model, i: int, h: torch.Tensor, a: torch.Tensor, g: torch.T
     u = torch.randn((k, n, dim), generator=gen, device=h.device, dtype=torch.float64)  # one draw for either dtype
     u = (u / u.norm(dim=-1, keepdim=True)).to(h.dtype)
     hp = (h.unsqueeze(0) + eps * u.view(k, *h.shape)).flatten(0, 1)
-    meas = F.cross_entropy(model.forward_from(i, hp), y.repeat(k), reduction="none").view(k, n) - base
+    meas = task_loss(model.forward_from(i, hp), repeat_samples(y, k), reduction="none").view(k, n) - base
     # the Pearson sums in float64 whatever the dtype of the forward passes
     pred_k, lin_k = (eps * (u * a).sum(-1)).double(), (eps * (u * g).sum(-1)).double()
     rest = meas.double() - lin_k
@@ -160,7 +159,7 @@ def perturbation_rho(model, i: int, h: torch.Tensor, a: torch.Tensor, g: torch.T
 def nudge(model, i: int, h: torch.Tensor, a: torch.Tensor, y: torch.Tensor, eta: float,
           before: torch.Tensor) -> torch.Tensor:
     """Mean CE after h -> h - eta a / RMS(a), minus `before` (the mean CE at h)."""
-    return F.cross_entropy(model.forward_from(i, h - eta * rms_normalize(a)), y) - before
+    return task_loss(model.forward_from(i, h - eta * rms_normalize(a)), y) - before
 
 
 def probe_forward(model, x: torch.Tensor, y: torch.Tensor):
@@ -170,7 +169,7 @@ def probe_forward(model, x: torch.Tensor, y: torch.Tensor):
     for l in range(1, model.L + 1):
         hs.append(model.step(l, hs[-1], model.f(l, hs[-1])))
     logits = model.head(hs[-1])
-    grads = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), hs, retain_graph=True)
+    grads = torch.autograd.grad(task_loss(logits, y, reduction="sum"), hs, retain_graph=True)
     return hs, logits, [g.detach() for g in grads]
 
 
@@ -195,7 +194,7 @@ def update_alignment(model, rule: Rule, x: torch.Tensor, y: torch.Tensor, blocks
             used = torch.autograd.grad(objective, flat, allow_unused=True)
             if all(t is None for t in used):
                 return {}
-            true = torch.autograd.grad(F.cross_entropy(model(x), y), flat)
+            true = torch.autograd.grad(task_loss(model(x), y), flat)
     finally:
         for p in flat:
             p.requires_grad_(False)
@@ -256,7 +255,7 @@ def measure(model, rule: Rule, x: torch.Tensor, y: torch.Tensor, cfg: DiagConfig
         if own:
             credits = r.credits(m, hs, logits, y)
     hs, logits = [h.detach() for h in hs], logits.detach()
-    base = F.cross_entropy(logits, y, reduction="none")
+    base = task_loss(logits, y, reduction="none")
     out: dict[str, torch.Tensor] = {"diag_float64": torch.tensor(float(float64))}
     L = m.L
     deep = summary_layers(L, r.exact_layers())

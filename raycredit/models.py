@@ -96,9 +96,9 @@ def activation(cfg: ModelConfig, alpha: float) -> Callable[[], nn.Module]:
 
 
 class Block(nn.Module):
-    def __init__(self, d: int, hidden: int, act: Callable[[], nn.Module], w2_std: float):
+    def __init__(self, d: int, hidden: int, act: Callable[[], nn.Module], w2_std: float, ln: bool = True):
         super().__init__()
-        self.ln = nn.LayerNorm(d)
+        self.ln = nn.LayerNorm(d) if ln else nn.Identity()
         self.w1 = Linear(d, hidden)
         self.w2 = Linear(hidden, d)
         self.act = act()
@@ -175,7 +175,8 @@ class ResMLP(Layered):
     def __init__(self, cfg: ModelConfig, in_shape: tuple[int, ...], n_classes: int, alpha: float):
         super().__init__(cfg, alpha)
         self.embed = nn.Linear(math.prod(in_shape), cfg.d)
-        self.blocks = nn.ModuleList(Block(cfg.d, self.hidden, self.make_act, cfg.w2_std) for _ in range(cfg.L))
+        self.blocks = nn.ModuleList(Block(cfg.d, self.hidden, self.make_act, cfg.w2_std, cfg.block_ln)
+                                    for _ in range(cfg.L))
         self.make_head(cfg, n_classes)
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
@@ -37,6 +36,7 @@ from raycredit.data import Data, load_data
 from raycredit.errors import ConfigError, UserError
 from raycredit.models import build_model
 from raycredit.rules import RULES, build_rule
+from raycredit.rules.base import n_correct, task_loss
 from raycredit.train import EagerStepper, fit, make_optimizer, resolve_device
 
 POPULATION_KEYS = ("seed", "lr", "penalty_lam", "feedback_scale", "alpha", "parent_run")
@@ -142,16 +142,16 @@ def _clip_per_member(grads: list[torch.Tensor], max_norm: float) -> None:
 
 @torch.no_grad()
 def _evaluate_members(forward, params: dict, buffers: dict, x: torch.Tensor, y: torch.Tensor) -> dict:
-    """Per-member test loss and accuracy; x is (P, n, ...) and y (P, n)."""
-    P, n = y.shape
+    """Per-member test loss and accuracy; x is (P, n, ...) and y (P, n) labels or (P, n, outputs) targets."""
+    P, n = y.shape[:2]
     chunk = max(256, 8192 // P)
     loss = torch.zeros(P, device=x.device)
-    correct = torch.zeros(P, device=x.device, dtype=torch.int64)
+    correct = torch.zeros(P, device=x.device)
     for s in range(0, n, chunk):
         logits = forward(params, buffers, x[:, s:s + chunk])
         yy = y[:, s:s + chunk]
-        loss += F.cross_entropy(logits.flatten(0, 1), yy.flatten(), reduction="none").view(P, -1).sum(1)
-        correct += (logits.argmax(-1) == yy).sum(1)
+        loss += task_loss(logits.flatten(0, 1), yy.flatten(0, 1), reduction="none").view(P, -1).sum(1)
+        correct += n_correct(logits, yy)
     return {"test_loss": loss / n, "test_acc": correct / n}
 
 
@@ -275,7 +275,7 @@ class PopulationStepper:
                 self.opt.step()
                 for p, b, w in zip(self.trainable, self.before, self.lr_scales, strict=True):
                     p.copy_(b.lerp_(p, w))
-        return ce * idx.shape[1], (logits.argmax(-1) == y).sum(1)
+        return ce * idx.shape[1], n_correct(logits, y)
 
     def draw(self, n: int) -> list[torch.Tensor]:
         """The step's random tensors (Rule.random_draws), each member's from its own generator, stacked."""

@@ -1,5 +1,6 @@
 """Post-hoc diagnostics of a checkpoint (`raycredit diagnose`): every SPEC §5 diagnostic recomputed from
-the saved model and rule state, and the null calibration of feedback-matrix rules.
+the saved model and rule state (loss_decrease from its history), and the null calibration of feedback-matrix
+rules.
 
 Null calibration (as in the reference study): the trained model's deep_cos when the rule's feedback
 matrices B are replaced by freshly drawn ones. If the trained network had aligned to its own B, the
@@ -14,7 +15,7 @@ from __future__ import annotations
 from raycredit.data import Data
 from raycredit.diagnostics import diagnose
 from raycredit.rules import build_rule
-from raycredit.train import diag_seed, restore
+from raycredit.train import diag_seed, loss_decrease, restore
 
 NULL_SEED_BASE = 1_000_000  # seeds of the fresh draws: train seeds are far below this
 
@@ -26,6 +27,9 @@ def rediagnose(ckpt: dict, data: Data | None = None, null_draws: int = 0) -> tup
     px, py = data.x_test[: cfg.diag.probe_size], data.y_test[: cfg.diag.probe_size]
     kw = dict(seed=diag_seed(cfg, ckpt["epoch"]), h_norm_init=ckpt["h_norm_init"])
     metrics = diagnose(model, rule, px, py, cfg.diag, **kw)
+    now = [r for r in ckpt["history"] if r.get("epoch") == ckpt["epoch"]]
+    if now:  # the history-based functional metric, from the checkpoint's own history
+        metrics.update(loss_decrease(cfg, ckpt["epoch"], now[0]["train_loss"], ckpt["history"]))
     state = rule.state_dict()
     feedback = [k for k in state if k.startswith("B.")]
     if not feedback or null_draws == 0:

@@ -133,10 +133,10 @@ def functional_table(df, agreement: float = AGREEMENT):
     """Per setting and audited row: the seed means of the functional metrics and deep_cos, each with its rank
     among the setting's rows (1 = best), and the setting's (c) over seeds; the seeds' §4.2 table."""
     runs = run_verdicts(df, agreement=agreement)
+    setting, keys = setting_columns(runs), row_columns(runs)  # the experiment's, before leaving rows out
     runs = runs[runs["(c)"].notna()]
     if runs.empty:
         return runs
-    setting, keys = setting_columns(runs), row_columns(runs)
     means = runs.groupby(keys, dropna=False)[["deep_cos", *FUNCTIONAL]].mean().reset_index()
     for m, sign in {**FUNCTIONAL, "deep_cos": 1.0}.items():
         means[f"{m}_rank"] = (sign * means[m]).groupby([means[k] for k in setting], dropna=False).rank(

@@ -32,12 +32,11 @@ import math
 import statistics
 
 import torch
-import torch.nn.functional as F
 
 from raycredit.config import number_list
 from raycredit.data import Data
 from raycredit.diagnostics import diag_dtype, diagnose, probe_forward
-from raycredit.rules.base import dot, rms_normalize
+from raycredit.rules.base import dot, rms_normalize, task_loss
 from raycredit.train import diag_seed, restore
 
 
@@ -47,7 +46,7 @@ def eta_name(eta: float) -> str:
 
 def mean_ce(model, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad():
-        return F.cross_entropy(model(x), y).item()
+        return task_loss(model(x), y).item()
 
 
 def local_step(model, credit_fn, x: torch.Tensor, y: torch.Tensor, blocks: list[int], eta: float,

@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 from raycredit.checkpoint import check_resumable, checkpoint_dict, snapshot
 from raycredit.config import Config
@@ -21,7 +20,7 @@ from raycredit.diagnostics import diagnose, to_floats
 from raycredit.errors import UserError
 from raycredit.models import build_model
 from raycredit.rules import build_rule
-from raycredit.rules.base import per_sample
+from raycredit.rules.base import n_correct, per_sample, task_loss
 
 DIVERGENCE_NORM = 1e30
 
@@ -59,11 +58,11 @@ def make_optimizer(cfg: Config, params: list, aux: list, device: torch.device) -
 @torch.no_grad()
 def evaluate(model, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> dict[str, torch.Tensor]:
     loss = torch.zeros((), device=x.device)
-    correct = torch.zeros((), device=x.device, dtype=torch.int64)
+    correct = torch.zeros((), device=x.device)
     for s in range(0, len(y), chunk):
         logits = model(x[s:s + chunk])
-        loss += F.cross_entropy(logits, y[s:s + chunk], reduction="sum")
-        correct += (logits.argmax(1) == y[s:s + chunk]).sum()
+        loss += task_loss(logits, y[s:s + chunk], reduction="sum")
+        correct += n_correct(logits, y[s:s + chunk])
     return {"test_loss": loss / len(y), "test_acc": correct / len(y)}
 
 
@@ -167,7 +166,7 @@ class EagerStepper:
         if cfg.train.clip_norm:
             torch.nn.utils.clip_grad_norm_(self.params, cfg.train.clip_norm)
         self.opt.step()
-        return (ce * len(i)).unsqueeze(0), (logits.argmax(1) == y).sum().unsqueeze(0)
+        return (ce * len(i)).unsqueeze(0), n_correct(logits, y).unsqueeze(0)
 
     def end_epoch(self) -> dict[str, torch.Tensor]:
         """Eval mode and the test metrics, each (members,); the members' modules hold the current weights."""
@@ -217,7 +216,7 @@ def fit(stepper, cfgs: list[Config], probes: list[tuple[torch.Tensor, torch.Tens
     for epoch in range(start + 1, E + 1):
         perm = stepper.start_epoch(epoch, E)
         loss_sum = torch.zeros(P, device=stepper.device)
-        correct = torch.zeros(P, device=stepper.device, dtype=torch.int64)
+        correct = torch.zeros(P, device=stepper.device)
         for s in range(0, n, bs):
             ce_sum, right = stepper.step(perm[:, s:s + bs])
             loss_sum += ce_sum

@@ -137,6 +137,7 @@ CASES = [
     (SEARCH, "", ["--dataset", "cifar10", "--data-dir", "{tmp}/missing"], "--download"),
     (SEARCH, "truncated_cifar", ["--dataset", "cifar10", "--data-dir", "{tmp}/cifar"], "not found or corrupted"),
     (SEARCH, "", ["--dataset", "npz", "--data-dir", "{tmp}/none.npz"], "npz file not found"),
+    (SEARCH, "", ["--dataset", "toy_lq", "--set", "random_targets=True"], "toy_lq has target vectors"),
     (SEARCH, "npz_shapes", ["--dataset", "npz", "--data-dir", "{tmp}/bad.npz"], "x_test 7"),
     (SEARCH, "npz_labels", ["--dataset", "npz", "--data-dir", "{tmp}/bad.npz"], "y_train integer"),
     (SEARCH, "npz_garbage", ["--dataset", "npz", "--data-dir", "{tmp}/bad.npz"], "cannot read npz file"),

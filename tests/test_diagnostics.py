@@ -175,7 +175,7 @@ def test_wb_angles_by_hand(tiny):
     assert len([k for k in m if k.startswith("wb_angle/")]) == len(rule.linears)
     cfg, model, rule, x, y = trained(tiny, "dfa")
     m = diagnose(model, rule, x, y, cfg.diag, seed=0)
-    b, w = rule.B["2"].double().flatten(), model.readout.weight.double().flatten()
+    b, w = rule.B["2"].double().flatten(), model.readout.weight.detach().double().flatten()
     assert m["wb_angle/l2"] == pytest.approx(math.degrees(math.acos(b @ w / (b.norm() * w.norm()))), abs=1e-6)
     cfg, model, rule, x, y = trained(tiny, "bp")
     assert "wb_angle" not in diagnose(model, rule, x, y, cfg.diag, seed=0)

@@ -10,7 +10,7 @@ from raycredit import tracking
 from raycredit.checkpoint import save_checkpoint
 from raycredit.cli import main
 from raycredit.config import Config
-from raycredit.protocol import FIRE, MIXED, NONE, PASS, VERDICTS, combine, kendall_tau, protocol_table, run_verdicts
+from raycredit.protocol import FIRE, MIXED, NONE, PASS, combine, kendall_tau, protocol_table, run_verdicts
 from raycredit.tracking.results import results
 from raycredit.train import train
 
@@ -94,35 +94,48 @@ def logged_run(uri: str, experiment: str, cfg: Config, folder) -> str:
 
 
 def test_verdicts_of_a_scratch_store(tmp_path, tiny, capsys):
-    """Tiny frozen, fa and dfa runs over two seeds: analysis/protocol.py, the audit table's columns and
-    `raycredit diagnose` give the same verdicts, and the margin is the store's test_acc minus the frozen mean."""
+    """Tiny runs over two seeds: frozen, fa and dfa at the default lr, and frozen and dfa at lr 0.1, where DFA's
+    residual stream grows >= 100x within two epochs (mode1a) and its accuracy falls far below frozen.
+    analysis/protocol.py, the audit table's columns and `raycredit diagnose` agree with verdicts recomputed by
+    hand from the store's metrics: margins against the frozen mean, the 2 pp threshold, PASS/FIRE/MIXED."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     ids = {}
-    for rule in ("frozen", "fa", "dfa"):
-        for seed in (0, 1):
-            ids[rule, seed] = logged_run(uri, "proto", Config.from_dict({**tiny, "rule": rule, "seed": seed}),
-                                         tmp_path)
+    for lr, rules in ((1e-3, ("frozen", "fa", "dfa")), (0.1, ("frozen", "dfa"))):
+        for rule in rules:
+            for seed in (0, 1):
+                cfg = Config.from_dict({**tiny, "rule": rule, "seed": seed, "lr": lr})
+                ids[lr, rule, seed] = logged_run(uri, "proto", cfg, tmp_path)
     df = results("proto", uri)
-    frozen = df[df["rule"] == "frozen"]["test_acc"].mean()
-    fa0 = df[(df["rule"] == "fa") & (df["seed"] == 0)]["test_acc"].item()
-    v = run_verdicts(df).set_index("run_id")
-    assert v.loc[ids["fa", 0], "margin_pp"] == pytest.approx(100 * (fa0 - frozen), abs=1e-9)
+    by_hand = {}
+    for (lr, rule), runs_ in df.groupby(["lr", "rule"]):
+        frozen = df[(df["lr"] == lr) & (df["rule"] == "frozen")]["test_acc"].mean()
+        margins = 100 * (runs_["test_acc"] - frozen)
+        by_hand[lr, rule] = {"(a)": combine(list(runs_["mode1a"] >= 0.5)),
+                             "(d)": NONE if rule == "frozen" else combine(list(margins < 2.0)),
+                             "margin": margins.mean()}
+    assert by_hand[0.1, "dfa"]["(a)"] == FIRE and by_hand[0.1, "dfa"]["(d)"] == FIRE
+    assert by_hand[0.1, "frozen"]["(a)"] == PASS
+
     assert protocol_report.main(["--experiment", "proto", "--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 0
-    written = pd.read_csv(tmp_path / "r" / "protocol.csv").set_index("rule")
-    want = protocol_table(df).set_index("rule")
-    for rule in ("frozen", "fa", "dfa"):
-        for col in VERDICTS:
-            assert (written.loc[rule, col] if written.loc[rule, col] == written.loc[rule, col] else NONE) == \
-                want.loc[rule, col]
-    assert set(want.loc["fa", list(VERDICTS)]) <= {PASS, FIRE, MIXED, NONE}
-    assert want.loc["fa", "(c)"] != NONE  # fa and dfa are ranked against each other at each seed
+    written = pd.read_csv(tmp_path / "r" / "protocol.csv", keep_default_na=False).set_index(["lr", "rule"])
+    for (lr, rule), want in by_hand.items():
+        row = written.loc[(lr, rule)]
+        assert (row["(a)"], row["(d)"]) == (want["(a)"], want["(d)"]), (lr, rule)
+        if rule != "frozen":
+            assert row["margin_pp_mean"] == pytest.approx(want["margin"], abs=1e-9)
+    assert written.loc[(1e-3, "fa"), "(c)"] in (PASS, FIRE, MIXED)  # fa and dfa ranked at each seed
+    assert written.loc[(0.1, "dfa"), "(c)"] == NONE  # no second audited rule in that setting
     assert (tmp_path / "r" / "protocol_functional.csv").exists()
+
     assert audit_table.main(["--experiment", "proto", "--tracking-uri", uri, "--out", str(tmp_path / "a")]) == 0
-    audit = pd.read_csv(tmp_path / "a" / "audit_table.csv").set_index("rule")
-    assert audit.loc["fa", "(d)"] == want.loc["fa", "(d)"]
+    audit = pd.read_csv(tmp_path / "a" / "audit_table.csv", keep_default_na=False).set_index(["lr", "rule"])
+    for key, want in by_hand.items():
+        assert (audit.loc[key, "(a)"], audit.loc[key, "(d)"]) == (want["(a)"], want["(d)"])
+
     capsys.readouterr()
-    assert main(["diagnose", "--run-id", ids["fa", 0], "--tracking-uri", uri, "--null-draws", "0"]) == 0
+    assert main(["diagnose", "--run-id", ids[0.1, "dfa", 0], "--tracking-uri", uri, "--null-draws", "0"]) == 0
     out = capsys.readouterr().out
-    d_word = "FIRE" if v.loc[ids["fa", 0], "(d)"] else "PASS"
-    assert f"(d) depth utilization: {d_word} (test_acc {fa0:.4f}" in out
-    assert "(a) residual-stream growth: PASS (mode1a = 0)" in out
+    acc = df[df["run_id"] == ids[0.1, "dfa", 0]]["test_acc"].item()
+    assert "(a) residual-stream growth: FIRE (mode1a = 1)" in out
+    assert f"(d) depth utilization: FIRE (test_acc {acc:.4f}" in out
+    assert "(c) functional agreement: – (no other audited credit rule" in out

@@ -12,7 +12,7 @@ GRID_SEARCHES = ["penalty_rescue", "warmup_tgw_ablation", "scaffold_blend", "syn
 PAPER_TRIALS = {"both_fail_scan": 480, "penalty_rescue": 60, "warmup_tgw_ablation": 192, "scaffold_blend": 99,
                 "synthetic_ladder": 432, "audit": 21, "anchors": 70, "synthetic_depth": 6,
                 # the lineage searches: trunks and their branches (docstrings)
-                "handoff": 66, "snapshot_recovery": 54, "exploitability": 165, "schedules": 7}
+                "handoff": 66, "snapshot_recovery": 54, "exploitability": 165, "schedules": 7, "toy_lq": 12}
 # searches that replicate the reference study: their presets set its choices explicitly
 REPLICATIONS = ["both_fail_scan", "penalty_rescue", "warmup_tgw_ablation", "scaffold_blend", "synthetic_ladder",
                 "audit", "optuna_scaffold", "handoff", "schedules"]

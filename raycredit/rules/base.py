@@ -21,6 +21,36 @@ if TYPE_CHECKING:
     from raycredit.config import Config
 
 
+def task_loss(z: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """The task's loss of outputs z against targets y: the cross-entropy for class labels (integer y); for
+    target vectors (float y, the toy_lq task) the quadratic cost 1/2 ||z - y||^2 summed over the outputs.
+    reduction: "mean" or "sum" over samples, or "none" (per sample)."""
+    if not y.is_floating_point():
+        return F.cross_entropy(z, y, reduction=reduction)
+    per = 0.5 * (z - y).pow(2).sum(-1)
+    return per.mean() if reduction == "mean" else per.sum() if reduction == "sum" else per
+
+
+def output_error(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample d task_loss / dz, detached: softmax(z) - onehot(y) for labels, z - y for target vectors."""
+    if y.is_floating_point():
+        return (z - y).detach()
+    return (z.softmax(-1) - F.one_hot(y, z.shape[-1]).to(z.dtype)).detach()
+
+
+def n_correct(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Correct predictions summed over the sample axis (z: (..., n, outputs)), as float32 (exact up to 2^24); NaN
+    for target vectors, which have no accuracy."""
+    if y.is_floating_point():
+        return torch.full(z.shape[:-2], float("nan"), device=z.device)
+    return (z.argmax(-1) == y).sum(-1).float()
+
+
+def repeat_samples(y: torch.Tensor, m: int) -> torch.Tensor:
+    """y's samples repeated m times along the sample axis (labels or target vectors)."""
+    return y.repeat(m, *[1] * (y.dim() - 1))
+
+
 def per_sample(t: torch.Tensor) -> torch.Tensor:
     """(N, *h_shape) -> (N, features): per-sample quantities treat every h as one vector."""
     return t.flatten(1)
@@ -138,8 +168,8 @@ class Rule(nn.Module):
             return torch.autograd.grad(fn(x), x, grad_outputs=v)[0].detach()
 
     def output_local_grad(self, model: nn.Module, hL: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Exact per-sample dCE_n/dh_L through the head only."""
-        return self.input_grad(lambda h: F.cross_entropy(model.head(h), y, reduction="sum"), hL)
+        """Exact per-sample dCE_n/dh_L (the task loss's) through the head only."""
+        return self.input_grad(lambda h: task_loss(model.head(h), y, reduction="sum"), hL)
 
     def random_draws(self, n: int, d: int) -> list[tuple[str, tuple[int, ...]]]:
         """The random tensors one training step on n samples (width d) draws from `step_generator`, in order:
@@ -186,7 +216,7 @@ class LocalRule(Rule):
             h = model.step(l, h, f.detach()).detach()
             hs.append(h)
         logits = model.head(hs[-1])
-        ce = F.cross_entropy(logits, y)
+        ce = task_loss(logits, y)
         a = self.credits(model, hs, logits, y)
         if self.cfg.credit_norm:
             a = [rms_normalize(ai) for ai in a]

@@ -1,8 +1,9 @@
 """The conditioning code s of learned credit nets (s_type), shared by the rules that use one."""
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from raycredit.rules.base import output_error
 
 H_L_PROJECTION = 32  # width of the fixed random projection of h_L in the *_hL codes
 
@@ -21,7 +22,7 @@ class Conditioning(nn.Module):
                 ) -> torch.Tensor:
         """The code of a batch; `rule` (the owner) supplies dCE/dh_L."""
         if self.s_type.startswith("eT"):
-            s = logits.softmax(-1) - F.one_hot(y, self.n_classes).to(logits.dtype)
+            s = output_error(logits, y)
         else:
             s = rule.output_local_grad(model, hs[-1], y)
         if self.s_type.endswith("_hL"):

@@ -11,9 +11,8 @@ DFA's credit is used for the first `warmup_ratio` of the epochs while V learns.
 import math
 
 import torch
-import torch.nn.functional as F
 
-from raycredit.rules.base import mlp
+from raycredit.rules.base import mlp, task_loss
 from raycredit.rules.conditioning import Conditioning, with_time
 from raycredit.rules.dfa import DFAWarmup
 
@@ -41,7 +40,7 @@ class CreditBridge(DFAWarmup):
         c = self.cfg
         s = self.cond(self, model, hs, logits, y)
         hL = hs[-1].detach()
-        ce = F.cross_entropy(logits.detach(), y, reduction="none")
+        ce = task_loss(logits.detach(), y, reduction="none")
         loss = (self.V(hL, self.L, s) - ce).pow(2).mean()
         if c.tgw:
             gL = self.output_local_grad(model, hs[-1], y)

@@ -13,10 +13,9 @@ the error reaches every token / position.
 import math
 
 import torch
-import torch.nn.functional as F
 
 from raycredit.models import ARCHITECTURES
-from raycredit.rules.base import Feedback, LocalRule
+from raycredit.rules.base import Feedback, LocalRule, output_error
 
 
 def dfa_feedback(shapes: list[tuple[int, ...]], n_classes: int, scale: float, generator: torch.Generator) -> Feedback:
@@ -26,7 +25,7 @@ def dfa_feedback(shapes: list[tuple[int, ...]], n_classes: int, scale: float, ge
 
 
 def dfa_credits(B: Feedback, logits: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
-    e = (logits.softmax(-1) - F.one_hot(y, logits.shape[-1]).to(logits.dtype)).detach()
+    e = output_error(logits, y)
     return [torch.tensordot(e, B[str(l)], dims=1) for l in range(len(B))]
 
 

@@ -20,10 +20,9 @@ input's credit is a_0 = (dE/dh_0)/beta, the force the equilibrium exerts on it.
 """
 
 import torch
-import torch.nn.functional as F
 
 from raycredit.models import ARCHITECTURES
-from raycredit.rules.base import LocalRule
+from raycredit.rules.base import LocalRule, task_loss
 
 
 class EP(LocalRule):
@@ -34,7 +33,7 @@ class EP(LocalRule):
         for l, h in enumerate(free, start=1):
             e = e + 0.5 * (h - model.step(l, prev, model.f(l, prev))).pow(2).sum()
             prev = h
-        return e + self.cfg.ep_beta * F.cross_entropy(model.head(prev), y, reduction="sum")
+        return e + self.cfg.ep_beta * task_loss(model.head(prev), y, reduction="sum")
 
     def relax(self, model, hs: list[torch.Tensor], y: torch.Tensor) -> list[torch.Tensor]:
         """Nudged-phase states h_1..h_L, from the free equilibrium (the feedforward pass)."""

@@ -5,10 +5,9 @@ frozen blocks, so the baseline measures what untrained blocks allow.
 """
 
 import torch
-import torch.nn.functional as F
 
 from raycredit.models import ARCHITECTURES
-from raycredit.rules.base import Rule
+from raycredit.rules.base import Rule, task_loss
 
 
 class Frozen(Rule):
@@ -26,7 +25,7 @@ class Frozen(Rule):
             for l in range(1, self.L + 1):
                 h = model.step(l, h, model.f(l, h))
         logits = model.head(h)
-        ce = F.cross_entropy(logits, y)
+        ce = task_loss(logits, y)
         return ce, ce.detach(), logits.detach()
 
     def credits(self, model, hs, logits, y):

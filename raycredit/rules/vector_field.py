@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from raycredit.config import RuleConfig
-from raycredit.rules.base import Rule, mlp
+from raycredit.rules.base import Rule, mlp, repeat_samples, task_loss
 from raycredit.rules.conditioning import Conditioning, with_time
 from raycredit.rules.dfa import DFAWarmup
 
@@ -29,14 +29,14 @@ def measured_slopes(rule: Rule, model, l: int, h: torch.Tensor, y: torch.Tensor,
     m, eps = cfg.vf_dirs, cfg.vf_eps
     u = rule.randn((m, *h.shape), like=h)
     u = u / u.norm(dim=-1, keepdim=True)
-    ys = y.repeat(m)
+    ys = repeat_samples(y, m)
 
     def ce(shift):
-        return F.cross_entropy(model.forward_from(l, (h + shift).reshape(-1, h.shape[-1])), ys,
-                               reduction="none").view(m, -1)
+        return task_loss(model.forward_from(l, (h + shift).reshape(-1, h.shape[-1])), ys,
+                         reduction="none").view(m, -1)
 
     if cfg.one_sided:
-        base = F.cross_entropy(model.forward_from(l, h), y, reduction="none")
+        base = task_loss(model.forward_from(l, h), y, reduction="none")
         slopes = (ce(eps * u) - base) / eps
     else:
         slopes = (ce(eps * u) - ce(-eps * u)) / (2 * eps)
