@@ -1,7 +1,8 @@
 """Credit diagnostics on a fixed probe batch (SPEC §5).
 
 Metric names (one table for the whole project; i = 0..L, l0 = embedding output, b{l} = block l = 1..L, τ one
-of `SUPPORT_TAUS`):
+of `SUPPORT_TAUS`; CE is the task's loss, `rules.base.task_loss`: the cross-entropy, or on toy_lq the quadratic
+cost, where dCE_n/dh_i is the costate and cos/l{i} the costate cosine):
 
 | name | meaning |
 |---|---|
