@@ -71,7 +71,9 @@ from raycredit.rules.base import Rule, per_sample, repeat_samples, rms_normalize
 
 MODE1A_GROWTH = 100.0
 MODE1B_FLOOR = 1e-7
-SUPPORT_TAUS = ("1e-4", "1e-6", "1e-8")  # thresholds of support sparsity, as written in the metric names
+# thresholds of support sparsity, as written in the metric names `support/l{i}/τ` (not `@τ`: MLflow metric names
+# may hold only letters, digits and _ - . / : space, mlflow.utils.validation.validate_param_and_metric_name)
+SUPPORT_TAUS = ("1e-4", "1e-6", "1e-8")
 QUANTILES = (10, 50, 90)
 # float32 diagnostics stand when every layer's measured rest of the loss change (curvature and round-off) is at
 # most this fraction of its linear part (RMS); measured on bp/fa/dfa checkpoints at d=256, the float32 rho is
