@@ -145,12 +145,12 @@ def _evaluate_members(forward, params: dict, buffers: dict, x: torch.Tensor, y: 
     """Per-member test loss and accuracy; x is (P, n, ...) and y (P, n) labels or (P, n, outputs) targets."""
     P, n = y.shape[:2]
     chunk = max(256, 8192 // P)
-    loss = torch.zeros(P, device=x.device)
-    correct = torch.zeros(P, device=x.device)
+    loss = torch.zeros(P, device=x.device, dtype=torch.float64)  # float64 sums, as in train.evaluate
+    correct = torch.zeros(P, device=x.device, dtype=torch.float64)
     for s in range(0, n, chunk):
         logits = forward(params, buffers, x[:, s:s + chunk])
         yy = y[:, s:s + chunk]
-        loss += task_loss(logits.flatten(0, 1), yy.flatten(0, 1), reduction="none").view(P, -1).sum(1)
+        loss += task_loss(logits.flatten(0, 1), yy.flatten(0, 1), reduction="none").view(P, -1).sum(1).double()
         correct += n_correct(logits, yy)
     return {"test_loss": loss / n, "test_acc": correct / n}
 

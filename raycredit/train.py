@@ -57,11 +57,12 @@ def make_optimizer(cfg: Config, params: list, aux: list, device: torch.device) -
 
 @torch.no_grad()
 def evaluate(model, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> dict[str, torch.Tensor]:
-    loss = torch.zeros((), device=x.device)
-    correct = torch.zeros((), device=x.device)
+    # float64 sums: an accuracy of 534/1000 is logged as 0.534, not float32's 0.53399997
+    loss = torch.zeros((), device=x.device, dtype=torch.float64)
+    correct = torch.zeros((), device=x.device, dtype=torch.float64)
     for s in range(0, len(y), chunk):
         logits = model(x[s:s + chunk])
-        loss += task_loss(logits, y[s:s + chunk], reduction="sum")
+        loss += task_loss(logits, y[s:s + chunk], reduction="sum").double()
         correct += n_correct(logits, y[s:s + chunk])
     return {"test_loss": loss / len(y), "test_acc": correct / len(y)}
 
@@ -215,12 +216,14 @@ def fit(stepper, cfgs: list[Config], probes: list[tuple[torch.Tensor, torch.Tens
     live = list(range(P))  # checkpoints hold only members that are still training
     for epoch in range(start + 1, E + 1):
         perm = stepper.start_epoch(epoch, E)
-        loss_sum = torch.zeros(P, device=stepper.device)
-        correct = torch.zeros(P, device=stepper.device)
+        loss_sum = torch.zeros(P, device=stepper.device, dtype=torch.float64)  # float64: as in `evaluate`
+        correct = torch.zeros(P, device=stepper.device, dtype=torch.float64)
         for s in range(0, n, bs):
             ce_sum, right = stepper.step(perm[:, s:s + bs])
             loss_sum += ce_sum
             correct += right
+            if bar is not None:
+                bar.update(1)
         test = stepper.end_epoch()
         results: list[dict | None] = [None] * P
         for i in live:
@@ -231,8 +234,8 @@ def fit(stepper, cfgs: list[Config], probes: list[tuple[torch.Tensor, torch.Tens
             histories[i].append(results[i])
         live = [i for i in live if not results[i]["diverged"]]
         if bar is not None:
-            bar.set_postfix(test_acc=f"{results[0]['test_acc']:.3f}", loss=f"{results[0]['train_loss']:.3f}")
-            bar.update(1)
+            bar.set_postfix(epoch=f"{epoch}/{E}", test_acc=f"{results[0]['test_acc']:.3f}",
+                            loss=f"{results[0]['train_loss']:.3f}")
         if on_epoch is not None:
             on_epoch(epoch, results, (lambda e=epoch, lv=tuple(live): make_checkpoint(e, lv)) if live else None)
         if not live:
@@ -261,8 +264,11 @@ def train(cfg: Config, *, checkpoint: dict | None = None, on_epoch: EpochCallbac
     if progress:
         from tqdm import tqdm
 
+        # a bar of steps, not epochs: an epoch of the defaults takes a minute or more on a laptop's CPU
         start = checkpoint["epoch"] if checkpoint is not None else 0
-        bar = tqdm(total=cfg.train.epochs, initial=start, desc=f"{cfg.rule.rule} seed={cfg.train.seed}", unit="epoch")
+        steps = math.ceil(len(data.y_train) / cfg.train.batch_size)
+        bar = tqdm(total=cfg.train.epochs * steps, initial=start * steps, unit="step",
+                   desc=f"{cfg.rule.rule} seed={cfg.train.seed}")
     try:
         [history] = fit(stepper, [cfg], [probe], checkpoints=None if checkpoint is None else [checkpoint],
                         on_epoch=each_epoch, bar=bar)

@@ -124,3 +124,55 @@ def test_resume_needs_no_flags(tmp_path, capsys):
     want, got = (json.loads((d / "result.json").read_text()) for d in (full, cut))
     assert got["config"] == want["config"]
     assert [drop(h) for h in got["history"]] == [drop(h) for h in want["history"]]
+
+
+@pytest.fixture
+def listeners():
+    """Ports on 127.0.0.1 that are not a Ray cluster: an HTTP/1 server (like the Ray dashboard or an MLflow UI), a
+    listener that accepts and never answers, and a port nothing listens on. Started and stopped here."""
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Quiet(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    http = HTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=http.serve_forever, daemon=True)
+    thread.start()
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    from ports import free_port
+
+    try:
+        yield {"http": http.server_address[1], "silent": silent.getsockname()[1], "closed": free_port()}
+    finally:
+        http.shutdown()
+        http.server_close()
+        thread.join()
+        silent.close()
+
+
+@pytest.mark.parametrize("argv, words", [
+    ([], "`--preset smoke` needs no data"),
+    (["--preset", "smoke", "--address", "127.0.0.1:{http}"], "answers, but not as a Ray cluster"),
+    (["--preset", "smoke", "--address", "127.0.0.1:{silent}"], "answers, but not as a Ray cluster"),
+    (["--preset", "smoke", "--address", "127.0.0.1:{closed}"], "cannot reach a Ray cluster"),
+], ids=["paper-default-without-data", "address-http-port", "address-silent-port", "address-closed-port"])
+def test_first_hour_mistakes_as_a_process_exit_2_in_one_line_within_30s(tmp_path, listeners, argv, words):
+    import time
+
+    from searches_loader import ROOT
+
+    argv = [a.format(**listeners) for a in argv]
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, str(ROOT / "searches" / "both_fail_scan.py"), *argv,
+                        "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--storage", str(tmp_path / "ray")],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    elapsed = time.monotonic() - t0
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and words in lines[0], (p.returncode, p.stderr)
+    assert elapsed < 30 and "Traceback" not in p.stderr
+    assert list(tmp_path.iterdir()) == []

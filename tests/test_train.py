@@ -158,3 +158,10 @@ def test_checkpoints_handed_out_are_snapshots(tiny, rule):
     assert any(not torch.equal(first["model"][k], kept[2]["model"][k]) for k in first["model"])
     s1, s0 = first["optimizer"]["state"], once[0]["optimizer"]["state"]
     assert all(torch.equal(s1[i][k], s0[i][k]) for i in s1 for k in s1[i] if torch.is_tensor(s1[i][k]))
+
+
+def test_accuracies_are_exact_fractions_not_float32_noise(tiny):
+    """534/1000 is logged as 0.534 (float64 sums), not float32's 0.53399997."""
+    h = train(Config.from_dict({**tiny, "rule": "dfa", "n_test": 250}))["history"][-1]
+    assert h["test_acc"] == round(h["test_acc"] * 250) / 250
+    assert h["train_acc"] == round(h["train_acc"] * 512) / 512

@@ -31,12 +31,38 @@ def resolve_address(address: str | None) -> str | None:
     if not host or not port.isdigit():
         raise UserError(f"--address {address!r}: expected host:port, 'auto' or nothing")
     try:
-        with socket.create_connection((host, int(port)), timeout=5):
-            pass
+        speaks = speaks_http2(host, int(port))
     except OSError as e:
         reason = e.strerror or e
         raise UserError(f"--address {address!r}: cannot reach a Ray cluster at {resolved} ({reason})") from None
+    # a TLS cluster (RAY_USE_TLS) answers only after a TLS handshake, which this cleartext probe does not make
+    if not speaks and os.environ.get("RAY_USE_TLS", "0").lower() not in ("1", "true"):
+        raise UserError(f"--address {address!r}: {resolved} answers, but not as a Ray cluster (give the head's GCS "
+                        "port, 6379 unless `ray start --port` said otherwise; not the dashboard's or another "
+                        "service's)")
     return resolved
+
+
+# the HTTP/2 client preface and an empty SETTINGS frame (RFC 9113 §3.4)
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def speaks_http2(host: str, port: int, timeout: float = 5.0) -> bool:
+    """Whether host:port answers the HTTP/2 preface with a SETTINGS frame, as a Ray head's GCS (a gRPC server)
+    does; an HTTP/1 service (the Ray dashboard, an MLflow UI) or a silent one does not. ray.init would wait on
+    such a port indefinitely. OSError when nothing listens there."""
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(HTTP2_PREFACE)
+        head = b""
+        try:
+            while len(head) < 9:
+                chunk = s.recv(9 - len(head))
+                if not chunk:
+                    break
+                head += chunk
+        except OSError:  # a timeout: nothing answered
+            return False
+    return len(head) == 9 and head[3] == 0x04  # frame type 0x4: SETTINGS
 
 
 def connect(address: str | None) -> None:
