@@ -44,6 +44,9 @@ def main() -> int:
     verdict = "within" if wall <= args.budget_s else "MISSES"
     print(f"{name} smoke: exit {proc.returncode}, {wall:.1f} s wall on {os.cpu_count()} CPU cores "
           f"({verdict} the {args.budget_s:.0f} s budget)")
+    printed = len((proc.stdout + proc.stderr).splitlines())
+    print(f"the search printed {printed} lines ({len(proc.stdout.splitlines())} on stdout, "
+          f"{len(proc.stderr.splitlines())} on stderr)")
     if train_s is not None:
         print(f"training inside the trials: {train_s.sum():.1f} s summed over {len(train_s)} runs "
               f"(mean {train_s.mean():.2f} s, max {train_s.max():.2f} s per run)")

@@ -74,6 +74,9 @@ def search_parser(name: str, doc: str, presets: dict, default_preset: str,
     p.add_argument("--experiment", help=f"MLflow experiment (default {name}-<preset>)")
     p.add_argument("--storage", default="ray_results", help="Ray Tune storage path (shared on multi-node clusters)")
     p.add_argument("--no-analysis", action="store_true", help="skip the analysis after the sweep")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="Ray Tune's trial tables and Ray's and MLflow's INFO logs (default: a progress line every "
+                        "10 s)")
     p.add_argument("--out", help="analysis output folder (default reports/<experiment>)")
     if optuna:
         p.add_argument("--num-samples", type=int, help="trials Optuna draws (default: the preset's)")

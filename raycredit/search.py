@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import math
 import os
 import signal
@@ -202,6 +203,11 @@ def run_search(name: str, doc: str, presets: dict[str, Preset], *, default_prese
     `analysis` (one or several functions of tracking uri, experiment, output folder) runs after the sweep.
     """
     args = search_parser(name, doc, presets, default_preset, optuna=space is not None).parse_args(argv)
+    # MLflow's INFO lines (store creation, migrations) only with -v; the driver's own lines say what happens.
+    # The variable reaches an MLflow imported later (it sets its level on import) and the trials' workers.
+    if not args.verbose:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("mlflow").setLevel(logging.INFO if args.verbose else logging.WARNING)
     try:
         with contextlib.ExitStack() as held:  # the experiment's lock, from _prepare to the end of the analysis
             if space is not None:
@@ -225,6 +231,10 @@ def run_search(name: str, doc: str, presets: dict[str, Preset], *, default_prese
         print(f"{name}: error: a disk filled up during the sweep ({str(e).splitlines()[0][:300]}); free some "
               "space and re-run the same command to finish it", file=sys.stderr)
         return 1
+    finally:
+        from raycredit import engine
+
+        engine.disconnect()
 
 
 INTERRUPTED = 130  # the shell's code for a Ctrl-C
@@ -309,7 +319,9 @@ def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack,
         held.enter_context(tracking.server_lock(uri, experiment, locks.owner(), on_lost=_lock_lost))
     sweep = f"{experiment}-{sweep_id}"
     checks.store(Path(storage) / sweep, uri, experiment, keys)
-    engine.connect(address)
+    engine.OUTPUT.update(verbose=args.verbose)
+    engine.tune_logging(args.verbose)
+    engine.connect(address, verbose=args.verbose)
     engine.HANG_LIMITS.update(timeout_s=args.trial_timeout, factor=args.hang_factor or float("inf"))
     engine.check_shared_storage(storage)
     gpus = args.gpus_per_trial

@@ -116,3 +116,26 @@ def fill(path: Path) -> None:
                 f.flush()
         except OSError:
             pass
+
+
+def test_ctrl_c_prints_raycredits_hint_only_and_v_restores_tunes_tables(tmp_path):
+    """The default output is a progress line every 10 s; Ctrl-C ends with raycredit's hint, without Tune's
+    `Tuner.restore` advice or a FileNotFoundError per unstarted trial. Re-run with -v, the sweep resumes and
+    shows Tune's trial tables, still without those lines."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = [sys.executable, str(ROOT / "searches" / "both_fail_scan.py"), "--preset", "smoke", "--seeds", "0",
+           "--set", "rule=dfa", "--set", "d=64", "--epochs", "3", "--tracking-uri", uri,
+           "--storage", str(tmp_path / "ray"), "--experiment", "quiet", "--gpus-per-trial", "0", "--no-analysis"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_runs(uri, "quiet", proc, 1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=180)
+    text = out + err
+    assert proc.returncode == 130, text[-3000:]
+    for noise in ("Traceback", "Tuner.restore", "FileNotFoundError", "== Status ==", "Result logdir"):
+        assert noise not in text, (noise, text[-3000:])
+    assert "re-run the same command to resume" in text and len(text.splitlines()) <= 12, text
+    again = subprocess.run([*cmd, "-v"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    assert "== Status ==" in again.stdout and "resuming sweep in" in again.stdout
+    assert "Tuner.restore" not in again.stdout + again.stderr and "FileNotFoundError" not in again.stderr

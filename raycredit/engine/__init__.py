@@ -14,17 +14,20 @@ from raycredit.engine.cluster import (  # noqa: E402
     check_trial_resources,
     cluster_gpus,
     connect,
+    disconnect,
     resolve_address,
     storage_visibility,
 )
 from raycredit.engine.sweep import (  # noqa: E402
     HANG_LIMITS,
+    OUTPUT,
     HangWatch,
     OptunaSettings,
     SearchOutcome,
     check_trusted,
     run_optuna,
     run_trials,
+    tune_logging,
 )
 from raycredit.engine.trainable import (  # noqa: E402
     CHECKPOINT_FILE,
@@ -36,7 +39,7 @@ from raycredit.engine.trainable import (  # noqa: E402
     trainable,
 )
 
-__all__ = ["CHECKPOINT_FILE", "FAILURE_TAG", "HANG_LIMITS", "SET_ASIDE_TAG", "HangWatch", "OptunaSettings",
+__all__ = ["CHECKPOINT_FILE", "FAILURE_TAG", "HANG_LIMITS", "OUTPUT", "SET_ASIDE_TAG", "HangWatch", "OptunaSettings",
            "SearchOutcome", "SweepSettings", "check_shared_storage", "check_trial_resources", "check_trusted",
-           "cluster_gpus", "connect", "open_run", "resolve_address", "run_label", "run_optuna", "run_trials",
-           "storage_visibility", "trainable"]
+           "cluster_gpus", "connect", "disconnect", "open_run", "resolve_address", "run_label", "run_optuna",
+           "run_trials", "storage_visibility", "trainable", "tune_logging"]

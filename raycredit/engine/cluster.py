@@ -65,21 +65,41 @@ def speaks_http2(host: str, port: int, timeout: float = 5.0) -> bool:
     return len(head) == 9 and head[3] == 0x04  # frame type 0x4: SETTINGS
 
 
-def connect(address: str | None) -> None:
-    """Join the cluster at `address` (already resolved), or start a local instance on 127.0.0.1."""
+STARTED: dict[str, bool] = {"local": False, "joined": False}  # what `connect` did, for `disconnect`
+
+
+def connect(address: str | None, verbose: bool = True) -> None:
+    """Join the cluster at `address` (already resolved), or start a local instance on 127.0.0.1 (nothing when
+    Ray is already initialized in this process). Not verbose: Ray and Tune log warnings and errors only (no
+    INFO lines such as "Started a local Ray instance")."""
+    import logging
+
     import ray
 
+    level = logging.INFO if verbose else logging.WARNING
     if ray.is_initialized():
         return
+    STARTED.update(local=address is None, joined=address is not None)
     if address is None:
-        ray.init(address="local", include_dashboard=False, log_to_driver=True)
+        ray.init(address="local", include_dashboard=False, log_to_driver=True, logging_level=level)
         return
     # `ray start` turns token auth on when ~/.ray/auth_token exists but ray.init(address=...) does not (ray 2.60):
     # make the driver decide the same way, or it is refused by the cluster it was pointed at.
     from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
 
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-    ray.init(address=address, log_to_driver=True)
+    ray.init(address=address, log_to_driver=True, logging_level=level)
+
+
+def disconnect() -> None:
+    """Leave the cluster `connect` joined, or stop the local instance it started (which takes seconds: say so)."""
+    import ray
+
+    if STARTED["local"]:
+        print("stopping the local Ray instance", flush=True)
+    if STARTED["local"] or STARTED["joined"]:
+        ray.shutdown()
+    STARTED.update(local=False, joined=False)
 
 
 def cluster_gpus() -> float:

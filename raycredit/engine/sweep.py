@@ -13,9 +13,11 @@ restored (seen in testing); keeping them all would cost one checkpoint per epoch
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -57,6 +59,55 @@ def check_trusted(path: str) -> None:
             raise UserError(f"{p} {why}: resuming would unpickle Tune's state from that folder, which could run "
                             f"code written by someone else; check it, then `chown -R` / `chmod -R o-w` it, or "
                             f"use a new --storage")
+
+
+# What this driver prints while trials run: Tune's trial tables (verbose, `-v`), or one progress line every
+# PROGRESS_S seconds (`Progress`). Set by the search's command line.
+OUTPUT = {"verbose": False}
+PROGRESS_S = 10.0
+
+
+class Progress(tune.Callback):
+    """In place of Tune's tables: a line at most every PROGRESS_S seconds with the trials done, running and
+    failed (the driver's own line follows the last trial)."""
+
+    def __init__(self):
+        self.start: float | None = None
+        self.last = 0.0
+
+    def report(self, trials) -> None:
+        now = time.monotonic()
+        self.start = now if self.start is None else self.start
+        if now - self.last < PROGRESS_S:
+            return
+        self.last = now
+        count = Counter(t.status for t in trials)
+        print(f"  {count['TERMINATED']}/{len(trials)} trials done, {count['RUNNING']} running, {count['ERROR']} "
+              f"failed ({now - self.start:.0f} s)", flush=True)
+
+    def on_step_end(self, iteration, trials, **info):
+        self.report(trials)
+
+
+class NotForRaycredit(logging.Filter):
+    """Drops Tune's log lines that are wrong for raycredit's sweeps: after an interruption, the advice to resume
+    with `Tuner.restore(...)` (the same command resumes, `Tuner.restore` included where it applies) and one
+    FileNotFoundError per trial the interruption left unstarted ("Failed to fetch metrics": those runs are
+    KILLED and train when the command is re-run)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return "Tuner.restore(" not in message and "Failed to fetch metrics" not in message
+
+
+def tune_logging(verbose: bool) -> None:
+    """This driver's Tune output: `NotForRaycredit` always; not verbose, warnings (such as "Stop signal
+    received") left out too, raycredit's own lines saying what happened."""
+    for name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, NotForRaycredit) for f in log.filters):
+            log.addFilter(NotForRaycredit())
+    logging.getLogger("ray.tune").setLevel(logging.NOTSET if verbose else logging.ERROR)
 
 
 # The hang watch's limits for this driver. Tune pickles its callbacks with the experiment, and a restored
@@ -109,17 +160,21 @@ def _fit(settings: SweepSettings, *, name: str, storage: str, max_failures: int,
     settings = replace(settings, checkpoint_root=os.path.join(path, "checkpoints"))
     resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
     fn = tune.with_resources(tune.with_parameters(trainable, settings=asdict(settings), base=base), resources)
+    verbose = OUTPUT["verbose"]
     if restore and tune.Tuner.can_restore(path):
         check_trusted(path)
         print(f"resuming {kind} from {path}")
         tuner = tune.Tuner.restore(path, fn, resume_errored=True)
     else:
-        if os.path.isdir(path):
+        ckpts = settings.checkpoint_root
+        if os.path.isdir(ckpts) and os.listdir(ckpts):
             print(f"resuming {kind} in {path}: unfinished trials continue from their checkpoints")
         kw = fresh()
+        reporter = kw.pop("progress_reporter", None)
         tuner = tune.Tuner(fn, run_config=tune.RunConfig(
             name=name, storage_path=storage, failure_config=tune.FailureConfig(max_failures=max_failures),
-            progress_reporter=kw.pop("progress_reporter", None), callbacks=[HangWatch()], verbose=1), **kw)
+            progress_reporter=reporter if verbose else None,
+            callbacks=[HangWatch()] + ([] if verbose else [Progress()]), verbose=1 if verbose else 0), **kw)
     return tuner.fit(), settings
 
 
