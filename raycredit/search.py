@@ -80,6 +80,30 @@ def code_version() -> str:
     return f"{__version__}+{sha}" if sha else __version__
 
 
+def source_tags(name: str) -> dict[str, str]:
+    """MLflow's standard source tags for this driver's runs (the UI's Source column): the search script, the user,
+    and the checkout's git commit, branch and remote where there are any."""
+    import getpass
+
+    from mlflow.entities import SourceType
+    from mlflow.utils import mlflow_tags as t
+
+    root = Path(__file__).resolve().parents[1]
+    script = root / "searches" / f"{name}.py"
+    tags = {t.MLFLOW_SOURCE_NAME: f"searches/{name}.py" if script.exists() else name,
+            t.MLFLOW_SOURCE_TYPE: SourceType.to_string(SourceType.LOCAL), t.MLFLOW_USER: getpass.getuser()}
+    for tag, argv in ((t.MLFLOW_GIT_COMMIT, ["rev-parse", "HEAD"]), (t.MLFLOW_GIT_BRANCH, ["branch", "--show-current"]),
+                      (t.MLFLOW_GIT_REPO_URL, ["config", "--get", "remote.origin.url"])):
+        try:
+            value = subprocess.run(["git", "-C", str(root), *argv], capture_output=True, text=True,
+                                   timeout=5).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            value = ""
+        if value:
+            tags[tag] = value
+    return tags
+
+
 def expand(preset: Preset, ov: dict) -> list[Config]:
     seeds = ov.pop("seed", None)
     spaces = [dict(space) for space in (preset.grid, *preset.also)]
@@ -333,7 +357,8 @@ def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack,
     engine.check_trial_resources(args.cpus_per_trial, gpus)
     settings = engine.SweepSettings(
         search=name, experiment_id=tracking.ensure_experiment(uri, experiment), tracking_uri=uri,
-        code_version=code_version(), cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus)
+        code_version=code_version(), cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus,
+        source_tags=source_tags(name))
     checks.record_store(Path(storage) / sweep, uri, settings.experiment_id)
     return uri, storage, experiment, settings, sweep
 

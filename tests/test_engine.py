@@ -6,6 +6,7 @@ import pytest
 
 from raycredit import engine, tracking
 from raycredit.config import Config
+from raycredit.data import load_data
 from raycredit.errors import UserError
 from raycredit.search import run_search
 
@@ -285,7 +286,7 @@ def test_a_population_trial_resumes_from_its_checkpoint(ray_session, tmp_path):
     configs = [Config.from_dict({**base, "seed": s}) for s in (0, 1)]
     settings = engine.SweepSettings(search="popres", experiment_id=exp_id, tracking_uri=uri, code_version="test",
                                     cpus_per_trial=1, gpus_per_trial=0)
-    runs = [engine.open_run(settings, c, c.key(), engine.run_label(c), 10) for c in configs]
+    runs = [engine.open_run(settings, c, c.key(), engine.run_label(c), load_data(c.data)) for c in configs]
     at_1 = {}
 
     def first_attempt(epoch, results, checkpoint_fn):

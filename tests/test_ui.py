@@ -92,9 +92,14 @@ def test_a_smoke_search_is_browsable_in_the_mlflow_ui(ray_session, tmp_path, mlf
     body = page_shows(browser, f"{url}/#/experiments/{exp_id}/runs?searchFilter=" + quote("params.rule != 'bp'"),
                       "3 matching runs")
     assert "fa-d16-L2-seed0" in body and "dfa-d16-L2-seed0" in body and "bp-d16-L2-seed0" not in body
-    page_shows(browser, f"{url}/#/experiments/{exp_id}/runs/{fa.info.run_id}", "fa-d16-L2-seed0", "Metrics (",
-               f"test_acc\n{fa.data.metrics['test_acc']}", f"deep_cos\n{fa.data.metrics['deep_cos']}",
-               f"h_norm/last\n{fa.data.metrics['h_norm/l2']}", "penalty_lam")
+    dataset = fa.inputs.dataset_inputs[0].dataset
+    body = page_shows(browser, f"{url}/#/experiments/{exp_id}/runs/{fa.info.run_id}", "fa-d16-L2-seed0", "Metrics (",
+                      f"test_acc\n{fa.data.metrics['test_acc']}", f"deep_cos\n{fa.data.metrics['deep_cos']}",
+                      f"h_norm/last\n{fa.data.metrics['h_norm/l2']}", "penalty_lam", "both_fail_scan.py",
+                      f"{dataset.name} ({dataset.digest})")
+    browser.save_screenshot(str(tmp_path / "run.png"))
+    commit = fa.data.tags.get("mlflow.source.git.commit")
+    assert commit is None or commit[:7] in body, body  # a checkout: the run page shows its git commit
     assert (tmp_path / "experiment.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     check_branches_nest_under_their_trunk(tmp_path, uri, url, browser)
 

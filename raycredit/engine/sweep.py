@@ -77,7 +77,8 @@ class Progress(tune.Callback):
 
     def report(self, trials) -> None:
         now = time.monotonic()
-        self.start = now if self.start is None else self.start
+        if self.start is None:  # the first line after PROGRESS_S
+            self.start = self.last = now
         if now - self.last < PROGRESS_S:
             return
         self.last = now

@@ -10,10 +10,11 @@ gets its own file beside it, logged to its run.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ray import tune
@@ -48,7 +49,7 @@ def trainable(config: dict, settings: dict, base: dict | None = None) -> None:
     E = cfgs[0].train.epochs
     data = member_data(cfgs)
     tags = {POPULATION_TAG: trial_key} if len(cfgs) > 1 else {}
-    runs = [open_run(s, c, k, n, d.n_classes, {**tags, **lineage_tags(s, c)})
+    runs = [open_run(s, c, k, n, d, {**tags, **lineage_tags(s, c)})
             for c, k, n, d in zip(cfgs, keys, names, data, strict=True)]
     folder = Path(s.checkpoint_root) / trial_key
     path = folder / CHECKPOINT_FILE
@@ -152,6 +153,7 @@ class SweepSettings:
     cpus_per_trial: float
     gpus_per_trial: float
     checkpoint_root: str = ""  # set by run_trials / run_optuna: <storage>/<sweep>/checkpoints
+    source_tags: dict = field(default_factory=dict)  # MLflow's mlflow.source.* / mlflow.user tags of the driver
 
 
 def run_label(cfg: Config) -> str:
@@ -266,13 +268,21 @@ def trial_device() -> str:
     return "cuda" if on_gpu else "cpu"
 
 
-def open_run(s: SweepSettings, cfg: Config, key: str, name: str, n_classes: int, tags: dict | None = None):
+def open_run(s: SweepSettings, cfg: Config, key: str, name: str, data, tags: dict | None = None):
+    """The trial's MLflow run for cfg (found by its key, or created) with its params, tags and its dataset as
+    an MLflow input (name, digest of the data config and shapes, shapes as its profile)."""
+    from raycredit.config import stable_hash
     from raycredit.tracking import TrialRun
 
-    return TrialRun(s.tracking_uri, s.experiment_id, key, run_name=name, params=cfg.flat(),
-                    tags={"rule": cfg.rule.rule, "search": s.search, "dataset": cfg.data.dataset,
-                          "seed": cfg.train.seed, "code_version": s.code_version, "n_classes": n_classes,
-                          **(tags or {})})
+    run = TrialRun(s.tracking_uri, s.experiment_id, key, run_name=name, params=cfg.flat(),
+                   tags={"rule": cfg.rule.rule, "search": s.search, "dataset": cfg.data.dataset,
+                         "seed": cfg.train.seed, "code_version": s.code_version, "n_classes": data.n_classes,
+                         **s.source_tags, **(tags or {})})
+    profile = {"train": list(data.x_train.shape), "test": list(data.x_test.shape), "input_shape": list(data.in_shape),
+               "targets": list(data.y_train.shape[1:]) or "class labels", "n_classes": data.n_classes}
+    source = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "random_targets"}
+    run.log_dataset(cfg.data.dataset, stable_hash([source, profile])[:10], source, profile)
+    return run
 
 
 def start_attempt(run, resumed_from: int, device: str) -> None:

@@ -76,6 +76,21 @@ class TrialRun:
         retry(lambda: self.client.log_batch(self.run_id, metrics=batch))
         self.last_epoch = epoch
 
+    def log_dataset(self, name: str, digest: str, source: dict, profile: dict) -> None:
+        """The run's training data as an MLflow dataset input (the UI's Datasets), unless it has one already (a
+        retried trial)."""
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        run = retry(lambda: self.client.get_run(self.run_id))
+        if run.inputs is not None and run.inputs.dataset_inputs:
+            return
+        dataset = Dataset(name=name, digest=digest, source_type="local", source=json.dumps(source),
+                          profile=json.dumps(profile))
+        retry(lambda: self.client.log_inputs(self.run_id, datasets=[
+            DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])]))
+
     def set_tags(self, tags: dict) -> None:
         from mlflow.entities import RunTag
 
