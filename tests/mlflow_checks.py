@@ -1,8 +1,30 @@
-"""Assertions about what a sweep left in MLflow."""
+"""Assertions about what a sweep left in MLflow, and runs logged the way a trial logs them (without Ray)."""
 
 from mlflow.tracking import MlflowClient
 
 from raycredit.tracking import RUN_KEY_TAG, SUMMARY_TAG
+
+
+def logged_run(uri: str, experiment: str, cfg, folder) -> str:
+    """The run id of cfg trained and logged the way a trial logs it: per-epoch metrics, its final checkpoint
+    (written under folder/<config key>/checkpoint.pt)."""
+    from raycredit import tracking
+    from raycredit.checkpoint import save_checkpoint
+    from raycredit.train import train
+
+    run = tracking.TrialRun(uri, tracking.ensure_experiment(uri, experiment), cfg.key(), run_name=cfg.rule.rule,
+                            params=cfg.flat(), tags={})
+    path = folder / cfg.key() / "checkpoint.pt"
+    path.parent.mkdir(parents=True)
+
+    def on_epoch(epoch, metrics, checkpoint_fn):
+        run.log_epoch(epoch, metrics)
+        save_checkpoint(checkpoint_fn(), path)
+
+    train(cfg, on_epoch=on_epoch)
+    run.log_checkpoint(path)
+    run.finish()
+    return run.run_id
 
 
 def runs_of(uri: str, experiment: str):

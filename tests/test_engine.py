@@ -483,6 +483,8 @@ def test_a_frozen_trial_is_killed_as_hung_and_retried_from_its_checkpoint(ray_se
                     return
             time.sleep(0.2)
 
+    # the store exists before the watcher opens it: two first openings of one SQLite store race in its migrations
+    tracking.ensure_experiment(uri, "hung")
     watcher = threading.Thread(target=freeze_once_epoch_2_is_logged, daemon=True)
     watcher.start()
     scan = load_search("both_fail_scan")
@@ -496,7 +498,9 @@ def test_a_frozen_trial_is_killed_as_hung_and_retried_from_its_checkpoint(ray_se
     assert "killed as hung; it is retried from its checkpoint" in out
     [run] = assert_one_complete_run_per_trial(uri, "hung", 1, 6)
     assert run.info.run_id == stopped[0] and run.data.tags[tracking.ATTEMPT_TAG] == "2"
-    assert int(run.data.tags[tracking.RESUMED_TAG]) >= 2
+    # from a checkpoint, not from scratch: epoch 1's or 2's (epoch 2's metrics are logged just before its
+    # checkpoint is written, and the freeze may land in between)
+    assert int(run.data.tags[tracking.RESUMED_TAG]) >= 1
 
 
 def test_a_tracking_server_holds_one_driver_lock_per_experiment(mlflow_server):

@@ -4,27 +4,17 @@ calibration of feedback-matrix rules. No Ray: the run is logged the way a trial 
 import pytest
 
 from raycredit import posthoc, tracking
-from raycredit.checkpoint import save_checkpoint
 from raycredit.cli import main
 from raycredit.config import Config
 from raycredit.train import train
+
+from mlflow_checks import logged_run as logged_trial_run
 
 
 def logged_run(tmp_path, cfg: Config) -> tuple[str, str]:
     """(tracking uri, run id) of a finished run of cfg with per-epoch metrics and its final checkpoint."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    exp = tracking.ensure_experiment(uri, "posthoc")
-    run = tracking.TrialRun(uri, exp, cfg.key(), run_name=cfg.rule.rule, params=cfg.flat(), tags={})
-    path = tmp_path / "checkpoint.pt"
-
-    def on_epoch(epoch, metrics, checkpoint_fn):
-        run.log_epoch(epoch, metrics)
-        save_checkpoint(checkpoint_fn(), path)
-
-    train(cfg, on_epoch=on_epoch)
-    run.log_checkpoint(path)
-    run.finish()
-    return uri, run.run_id
+    return uri, logged_trial_run(uri, "posthoc", cfg, tmp_path)
 
 
 @pytest.mark.parametrize("rule, null", [("dfa", True), ("fa", True), ("state_bridge", False)])

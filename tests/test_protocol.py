@@ -6,13 +6,12 @@ import pytest
 
 from analysis import audit_table
 from analysis import protocol as protocol_report
-from raycredit import tracking
-from raycredit.checkpoint import save_checkpoint
 from raycredit.cli import main
 from raycredit.config import Config
 from raycredit.protocol import FIRE, MIXED, NONE, PASS, combine, kendall_tau, protocol_table, run_verdicts
 from raycredit.tracking.results import results
-from raycredit.train import train
+
+from mlflow_checks import logged_run
 
 BASE = dict(dataset="synthetic", d=64, L=4, epochs=30, credit_norm=False, mode1a=0.0, mode1b=0.0)
 
@@ -74,23 +73,6 @@ def test_functional_agreement_fires_on_the_seeds_triangulation_table():
     assert run_verdicts(agreeing).set_index("rule").loc["dfa", "(c)"] is False
     two_seeds = pd.concat([df, agreeing.assign(seed=1)])
     assert protocol_table(two_seeds).set_index("rule").loc["dfa", "(c)"] == MIXED
-
-
-def logged_run(uri: str, experiment: str, cfg: Config, folder) -> str:
-    """The run id of cfg trained and logged the way a trial logs it (per-epoch metrics, final checkpoint)."""
-    exp = tracking.ensure_experiment(uri, experiment)
-    run = tracking.TrialRun(uri, exp, cfg.key(), run_name=cfg.rule.rule, params=cfg.flat(), tags={})
-    path = folder / cfg.key() / "checkpoint.pt"
-    path.parent.mkdir()
-
-    def on_epoch(epoch, metrics, checkpoint_fn):
-        run.log_epoch(epoch, metrics)
-        save_checkpoint(checkpoint_fn(), path)
-
-    train(cfg, on_epoch=on_epoch)
-    run.log_checkpoint(path)
-    run.finish()
-    return run.run_id
 
 
 def test_verdicts_of_a_scratch_store(tmp_path, tiny, capsys):
