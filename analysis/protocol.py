@@ -30,8 +30,6 @@ from raycredit.protocol import (
     functional_table,
     protocol_table,
     row_columns,
-    run_verdicts,
-    setting_columns,
 )
 from raycredit.tracking.results import results
 
@@ -64,10 +62,6 @@ def report(df: pd.DataFrame, out_dir: str | Path, title: str, threshold_pp: floa
     if func.empty:
         lines.append("(c): no setting has two audited credit rules (every rule with a deep_cos except bp) to rank.")
     else:
-        runs = run_verdicts(df, threshold_pp, agreement)
-        setting = setting_columns(runs)
-        taus = runs[runs["(c)"].notna()].groupby(setting, dropna=False)[[f"tau_{m}" for m in FUNCTIONAL]].mean()
-        func = func.merge(taus.reset_index(), on=setting, how="left")
         fkeys = shown_keys(func, row_columns(func))
         view = func[fkeys].copy()
         for m in (*FUNCTIONAL, "deep_cos"):

@@ -131,7 +131,8 @@ def protocol_table(df, threshold_pp: float = THRESHOLD_PP, agreement: float = AG
 
 def functional_table(df, agreement: float = AGREEMENT):
     """Per setting and audited row: the seed means of the functional metrics and deep_cos, each with its rank
-    among the setting's rows (1 = best), and the setting's (c) over seeds; the seeds' §4.2 table."""
+    among the setting's rows (1 = best), the setting's tau_<metric> (mean over seeds) and its (c) over seeds;
+    the seeds' §4.2 table."""
     runs = run_verdicts(df, agreement=agreement)
     setting, keys = setting_columns(runs), row_columns(runs)  # the experiment's, before leaving rows out
     runs = runs[runs["(c)"].notna()]
@@ -141,5 +142,7 @@ def functional_table(df, agreement: float = AGREEMENT):
     for m, sign in {**FUNCTIONAL, "deep_cos": 1.0}.items():
         means[f"{m}_rank"] = (sign * means[m]).groupby([means[k] for k in setting], dropna=False).rank(
             ascending=False, method="min")
-    verdict = runs.groupby(setting, dropna=False)["(c)"].agg(lambda s: combine(s.tolist())).rename("(c)")
-    return means.merge(verdict.reset_index(), on=setting, how="left")
+    per_setting = runs.groupby(setting, dropna=False)
+    taus = per_setting[[f"tau_{m}" for m in FUNCTIONAL]].mean()
+    verdict = per_setting["(c)"].agg(lambda s: combine(s.tolist())).rename("(c)")
+    return means.merge(taus.join(verdict).reset_index(), on=setting, how="left")
