@@ -72,6 +72,36 @@ def test_run_found_without_params_gets_them(tmp_path):
     assert again.run_id == run.run_id
 
 
+def test_two_trials_logging_one_dataset_at_once_both_get_it(tmp_path):
+    """MLflow looks a dataset up, then inserts it: a second trial inserting the same dataset in between (as
+    concurrent trials did in CI) makes the first one's insert fail on the unique key; it must retry and reuse it."""
+    from mlflow.store.tracking.dbmodels.models import SqlDataset
+    from mlflow.tracking import MlflowClient
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = tracking.ensure_experiment(uri, "inputs")
+    first, second = (tracking.TrialRun(uri, exp, k, run_name=k, params={}, tags={}) for k in ("a", "b"))
+    dataset = ("synthetic", "0123456789", {"n_train": 10}, {"x_train": [10, 4]})
+    raced = []
+
+    def other_trial_inserts_first(session, context, instances):
+        if not raced and any(isinstance(o, SqlDataset) for o in session.new):
+            raced.append(True)
+            second.log_dataset(*dataset)
+
+    event.listen(Session, "before_flush", other_trial_inserts_first)
+    try:
+        first.log_dataset(*dataset)
+    finally:
+        event.remove(Session, "before_flush", other_trial_inserts_first)
+    assert raced
+    client = MlflowClient(uri)
+    ids = {r: [i.dataset.digest for i in client.get_run(r.run_id).inputs.dataset_inputs] for r in (first, second)}
+    assert ids == {first: ["0123456789"], second: ["0123456789"]}
+
+
 def test_a_diverging_trial_is_recorded_and_the_sweep_finishes(ray_session, tmp_path):
     import torch
 

@@ -15,13 +15,21 @@ def get_client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def retry(fn: Callable[[], T], tries: int = 8) -> T:
-    """Retry SQLite 'database is locked' errors that concurrent trials can hit."""
+LOCKED = ("locked",)
+# MLflow's SQL store looks a dataset up and inserts it when missing in one transaction without a lock
+# (SqlAlchemyStore._log_inputs_impl), so two trials logging the same dataset at once can both insert it: the
+# loser fails on the (experiment_id, name, digest) key and, tried again, finds the winner's row
+DUPLICATE = ("unique constraint", "duplicate key", "duplicate entry")
+
+
+def retry(fn: Callable[[], T], tries: int = 8, transient: tuple[str, ...] = LOCKED) -> T:
+    """Call fn, again after errors that concurrent trials can hit: SQLite's 'database is locked', or whatever
+    `transient` names (lower-case parts of the message)."""
     for k in range(tries):
         try:
             return fn()
         except Exception as e:
-            if "locked" not in str(e).lower() or k == tries - 1:
+            if not any(t in str(e).lower() for t in transient) or k == tries - 1:
                 raise
             time.sleep(0.2 * 2**k)
     raise AssertionError("unreachable")

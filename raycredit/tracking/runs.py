@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from raycredit.errors import UserError
-from raycredit.tracking.client import get_client, retry
+from raycredit.tracking.client import DUPLICATE, LOCKED, get_client, retry
 from raycredit.tracking.store import existing_store, normalize_uri, redact
 
 RUN_KEY_TAG = "raycredit.run_key"
@@ -89,7 +89,7 @@ class TrialRun:
         dataset = Dataset(name=name, digest=digest, source_type="local", source=json.dumps(source),
                           profile=json.dumps(profile))
         retry(lambda: self.client.log_inputs(self.run_id, datasets=[
-            DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])]))
+            DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])]), transient=LOCKED + DUPLICATE)
 
     def set_tags(self, tags: dict) -> None:
         from mlflow.entities import RunTag
