@@ -11,6 +11,7 @@ import pandas as pd
 
 from raycredit.errors import UserError
 from raycredit.tracking.results import finished_trials, numeric_or_text  # noqa: F401  (the analyses' own names)
+from raycredit.tracking.runs import SEARCHED_TAG
 
 
 def finished_runs(runs: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
@@ -20,6 +21,13 @@ def finished_runs(runs: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
     done = finished_trials(runs)
     out = pd.DataFrame({c.removeprefix("params."): done[c] for c in done.columns if c.startswith("params.")})
     out = out.apply(numeric_or_text)
+    drawn = done.get(f"tags.{SEARCHED_TAG}")
+    if drawn is not None:  # an Optuna trial's knobs it did not draw are blank, not its config's default
+        drawn = [set(d.split(",")) if isinstance(d, str) else None for d in drawn]
+        searched = set().union(*(d for d in drawn if d is not None)) & set(out.columns)
+        for i, d in enumerate(drawn):
+            if d is not None:
+                out.iloc[i, [out.columns.get_loc(c) for c in sorted(searched - d)]] = float("nan")
     for m in metrics:
         out[m] = done.get(f"metrics.{m}", pd.Series(float("nan"), index=done.index)).astype(float)
     out["n_classes"] = pd.to_numeric(done.get("tags.n_classes", pd.Series(float("nan"), index=done.index)))
@@ -28,7 +36,9 @@ def finished_runs(runs: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
 
 def markdown_table(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
     def cell(v) -> str:
-        return format(v, floatfmt) if isinstance(v, float) else str(v)
+        if isinstance(v, float):
+            return "–" if v != v else format(v, floatfmt)
+        return str(v)
 
     head = "| " + " | ".join(map(str, df.columns)) + " |"
     rule = "|" + "|".join("---" for _ in df.columns) + "|"

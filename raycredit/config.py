@@ -202,9 +202,13 @@ SECTIONS: dict[str, type] = {
 KEY_SECTION: dict[str, str] = {f.name: s for s, cls in SECTIONS.items() for f in fields(cls)}
 
 
+def _type(f: dataclasses.Field) -> type:
+    return f.type if isinstance(f.type, type) else {"int": int, "float": float, "bool": bool, "str": str}[f.type]
+
+
 def _check(key: str, value: Any, f: dataclasses.Field) -> Any:
     """Return value coerced to the field's type, or raise ConfigError naming key."""
-    want = f.type if isinstance(f.type, type) else {"int": int, "float": float, "bool": bool, "str": str}[f.type]
+    want = _type(f)
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if isinstance(value, bool) and want is not bool or not isinstance(value, want):
@@ -223,6 +227,12 @@ def _check(key: str, value: Any, f: dataclasses.Field) -> Any:
         if hi is not None and (value >= hi if m["hi_open"] else value > hi):
             raise ConfigError(f"{key}: {value!r} must be {'<' if m['hi_open'] else '<='} {hi}")
     return value
+
+
+def param_value(key: str, text: str) -> Any:
+    """A config value from its MLflow param (str() of the value), typed as the config key's field."""
+    want = _type(next(f for f in fields(SECTIONS[KEY_SECTION[key]]) if f.name == key))
+    return text == "True" if want is bool else want(text)
 
 
 def check_key(key: str) -> None:

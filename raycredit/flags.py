@@ -80,6 +80,9 @@ def search_parser(name: str, doc: str, presets: dict, default_preset: str,
     p.add_argument("--out", help="analysis output folder (default reports/<experiment>)")
     if optuna:
         p.add_argument("--num-samples", type=int, help="trials Optuna draws (default: the preset's)")
+        p.add_argument("--export-study", action="store_true",
+                       help="run nothing: write the search's trials so far as an Optuna study (study.db, "
+                            "trials.csv, importances, plots) under <out>/optuna, as the search does when it ends")
     else:
         p.add_argument("--population", type=int, default=1, metavar="P",
                        help="train up to P configs that differ only in seed, lr, penalty_lam, feedback_scale, "

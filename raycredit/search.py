@@ -358,7 +358,7 @@ def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack,
     settings = engine.SweepSettings(
         search=name, experiment_id=tracking.ensure_experiment(uri, experiment), tracking_uri=uri,
         code_version=code_version(), cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus,
-        source_tags=source_tags(name))
+        source_tags=source_tags(name), sweep=sweep)
     checks.record_store(Path(storage) / sweep, uri, settings.experiment_id)
     return uri, storage, experiment, settings, sweep
 
@@ -442,8 +442,10 @@ def _run_optuna(name: str, preset: Preset, args, analysis, space: Callable, held
     probe = space_check(space, base)
     # named after the base config and the sample count: the same command resumes the same search
     sweep_id = stable_hash([base.key(), samples])[:8]
-    uri, storage, experiment, settings, sweep = _prepare(name, args, [base, probe], held, sweep_id, [])
     opt = engine.OptunaSettings(space=BoundSpace(space, base.to_dict()), num_samples=samples, seed=base.train.seed)
+    if args.export_study:
+        return _export_only(name, args, base, space, opt, sweep_id)
+    uri, storage, experiment, settings, sweep = _prepare(name, args, [base, probe], held, sweep_id, [])
     print(f"{name}: Optuna (TPE) + ASHA, {samples} trials on top of {experiment!r} at {tracking.redact(uri)}")
     with sweep_interrupts(uri, settings.experiment_id, None):
         out = engine.run_optuna(base, opt, settings, name=sweep, storage=storage,
@@ -452,19 +454,58 @@ def _run_optuna(name: str, preset: Preset, args, analysis, space: Callable, held
     if not out.complete:
         print(f"{name}: interrupted; re-run the same command to resume")
         return INTERRUPTED
-    failed = sum(s == "FAILED" for s in out.status.values())
-    print(f"{name}: {len(out.status) - failed} trials finished, {failed} failed")
-    if out.best is not None:
-        metric = opt.metric
-        print(f"{name}: best {metric} {out.best_metrics[metric]:.4f} with "
-              + ", ".join(f"{k}={v}" for k, v in sorted(out.best.items())))
+    report = Path(args.out or Path("reports") / experiment)
+    study = _export(name, uri, settings.experiment_id, sweep, space, base, opt, report)
+    if study.best is not None:
         tracking.record_summary(uri, settings.experiment_id, key=f"best-{sweep_id}", name=f"{name}-best",
-                                params=base.replace(**out.best).flat(),
-                                metrics={f"best_{metric}": out.best_metrics[metric]},
-                                tags={"search": name, "best_run_key": out.best_metrics.get("run_key", "")})
+                                params=study.best_params, metrics={f"best_{opt.metric}": study.best.value},
+                                tags={"search": name, "best_run_id": study.best.user_attrs["run_id"],
+                                      "best_run_key": study.best.user_attrs["run_key"]})
     if not args.no_analysis:
-        run_analyses(analysis, uri, experiment, args.out or str(Path("reports") / experiment))
-    return 1 if failed else 0
+        run_analyses(analysis, uri, experiment, str(report))
+    return 1 if study.n_failed else 0
+
+
+def _export_only(name: str, args, base: Config, space: Callable, opt, sweep_id: str) -> int:
+    """--export-study: the search's trials so far as an Optuna study; reads the store, starts nothing."""
+    from raycredit import checks, tracking
+
+    experiment = args.experiment or f"{name}-{args.preset}"
+    checks.experiment_name(experiment)
+    uri = tracking.normalize_uri(args.tracking_uri)
+    tracking.check_tracking_uri(uri)
+    found = tracking.existing_experiment(uri, experiment)
+    sweep = f"{experiment}-{sweep_id}"
+    if found is None or not tracking.sweep_runs(uri, found[0], sweep):
+        raise UserError(f"--export-study: no trials of this search ({opt.num_samples} samples on this preset and "
+                        f"flags) in experiment {experiment!r} at {tracking.redact(uri)}; run it first")
+    _export(name, uri, found[0], sweep, space, base, opt, Path(args.out or Path("reports") / experiment))
+    return 0
+
+
+def _export(name: str, uri: str, experiment_id: str, sweep: str, space: Callable, base: Config, opt,
+            report: Path):
+    """Export the search's study (`raycredit.study`) under report/optuna and print what it holds: the best
+    trial's run and drawn knobs, and whether the best stands out from chance and from the other trials."""
+    from raycredit import tracking
+    from raycredit.study import export_study, files, noise_notes
+
+    study = export_study(uri, experiment_id, sweep, space, base, opt.metric, opt.mode, report / "optuna")
+    unfinished = f"; {study.n_unfinished} unfinished trials left out" if study.n_unfinished else ""
+    print(f"{name}: {study.n_trials} trials, {study.n_stopped} stopped early by ASHA (their value: the last epoch "
+          f"they ran), {study.n_failed} failed{unfinished}")
+    print(f"{name}: Optuna study {study.study_name!r} in {study.folder}: {', '.join(files(study))}; open it with "
+          f"optuna.load_study(study_name={study.study_name!r}, storage={study.storage!r}) or optuna-dashboard")
+    if study.best is not None:
+        best = study.best
+        drawn = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
+        early = " (stopped early)" if best.user_attrs["stopped_early"] else ""
+        print(f"{name}: best {opt.metric} {best.value:.4f}{early} from {drawn or 'no drawn knob'}, every other "
+              f"knob at the preset's value; run {best.user_attrs['run_name']} ({best.user_attrs['run_id']}): "
+              f"{tracking.run_link(uri, experiment_id, best.user_attrs['run_id'])}")
+        for note in noise_notes(study, opt.metric):
+            print(f"{name}: note: {note}")
+    return study
 
 
 @dataclass(frozen=True)
@@ -477,7 +518,10 @@ class BoundSpace:
     base: dict
 
     def __call__(self, trial):
-        return self.space(trial, Config.from_dict(self.base))
+        from raycredit.engine.trainable import SEARCHED
+
+        constants = self.space(trial, Config.from_dict(self.base)) or {}
+        return {**constants, SEARCHED: list(trial.params)}  # the run's name and tags show the drawn knobs
 
 
 def space_check(space: Callable, base: Config) -> Config:

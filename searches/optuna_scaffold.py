@@ -6,10 +6,14 @@ hand-over after 5 epochs, no freeze). Tree-structured Parzen estimation
 kind, its learning rate, the freeze / decay schedule and prefit epochs
 jointly, with conditional knobs (a freeze point only when freezing, a decay
 target only after a freeze, prefit only for auxiliaries that can be prefit);
-ASHA stops trials that lag after `grace_period` epochs. Re-running the same
-command resumes the search (Tune checkpoints the in-memory study; Optuna's RDB
-storage would break Tuner.restore, SPEC §11). The best config is printed and
-recorded in MLflow as a run tagged raycredit.summary.
+ASHA stops trials that lag after `grace_period` epochs. A stopped trial
+reaches TPE as COMPLETE with its value at the last epoch it ran (Tune's
+OptunaSearch reports it so), not as PRUNED: TPE models it like a finished one.
+Re-running the same command resumes the search (Tune checkpoints the in-memory
+study; Optuna's RDB storage would break Tuner.restore, SPEC §11). The best
+config is printed and recorded in MLflow as a run tagged raycredit.summary,
+and the trials are exported as an Optuna study with importances and plots
+under <out>/optuna (`raycredit.study`; `--export-study` alone re-exports).
 
     python searches/optuna_scaffold.py --preset smoke
     python searches/optuna_scaffold.py --address auto --data-dir ~/data/cifar10 --num-samples 64

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -167,6 +168,40 @@ def test_optuna_search_killed_and_rerun_completes_its_trials_once(head, tmp_path
     summary = [r for r in runs if SUMMARY_TAG in r.data.tags and r.info.run_name == "optuna_scaffold-best"]
     assert len(summary) == 1 and summary[0].data.params["rule"] == "scaffold"
     assert float(summary[0].data.metrics["best_test_acc"]) == max(float(r.data.metrics["test_acc"]) for r in trials)
+    assert len({r.info.run_name for r in trials}) == 6
+    assert_exported_study(tmp_path / "reports" / "optuna", trials, summary[0])
+    (tmp_path / "reports" / "optuna" / "study.db").unlink()
+    again = subprocess.run([*cmd, "--export-study"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 0 and "Optuna study" in again.stdout, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "Optuna (TPE)" not in again.stdout  # nothing ran
+    assert_exported_study(tmp_path / "reports" / "optuna", trials, summary[0])
+
+
+def assert_exported_study(folder, trials, summary):
+    """The study written beside the report holds every trial with the knobs its run drew, its run's last
+    test_acc, its ASHA mark and its per-epoch values; the files the search lists exist."""
+    import optuna
+
+    storage = f"sqlite:///{folder / 'study.db'}"
+    (name,) = optuna.get_all_study_names(storage)
+    study = optuna.load_study(study_name=name, storage=storage)
+    assert len(study.trials) == 6
+    by_run = {r.info.run_id: r for r in trials}
+    for t in study.trials:
+        run = by_run[t.user_attrs["run_id"]]
+        assert t.state == optuna.trial.TrialState.COMPLETE and t.value == run.data.metrics["test_acc"]
+        assert sorted(t.params) == sorted(run.data.tags["raycredit.searched"].split(","))
+        assert all(str(v) == run.data.params[k] for k, v in t.params.items())
+        assert ("aux_lr" in t.params) == (t.params["aux_kind"] != "gaussian_noise")
+        assert t.user_attrs["stopped_early"] == (run.data.tags.get("raycredit.stopped_early") == "1")
+        assert sorted(t.intermediate_values) == list(range(1, int(run.data.metrics["epoch"]) + 1))
+    assert study.best_trial.user_attrs["run_id"] == summary.data.tags["best_run_id"]
+    assert len(pd.read_csv(folder / "trials.csv")) == 6
+    importances = pd.read_csv(folder / "param_importances.csv")
+    assert {"blend_alpha", "aux_kind"} <= set(importances["param"])
+    for plot in ("param_importances.png", "history.png", "parallel_coordinate.png"):
+        assert (folder / plot).stat().st_size > 1000, plot
 
 
 def test_a_worker_node_removed_mid_sweep_loses_nothing(tmp_path):

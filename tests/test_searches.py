@@ -1,5 +1,7 @@
 """Every search script: its presets match SPEC §7, and its smoke preset runs into a scratch MLflow store."""
 
+from pathlib import Path
+
 import pytest
 
 from raycredit.flags import overrides_from, search_parser
@@ -145,15 +147,35 @@ def test_audit_smoke_with_two_seeds_ends_with_one_audit_row_per_rule(ray_session
     (["--set", "blend_alpha=2"], "blend_alpha: 2.0 must be <= 1"),
     (["--set", "aux_kind=oracle"], "aux_kind: 'oracle' is not one of"),
     (["--set", "warmup_ratio=1"], "warmup_ratio: 1.0 must be < 1"),
+    (["--export-study"], "--export-study: no trials of this search"),
 ])
 def test_bad_optuna_input_exits_2_and_writes_nothing(tmp_path, capsys, argv, words):
-    db, storage = tmp_path / "m.db", tmp_path / "ray"
+    db, storage, out = tmp_path / "m.db", tmp_path / "ray", tmp_path / "reports"
     rc = load_search("optuna_scaffold").main(["--preset", "smoke", "--tracking-uri", f"sqlite:///{db}",
-                                              "--storage", str(storage), *argv])
+                                              "--storage", str(storage), "--out", str(out), *argv])
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0], err
-    assert not db.exists() and not storage.exists()
+    assert not db.exists() and not storage.exists() and not out.exists()
+
+
+def test_noise_notes_call_a_best_near_chance_noise_and_count_ties():
+    from types import SimpleNamespace
+
+    from raycredit.study import StudyExport, noise_notes
+
+    def export(best, values, n_test=300, n_classes=10):
+        return StudyExport("", "", Path("."), len(values), 0, 0, 0, best=SimpleNamespace(value=best),
+                           values=values, n_test=n_test, n_classes=n_classes)
+
+    # chance 0.1 with a standard error of sqrt(0.1 * 0.9 / 300) = 0.0173: 0.13 is within 2 of them
+    (near, tie) = noise_notes(export(0.13, [0.13, 0.13, 0.11]), "test_acc")
+    assert "within 2 standard errors" in near and "chance (0.1000)" in near
+    # one standard error at 0.13 is sqrt(0.13 * 0.87 / 300) = 0.0194: 0.13 ties, 0.11 (0.02 away) does not
+    assert tie.startswith("1 other trial within one standard error (0.0194)")
+    assert noise_notes(export(0.30, [0.30, 0.25]), "test_acc") == []
+    assert noise_notes(export(0.30, [0.30]), "test_loss") == []  # only accuracies have a chance level
+    assert noise_notes(export(0.30, [0.30], n_test=0), "test_acc") == []
 
 
 def test_optuna_space_draws_valid_conditional_configs():

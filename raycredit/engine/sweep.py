@@ -26,6 +26,7 @@ from ray import tune
 
 from raycredit.config import Config
 from raycredit.engine.trainable import (
+    SEARCHED,
     TRIAL_DONE,
     SweepSettings,
     item_members,
@@ -283,5 +284,5 @@ def run_optuna(base: Config, opt: OptunaSettings, settings: SweepSettings, *, na
         value = last.get(opt.metric)
         if not r.error and value is not None and (
                 out.best is None or (value > out.best_metrics[opt.metric]) == (opt.mode == "max")):
-            out.best, out.best_metrics = dict(r.config), dict(last)
+            out.best, out.best_metrics = {k: v for k, v in r.config.items() if k != SEARCHED}, dict(last)
     return out

@@ -41,7 +41,7 @@ def trainable(config: dict, settings: dict, base: dict | None = None) -> None:
     from raycredit.checkpoint import checkpoint_due
     from raycredit.lineage import kept_epochs
     from raycredit.population import member_data, train_members
-    from raycredit.tracking import POPULATION_TAG
+    from raycredit.tracking import POPULATION_TAG, SEARCHED_TAG
 
     s = SweepSettings(**settings)
     torch.set_num_threads(max(1, int(s.cpus_per_trial)))
@@ -49,6 +49,8 @@ def trainable(config: dict, settings: dict, base: dict | None = None) -> None:
     E = cfgs[0].train.epochs
     data = member_data(cfgs)
     tags = {POPULATION_TAG: trial_key} if len(cfgs) > 1 else {}
+    if SEARCHED in config:
+        tags[SEARCHED_TAG] = ",".join(config[SEARCHED])
     runs = [open_run(s, c, k, n, d, {**tags, **lineage_tags(s, c)})
             for c, k, n, d in zip(cfgs, keys, names, data, strict=True)]
     folder = Path(s.checkpoint_root) / trial_key
@@ -154,6 +156,7 @@ class SweepSettings:
     gpus_per_trial: float
     checkpoint_root: str = ""  # set by run_trials / run_optuna: <storage>/<sweep>/checkpoints
     source_tags: dict = field(default_factory=dict)  # MLflow's mlflow.source.* / mlflow.user tags of the driver
+    sweep: str = ""  # the sweep's Tune experiment name, tagged on every run (raycredit.sweep)
 
 
 def run_label(cfg: Config) -> str:
@@ -177,14 +180,27 @@ def item_members(item: dict) -> list[Config]:
     return [Config.from_dict(m) for m in item["members"]]
 
 
+# a searcher's trial config: the names of the knobs the space drew (`raycredit.search.BoundSpace`)
+SEARCHED = "_searched"
+
+
+def searched_label(cfg: Config, searched: list[str]) -> str:
+    """A searcher's trial: its rule and the values it drew (3 significant digits), e.g.
+    scaffold-aux_kind=linear-blend_alpha=0.423."""
+    flat = cfg.flat()
+    return "-".join([cfg.rule.rule] + [f"{k}={flat[k]:.3g}" if isinstance(flat[k], float) else f"{k}={flat[k]}"
+                                       for k in searched])
+
+
 def trial_members(config: dict, base: dict | None) -> tuple[list[Config], list[str], list[str], str]:
     """(configs, run keys, run names, the trial's key: its checkpoint folder) of a trial's Tune config."""
     from raycredit.population import population_key
 
     if base is not None:
-        cfg = Config.from_dict(base).replace(**config)
+        cfg = Config.from_dict(base).replace(**{k: v for k, v in config.items() if k != SEARCHED})
         trial_id = tune.get_context().get_trial_id()
-        return [cfg], [f"{cfg.key()}-{trial_id}"], [f"{run_label(cfg)}-{trial_id}"], f"{cfg.key()}-{trial_id}"
+        name = f"{searched_label(cfg, config.get(SEARCHED, []))}-{trial_id}"
+        return [cfg], [f"{cfg.key()}-{trial_id}"], [name], f"{cfg.key()}-{trial_id}"
     cfgs = item_members(config["cfg"])
     keys = [c.key() for c in cfgs]
     return cfgs, keys, [run_label(c) for c in cfgs], keys[0] if len(cfgs) == 1 else population_key(cfgs)
@@ -272,12 +288,12 @@ def open_run(s: SweepSettings, cfg: Config, key: str, name: str, data, tags: dic
     """The trial's MLflow run for cfg (found by its key, or created) with its params, tags and its dataset as
     an MLflow input (name, digest of the data config and shapes, shapes as its profile)."""
     from raycredit.config import stable_hash
-    from raycredit.tracking import TrialRun
+    from raycredit.tracking import SWEEP_TAG, TrialRun
 
     run = TrialRun(s.tracking_uri, s.experiment_id, key, run_name=name, params=cfg.flat(),
                    tags={"rule": cfg.rule.rule, "search": s.search, "dataset": cfg.data.dataset,
                          "seed": cfg.train.seed, "code_version": s.code_version, "n_classes": data.n_classes,
-                         **s.source_tags, **(tags or {})})
+                         **({SWEEP_TAG: s.sweep} if s.sweep else {}), **s.source_tags, **(tags or {})})
     profile = {"train": list(data.x_train.shape), "test": list(data.x_test.shape), "input_shape": list(data.in_shape),
                "targets": list(data.y_train.shape[1:]) or "class labels", "n_classes": data.n_classes}
     source = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "random_targets"}

@@ -27,8 +27,10 @@ from raycredit.tracking.runs import (  # noqa: E402
     POPULATION_TAG,
     RESUMED_TAG,
     RUN_KEY_TAG,
+    SEARCHED_TAG,
     STOPPED_EARLY_TAG,
     SUMMARY_TAG,
+    SWEEP_TAG,
     TERMINAL,
     TrialRun,
     close_stale_runs,
@@ -41,7 +43,9 @@ from raycredit.tracking.runs import (  # noqa: E402
     run_checkpoint,
     run_experiment_name,
     run_keys,
+    run_link,
     running_keys,
+    sweep_runs,
 )
 from raycredit.tracking.store import (  # noqa: E402
     REACH_TIMEOUT_S,
@@ -62,9 +66,10 @@ from raycredit.tracking.store import (  # noqa: E402
 
 __all__ = ["ATTEMPT_TAG", "DEVICE_TAG", "KEPT_ARTIFACT", "LOCK_MODEL_PREFIX", "NODE_TAG", "PARENT_EPOCH_TAG",
            "PARENT_RUN_TAG", "PID_TAG", "POPULATION_TAG", "REACH_TIMEOUT_S", "RESUMED_TAG", "RUN_KEY_TAG",
-           "STOPPED_EARLY_TAG", "STORE_TOKEN_TAG", "SUMMARY_TAG", "TERMINAL", "TRACKING_SCHEMES", "TrialRun",
+           "SEARCHED_TAG", "STOPPED_EARLY_TAG", "STORE_TOKEN_TAG", "SUMMARY_TAG", "SWEEP_TAG", "TERMINAL",
+           "TRACKING_SCHEMES", "TrialRun",
            "check_tracking_uri", "close_stale_runs", "create_sqlite_store", "default_tracking_uri",
            "ensure_experiment", "existing_experiment", "existing_store", "experiment_id", "finished_keys",
            "kept_checkpoint", "load_runs", "lock_prefix", "metric_history", "metrics_at", "normalize_uri",
            "parent_run_id", "record_summary", "redact", "run_checkpoint", "run_experiment_name", "run_keys",
-           "running_keys", "server_lock", "store_token"]
+           "run_link", "running_keys", "server_lock", "store_token", "sweep_runs"]

@@ -21,6 +21,8 @@ POPULATION_TAG = "raycredit.population"  # runs trained together in one populati
 PARENT_RUN_TAG = "raycredit.parent_run"  # a branch's parent: its MLflow run id, or the checkpoint it started from
 PARENT_EPOCH_TAG = "raycredit.parent_epoch"  # the parent's epoch the branch started from
 SUMMARY_TAG = "raycredit.summary"  # runs that summarize a search (not trials); analyses skip them
+SWEEP_TAG = "raycredit.sweep"  # the sweep (its Tune experiment's name) whose trial made the run
+SEARCHED_TAG = "raycredit.searched"  # an Optuna trial's drawn knobs (comma-separated); its other params are fixed
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
 
@@ -127,6 +129,21 @@ def record_summary(uri: str, experiment_id: str, *, key: str, name: str, params:
     for f in files:
         retry(lambda f=f: client.log_artifact(run_id, str(f), artifact_path="results"))
     return run_id
+
+
+def sweep_runs(uri: str, experiment_id: str, sweep: str) -> list:
+    """The MLflow runs (entities) of one sweep's trials, oldest first."""
+    return sorted(get_client(uri).search_runs([experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{sweep}'",
+                                              max_results=50000), key=lambda r: r.info.start_time)
+
+
+def run_link(uri: str, experiment_id: str, run_id: str) -> str:
+    """Where a run's page is: its URL on a tracking server, or how to open it from a local store."""
+    uri = normalize_uri(uri)
+    page = f"#/experiments/{experiment_id}/runs/{run_id}"
+    if uri.startswith(("http://", "https://")):
+        return f"{redact(uri).rstrip('/')}/{page}"
+    return f"`mlflow ui --backend-store-uri {uri}`, then {page}"
 
 
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
