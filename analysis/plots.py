@@ -1,8 +1,9 @@
 """Plots of a search (SPEC §8), as PNG files and as artifacts of the search's summary run in MLflow.
 
-- growth.png: ||h_L|| and ||g_L|| per epoch, one line per rule (mean over its runs), log axes;
-- accuracy_vs_depth.png: final test accuracy against L, one line per rule, the frozen baseline dashed
-  (when L varies);
+- growth.png: ||h_L|| and ||g_L|| at each diagnostic epoch, a panel per (width d, depth L), one line per rule
+  (mean over its runs, ± std band), log axes;
+- accuracy_vs_depth.png: final test accuracy against L, a panel per width d, one line per rule (mean ± std
+  band over runs), the frozen baseline dashed, ticks at the depths run (when L varies);
   (in these and in penalty_rescue.png a rule whose runs differ in credit_norm gets a line per value)
 - penalty_rescue.png: final test accuracy against the block-output penalty lambda, one line per rule
   (when penalty_lam varies);
@@ -26,6 +27,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from analysis.both_fail import both_fail  # noqa: E402
 from analysis.tables import cli_main, finished_runs, finished_trials  # noqa: E402
@@ -45,38 +47,65 @@ def line_labels(df: pd.DataFrame) -> pd.Series:
     return df["rule"].where(~(normed & local), df["rule"] + " (credit_norm)")
 
 
+def band(ax, x, mean, std, **style) -> None:
+    """A line of means with a ± std band (std over runs, ddof=1; no band where a point has one run)."""
+    (line,) = ax.plot(x, mean, **style)
+    ok = std.notna()
+    if ok.any():
+        ax.fill_between(x[ok], (mean - std)[ok], (mean + std)[ok], color=line.get_color(), alpha=0.2, lw=0)
+
+
 def growth(histories: pd.DataFrame):
-    """histories: one row per (run, epoch) with rule, epoch, h_norm_L, g_norm_L (and credit_norm)."""
+    """histories: one row per (run, epoch) with rule, d, L, epoch, h_norm_L, g_norm_L (and credit_norm).
+
+    A column of panels per depth L and two rows per width d (‖h_L‖, then ‖g_L‖): runs of different depths or
+    widths are never averaged together. One line per rule: the mean over its runs (seeds and any other knob)
+    at each diagnostic epoch, with a ± std band.
+    """
     histories = histories.assign(line=line_labels(histories))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, col, label in zip(axes, ("h_norm_L", "g_norm_L"), ("‖h_L‖", "‖g_L‖"), strict=True):
-        for rule, g in histories.groupby("line", sort=True):
-            mean = g.groupby("epoch")[col].mean().dropna()
-            mean = mean[mean > 0]  # log axis
-            if len(mean):
-                ax.plot(mean.index, mean.values, marker="o", ms=3, label=rule)
-        ax.set(xlabel="epoch", ylabel=f"{label} (mean over runs)", yscale="log", title=f"{label} per epoch")
-        ax.legend(fontsize=8)
+    ds = sorted(histories["d"].unique())
+    Ls = sorted(histories["L"].unique())
+    fig, axes = plt.subplots(2 * len(ds), len(Ls), figsize=(4 * len(Ls) + 1, 3 * 2 * len(ds)), squeeze=False)
+    for i, d in enumerate(ds):
+        for j, L in enumerate(Ls):
+            part = histories[(histories["d"] == d) & (histories["L"] == L)]
+            for k, (col, label) in enumerate((("h_norm_L", "‖h_L‖"), ("g_norm_L", "‖g_L‖"))):
+                ax = axes[2 * i + k, j]
+                for rule, g in part.groupby("line", sort=True):
+                    stats = g.groupby("epoch")[col].agg(["mean", "std"]).dropna(subset=["mean"])
+                    stats = stats[stats["mean"] > 0]  # log axis
+                    if len(stats):
+                        band(ax, stats.index.to_series(), stats["mean"], stats["std"], marker="o", ms=3, label=rule)
+                ax.set(xlabel="epoch (diagnostic epochs)", ylabel=f"{label} (mean ± std)", yscale="log",
+                       title=f"{label}, d={d}, L={L}")
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                if ax.get_lines():
+                    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
 
-def accuracy_against(df: pd.DataFrame, x: str, xlabel: str, title: str):
-    """Mean test accuracy against knob x, one line per rule; frozen, the baseline, dashed."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    means = df.assign(line=line_labels(df)).groupby(["line", x])["test_acc"].mean().reset_index()
-    for rule, g in means.groupby("line", sort=True):
+def accuracy_against(df: pd.DataFrame, x: str, xlabel: str, title: str, ax=None):
+    """Mean test accuracy ± std over runs against knob x, one line per rule; frozen, the baseline, dashed."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 4))
+    stats = df.assign(line=line_labels(df)).groupby(["line", x])["test_acc"].agg(["mean", "std"]).reset_index()
+    for rule, g in stats.groupby("line", sort=True):
         style = dict(linestyle="--", color="black") if rule == "frozen" else dict(marker="o")
-        ax.plot(g[x], g["test_acc"], label=f"{rule} (baseline)" if rule == "frozen" else rule, **style)
-    ax.set(xlabel=xlabel, ylabel="test accuracy (mean over runs)", title=title)
+        band(ax, g[x], g["mean"], g["std"], label=f"{rule} (baseline)" if rule == "frozen" else rule, **style)
+    ax.set(xlabel=xlabel, ylabel="test accuracy (mean ± std over runs)", title=title)
     ax.legend(fontsize=8)
-    return fig, ax
+    return ax.figure, ax
 
 
 def accuracy_vs_depth(df: pd.DataFrame):
-    """df: finished runs with rule, L, test_acc."""
-    fig, ax = accuracy_against(df, "L", "depth L", "accuracy vs depth")
-    ax.set_xticks(sorted(df["L"].unique()))
+    """df: finished runs with rule, d, L, test_acc; a panel per width d, ticks at the depths run."""
+    ds = sorted(df["d"].unique()) if "d" in df else [None]
+    fig, axes = plt.subplots(1, len(ds), figsize=(5 * len(ds) + 1, 4), squeeze=False)
+    for ax, d in zip(axes[0], ds, strict=True):
+        part = df if d is None else df[df["d"] == d]
+        accuracy_against(part, "L", "depth L", "accuracy vs depth" + ("" if d is None else f", d={d}"), ax=ax)
+        ax.set_xticks(sorted(part["L"].unique()))
     fig.tight_layout()
     return fig
 
@@ -125,9 +154,10 @@ def histories_of(uri: str, runs: pd.DataFrame) -> pd.DataFrame:
         series = {col: dict(tracking.metric_history(uri, r["run_id"], f"{name}/l{L}"))
                   for col, name in (("h_norm_L", "h_norm"), ("g_norm_L", "g_norm"))}
         for epoch in sorted(set(series["h_norm_L"]) | set(series["g_norm_L"])):
-            rows.append(dict(rule=r["params.rule"], credit_norm=r.get("params.credit_norm"), epoch=epoch,
-                             h_norm_L=series["h_norm_L"].get(epoch), g_norm_L=series["g_norm_L"].get(epoch)))
-    return pd.DataFrame(rows, columns=["rule", "credit_norm", "epoch", "h_norm_L", "g_norm_L"]).astype(
+            rows.append(dict(rule=r["params.rule"], credit_norm=r.get("params.credit_norm"), d=int(r["params.d"]),
+                             L=L, epoch=epoch, h_norm_L=series["h_norm_L"].get(epoch),
+                             g_norm_L=series["g_norm_L"].get(epoch)))
+    return pd.DataFrame(rows, columns=["rule", "credit_norm", "d", "L", "epoch", "h_norm_L", "g_norm_L"]).astype(
         {"h_norm_L": float, "g_norm_L": float})
 
 
@@ -136,8 +166,9 @@ def figures(uri: str, runs: pd.DataFrame) -> dict:
     trials = finished_trials(runs)
     df = finished_runs(runs, FINAL)
     out = {}
-    if len(trials):
-        out["growth.png"] = growth(histories_of(uri, trials))
+    histories = histories_of(uri, trials) if len(trials) else pd.DataFrame()
+    if len(histories):
+        out["growth.png"] = growth(histories)
     if len(df) and df["L"].nunique() > 1:
         out["accuracy_vs_depth.png"] = accuracy_vs_depth(df)
     if len(df) and "penalty_lam" in df and df["penalty_lam"].nunique() > 1:

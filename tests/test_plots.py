@@ -19,8 +19,10 @@ def log_runs(uri: str, experiment: str, grid: list[dict]) -> None:
                                 tags={"rule": cfg.rule.rule, "n_classes": 10})
         L, acc = cfg.model.L, {"bp": 0.6, "fa": 0.3, "dfa": 0.25, "frozen": 0.35}[cfg.rule.rule]
         for e in range(1, EPOCHS + 1):
-            run.log_epoch(e, {"epoch": e, "test_acc": acc + 0.01 * cfg.train.seed - 0.1 * cfg.rule.penalty_lam,
-                              "deep_cos": 0.2, "diverged": 0.0, f"h_norm/l{L}": 10.0 ** e, f"g_norm/l{L}": 10.0 ** -e})
+            # widths and depths differ in their values, so that a plot averaging over them would show it
+            run.log_epoch(e, {"epoch": e, "deep_cos": 0.2, "diverged": 0.0,
+                              "test_acc": acc + 0.01 * cfg.train.seed - 0.1 * cfg.rule.penalty_lam + cfg.model.d / 1000,
+                              f"h_norm/l{L}": 10.0 ** e * cfg.model.d / 16 * L / 2, f"g_norm/l{L}": 10.0 ** -e})
         run.finish()
 
 
@@ -45,15 +47,29 @@ def test_every_plot_of_a_scan_with_its_series(store):
     uri, tmp = store
     figs = plots.figures(uri, tracking.load_runs(uri, "scan"))
     assert set(figs) == {"growth.png", "accuracy_vs_depth.png", "both_fail_map.png"}
-    for ax in figs["growth.png"].axes:
+    growth = figs["growth.png"].axes
+    # rows: ‖h_L‖ and ‖g_L‖ of d=16, then of d=32; columns: L=2, L=4
+    assert [ax.get_title() for ax in growth] == [f"{q}, d={d}, L={L}" for d in (16, 32) for q in ("‖h_L‖", "‖g_L‖")
+                                                 for L in (2, 4)]
+    for ax in growth:
         assert len(ax.get_lines()) == 4 and ax.get_yscale() == "log"
         assert {line.get_label() for line in ax.get_lines()} == {"bp", "fa", "dfa", "frozen"}
-    h = figs["growth.png"].axes[0].get_lines()[0]
-    assert list(h.get_xdata()) == [1, 2, 3] and list(h.get_ydata()) == [10.0, 100.0, 1000.0]
-    depth = figs["accuracy_vs_depth.png"].axes[0]
-    assert len(depth.get_lines()) == 4 and "frozen (baseline)" in [line.get_label() for line in depth.get_lines()]
-    fa = next(line for line in depth.get_lines() if line.get_label() == "fa")
-    assert list(fa.get_xdata()) == [2, 4] and fa.get_ydata()[0] == pytest.approx(0.305)  # seeds 0 and 1
+        assert all(float(t).is_integer() for t in ax.get_xticks())
+    for ax, scale in ((growth[0], 1), (growth[1], 2), (growth[4], 2), (growth[5], 4)):  # h at (d, L)
+        h = ax.get_lines()[0]
+        assert list(h.get_xdata()) == [1, 2, 3] and list(h.get_ydata()) == [10.0 * scale, 100.0 * scale,
+                                                                            1000.0 * scale]
+    depth = figs["accuracy_vs_depth.png"].axes
+    assert [ax.get_title() for ax in depth] == ["accuracy vs depth, d=16", "accuracy vs depth, d=32"]
+    for ax, d in zip(depth, (16, 32), strict=True):
+        assert len(ax.get_lines()) == 4 and "frozen (baseline)" in [line.get_label() for line in ax.get_lines()]
+        assert list(ax.get_xticks()) == [2, 4]
+        fa = next(line for line in ax.get_lines() if line.get_label() == "fa")
+        assert list(fa.get_xdata()) == [2, 4] and fa.get_ydata()[0] == pytest.approx(0.305 + d / 1000)  # seeds 0, 1
+        # the ± std band over seeds 0 and 1 (0.3 and 0.31 + d/1000): ddof=1 std 0.00707
+        bands = dict(zip([line.get_label() for line in ax.get_lines()], ax.collections, strict=True))
+        low = bands["fa"].get_paths()[0].vertices[:, 1].min()
+        assert low == pytest.approx(0.305 + d / 1000 - 0.01 / 2 ** 0.5)
     grid = figs["both_fail_map.png"].axes[0]
     assert len(grid.images) == 1 and sorted(t.get_text() for t in grid.texts) == ["2/2"] * 4  # fa, dfa < frozen
     written = plots.run(uri, "scan", tmp / "scan")
