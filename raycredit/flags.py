@@ -70,6 +70,9 @@ def search_parser(name: str, doc: str, presets: dict, default_preset: str,
     p.add_argument("--hang-factor", type=float, default=10.0, metavar="K",
                    help="a trial silent for K times its own longest epoch so far is killed as hung and retried "
                         "(default 10; 0: off)")
+    p.add_argument("--system-metrics", type=float, default=10.0, metavar="S",
+                   help="every S seconds, sample each trial's machine (CPU, memory, disk, network, NVIDIA GPUs) "
+                        "into its MLflow run's system/* metrics (default 10; 0: off)")
     add_tracking_uri(p)
     p.add_argument("--experiment", help=f"MLflow experiment (default {name}-<preset>)")
     p.add_argument("--storage", default="ray_results", help="Ray Tune storage path (shared on multi-node clusters)")

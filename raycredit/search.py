@@ -306,7 +306,8 @@ def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack,
         raise UserError("--gpus-per-trial must be a finite number >= 0 and --cpus-per-trial a finite number > 0")
     if args.max_failures < 0:
         raise UserError("--max-failures must be >= 0")
-    for flag, value in (("--trial-timeout", args.trial_timeout), ("--hang-factor", args.hang_factor)):
+    for flag, value in (("--trial-timeout", args.trial_timeout), ("--hang-factor", args.hang_factor),
+                        ("--system-metrics", args.system_metrics)):
         if not math.isfinite(value) or value < 0:
             raise UserError(f"{flag} {value}: must be a finite number >= 0")
     if 0 < args.hang_factor < 2:
@@ -358,7 +359,7 @@ def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack,
     settings = engine.SweepSettings(
         search=name, experiment_id=tracking.ensure_experiment(uri, experiment), tracking_uri=uri,
         code_version=code_version(), cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus,
-        source_tags=source_tags(name), sweep=sweep)
+        source_tags=source_tags(name), sweep=sweep, system_metrics_s=args.system_metrics)
     checks.record_store(Path(storage) / sweep, uri, settings.experiment_id)
     return uri, storage, experiment, settings, sweep
 

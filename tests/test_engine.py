@@ -22,10 +22,13 @@ def test_four_quarter_gpu_trials_share_one_gpu_at_once(ray_session, tmp_path):
                                      L=2, epochs=3, probe_size=32, rho_dirs=2, diag_every=3, seed=s, device="cpu"))
                for s in range(4)]
     settings = engine.SweepSettings(search="packing", experiment_id=exp_id, tracking_uri=uri, code_version="test",
-                                    cpus_per_trial=0.5, gpus_per_trial=0.25)
+                                    cpus_per_trial=0.5, gpus_per_trial=0.25, system_metrics_s=0.2)
     status = engine.run_trials(configs, settings, name="packing", storage=str(tmp_path / "ray"), max_failures=0)
     assert sorted(status.values()) == ["FINISHED"] * 4
     runs = assert_one_complete_run_per_trial(uri, "packing", 4, 3)
+    for r in runs:  # MLflow's system metrics, sampled every 0.2 s by each trial
+        assert r.data.metrics["system/cpu_utilization_percentage"] >= 0
+        assert r.data.metrics["system/system_memory_usage_megabytes"] > 0
     starts = [r.info.start_time for r in runs]
     ends = [r.info.end_time for r in runs]
     assert max(starts) < min(ends), "the four 0.25-GPU trials did not all run at the same time"

@@ -114,6 +114,8 @@ def trainable(config: dict, settings: dict, base: dict | None = None) -> None:
         device = trial_device()
         for i in todo:
             start_attempt(runs[i], entries[0]["epoch"] if entries else 0, device)
+        if s.system_metrics_s > 0:  # the members share this process and machine: their first run records it
+            runs[todo[0]].monitor_system(s.system_metrics_s)
         if cfgs[0].exploit.exploitability:
             from raycredit.snapshot import exploitability
 
@@ -133,7 +135,10 @@ def trainable(config: dict, settings: dict, base: dict | None = None) -> None:
                       data=[data[i] for i in todo])
     except SystemExit:
         # Tune stopped the trial (a scheduler's early stop, or the sweep shutting down): the driver knows
-        # which, and sets the runs' status when the sweep ends (tracking.close_stale_runs)
+        # which, and sets the runs' status when the sweep ends (tracking.close_stale_runs); the process may go
+        # on to another trial, so nothing samples this one's machine into its run any more
+        for r in runs:
+            r.stop_monitor()
         raise
     except DiskFull as e:
         fail_cleanly([runs[i] for i in todo], trial_key, e)
@@ -157,6 +162,7 @@ class SweepSettings:
     checkpoint_root: str = ""  # set by run_trials / run_optuna: <storage>/<sweep>/checkpoints
     source_tags: dict = field(default_factory=dict)  # MLflow's mlflow.source.* / mlflow.user tags of the driver
     sweep: str = ""  # the sweep's Tune experiment name, tagged on every run (raycredit.sweep)
+    system_metrics_s: float = 0.0  # seconds between samples of a trial's machine into its run's system/* metrics
 
 
 def run_label(cfg: Config) -> str:

@@ -32,7 +32,7 @@ class TrialRun:
     def __init__(self, uri: str, experiment_id: str, key: str, *, run_name: str, params: dict, tags: dict):
         from mlflow.entities import Param
 
-        self.client = get_client(uri)
+        self.client, self.uri, self._monitor = get_client(uri), uri, None
         found = retry(lambda: self.client.search_runs(
             [experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'", max_results=2))
         if found:
@@ -93,6 +93,21 @@ class TrialRun:
         retry(lambda: self.client.log_inputs(self.run_id, datasets=[
             DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])]), transient=LOCKED + DUPLICATE)
 
+    def monitor_system(self, interval_s: float) -> None:
+        """MLflow's system metrics of this process's machine (CPU, memory, disk, network; NVIDIA GPUs through
+        nvidia-ml-py), sampled by a thread every interval_s seconds into the run's system/* metrics (the UI's
+        System metrics tab) until finish(); a retried trial's samples continue the run's steps."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval_s, resume_logging=True,
+                                             tracking_uri=self.uri)
+        # its batches go to MlflowClient.log_batch unretried, and one failed batch ends the monitor with a
+        # warning in the trial's output: give them the trials' retry of SQLite's "database is locked"
+        client = self._monitor.mlflow_logger.client
+        log_batch = client.log_batch
+        client.log_batch = lambda *a, **k: retry(lambda: log_batch(*a, **k))
+        self._monitor.start()
+
     def set_tags(self, tags: dict) -> None:
         from mlflow.entities import RunTag
 
@@ -101,7 +116,14 @@ class TrialRun:
     def log_checkpoint(self, path: str | Path, artifact_path: str = "checkpoint") -> None:
         retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path=artifact_path))
 
+    def stop_monitor(self) -> None:
+        """Stop monitor_system's thread, logging the samples it holds."""
+        if self._monitor is not None:
+            self._monitor.finish()
+            self._monitor = None
+
     def finish(self, status: str = "FINISHED") -> None:
+        self.stop_monitor()
         retry(lambda: self.client.set_terminated(self.run_id, status))
         self.status = status
 
