@@ -156,6 +156,7 @@ CASES = [
     (SEARCH, "", ["--trial-timeout", "-1"], "--trial-timeout -1.0: must be a finite number >= 0"),
     (SEARCH, "", ["--hang-factor", "nan"], "--hang-factor nan: must be a finite number >= 0"),
     (SEARCH, "", ["--hang-factor", "1.5"], "below 2 an ordinary slow epoch counts as a hang"),
+    (SEARCH, "", ["--system-metrics", "-1"], "--system-metrics -1.0: must be a finite number >= 0"),
     (SEARCH, "", ["--experiment", "x" * 300], "--experiment"),
     (SEARCH, "", ["--experiment", "../../x"], "--experiment"),
     (SEARCH, "", ["--tracking-uri", "file:///{tmp}/mlruns"], "tracking URI scheme"),
