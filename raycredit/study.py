@@ -138,10 +138,12 @@ def _importances_and_plots(study, folder: Path) -> None:
                   "evaluator": "PED-ANOVA"}).to_csv(folder / "param_importances.csv", index=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        width = max(8, 2 * len(importances))  # Optuna's default size overlaps the axes' labels
         for name, draw in (("param_importances.png", lambda: vis.plot_param_importances(study, evaluator=evaluator)),
                            ("history.png", lambda: vis.plot_optimization_history(study)),
                            ("parallel_coordinate.png", lambda: vis.plot_parallel_coordinate(study))):
             ax = draw()
+            ax.figure.set_size_inches(width if name == "parallel_coordinate.png" else 8, 5)
             ax.figure.savefig(folder / name, dpi=120, bbox_inches="tight")
             plt.close(ax.figure)
 
