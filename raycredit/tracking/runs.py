@@ -97,8 +97,13 @@ class TrialRun:
         """MLflow's system metrics of this process's machine (CPU, memory, disk, network; NVIDIA GPUs through
         nvidia-ml-py), sampled by a thread every interval_s seconds into the run's system/* metrics (the UI's
         System metrics tab) until finish(); a retried trial's samples continue the run's steps."""
+        import logging
+
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
+        # its start, stop and "Skip logging GPU metrics" INFO lines would reach the driver's output from every
+        # trial on a cluster whose workers do not inherit the driver's MLFLOW_LOGGING_LEVEL
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
         self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval_s, resume_logging=True,
                                              tracking_uri=self.uri)
         # its batches go to MlflowClient.log_batch unretried, and one failed batch ends the monitor with a
