@@ -26,13 +26,15 @@ if not (CHROMIUM and DRIVER) and os.environ.get("RAYCREDIT_REQUIRE_BROWSER") != 
                 allow_module_level=True)
 
 
-@pytest.fixture
-def mlflow_ui(tmp_path):
-    """`mlflow ui` on 127.0.0.1 over the scratch store tmp_path/mlflow.db, in its own process group."""
+@pytest.fixture(scope="module")
+def mlflow_ui(tmp_path_factory):
+    """`mlflow ui` on 127.0.0.1 over a scratch store, in its own process group, for this module's tests (each
+    with its own experiment); one worker process (the default 4 take seconds more to start on 2 cores)."""
+    tmp_path = tmp_path_factory.mktemp("mlflow_ui")
     port, uri = free_port(), f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracking.ensure_experiment(uri, "placeholder")  # the store exists before the UI opens it
     with server([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-                 "--port", str(port)], port, tmp_path / "mlflow_ui.log"):
+                 "--port", str(port), "--workers", "1"], port, tmp_path / "mlflow_ui.log"):
         yield uri, f"http://127.0.0.1:{port}"
 
 
