@@ -95,7 +95,7 @@ def export_study(uri: str, experiment_id: str, sweep: str, space, base: Config, 
         done = [t for t in study.trials if t.state == TrialState.COMPLETE]
         study.trials_dataframe(attrs=("number", "value", "state", "params", "user_attrs", "datetime_start",
                                       "datetime_complete", "duration")).to_csv(folder / "trials.csv", index=False)
-        _importances_and_plots(study, folder)
+        _importances_and_plots(study, done, folder)
         best = study.best_trial if done else None
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -115,7 +115,7 @@ def export_study(uri: str, experiment_id: str, sweep: str, space, base: Config, 
     return out
 
 
-def _importances_and_plots(study, folder: Path) -> None:
+def _importances_and_plots(study, complete: list, folder: Path) -> None:
     """param_importances.csv/.png, history.png and parallel_coordinate.png beside the study, when there are
     two COMPLETE trials or more (fewer: nothing to compare; stale files of an earlier export are removed)."""
     import matplotlib
@@ -128,7 +128,6 @@ def _importances_and_plots(study, folder: Path) -> None:
 
     for name in PLOTS:
         (folder / name).unlink(missing_ok=True)
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if len(complete) < 2 or not any(t.params for t in complete):
         return
     # PED-ANOVA is Optuna's own (numpy); the default fANOVA needs scikit-learn, which raycredit does not install

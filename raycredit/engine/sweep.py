@@ -26,7 +26,6 @@ from ray import tune
 
 from raycredit.config import Config
 from raycredit.engine.trainable import (
-    SEARCHED,
     TRIAL_DONE,
     SweepSettings,
     item_members,
@@ -243,8 +242,6 @@ class SearchOutcome:
     status: dict[str, str]  # run key -> FINISHED / FAILED / KILLED
     early: set[str]  # run keys of trials the scheduler stopped before their last epoch
     complete: bool  # every trial of num_samples has ended
-    best: dict | None  # the best trial's drawn knobs
-    best_metrics: dict
 
 
 def run_optuna(base: Config, opt: OptunaSettings, settings: SweepSettings, *, name: str, storage: str,
@@ -253,7 +250,7 @@ def run_optuna(base: Config, opt: OptunaSettings, settings: SweepSettings, *, na
 
     Optuna keeps its study in memory and Tune checkpoints the searcher with the experiment:
     Optuna's RDB storage breaks Tuner.restore (SPEC §11). Trials that ASHA stopped early count
-    as finished.
+    as finished. The best trial is read from the exported study (`raycredit.study`).
     """
     import optuna
     from ray.tune.schedulers import ASHAScheduler
@@ -271,7 +268,7 @@ def run_optuna(base: Config, opt: OptunaSettings, settings: SweepSettings, *, na
 
     grid, settings = _fit(settings, name=name, storage=storage, max_failures=max_failures, kind="search",
                           fresh=fresh, base=base.to_dict())
-    out = SearchOutcome({}, set(), grid.num_terminated + grid.num_errors == opt.num_samples, None, {})
+    out = SearchOutcome({}, set(), grid.num_terminated + grid.num_errors == opt.num_samples)
     for r in grid:
         last = r.metrics or {}
         if "run_key" not in last:
@@ -281,8 +278,4 @@ def run_optuna(base: Config, opt: OptunaSettings, settings: SweepSettings, *, na
         if out.complete and not full and not r.error:
             out.early.add(last["run_key"])
             shutil.rmtree(Path(settings.checkpoint_root) / last["run_key"], ignore_errors=True)
-        value = last.get(opt.metric)
-        if not r.error and value is not None and (
-                out.best is None or (value > out.best_metrics[opt.metric]) == (opt.mode == "max")):
-            out.best, out.best_metrics = {k: v for k, v in r.config.items() if k != SEARCHED}, dict(last)
     return out
