@@ -7,9 +7,10 @@ varies); a row is a rule within a setting, split by credit_norm (always shown) a
 that varies (e.g. penalty_lam).
 ||h_L|| and ||g_L|| are read at each run's own last layer. mode1a / mode1b / diverged are 0/1 per run,
 so their means are the fraction of seeds flagged. `frozen_margin` = mean test_acc - the frozen baseline
-(mean frozen test_acc of the setting); it is empty where the setting has no frozen runs. Columns (a)-(d)
-are the evaluation protocol's verdicts over seeds (PASS / FIRE / MIXED; `raycredit.protocol`, whose
-defaults they use: `analysis/protocol.py` has the thresholds as flags and the functional table). Prints
+(the better of the frozen runs' trained and fitted readouts, each a mean over the setting's seeds); it is empty
+where the setting has no frozen runs. Columns (a), (b), (d) are the evaluation protocol's verdicts over seeds
+(PASS / FIRE / MIXED / – (why); `raycredit.protocol`, whose defaults they use: `analysis/protocol.py` has the
+thresholds as flags, and (c), a verdict per setting rather than per rule, in its functional table). Prints
 markdown, writes audit_table.csv (numbers) and audit_table.md. Reads MLflow only; never re-trains.
 
     python analysis/audit_table.py --experiment audit-smoke [--tracking-uri URI] [--out DIR]
@@ -24,7 +25,8 @@ import pandas as pd
 
 from analysis.summary import load_finished, mean_std
 from analysis.tables import cli_main, markdown_table, write_report
-from raycredit.protocol import FUNCTIONAL, VARIANTS, VERDICTS, protocol_table, row_columns, setting_columns
+from raycredit.protocol import METRICS as PROTOCOL_METRICS
+from raycredit.protocol import RULE_VERDICTS, VARIANTS, protocol_table, row_columns
 
 METRICS = ("test_acc", "deep_cos", "h_norm_L", "g_norm_L", "mode1a", "mode1b", "diverged")
 FLAGS = ("mode1a", "mode1b", "diverged")
@@ -33,20 +35,19 @@ NORMS = ("h_norm_L", "g_norm_L")
 
 def audit(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (setting, rule, varying rule knobs): seeds, <metric>_mean, <metric>_std, frozen_acc,
-    frozen_margin and the protocol verdicts (a)-(d)."""
+    frozen_margin and the protocol verdicts (a), (b), (d)."""
     df = df.assign(**{m: float("nan") for m in METRICS if m not in df})
-    keys, setting = row_columns(df), setting_columns(df)
+    keys = row_columns(df)
     g = df.groupby(keys, dropna=False, sort=True)
     out = g.size().rename("seeds").to_frame()
     for m in METRICS:
         out[f"{m}_mean"] = g[m].mean()
         out[f"{m}_std"] = g[m].std(ddof=1)
     out = out.reset_index()
-    frozen = df[df["rule"] == "frozen"].groupby(setting, dropna=False)["test_acc"].mean().rename("frozen_acc")
-    out = out.merge(frozen.reset_index(), on=setting, how="left")
-    out["frozen_margin"] = out["test_acc_mean"] - out["frozen_acc"]
-    verdicts = protocol_table(df)[keys + list(VERDICTS)]
-    return out.merge(verdicts, on=keys, how="left")
+    verdicts = protocol_table(df)[keys + ["frozen_acc", "frozen_fit_acc", "baseline_acc", *RULE_VERDICTS]]
+    out = out.merge(verdicts, on=keys, how="left")
+    out["frozen_margin"] = out["test_acc_mean"] - out["baseline_acc"]
+    return out
 
 
 def report(df: pd.DataFrame, out_dir: str | Path, title: str) -> str:
@@ -66,17 +67,18 @@ def report(df: pd.DataFrame, out_dir: str | Path, title: str) -> str:
         else:
             shown[m] = [mean_std(a, b) for a, b, _ in pairs]
     shown["vs frozen"] = ["–" if pd.isna(v) else f"{v:+.3f}" for v in table["frozen_margin"]]
-    for v in VERDICTS:
+    for v in RULE_VERDICTS:
         shown[v] = table[v]
     lines += ["mean ± sample std (ddof=1) over seeds of the final epoch; mode1a, mode1b and diverged: seeds "
-              "flagged; vs frozen: mean test_acc minus the frozen-blocks baseline of the same setting; (a)-(d): "
-              "the evaluation protocol's verdicts over seeds (`raycredit.protocol`, `analysis/protocol.py`)", "",
+              "flagged; vs frozen: mean test_acc minus the frozen-blocks baseline of the same setting (the better "
+              "of its trained and fitted readouts); (a), (b), (d): the evaluation protocol's verdicts over seeds "
+              "(`raycredit.protocol`; (c), one per setting, in `analysis/protocol.py`)", "",
               markdown_table(shown, "g")]
     return write_report(lines, table, out_dir, "audit_table")
 
 
 def run(tracking_uri: str, experiment: str, out_dir: str | Path) -> str:
-    return report(load_finished(tracking_uri, experiment, METRICS + tuple(FUNCTIONAL)), out_dir,
+    return report(load_finished(tracking_uri, experiment, tuple(dict.fromkeys(METRICS + PROTOCOL_METRICS))), out_dir,
                   f"Audit of {experiment}")
 
 

@@ -134,21 +134,46 @@ def exploit_table(df: pd.DataFrame) -> pd.DataFrame:
         row = {"snapshot epoch": int(t), "credit": credit, "norm": "norm" if norm else "raw",
                "blocks": blocks, "seeds": len(g), "Gamma": mean_pm(g["deep_cos"]), "rho": mean_pm(g["deep_rho"])}
         for k in ks:
-            row[f"best eta k={k}"] = "/".join(f"{e:g}" for e in sorted(set(g[f"exploit/best_eta/k{k}"])))
+            row[f"best eta k={k}"] = best_etas(g, k)
             for name, col in (("dL_same", "dL_same"), ("dL_held", "dL_held"), ("PUR", "pur")):
-                row[f"{name} k={k}"] = mean_pm(g[f"exploit/{col}/k{k}"])
-            at_best = pd.Series([r[f"exploit/upd_var/k{k}/eta{r[f'exploit/best_eta/k{k}']:g}"]
-                                 for _, r in g.iterrows()])
+                row[f"{name} k={k}"] = mean_pm(g.get(f"exploit/{col}/k{k}", pd.Series(dtype=float)))
+            at_best = pd.Series([r.get(f"exploit/upd_var/k{k}/eta{r[f'exploit/best_eta/k{k}']:g}", float("nan"))
+                                 for _, r in g.iterrows()], dtype=float)
             row[f"upd_var k={k}"] = mean_pm(at_best)
+            row[f"diverged k={k}"] = diverged_count(g, k)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def best_etas(g: pd.DataFrame, k: int) -> str:
+    """The seeds' best etas, '!' after one on the grid's edge (the line search did not bracket it), 'none' for a
+    seed whose every eta diverged."""
+    edge = g.get(f"exploit/best_eta_edge/k{k}", pd.Series(0.0, index=g.index))
+    names = {"none" if e != e else f"{e:g}{'!' if x == 1 else ''}" for e, x in
+             zip(g[f"exploit/best_eta/k{k}"], edge, strict=True)}
+    return "/".join(sorted(names))
+
+
+def diverged_count(g: pd.DataFrame, k: int) -> str:
+    """Measurements (seed x eta x batch) whose loss became non-finite by step k, of all made."""
+    cols = [c for c in g.columns if c.startswith(f"exploit/diverged/k{k}/eta")]
+    return f"{int(g[cols].fillna(0).to_numpy().sum())}/{int(g['exploit_batches'].sum()) * len(cols)}"
+
+
 def report_exploitability(tracking_uri: str, experiment: str, out_dir: str | Path) -> str:
+    from raycredit.tracking.store import load_runs
+
+    runs = load_runs(tracking_uri, experiment)
+    measuring = runs[runs.get("params.exploitability", pd.Series("", index=runs.index)) == "True"]
+    unfinished = int((measuring["status"] != "FINISHED").sum())
     return report(exploit_table(load(tracking_uri, experiment)), f"Snapshot exploitability: {experiment}",
-                  "Loss change after k local steps at the line search's best eta (lowest same-batch change), on the "
-                  "same batch and held out; PUR = dL_held / dL_same; upd_var: the relative variance of the update "
-                  "over batches, at that eta. Mean ± sample std (ddof=1) over seeds.", out_dir, "exploitability")
+                  "Loss change after k local steps at the line search's best eta (lowest same-batch change among the "
+                  "etas where no batch diverged; '!': the grid's smallest or largest eta, so the optimum may lie "
+                  "beyond it), on the same batch and held out; PUR = dL_held / dL_same; upd_var: the relative "
+                  "variance of the update over batches, at that eta; diverged: measurements (seed x eta x batch) "
+                  "whose loss became non-finite by step k, left out of the means. Mean ± sample std (ddof=1) over "
+                  f"seeds. Exploitability runs that did not finish: {unfinished} of {len(measuring)}.", out_dir,
+                  "exploitability")
 
 
 TRUNK_NAMES = {"dfa": "DFA_only", "vector_field": "Vec_only_from_0"}

@@ -43,7 +43,7 @@ DIAGNOSE_RTOL = {"float64": 1e-6, "float32": 1e-4}
 def print_verdicts(uri: str | None, run_id: str) -> None:
     """The run's evaluation-protocol verdicts (raycredit.protocol) among its experiment's finished runs."""
     from raycredit import tracking
-    from raycredit.protocol import THRESHOLD_PP, run_verdicts
+    from raycredit.protocol import FLOOR_RATIO, GROWTH, THRESHOLD_PP, run_verdicts
     from raycredit.tracking.results import results
 
     experiment = tracking.run_experiment_name(uri, run_id)
@@ -54,25 +54,26 @@ def print_verdicts(uri: str | None, run_id: str) -> None:
         return
     r = row.iloc[0]
 
-    def word(fired) -> str:
-        return "–" if fired is None or fired != fired else "FIRE" if fired else "PASS"
+    def word(v: str) -> str:
+        fired = r[v]
+        return f"– ({r[f'why_{v}']})" if fired is None or fired != fired else "FIRE" if fired else "PASS"
 
-    taus = ", ".join(f"{m} {r[f'tau_{m}']:+.2f}" for m in ("test_acc", "deep_nudge", "loss_decrease")
-                     if r[f"tau_{m}"] == r[f"tau_{m}"])
     print(f"\nevaluation protocol (raycredit.protocol) at the run's final epoch, among the finished runs of "
           f"experiment {experiment!r}:")
-    print(f"  (a) residual-stream growth: {word(r['(a)'])} (mode1a = {r['mode1a']:g})")
-    print(f"  (b) gradient-floor collapse: {word(r['(b)'])} (mode1b = {r['mode1b']:g})")
-    print(f"  (c) functional agreement: {word(r['(c)'])} " + (
-        f"(Kendall tau of deep_cos's order of the setting's audited rules at this seed against {taus})"
-        if r["(c)"] is not None else "(no other audited credit rule of this setting and seed to rank against)"))
-    if r["rule"] == "frozen":
-        print("  (d) depth utilization: – (the frozen-blocks baseline itself)")
-    elif r["frozen_acc"] != r["frozen_acc"]:
-        print("  (d) depth utilization: – (no frozen runs of this setting in the experiment)")
+    detail_a = f"; ||h_L|| {r['h_ratio']:.3g} x the setting's BP, fires at {GROWTH:g}" if r["(a)"] is not None else ""
+    print(f"  (a) residual-stream growth: {word('(a)')} (mode1a = {r['mode1a']:g}{detail_a})")
+    detail_b = f"; ||g_L|| {r['g_ratio']:.3g} x BP's, fires at <= {FLOOR_RATIO:g}" if r["(b)"] is not None else ""
+    print(f"  (b) gradient-floor collapse: {word('(b)')} (mode1b = {r['mode1b']:g}{detail_b})")
+    taus = ", ".join(f"{m} {r[f'tau_{m}']:+.2f}" for m in ("test_acc", "deep_nudge", "train_loss", "consensus")
+                     if r[f"tau_{m}"] == r[f"tau_{m}"])
+    print(f"  (c) functional agreement of this setting and seed: {word('(c)')}"
+          + (f" (Kendall tau of deep_cos's order of the audited rules against {taus})" if r["(c)"] is not None else ""))
+    if r["(d)"] is None:
+        print(f"  (d) depth utilization: {word('(d)')}")
     else:
-        print(f"  (d) depth utilization: {word(r['(d)'])} (test_acc {r['test_acc']:.4f} - frozen baseline "
-              f"{r['frozen_acc']:.4f} = {r['margin_pp']:+.2f} pp; threshold {THRESHOLD_PP:g} pp)")
+        print(f"  (d) depth utilization: {word('(d)')} (test_acc {r['test_acc']:.4f} - frozen baseline "
+              f"{r['baseline_acc']:.4f} = {r['margin_pp']:+.2f} pp; threshold {THRESHOLD_PP:g} pp; the baseline is "
+              f"the better of the trained readout {r['frozen_acc']:.4f} and the fitted one {r['frozen_fit_acc']:.4f})")
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:

@@ -89,6 +89,9 @@ class RuleConfig:
     feedback_scale: float = knob(1.0, "fa/dfa: std of the fixed random feedback matrices, in units of each rule's "
                                       "1/sqrt(width) (rules/fa.py, rules/dfa.py)", lo=0, lo_open=True)
     train_embedding: bool = knob(False, "frozen: also train the embedding (blocks stay at init)")
+    fit_l2: float = knob(1e-4, "frozen: L2 weight of the fitted readout, the convex optimum of mean task loss + "
+                               "fit_l2/2 ||W||^2 on the standardized frozen features (raycredit.rules.frozen)",
+                         lo=0, lo_open=True)
     ep_beta: float = knob(0.01, "ep: nudging strength beta", lo=0, lo_open=True)
     ep_steps: int = knob(20, "ep: gradient steps of the nudged-phase relaxation", lo=1)
     ep_step_size: float = knob(0.03, "ep: relaxation step size (too large a step diverges as blocks grow)",
@@ -163,8 +166,11 @@ class DiagConfig:
     rho_eps_float32: float = knob(1e-1, "perturbation size for rho when the diagnostics run in float32, large "
                                         "enough for float32 to resolve the loss change", lo=0, lo_open=True)
     nudge_eta: float = knob(1e-2, "step along the RMS-normalized credit for nudge", lo=0, lo_open=True)
-    diag_dtype: str = knob("auto", "dtype of the diagnostic forward passes; auto: float64 on the CPU and on GPUs "
-                                   "with full-rate float64, float32 elsewhere", choices=("auto", "float64", "float32"))
+    diag_dtype: str = knob("float64", "dtype of the diagnostics: float64 (exact), or float32 where it is shown to "
+                                      "resolve them: a float64 pass of the probe checks every layer's credit and "
+                                      "gradient, and any layer off by more than 1e-6 in cosine, or a loss change "
+                                      "float32 cannot resolve, measures them all in float64",
+                           choices=("float64", "float32"))
     loss_window: int = knob(5, "epochs over which loss_decrease measures the change of train_loss", lo=1)
 
 
@@ -188,6 +194,8 @@ class ExploitConfig:
     exploit_batches: int = knob(8, "exploitability: training mini-batches measured (mean, spread and update "
                                    "variance over them)", lo=2)
     exploit_held_out: int = knob(1024, "exploitability: test examples of the held-out loss", lo=1)
+    exploit_clamp: float = knob(0.0, "exploitability: clamp every gradient element of a local step to [-c, c] "
+                                     "(the seeds' phase 6A clamped, value unstated; 0 = off, phase 6.5A)", lo=0)
 
 
 SECTIONS: dict[str, type] = {

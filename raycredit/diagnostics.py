@@ -54,9 +54,15 @@ stands for all of them in the Pearson sums (a control variate: the estimate's ex
 measurement's). With rho_measured = rho_dirs every loss change is measured, as in a plain
 finite-difference rho.
 
-The diagnostic forward passes run on a float64 copy where float64 is cheap (`diag_dtype` auto: the CPU and
-the CUDA GPUs with full-rate float64) and on a float32 copy elsewhere, where rho uses the larger step
-`rho_eps_float32` that float32 can resolve; `tests/test_diagnostics.py` checks that both agree.
+Precision is a guarantee. Every diagnostic runs on a float64 copy of the model and the rule (`diag_dtype`
+float64, the default, on every device): the rule's credit, the true gradient and the loss changes are then
+resolved wherever the network's own numbers are (float32 on the CPU loses all three: EP's credit is a
+difference of nearly equal states, rare samples carry gradients below 1e-6). `diag_dtype=float32` is an
+explicit trade for speed, kept only where it is shown to resolve what it measures: a float64 pass of the probe
+recomputes every layer's credit cosine, nudge and support, and if any differs from float32's by more than
+`FLOAT32_TOL` (or float32 cannot resolve rho's loss changes, below), everything is measured again in float64.
+`diag_float64` logs the dtype every diagnostics epoch actually used; the analyses refuse to average seeds that
+used different ones (`raycredit.protocol.mixed_dtypes`).
 """
 
 from __future__ import annotations
@@ -75,12 +81,13 @@ MODE1B_FLOOR = 1e-7
 # may hold only letters, digits and _ - . / : space, mlflow.utils.validation.validate_param_and_metric_name)
 SUPPORT_TAUS = ("1e-4", "1e-6", "1e-8")
 QUANTILES = (10, 50, 90)
-# float32 diagnostics stand when every layer's measured rest of the loss change (curvature and round-off) is at
-# most this fraction of its linear part (RMS); measured on bp/fa/dfa checkpoints at d=256, the float32 rho is
-# then within 0.003 of float64's (the rest, mostly round-off, enters rho's sums rho_dirs/rho_measured times)
+# float32 rho stands when every layer's measured rest of the loss change (curvature and round-off) is at most
+# this fraction of its linear part (RMS); measured on bp/fa/dfa checkpoints at d=256, the float32 rho is then
+# within 0.003 of float64's (the rest, mostly round-off, enters rho's sums rho_dirs/rho_measured times)
 FLOAT32_REST = 0.03
-# CUDA compute capabilities whose float64 runs at half the float32 rate (P100, V100, A100, H100/H200, B200)
-FULL_RATE_FLOAT64 = {(6, 0), (7, 0), (8, 0), (9, 0), (10, 0)}
+# float32 stands when every layer's cos, nudge and support are within this of a float64 pass of the probe
+FLOAT32_TOL = 1e-5
+CHECKED = ("cos/", "nudge/", "support/")
 
 
 def to_floats(values: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -88,14 +95,9 @@ def to_floats(values: dict[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(values, torch.stack([v.double() for v in values.values()]).tolist(), strict=True))
 
 
-def diag_dtype(cfg: DiagConfig, device: torch.device) -> torch.dtype:
-    """The dtype the diagnostics start in: `diag_dtype`, or with auto float64 where it is cheap (full-rate
-    GPUs) and float32 elsewhere, the CPU included (float64 there halves the matrix throughput)."""
-    if cfg.diag_dtype != "auto":
-        return getattr(torch, cfg.diag_dtype)
-    if device.type == "cuda" and torch.cuda.get_device_capability(device) in FULL_RATE_FLOAT64:
-        return torch.float64
-    return torch.float32
+def diag_dtype(cfg: DiagConfig) -> torch.dtype:
+    """The dtype the diagnostics start in (`diag_dtype`); float32 is then checked against float64 (`diagnose`)."""
+    return getattr(torch, cfg.diag_dtype)
 
 
 def per_sample_cos(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -223,11 +225,15 @@ def diagnose(model, rule: Rule, x: torch.Tensor, y: torch.Tensor, cfg: DiagConfi
     """All SPEC §5 credit diagnostics of (model, rule) on the probe batch (x, y) (the module's metric table).
 
     `credits` overrides the rule's credit (calibration tests pass a random vector here); the rule's own
-    update (upd_cos) is then not measured. Started in float32 (`diag_dtype`), they are measured again in
-    float64 when float32 cannot resolve rho's loss changes at some layer.
+    update (upd_cos) is then not measured. In float32 (`diag_dtype`) they are measured again in float64
+    unless float32 is shown to resolve them (module docstring).
     """
-    dtype = diag_dtype(cfg, x.device)
-    out = measure(model, rule, x, y, cfg, seed, credits, dtype)
+    out = measure(model, rule, x, y, cfg, seed, credits, diag_dtype(cfg))
+    if out is not None and out["diag_float64"] == 0:
+        exact = measure(model, rule, x, y, cfg, seed, credits, torch.float64, check_only=True)
+        off = [float((out[k].double() - v.double()).abs()) for k, v in exact.items() if k.startswith(CHECKED)]
+        if not all(d <= FLOAT32_TOL for d in off):  # a NaN difference fails too
+            out = None
     if out is None:
         out = measure(model, rule, x, y, cfg, seed, credits, torch.float64)
     vals = to_floats(out)
@@ -240,9 +246,10 @@ def diagnose(model, rule: Rule, x: torch.Tensor, y: torch.Tensor, cfg: DiagConfi
 
 
 def measure(model, rule: Rule, x: torch.Tensor, y: torch.Tensor, cfg: DiagConfig, seed: int, credits,
-            dtype: torch.dtype) -> dict[str, torch.Tensor] | None:
+            dtype: torch.dtype, check_only: bool = False) -> dict[str, torch.Tensor] | None:
     """`diagnose` on a `dtype` copy of (model, rule); None when in float32 some layer's measured loss changes
-    stray from their exact linear part by more than FLOAT32_REST (RMS): float32 does not resolve them there."""
+    stray from their exact linear part by more than FLOAT32_REST (RMS): float32 does not resolve them there.
+    check_only: only the metrics of `CHECKED` (no rho, no update alignment), to check float32 against."""
     float64 = dtype == torch.float64
     eps = cfg.rho_eps if float64 else cfg.rho_eps_float32
     m = copy.deepcopy(model).to(dtype).eval()
@@ -278,16 +285,20 @@ def measure(model, rule: Rule, x: torch.Tensor, y: torch.Tensor, cfg: DiagConfig
         a = credits[i].to(dtype)
         cos = per_sample_cos(a, g[i])
         out[f"cos/l{i}"] = cos.mean()
+        out[f"nudge/l{i}"] = nudge(m, i, hs[i], a, y, cfg.nudge_eta, base.mean())
+        if check_only:
+            continue
         out[f"rho/l{i}"], rest = perturbation_rho(m, i, hs[i], a, g[i], y, base, cfg.rho_dirs, cfg.rho_measured,
                                                   eps, gen)
         rests.append(rest)
-        out[f"nudge/l{i}"] = nudge(m, i, hs[i], a, y, cfg.nudge_eta, base.mean())
         out[f"a_over_g/l{i}"] = per_sample(a).norm(dim=-1).mean() / g_norms.mean()
         if i in deep:
             for tau in SUPPORT_TAUS:
                 active = g_norms > float(tau)
                 if active.any():
                     active_cos[tau].append(cos[active].mean())
+    if check_only:
+        return out
     if not float64 and rests and not bool(torch.stack(rests).max() <= FLOAT32_REST):  # a NaN rest fails too
         return None
     if credits is not None:

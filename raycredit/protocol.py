@@ -1,25 +1,43 @@
 """The reference study's 4-diagnostic evaluation protocol (seeds 001 §6, 004), as verdicts on finished runs.
 
-A run's verdicts, from its final epoch:
+The seeds name the four diagnostics but define them only in part; where raycredit's definition differs from
+theirs, the difference and its knob are stated here. Every verdict is relative to the setting's own controls, so
+none can fire on BP by construction. A run's verdicts, from its final epoch:
 
-- (a) residual-stream growth: FIRE when `mode1a` is set (||h_L|| grew >= 100x over its init value);
-- (b) gradient-floor collapse: FIRE when `mode1b` is set (||g_L|| < 1e-7);
-- (c) functional agreement: within a (setting, seed), rank the credit rules under audit (every rule with a
-  deep_cos except bp) by each functional metric: test_acc (higher is better), deep_nudge and loss_decrease
-  (lower is better: the loss falls more), and by deep_cos. Kendall's tau between deep_cos's order and each
-  functional metric's; FIRE when the median of the three is below `agreement` (deep_cos ranks the rules
-  differently from what they do, the seeds' §4.2 finding), PASS otherwise. Needs two rules or more;
-- (d) depth utilization: margin = test_acc - the frozen-blocks baseline (mean frozen test_acc over the
-  seeds of the same setting); FIRE when the margin is below `threshold_pp` percentage points (default 2).
-  Frozen runs themselves have no (d).
+- (a) residual-stream growth. Seeds: ||h_L|| grows >= 100x over its value at init (`mode1a`), which on a plain
+  network, whose ||h_L|| at init is small, fires on BP itself. Here: FIRE when the run's ||h_L|| is at least
+  `growth` (100) times the mean ||h_L|| of the setting's BP runs at the same epoch (`h_norm/last`); `mode1a` is
+  still logged and shown beside it.
+- (b) gradient-floor collapse. Seeds: ||g_L|| < 1e-7 (`mode1b`). Here: `mode1b` and ||g_L|| at most `floor_ratio`
+  (1e-3) times the mean ||g_L|| of the setting's BP runs: a floor that BP's own gradient also reaches is the
+  task's (a converged fit), not a collapse.
+- (c) functional agreement, once per (setting, seed). Seeds §4.2 ("functional triangulation"): accuracy, nudging
+  and training-loss decrease rank the credit rules SB >> CB ~ DFA, and deep cos alone ranks them differently
+  (CB first). Here: the audited rules (every rule with a deep_cos except bp) are ranked by each functional
+  metric (test_acc, deep_nudge, and the final train_loss: every rule of a (setting, seed) starts from the same
+  initial network and loss, so this is the decrease over the whole run, which does not punish a rule for having
+  converged, as a window's decrease would); their consensus is the mean of the three ranks. FIRE when the rule
+  that deep_cos ranks first is not among the consensus's first: deep_cos would crown a rule that does worse
+  (the §4.2 finding). Kendall's tau of deep_cos's order against each metric and the consensus is reported
+  beside it. Needs two audited rules or more.
+- (d) depth utilization. Seeds: a margin of 2 pp over a shallow network trained with the same rule (004:
+  "margin vs DFA-shallow baseline ... (d) verdict at 2pp threshold ... MIXED if seeds disagree"). Here: margin =
+  test_acc - the frozen-blocks baseline of the setting, FIRE below `threshold_pp` (2). The baseline is the
+  better of the frozen runs' trained readout and their fitted readout (its convex optimum on the same frozen
+  features, `raycredit.rules.frozen`), each a mean over the setting's frozen seeds: nothing is called below the
+  frozen features before their readout is fitted. A setting is judged only where its BP beats that baseline by
+  `threshold_pp` (the both-fail analysis's guard): elsewhere exact gradients do not use depth either, and every
+  rule's (d) reads "invalid setting".
 
-Per setting and row (a rule and its varying knobs, as in the audit table), a verdict over seeds is PASS when
-no seed fires, FIRE when every seed does, MIXED when they disagree (seeds' 004: "reports MIXED if seeds
-disagree"), and – without any seed to judge. `analysis/protocol.py` prints these tables; `audit_table.py`
-shows them as columns; `raycredit diagnose` prints a run's own.
+Per setting and row (a rule and its varying knobs, as in the audit table), a verdict over seeds is PASS when no
+seed fires, FIRE when every seed does, MIXED when they disagree (seeds' 004: "reports MIXED if seeds
+disagree"), and "– (why)" when no seed could be judged, with the reason. `analysis/protocol.py` prints these
+tables; `audit_table.py` shows (a), (b) and (d) as columns; `raycredit diagnose` prints a run's own.
 
 A setting is (dataset, d, L, epochs) plus every other data, model or training knob that varies in the
-experiment; rows split a setting's runs by rule, credit_norm and any other rule knob that varies.
+experiment except the optimizer's (`optimizer`, `weight_decay`: a rule such as Kolen-Pollack brings its own, and
+stays in its setting); rows split a setting's runs by rule, credit_norm and any other rule or optimizer knob
+that varies.
 """
 
 from __future__ import annotations
@@ -30,17 +48,22 @@ from itertools import combinations
 from raycredit.config import SECTIONS
 
 BASE_SETTING = ["dataset", "d", "L", "epochs"]
-NOT_SETTING = {"rule", "seed", "device", "checkpoint_every"} | set(SECTIONS["rule"].__dataclass_fields__) | set(
-    SECTIONS["diag"].__dataclass_fields__)
+OPTIMIZER_KNOBS = {"optimizer", "weight_decay"}  # a rule's own optimizer: a row knob, not a setting
+NOT_SETTING = {"rule", "seed", "device", "checkpoint_every"} | OPTIMIZER_KNOBS | set(
+    SECTIONS["rule"].__dataclass_fields__) | set(SECTIONS["diag"].__dataclass_fields__)
 VARIANTS = ["credit_norm"]  # rule knobs that split a setting's runs of one rule, always reported
-RULE_KNOBS = set(SECTIONS["rule"].__dataclass_fields__) - {"rule"}
+RULE_KNOBS = (set(SECTIONS["rule"].__dataclass_fields__) - {"rule"}) | OPTIMIZER_KNOBS
 THRESHOLD_PP = 2.0
-AGREEMENT = 0.6
+GROWTH = 100.0
+FLOOR_RATIO = 1e-3
 # functional metrics and their sign: sign * value is higher for a better rule
-FUNCTIONAL = {"test_acc": 1.0, "deep_nudge": -1.0, "loss_decrease": -1.0}
+FUNCTIONAL = {"test_acc": 1.0, "deep_nudge": -1.0, "train_loss": -1.0}
+# every metric the verdicts read
+METRICS = ("mode1a", "mode1b", "test_acc", "deep_cos", "h_norm/last", "g_norm/last", "fit_test_acc", *FUNCTIONAL)
 UNAUDITED = ("bp", "frozen")  # bp's deep_cos is 1 by construction; frozen has no credit
 PASS, FIRE, MIXED, NONE = "PASS", "FIRE", "MIXED", "–"
-VERDICTS = ("(a)", "(b)", "(c)", "(d)")  # their column names
+VERDICTS = ("(a)", "(b)", "(c)", "(d)")
+RULE_VERDICTS = ("(a)", "(b)", "(d)")  # per rule row; (c) is a setting's and seed's
 
 
 def setting_columns(df) -> list[str]:
@@ -52,16 +75,19 @@ def setting_columns(df) -> list[str]:
 
 def row_columns(df) -> list[str]:
     """Setting, rule, credit_norm (always: the reference study's normalization is a confound to see) and any
-    other rule knob that varies."""
+    other rule or optimizer knob that varies."""
     knobs = sorted(c for c in df.columns if c in RULE_KNOBS and (c in VARIANTS or df[c].nunique(dropna=False) > 1))
     return setting_columns(df) + ["rule"] + knobs
 
 
-def combine(fired: Iterable) -> str:
-    """PASS / FIRE / MIXED over seeds' verdicts (True = fired; None = not judged), – when none was judged."""
+def combine(fired: Iterable, why: Iterable | None = None) -> str:
+    """PASS / FIRE / MIXED over seeds' verdicts (True = fired; None = not judged); without any judged seed, "–"
+    followed by the first reason given in `why` (one per seed)."""
+    fired = list(fired)
     judged = [f for f in fired if f is not None and f == f]
     if not judged:
-        return NONE
+        reasons = [w for w in (why or []) if isinstance(w, str) and w]
+        return f"{NONE} ({reasons[0]})" if reasons else NONE
     return FIRE if all(judged) else PASS if not any(judged) else MIXED
 
 
@@ -76,73 +102,132 @@ def kendall_tau(x: list[float], y: list[float]) -> float:
     return (sum(s > 0 for s in sign) - sum(s < 0 for s in sign)) / len(pairs)
 
 
-def _verdict(value: float, fires) -> bool | None:
-    return None if value != value else bool(fires(value))
-
-
-def run_verdicts(df, threshold_pp: float = THRESHOLD_PP, agreement: float = AGREEMENT):
-    """The finished-runs table (`raycredit.results`) with frozen_acc, margin_pp, the run verdicts (a)-(d)
-    (True = fires, False = passes, None = not judged) and the (setting, seed)'s tau_<metric> columns."""
+def setting_controls(df, setting: list[str]):
+    """Per setting: frozen_acc (the trained readout), frozen_fit_acc (the fitted one), baseline_acc (the better),
+    bp_acc, bp_h (mean h_norm/last), bp_g (mean g_norm/last), each a mean over seeds."""
     import pandas as pd
 
-    df = df.reset_index(drop=True)
-    for m in ("mode1a", "mode1b", "test_acc", "deep_cos", *FUNCTIONAL):
-        if m not in df:
-            df[m] = float("nan")
+    frozen = df[df["rule"] == "frozen"].groupby(setting, dropna=False)
+    bp = df[df["rule"] == "bp"].groupby(setting, dropna=False)
+    parts = [frozen["test_acc"].mean().rename("frozen_acc"), frozen["fit_test_acc"].mean().rename("frozen_fit_acc"),
+             bp["test_acc"].mean().rename("bp_acc"), bp["h_norm/last"].mean().rename("bp_h"),
+             bp["g_norm/last"].mean().rename("bp_g")]
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return None
+    out = pd.concat(parts, axis=1).reset_index()
+    for c in ("frozen_acc", "frozen_fit_acc", "bp_acc", "bp_h", "bp_g"):
+        if c not in out:
+            out[c] = float("nan")
+    out["baseline_acc"] = out[["frozen_acc", "frozen_fit_acc"]].max(axis=1)  # NaN only when both are
+    return out
+
+
+def run_verdicts(df, threshold_pp: float = THRESHOLD_PP, growth: float = GROWTH, floor_ratio: float = FLOOR_RATIO):
+    """The finished-runs table (`raycredit.results`) with the setting's controls (frozen_acc, frozen_fit_acc,
+    baseline_acc, bp_acc, bp_margin_pp), margin_pp, h_ratio and g_ratio (to BP's), the run verdicts (a)-(d)
+    (True = fires, False = passes, None = not judged, with the reason in why_(a) ...), and the (setting,
+    seed)'s tau_<metric> and tau_consensus columns."""
+    import pandas as pd
+
+    df = df.reset_index(drop=True).assign(**{m: float("nan") for m in METRICS if m not in df})
     setting = setting_columns(df)
-    frozen = df[df["rule"] == "frozen"].groupby(setting, dropna=False)["test_acc"].mean().rename("frozen_acc")
-    df = df.merge(frozen.reset_index(), on=setting, how="left") if len(frozen) else df.assign(frozen_acc=float("nan"))
-    df["margin_pp"] = 100 * (df["test_acc"] - df["frozen_acc"])
-    df["(a)"] = [_verdict(v, lambda v: v >= 0.5) for v in df["mode1a"]]
-    df["(b)"] = [_verdict(v, lambda v: v >= 0.5) for v in df["mode1b"]]
-    df["(d)"] = [None if r == "frozen" else _verdict(v, lambda v: v < threshold_pp)
-               for r, v in zip(df["rule"], df["margin_pp"], strict=True)]
-    df["(c)"] = None
-    for m in FUNCTIONAL:
-        df[f"tau_{m}"] = float("nan")
+    controls = setting_controls(df, setting)
+    if controls is not None:
+        df = df.merge(controls, on=setting, how="left")
+    else:
+        df = df.assign(**dict.fromkeys(("frozen_acc", "frozen_fit_acc", "baseline_acc", "bp_acc", "bp_h", "bp_g"),
+                                       float("nan")))
+    df = df.assign(margin_pp=100 * (df["test_acc"] - df["baseline_acc"]),
+                   bp_margin_pp=100 * (df["bp_acc"] - df["baseline_acc"]),
+                   h_ratio=df["h_norm/last"] / df["bp_h"], g_ratio=df["g_norm/last"] / df["bp_g"])
+    a, b, d, why_a, why_b, why_d = [], [], [], [], [], []
+    for _, r in df.iterrows():
+        if r["bp_h"] != r["bp_h"]:
+            a.append(None), why_a.append("no BP run in the setting")
+        elif r["h_ratio"] != r["h_ratio"]:
+            a.append(None), why_a.append("no ||h_L|| logged")
+        else:
+            a.append(bool(r["h_ratio"] >= growth)), why_a.append("")
+        if r["mode1b"] != r["mode1b"]:
+            b.append(None), why_b.append("no ||g_L|| logged")
+        elif r["bp_g"] != r["bp_g"]:
+            b.append(None), why_b.append("no BP run in the setting")
+        else:
+            b.append(bool(r["mode1b"] >= 0.5 and r["g_ratio"] <= floor_ratio)), why_b.append("")
+        if r["rule"] == "frozen":
+            d.append(None), why_d.append("the baseline itself")
+        elif r["baseline_acc"] != r["baseline_acc"]:
+            d.append(None), why_d.append("no frozen run in the setting")
+        elif r["bp_acc"] != r["bp_acc"]:
+            d.append(None), why_d.append("no BP run in the setting")
+        elif r["bp_margin_pp"] < threshold_pp:
+            d.append(None), why_d.append(f"invalid setting: BP {r['bp_margin_pp']:+.1f} pp over the baseline, "
+                                         f"< {threshold_pp:g}")
+        elif r["margin_pp"] != r["margin_pp"]:
+            d.append(None), why_d.append("no test_acc")
+        else:
+            d.append(bool(r["margin_pp"] < threshold_pp)), why_d.append("")
+    extra = {"(a)": a, "(b)": b, "(d)": d, "why_(a)": why_a, "why_(b)": why_b, "why_(d)": why_d,
+             "(c)": [None] * len(df),
+             "why_(c)": ["bp is the reference" if r == "bp" else "no credit" if r == "frozen" else
+                         "no other audited rule at this setting and seed" for r in df["rule"]],
+             **{f"tau_{m}": float("nan") for m in (*FUNCTIONAL, "consensus")}, "consensus_rank": float("nan")}
+    df = pd.concat([df, pd.DataFrame(extra, index=df.index)], axis=1)
     audited = df["deep_cos"].notna() & ~df["rule"].isin(UNAUDITED)
     label = [c for c in row_columns(df) if c not in setting]
     for _, group in df[audited].groupby(setting + ["seed"], dropna=False):
         if group[label].drop_duplicates().shape[0] < 2:
             continue
-        taus = {m: kendall_tau(list(group["deep_cos"]), list(sign * group[m])) for m, sign in FUNCTIONAL.items()}
-        known = sorted(t for t in taus.values() if t == t)
-        fired = None if not known else bool(pd.Series(known).median() < agreement)
+        ranks = pd.concat([(-sign * group[m]).rank(method="average") for m, sign in FUNCTIONAL.items()], axis=1)
+        consensus = ranks.mean(axis=1, skipna=True)
+        cos = list(group["deep_cos"])
+        taus = {m: kendall_tau(cos, list(sign * group[m])) for m, sign in FUNCTIONAL.items()}
+        taus["consensus"] = kendall_tau(cos, list(-consensus))
+        if consensus.isna().all():
+            continue
+        best = set(consensus.index[consensus == consensus.min()])
+        crowned = group["deep_cos"].idxmax()
         for i in group.index:
-            df.at[i, "(c)"] = fired
+            df.at[i, "(c)"] = crowned not in best
+            df.at[i, "why_(c)"] = ""
+            df.at[i, "consensus_rank"] = consensus[i]
             for m, t in taus.items():
                 df.at[i, f"tau_{m}"] = t
     return df
 
 
-def protocol_table(df, threshold_pp: float = THRESHOLD_PP, agreement: float = AGREEMENT):
-    """One row per (setting, rule, varying rule knobs): seeds, margin_pp mean and std (ddof=1), and the
-    verdicts (a)-(d) over seeds (PASS / FIRE / MIXED / –)."""
-    runs = run_verdicts(df, threshold_pp, agreement)
+def protocol_table(df, threshold_pp: float = THRESHOLD_PP, growth: float = GROWTH, floor_ratio: float = FLOOR_RATIO):
+    """One row per (setting, rule, varying rule knobs): seeds, margin_pp mean and std (ddof=1), the setting's
+    baseline and BP margin, and the verdicts (a), (b), (d) over seeds (PASS / FIRE / MIXED / – (why))."""
+    runs = run_verdicts(df, threshold_pp, growth, floor_ratio)
     keys = row_columns(runs)
     g = runs.groupby(keys, dropna=False, sort=True)
     out = g.size().rename("seeds").to_frame()
     out["margin_pp_mean"] = g["margin_pp"].mean()
     out["margin_pp_std"] = g["margin_pp"].std(ddof=1)
-    for v in VERDICTS:
-        out[v] = g[v].agg(lambda s: combine(s.tolist()))
+    for c in ("frozen_acc", "frozen_fit_acc", "baseline_acc", "bp_margin_pp"):
+        out[c] = g[c].first()
+    for v in RULE_VERDICTS:
+        out[v] = [combine(s[v].tolist(), s[f"why_{v}"].tolist()) for _, s in g]
     return out.reset_index()
 
 
-def functional_table(df, agreement: float = AGREEMENT):
+def functional_table(df, threshold_pp: float = THRESHOLD_PP):
     """Per setting and audited row: the seed means of the functional metrics and deep_cos, each with its rank
-    among the setting's rows (1 = best), the setting's tau_<metric> (mean over seeds) and its (c) over seeds;
-    the seeds' §4.2 table."""
-    runs = run_verdicts(df, agreement=agreement)
+    among the setting's rows (1 = best), the consensus rank (mean over seeds), and per setting the mean taus and
+    (c) over seeds: the seeds' §4.2 table, with the verdict once per setting."""
+    runs = run_verdicts(df, threshold_pp)
     setting, keys = setting_columns(runs), row_columns(runs)  # the experiment's, before leaving rows out
     runs = runs[runs["(c)"].notna()]
     if runs.empty:
         return runs
-    means = runs.groupby(keys, dropna=False)[["deep_cos", *FUNCTIONAL]].mean().reset_index()
+    means = runs.groupby(keys, dropna=False)[["deep_cos", *FUNCTIONAL, "consensus_rank"]].mean().reset_index()
     for m, sign in {**FUNCTIONAL, "deep_cos": 1.0}.items():
         means[f"{m}_rank"] = (sign * means[m]).groupby([means[k] for k in setting], dropna=False).rank(
             ascending=False, method="min")
-    per_setting = runs.groupby(setting, dropna=False)
-    taus = per_setting[[f"tau_{m}" for m in FUNCTIONAL]].mean()
+    per_seed = runs.drop_duplicates(setting + ["seed"])
+    per_setting = per_seed.groupby(setting, dropna=False)
+    taus = per_setting[[f"tau_{m}" for m in (*FUNCTIONAL, "consensus")]].mean()
     verdict = per_setting["(c)"].agg(lambda s: combine(s.tolist())).rename("(c)")
     return means.merge(taus.join(verdict).reset_index(), on=setting, how="left")

@@ -137,6 +137,7 @@ class EagerStepper:
         self.rule.generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
         self.step_loss = torch.compile(self.rule.loss) if cfg.train.compile else self.rule.loss
         self.members = [(self.model, self.rule)]
+        self.datas = [data]
         self.gens = [self.rule.generator]
         self.n = len(data.y_train)
 
@@ -231,6 +232,8 @@ def fit(stepper, cfgs: list[Config], probes: list[tuple[torch.Tensor, torch.Tens
             results[i] = epoch_metrics(cfgs[i], epoch, {"train_loss": loss_sum[i] / n, "train_acc": correct[i] / n,
                                                         **{k: v[i] for k, v in test.items()}},
                                        model, rule, *probes[i], h_init[i], t0, histories[i])
+            if epoch == E and not results[i]["diverged"]:
+                results[i].update(rule.final_metrics(model, stepper.datas[i]))
             histories[i].append(results[i])
         live = [i for i in live if not results[i]["diverged"]]
         if bar is not None:

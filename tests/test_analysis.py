@@ -137,3 +137,22 @@ def test_credit_norm_is_a_column_of_every_table_even_when_constant(tmp_path):
     for text in (summary_report(df, tmp_path, "t"), audit_report(df, tmp_path, "t"), report(df, tmp_path)):
         header = next(line for line in text.splitlines() if line.startswith("| ") or "credit_norm=" in line)
         assert "credit_norm" in header, text
+
+
+def test_seeds_whose_diagnostics_ran_in_different_dtypes_are_not_averaged():
+    """A configuration whose seeds' diagnostics ran in float64 and float32 is refused with one line naming them;
+    the same dtypes in different configurations are fine."""
+    import pytest
+
+    from raycredit.errors import UserError
+    from raycredit.tracking.results import finished_trials
+
+    def run(rule, seed, f64, dtype="float32"):
+        return {"status": "FINISHED", "params.rule": rule, "params.seed": str(seed), "params.d": "64",
+                "params.diag_dtype": dtype, "metrics.diag_float64": f64}
+
+    mixed = pd.DataFrame([run("ep", 0, 1.0), run("ep", 1, 0.0), run("fa", 0, 0.0), run("fa", 1, 0.0)])
+    with pytest.raises(UserError, match=r"rule=ep d=64: .*float64: seeds 0; float32: seeds 1"):
+        finished_trials(mixed)
+    fine = pd.DataFrame([run("ep", 0, 1.0, "float64"), run("ep", 1, 0.0), run("fa", 0, 0.0), run("fa", 1, 0.0)])
+    assert len(finished_trials(fine)) == 4

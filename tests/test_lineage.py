@@ -2,6 +2,7 @@
 raycredit.snapshot, the scaffold's hand-off knobs, the searches' Branch expansion)."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -182,6 +183,29 @@ def test_exploitability_is_calibrated_by_the_oracle_and_a_random_credit(bp_snaps
     assert abs(rnd["exploit/dL_same/k1/eta0.0002"]) < 0.05 * abs(d2)
 
 
+def test_exploitability_counts_divergence_instead_of_failing(bp_snapshot):
+    """A credit that blows the weights up at the large eta: those measurements are counted as diverged, left out
+    of the means and of the line search (whose best eta is then the grid's edge, flagged), never an exception;
+    clamping the gradient elements keeps the same step finite."""
+    cfg, data, snap = bp_snapshot
+    _, start = branch(cfg, snap, data, exploitability=True)
+    _, model, rule, _ = restore(start, data)
+    model, rule = model.double(), rule.to(torch.float64)
+    batches = [(data.x_train[i * 64:(i + 1) * 64].double(), data.y_train[i * 64:(i + 1) * 64]) for i in range(3)]
+    held = (data.x_test[:256].double(), data.y_test[:256])
+
+    def huge(m, hs, logits, y):
+        return [1e150 * a for a in rule.credits(m, hs, logits, y)]
+
+    out = measure(model, huge, batches, held, [1, 2, 3, 4], [1e-160, 1.0], [1, 3], normalize=False)
+    assert out["exploit/diverged/k3/eta1"] == 3 and out["exploit/diverged/k3"] == 1
+    assert math.isnan(out["exploit/dL_same/k3/eta1"]) and math.isnan(out["exploit/dL_same_std/k3/eta1"])
+    assert out["exploit/best_eta/k3"] == 1e-160 and out["exploit/best_eta_edge/k3"] == 1
+    assert math.isfinite(out["exploit/dL_same/k3"]) and out["exploit/diverged/k3/eta1e-160"] == 0
+    clamped = measure(model, huge, batches, held, [1, 2, 3, 4], [1e-3], [1], normalize=False, clamp=1.0)
+    assert clamped["exploit/diverged/k1"] == 0 and math.isfinite(clamped["exploit/dL_same/k1"])
+
+
 def test_scaffold_periodic_refit_and_top_down_blend(dfa_trunk):
     cfg, data, _, _ = dfa_trunk
     from raycredit.models import build_model
@@ -265,7 +289,7 @@ def test_lineage_tables_pair_branches_with_their_own_trunk():
 
     base = dict(parent_epoch=0, freeze_model=False, exploitability=False, s_type="eT", aux_kind="vector_field",
                 blend_alpha=0.75, prefit_epochs=0, freeze_after=-1, decay_to=-1.0, credit_norm=True,
-                exploit_blocks="all", deep_cos=0.0, deep_rho=0.0)
+                exploit_blocks="all", deep_cos=0.0, deep_rho=0.0, exploit_batches=4)
     rows = [dict(base, run_key="t0", parent_run="", rule="dfa", seed=0, test_acc=0.30),
             dict(base, run_key="t1", parent_run="", rule="dfa", seed=1, test_acc=0.40),
             dict(base, run_key="b0", parent_run="t0", parent_epoch=5, rule="scaffold", seed=0, test_acc=0.33),
@@ -283,13 +307,15 @@ def test_lineage_tables_pair_branches_with_their_own_trunk():
     assert rec.iloc[0]["nudge_deep"] == "-2.000 ± 0.000"
 
     ex = {"exploit/best_eta/k1": 0.1, "exploit/dL_same/k1": -0.2, "exploit/dL_held/k1": -0.1, "exploit/pur/k1": 0.5,
-          "exploit/upd_var/k1/eta0.1": 2.0}
+          "exploit/upd_var/k1/eta0.1": 2.0, "exploit/best_eta_edge/k1": 1.0, "exploit/diverged/k1/eta0.1": 0.0,
+          "exploit/diverged/k1/eta1": 3.0}
     meas = [dict(base, **ex, run_key="m0", parent_run="f0", parent_epoch=12, rule="vector_field",
                  exploitability=True, seed=0),
             dict(base, **ex, run_key="m1", parent_run="t0", parent_epoch=6, rule="bp", exploitability=True, seed=0)]
     table = exploit_table(pd.DataFrame(rows[:2] + fits + meas))
     assert sorted(zip(table["snapshot epoch"], table["credit"], strict=True)) == [(6, "oracle BP"), (6, "vector_field")]
     assert set(table["upd_var k=1"]) == {"2.000"} and set(table["PUR k=1"]) == {"0.500"}
+    assert set(table["best eta k=1"]) == {"0.1!"} and set(table["diverged k=1"]) == {"3/8"}
 
     trunk = pd.Series(dict(rule="dfa"))
     assert schedule_name(pd.Series(dict(rule="vector_field", parent_epoch=20)), trunk) == "DFA_T20_then_Vec"

@@ -120,6 +120,10 @@ class Rule(nn.Module):
         """CPU generator for fixed random tensors, independent of the init and batch streams (and of each other)."""
         return torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + 0x5EED + 7919 * stream)
 
+    def final_metrics(self, model: nn.Module, data) -> dict[str, float]:
+        """Metrics the rule adds to its run's last epoch (the frozen baseline's fitted readout); {} by default."""
+        return {}
+
     def exact_layers(self) -> frozenset[int]:
         """Layers whose credit is the exact gradient by construction, not an estimate (diagnostics leave them
         out of deep_cos and deep_rho unless every deep layer is exact)."""

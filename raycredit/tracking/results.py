@@ -3,8 +3,12 @@ notebooks."""
 
 from __future__ import annotations
 
+from raycredit.errors import UserError
 from raycredit.tracking.runs import RUN_KEY_TAG, SUMMARY_TAG
 from raycredit.tracking.store import load_runs
+
+# params that do not make a configuration: its seeds (and where they ran) are averaged together
+NOT_CONFIG = ("params.seed", "params.device")
 
 
 def numeric_or_text(s):
@@ -19,11 +23,31 @@ def numeric_or_text(s):
 
 
 def finished_trials(runs):
-    """The FINISHED rows of load_runs' table, without the runs that summarize a search (best config, plots)."""
+    """The FINISHED rows of load_runs' table, without the runs that summarize a search (best config, plots).
+    Refuses (UserError) a configuration whose seeds' diagnostics ran in different dtypes: their means would mix
+    exact and float32 numbers (`raycredit.diagnostics`)."""
     done = runs[runs["status"] == "FINISHED"]
     if f"tags.{SUMMARY_TAG}" in done.columns:
         done = done[done[f"tags.{SUMMARY_TAG}"].isna()]
+    check_dtypes(done)
     return done
+
+
+def check_dtypes(done) -> None:
+    if "metrics.diag_float64" not in done.columns or done.empty:
+        return
+    config = [c for c in done.columns if c.startswith("params.") and c not in NOT_CONFIG]
+    for key, group in done.groupby(config, dropna=False):
+        dtypes = group["metrics.diag_float64"].dropna()
+        if dtypes.nunique() > 1:
+            seeds = {d: ", ".join(sorted(map(str, group.loc[dtypes.index[dtypes == d], "params.seed"])))
+                     for d in sorted(dtypes.unique(), reverse=True)}
+            named = dict(zip(config, key if isinstance(key, tuple) else (key,), strict=True))
+            what = " ".join(f"{k.removeprefix('params.')}={named[k]}" for k in
+                            ("params.rule", "params.dataset", "params.d", "params.L") if k in named)
+            raise UserError(f"refusing to average {what}: its seeds' diagnostics ran in different dtypes "
+                            f"(float64: seeds {seeds.get(1.0, '-')}; float32: seeds {seeds.get(0.0, '-')}); "
+                            f"re-run them with diag_dtype=float64")
 
 
 def finished_table(runs):
