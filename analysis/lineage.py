@@ -89,7 +89,7 @@ def report_handoff(tracking_uri: str, experiment: str, out_dir: str | Path) -> s
                   "handoff")
 
 
-RECOVERY_METRICS = ("deep_cos", "deep_rho", "nudge_deep")
+RECOVERY_METRICS = ("deep_cos", "deep_rho", "deep_nudge")
 
 
 def recovery_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -97,8 +97,6 @@ def recovery_table(df: pd.DataFrame) -> pd.DataFrame:
     fits = df[df["freeze_model"]].copy() if "freeze_model" in df else pd.DataFrame()
     if fits.empty:
         return pd.DataFrame()
-    nudges = [c for c in fits.columns if c.startswith("nudge/l") and c != "nudge/l0"]
-    fits["nudge_deep"] = fits[nudges].mean(axis=1)
     rows = []
     for (t, rule, s_type), g in fits.groupby(["parent_epoch", "rule", "s_type"], sort=True):
         row = {"snapshot epoch": int(t), "estimator": rule if rule in ("dfa", "state_bridge") else f"{rule} "
@@ -111,8 +109,9 @@ def recovery_table(df: pd.DataFrame) -> pd.DataFrame:
 def report_recovery(tracking_uri: str, experiment: str, out_dir: str | Path) -> str:
     title = f"Credit recovery on frozen snapshots: {experiment}"
     return report(recovery_table(load(tracking_uri, experiment)), title,
-                  "After fitting on the frozen snapshot: deep_cos (the seeds' Gamma), deep_rho and the mean nudge of "
-                  "the deep layers, mean ± sample std (ddof=1) over seeds.", out_dir, "recovery")
+                  "After fitting on the frozen snapshot: deep_cos (the seeds' Gamma), deep_rho and deep_nudge, each "
+                  "over the same deep layers (those whose credit the rule estimates), mean ± sample std (ddof=1) "
+                  "over seeds.", out_dir, "recovery")
 
 
 def exploit_table(df: pd.DataFrame) -> pd.DataFrame:

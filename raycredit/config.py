@@ -281,6 +281,9 @@ class Config:
                 per_section[KEY_SECTION[key]][key] = value
             else:
                 raise _unknown(key)
+        rule = per_section["rule"].get("rule", RuleConfig.rule)
+        for k, v in RULE_DEFAULTS.get(rule, {}).items() if isinstance(rule, str) else ():
+            per_section[KEY_SECTION[k]].setdefault(k, v)  # a rule's own default; an explicit value wins
         built = {}
         for s, sec_cls in SECTIONS.items():
             fmap = {f.name: f for f in fields(sec_cls)}
@@ -364,6 +367,16 @@ CHECKS: list[Callable[[Config], None]] = []
 def register_check(check: Callable[[Config], None]) -> None:
     if check not in CHECKS:
         CHECKS.append(check)
+
+
+# A rule's own defaults for knobs of any section, by rule name (Kolen-Pollack brings the weight decay that aligns
+# its feedback): registered by `raycredit.rules` from each rule's `defaults`, like CHECKS; a key that the config
+# dict gives explicitly wins.
+RULE_DEFAULTS: dict[str, dict[str, Any]] = {}
+
+
+def register_rule_defaults(rule: str, defaults: dict[str, Any]) -> None:
+    RULE_DEFAULTS[rule] = dict(defaults)
 
 
 def number_list(key: str, text: str, kind: type, *, lo, need: bool = False) -> list:

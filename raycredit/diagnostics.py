@@ -21,7 +21,7 @@ cost, where dCE_n/dh_i is the costate and cos/l{i} the costate cosine):
 | `a_over_g/l{i}` | mean ||a_i|| / mean ||dCE_n/dh_i||: the credit's scale against the true gradient's |
 | `upd_cos/b{l}` | cosine of the rule's gradient for block l's parameters and the true one, on the probe (below) |
 | `deep_upd_cos` | mean of `upd_cos/b{l}` over the blocks of the deep layers above |
-| `wb_angle/{name}` | degrees between a feedback matrix and the forward weight it stands in for (below) |
+| `wb_angle/{name}` | degrees between a feedback matrix and the forward weight or product it stands in for (below) |
 | `wb_angle` | mean of the `wb_angle/{name}` |
 | `diag_float64` | 1 when the diagnostics ran in float64, 0 when in float32 (below) |
 | `mode1a` | 1 when ||h_L|| has grown >= 100x over its value at init (residual-stream growth) |
@@ -36,8 +36,10 @@ cost, where dCE_n/dh_i is the costate and cos/l{i} the costate cosine):
 samples (absent when no layer has one). `upd_cos/b{l}` compares the gradient the rule gives block l's
 parameters on the probe batch (before clipping and the optimizer's own scaling) with the true gradient of the
 probe's mean CE with respect to the same parameters. `wb_angle` pairs come from `Rule.feedback_pairs`: fa's
-and its relatives' B against W, and dfa's B_l against the readout weight (the forward product along the
-residual skip path). `loss_decrease` is the seeds' training-loss decrease: negative when the loss falls.
+and its relatives' B against W; and from `Rule.jacobian_feedback`: dfa's B_l against what it stands in for, the
+Jacobian dz/dh_l of the outputs with respect to h_l (the forward product through the blocks, out_ln and the
+readout), averaged over the probe's first `JACOBIAN_SAMPLES` samples. `loss_decrease` is the seeds' training-loss
+decrease: negative when the loss falls.
 
 A rule's exact layers (`Rule.exact_layers`: h_L for fa with fa_mode=reference and for state_bridge,
 whose a_L is the exact output-local gradient) are left out of the deep summaries, so that an exact
@@ -88,6 +90,7 @@ FLOAT32_REST = 0.03
 # float32 stands when every layer's cos, nudge and support are within this of a float64 pass of the probe
 FLOAT32_TOL = 1e-5
 CHECKED = ("cos/", "nudge/", "support/")
+JACOBIAN_SAMPLES = 64  # probe samples whose mean Jacobian dfa's feedback angle is measured against
 
 
 def to_floats(values: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -214,6 +217,14 @@ def update_alignment(model, rule: Rule, x: torch.Tensor, y: torch.Tensor, blocks
     return out
 
 
+def mean_jacobians(z: torch.Tensor, hs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """For each h in hs, (outputs, *h's feature shape): the Jacobian dz_n/dh_n averaged over the samples n, by one
+    batched backward over the outputs."""
+    eye = torch.eye(z.shape[1], dtype=z.dtype, device=z.device)
+    rows = torch.autograd.grad(z, hs, grad_outputs=eye[:, None, :].expand(-1, *z.shape), is_grads_batched=True)
+    return [r.mean(1) for r in rows]
+
+
 def angle_degrees(b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     b, w = b.flatten().double(), w.flatten().double()
     cos = (b @ w) / (b.norm() * w.norm()).clamp_min(torch.finfo(b.dtype).tiny)
@@ -264,6 +275,16 @@ def measure(model, rule: Rule, x: torch.Tensor, y: torch.Tensor, cfg: DiagConfig
         hs, logits, g = probe_forward(m, x, y)
         if own:
             credits = r.credits(m, hs, logits, y)
+        angles = {}
+        pairs = {} if check_only else r.jacobian_feedback()
+        if pairs:
+            layers = sorted({i for i, _ in pairs.values()})
+            # one backward per output: averaged over the probe's first JACOBIAN_SAMPLES samples, on their own graph
+            sub, sub_logits, _ = probe_forward(m, x[:JACOBIAN_SAMPLES], y[:JACOBIAN_SAMPLES])
+            jac = dict(zip(layers, mean_jacobians(sub_logits, [sub[i] for i in layers]), strict=True))
+            for name, (i, b) in pairs.items():
+                if jac[i].shape == b.shape:  # not per-token feedback (vit_mini), which stands for no one Jacobian
+                    angles[f"wb_angle/{name}"] = angle_degrees(b, jac[i])
     hs, logits = [h.detach() for h in hs], logits.detach()
     base = task_loss(logits, y, reduction="none")
     out: dict[str, torch.Tensor] = {"diag_float64": torch.tensor(float(float64))}
@@ -309,7 +330,7 @@ def measure(model, rule: Rule, x: torch.Tensor, y: torch.Tensor, cfg: DiagConfig
                 out[f"deep_cos_active/{tau}"] = torch.stack(vals).mean()
         if own:
             out.update(update_alignment(m, r, x, y, deep))
-    angles = {f"wb_angle/{name}": angle_degrees(b, w) for name, (b, w) in r.feedback_pairs(m).items()}
+    angles.update({f"wb_angle/{name}": angle_degrees(b, w) for name, (b, w) in r.feedback_pairs(m).items()})
     if angles:
         out.update(angles, wb_angle=torch.stack(list(angles.values())).mean())
     return out

@@ -67,9 +67,10 @@ def search_parser(name: str, doc: str, presets: dict, default_preset: str,
     p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial from its checkpoint")
     p.add_argument("--trial-timeout", type=float, default=0.0, metavar="S",
                    help="a trial that reports nothing for S seconds is killed as hung and retried (default 0: off)")
-    p.add_argument("--hang-factor", type=float, default=10.0, metavar="K",
-                   help="a trial silent for K times its own longest epoch so far is killed as hung and retried "
-                        "(default 10; 0: off)")
+    p.add_argument("--hang-after", type=float, default=60.0, metavar="S",
+                   help="a trial whose process has stopped (no heartbeat from it) for S seconds is killed as hung "
+                        "and retried; a slow epoch or a wait on the tracking server is not a hang (default 60; "
+                        "0: off)")
     p.add_argument("--system-metrics", type=float, default=10.0, metavar="S",
                    help="every S seconds, sample each trial's machine (CPU, memory, disk, network, NVIDIA GPUs) "
                         "into its MLflow run's system/* metrics (default 10; 0: off)")

@@ -306,12 +306,13 @@ def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack,
         raise UserError("--gpus-per-trial must be a finite number >= 0 and --cpus-per-trial a finite number > 0")
     if args.max_failures < 0:
         raise UserError("--max-failures must be >= 0")
-    for flag, value in (("--trial-timeout", args.trial_timeout), ("--hang-factor", args.hang_factor),
+    for flag, value in (("--trial-timeout", args.trial_timeout), ("--hang-after", args.hang_after),
                         ("--system-metrics", args.system_metrics)):
         if not math.isfinite(value) or value < 0:
             raise UserError(f"{flag} {value}: must be a finite number >= 0")
-    if 0 < args.hang_factor < 2:
-        raise UserError(f"--hang-factor {args.hang_factor}: below 2 an ordinary slow epoch counts as a hang")
+    if 0 < args.hang_after < engine.MIN_HANG_AFTER_S:
+        raise UserError(f"--hang-after {args.hang_after}: below {engine.MIN_HANG_AFTER_S:g} s a busy machine's "
+                        "scheduling delays count as a hang")
     experiment = args.experiment or f"{name}-{args.preset}"
     checks.experiment_name(experiment)
     wants_cuda = sorted({c.train.device for c in configs if c.train.device not in ("auto", "cpu")})
@@ -347,7 +348,7 @@ def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack,
     engine.OUTPUT.update(verbose=args.verbose)
     engine.tune_logging(args.verbose)
     engine.connect(address, verbose=args.verbose)
-    engine.HANG_LIMITS.update(timeout_s=args.trial_timeout, factor=args.hang_factor or float("inf"))
+    engine.HANG_LIMITS.update(timeout_s=args.trial_timeout, silent_s=args.hang_after)
     engine.check_shared_storage(storage)
     gpus = args.gpus_per_trial
     if gpus > 0 and engine.cluster_gpus() == 0:

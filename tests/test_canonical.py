@@ -182,6 +182,19 @@ def kp_cfg(**over):
                              "probe_size": 128, "rho_dirs": 4, "device": "cpu", **over})
 
 
+def test_kolen_pollack_brings_its_own_decay_and_an_explicit_value_wins():
+    from raycredit.errors import ConfigError
+
+    own = Config.from_dict({"rule": "kolen_pollack"})
+    assert (own.train.optimizer, own.train.weight_decay, own.rule.feedback_scale) == ("adamw", 10.0, 0.1)
+    assert Config.from_dict({"rule": "kolen_pollack", "weight_decay": 2.0}).train.weight_decay == 2.0
+    with pytest.raises(ConfigError, match="kolen_pollack needs weight_decay > 0"):
+        Config.from_dict({"rule": "kolen_pollack", "weight_decay": 0.0})
+    other = Config.from_dict({"rule": "fa"})
+    assert (other.train.optimizer, other.train.weight_decay, other.rule.feedback_scale) == ("adam", 0.0, 1.0)
+    assert Config.from_dict(own.to_dict()) == own  # a saved config reads back as it was
+
+
 def test_kolen_pollack_feedback_takes_the_forward_weights_step():
     """One SGD step: every B moves exactly as its W, so B - W shrinks by (1 - lr weight_decay)."""
     from raycredit.train import EagerStepper

@@ -165,7 +165,8 @@ def test_update_alignment_is_absent_while_the_model_is_frozen(tiny):
 
 
 def test_wb_angles_by_hand(tiny):
-    """fa: angle between each B and its W; dfa: B_l against the readout weight; bp: none."""
+    """fa: angle between each B and its W; dfa: B_l against the probe's mean Jacobian dz/dh_l, on a residual and
+    a plain net (finite differences); bp: none."""
     cfg, model, rule, x, y = trained(tiny, "fa")
     m = diagnose(model, rule, x, y, cfg.diag, seed=0)
     name = rule.linears[0]
@@ -173,10 +174,21 @@ def test_wb_angles_by_hand(tiny):
     w = model.get_submodule(name).weight.detach().double().flatten()
     assert m[f"wb_angle/{name}"] == pytest.approx(math.degrees(math.acos(b @ w / (b.norm() * w.norm()))), abs=1e-6)
     assert len([k for k in m if k.startswith("wb_angle/")]) == len(rule.linears)
-    cfg, model, rule, x, y = trained(tiny, "dfa")
-    m = diagnose(model, rule, x, y, cfg.diag, seed=0)
-    b, w = rule.B["2"].double().flatten(), model.readout.weight.detach().double().flatten()
-    assert m["wb_angle/l2"] == pytest.approx(math.degrees(math.acos(b @ w / (b.norm() * w.norm()))), abs=1e-6)
+    for arch in ("resmlp", "mlp"):
+        cfg, model, rule, x, y = trained(tiny, "dfa", arch=arch)
+        m = diagnose(model, rule, x, y, cfg.diag, seed=0)
+        mm = model.double()
+        h1 = mm.hiddens(x.double())[0][1].detach()
+        # the Jacobian of the logits at h_1 by finite differences along each coordinate, averaged over the probe
+        eps, cols = 1e-6, []
+        with torch.no_grad():
+            for k in range(h1.shape[1]):
+                e = torch.zeros_like(h1)
+                e[:, k] = eps
+                cols.append(((mm.forward_from(1, h1 + e) - mm.forward_from(1, h1 - e)) / (2 * eps))[:64].mean(0))
+        j = torch.stack(cols, 1).flatten()
+        b = rule.B["1"].double().flatten()
+        assert m["wb_angle/l1"] == pytest.approx(math.degrees(math.acos(b @ j / (b.norm() * j.norm()))), abs=1e-5)
     cfg, model, rule, x, y = trained(tiny, "bp")
     assert "wb_angle" not in diagnose(model, rule, x, y, cfg.diag, seed=0)
 

@@ -489,8 +489,9 @@ def test_a_truncated_trial_checkpoint_is_set_aside_and_the_trial_starts_over(ray
 
 
 def test_a_frozen_trial_is_killed_as_hung_and_retried_from_its_checkpoint(ray_session, tmp_path, capsys):
-    """SIGSTOP a trial's worker mid-sweep (as a hung NFS read or a wedged GPU would freeze it): the watch kills
-    it after --trial-timeout, Tune retries it from its checkpoint, and the sweep finishes with one complete run."""
+    """SIGSTOP a trial's worker mid-sweep (as a hung NFS read or a wedged GPU would freeze it): its heartbeat
+    stops, the watch kills it after --hang-after, Tune retries it from its checkpoint, and the sweep finishes with
+    one complete run."""
     import os
     import signal
     import threading
@@ -525,11 +526,11 @@ def test_a_frozen_trial_is_killed_as_hung_and_retried_from_its_checkpoint(ray_se
     rc = scan.main(["--preset", "smoke", "--seeds", "0", "--set", "rule=dfa", "--set", "d=16", "--set", "L=2",
                     "--set", "credit_norm=true", "--set", "checkpoint_every=1", "--epochs", "6",
                     "--set", "n_train=2000", "--tracking-uri", uri, "--storage", str(tmp_path / "ray"),
-                    "--gpus-per-trial", "0", "--trial-timeout", "8", "--experiment", "hung", "--no-analysis"])
+                    "--gpus-per-trial", "0", "--hang-after", "10", "--experiment", "hung", "--no-analysis"])
     watcher.join(timeout=5)
     out = capsys.readouterr().out
     assert rc == 0 and stopped, out[-3000:]
-    assert "killed as hung; it is retried from its checkpoint" in out
+    assert "is hung: its process has not run for" in out and "killed, it is retried from its checkpoint" in out
     [run] = assert_one_complete_run_per_trial(uri, "hung", 1, 6)
     assert run.info.run_id == stopped[0] and run.data.tags[tracking.ATTEMPT_TAG] == "2"
     # from a checkpoint, not from scratch: epoch 1's or 2's (epoch 2's metrics are logged just before its

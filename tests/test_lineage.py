@@ -300,11 +300,11 @@ def test_lineage_tables_pair_branches_with_their_own_trunk():
     assert table[table["branch"] == "continue_DFA"].iloc[0]["final acc"] == "0.350 ± 0.071"
 
     fits = [dict(base, run_key=f"f{s}", parent_run=f"t{s}", parent_epoch=6, rule="vector_field", seed=s,
-                 freeze_model=True, deep_cos=c, **{"nudge/l1": -1.0, "nudge/l2": -3.0})
+                 freeze_model=True, deep_cos=c, deep_nudge=-2.0)
             for s, c in ((0, 0.3), (1, 0.5))]
     rec = recovery_table(pd.DataFrame(rows[:2] + fits))
     assert list(rec["estimator"]) == ["vector_field (eT)"] and rec.iloc[0]["deep_cos"] == "0.400 ± 0.141"
-    assert rec.iloc[0]["nudge_deep"] == "-2.000 ± 0.000"
+    assert rec.iloc[0]["deep_nudge"] == "-2.000 ± 0.000"
 
     ex = {"exploit/best_eta/k1": 0.1, "exploit/dL_same/k1": -0.2, "exploit/dL_held/k1": -0.1, "exploit/pur/k1": 0.5,
           "exploit/upd_var/k1/eta0.1": 2.0, "exploit/best_eta_edge/k1": 1.0, "exploit/diverged/k1/eta0.1": 0.0,

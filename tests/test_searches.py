@@ -30,7 +30,7 @@ def test_every_search_documents_question_command_cost_and_has_both_presets(path)
     mod = load_search(path.stem)
     doc = mod.__doc__
     assert "Question:" in doc and "Cost:" in doc and f"python searches/{path.stem}.py" in doc
-    assert set(mod.PRESETS) == {"smoke", "paper"}
+    assert {"smoke", "paper"} <= set(mod.PRESETS)
     assert all(p.doc for p in mod.PRESETS.values())
     assert callable(mod.main)
 

@@ -20,6 +20,7 @@ from raycredit.engine.cluster import (  # noqa: E402
 )
 from raycredit.engine.sweep import (  # noqa: E402
     HANG_LIMITS,
+    MIN_HANG_AFTER_S,
     OUTPUT,
     HangWatch,
     OptunaSettings,
@@ -39,7 +40,7 @@ from raycredit.engine.trainable import (  # noqa: E402
     trainable,
 )
 
-__all__ = ["CHECKPOINT_FILE", "FAILURE_TAG", "HANG_LIMITS", "OUTPUT", "SET_ASIDE_TAG", "HangWatch", "OptunaSettings",
-           "SearchOutcome", "SweepSettings", "check_shared_storage", "check_trial_resources", "check_trusted",
-           "cluster_gpus", "connect", "disconnect", "open_run", "resolve_address", "run_label", "run_optuna",
-           "run_trials", "storage_visibility", "trainable", "tune_logging"]
+__all__ = ["CHECKPOINT_FILE", "FAILURE_TAG", "HANG_LIMITS", "MIN_HANG_AFTER_S", "OUTPUT", "SET_ASIDE_TAG", "HangWatch",
+           "OptunaSettings", "SearchOutcome", "SweepSettings", "check_shared_storage", "check_trial_resources",
+           "check_trusted", "cluster_gpus", "connect", "disconnect", "open_run", "resolve_address", "run_label",
+           "run_optuna", "run_trials", "storage_visibility", "trainable", "tune_logging"]

@@ -100,6 +100,8 @@ def trainable(config: dict, settings: dict, base: dict | None = None) -> None:
                     close(i, m, new[keys[i]])
         report(epoch, [m for _, m in members])
 
+    # from here on, the hang watch can tell a frozen process from a busy one
+    beating = heartbeat(s.heartbeat, tune.get_context().get_trial_id())
     try:
         if not todo:  # finished before the driver died, though Tune's state may not know it yet
             tune.report(trial_summary(trial_key, E, [r.final_metrics() for r in runs], True))
@@ -147,6 +149,9 @@ def trainable(config: dict, settings: dict, base: dict | None = None) -> None:
             if not r.finished:
                 r.finish("FAILED")
         raise
+    finally:
+        if beating is not None:
+            beating.set()
 
 
 @dataclass(frozen=True)
@@ -163,6 +168,37 @@ class SweepSettings:
     source_tags: dict = field(default_factory=dict)  # MLflow's mlflow.source.* / mlflow.user tags of the driver
     sweep: str = ""  # the sweep's Tune experiment name, tagged on every run (raycredit.sweep)
     system_metrics_s: float = 0.0  # seconds between samples of a trial's machine into its run's system/* metrics
+    heartbeat: str = ""  # the sweep's heartbeat actor (`engine.sweep.Heartbeats`), by name; "" for none
+
+
+HEARTBEAT_S = 1.0  # seconds between a trial's heartbeats
+
+
+def heartbeat(actor_name: str, trial_id: str):
+    """Start a daemon thread that tells the sweep's heartbeat actor, every HEARTBEAT_S, that this trial's process
+    is alive (`engine.sweep.HangWatch`): it beats while the trial computes a long epoch or waits on a tracking
+    server, and stops only when the whole process stops (SIGSTOP, a wedged driver call in C). Returns the
+    thread's stop event, or None without an actor."""
+    import threading
+
+    import ray
+
+    if not actor_name:
+        return None
+    stop = threading.Event()
+
+    def beat() -> None:
+        actor = None
+        while not stop.is_set():
+            try:
+                actor = actor or ray.get_actor(actor_name)
+                actor.beat.remote(trial_id)
+            except Exception:  # the driver, and its actor, are gone or restarting: nothing to tell
+                actor = None
+            stop.wait(HEARTBEAT_S)
+
+    threading.Thread(target=beat, name="raycredit-heartbeat", daemon=True).start()
+    return stop
 
 
 def run_label(cfg: Config) -> str:

@@ -1,6 +1,6 @@
 """The learning-rule registry: one file per rule, all behind `raycredit.rules.base.Rule`."""
 
-from raycredit.config import Config, register_check
+from raycredit.config import Config, register_check, register_rule_defaults
 from raycredit.errors import ConfigError
 from raycredit.rules.base import LocalRule, Rule
 from raycredit.rules.bp import BP
@@ -52,6 +52,8 @@ def validate(cfg: Config) -> None:
 
 
 register_check(validate)
+for _name, _cls in RULES.items():
+    register_rule_defaults(_name, _cls.defaults)
 
 
 def build_rule(cfg, model, n_classes: int) -> Rule:

@@ -4,9 +4,13 @@ Credit convention: a_i (i = 0..L) is a per-sample estimate of dCE_n/dh_i, the
 gradient of the sample's cross-entropy with respect to layer i. Block l
 (1-based) produces h_l, so its parameters follow the gradient of the local
 loss mean_n <f_l(h_{l-1}), a_l> with h_{l-1} and a_l detached; the embedding
-follows mean_n <h_0, a_0>. Readout and out_ln learn from the exact
-output-local CE gradient. The blocks' forward pass is cut (detach) between
-layers, so no hidden-layer backprop can reach a block in a local rule.
+follows mean_n <h_0, a_0>. The readout learns from the exact output-local CE
+gradient, and so does out_ln, except in the layer-wise rules (fa's lillicrap
+form, sign_symmetry, kolen_pollack): there the readout sends the error to
+out_ln through its feedback matrix, as every layer sends it to the one below
+(the published algorithm), so out_ln learns from the feedback signal. The
+blocks' forward pass is cut (detach) between layers, so no hidden-layer
+backprop can reach a block in a local rule.
 """
 
 from __future__ import annotations
@@ -97,6 +101,8 @@ class Rule(nn.Module):
     # trains in population mode (raycredit.population): loss() vmaps over stacked members, the auxiliary nets
     # stacked like the model, its random draws made per member beforehand (`random_draws`)
     population: ClassVar[bool] = True
+    # the rule's own defaults for knobs of any section (config.RULE_DEFAULTS); an explicit value wins
+    defaults: ClassVar[dict] = {}
 
     def __init__(self, cfg: Config, model: nn.Module, n_classes: int):
         super().__init__()
@@ -132,6 +138,11 @@ class Rule(nn.Module):
     def feedback_pairs(self, model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """{name: (feedback matrix, the forward weight of the same shape it stands in for)}, for the W-B
         alignment angles of the diagnostics; {} for rules without feedback matrices."""
+        return {}
+
+    def jacobian_feedback(self) -> dict[str, tuple[int, torch.Tensor]]:
+        """{name: (layer i, B)} for feedback matrices that stand in for the Jacobian of the outputs with respect to
+        h_i (dfa's B_l, outputs x d): the diagnostics' angle is to that Jacobian averaged over the probe."""
         return {}
 
     def trainable_params(self, model: nn.Module) -> list[nn.Parameter]:

@@ -38,11 +38,10 @@ class DFA(LocalRule):
     def credits(self, model, hs, logits, y):
         return dfa_credits(self.B, logits, y)
 
-    def feedback_pairs(self, model):
-        """B_l against the readout weight, where they have one shape: along the residual skip path the forward
-        product from h_l to the logits is the readout (out_ln and the blocks' branches aside)."""
-        w = model.readout.weight
-        return {f"l{l}": (self.B[str(l)], w) for l in range(len(self.B)) if self.B[str(l)].shape == w.shape}
+    def jacobian_feedback(self):
+        """B_l stands in for the whole forward product from h_l to the logits, dz/dh_l (Nøkland 2016): through the
+        blocks, out_ln and the readout, on residual and plain networks alike."""
+        return {f"l{l}": (l, self.B[str(l)]) for l in range(len(self.B))}
 
 
 class DFAWarmup(DFA):
