@@ -39,21 +39,43 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
     """Write atomically: a crash or a full disk mid-write leaves the previous checkpoint intact. A full disk
-    raises disk.DiskFull naming the path and the free space."""
+    raises disk.DiskFull naming the path and the free space.
+
+    The temporary file is created exclusively under a fresh random name (`tempfile.mkstemp`: O_EXCL, so a file or
+    symlink planted in shared storage is never written through), and renaming it over `path` replaces `path`
+    itself, never what a symlink there points to."""
+    import tempfile
+
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         # through a Python file: torch's own file writer reports a full disk as "unexpected pos 64 vs 0"
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             torch.save(ckpt, f)
             f.flush()
             os.fsync(f.fileno())  # a network filesystem may report a full disk only here
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         if disk.is_full(e):
             raise disk.full_error(path, e) from None
         raise
+
+
+def check_own_file(path: str | os.PathLike) -> None:
+    """UserError unless `path` is a regular file of this user: a symlink, or a file another user of shared storage
+    owns, is not read as this sweep's own checkpoint."""
+    import stat
+
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise UserError(f"{path} is a symbolic link (to {os.readlink(path)}), which raycredit never writes: refused")
+    if not stat.S_ISREG(st.st_mode):
+        raise UserError(f"{path} is not a regular file: refused")
+    if st.st_uid != os.getuid():
+        raise UserError(f"{path} belongs to another user (uid {st.st_uid}), not to this sweep's: refused")
 
 
 def checkpoint_dict(cfg: Config, epoch: int, model, rule, optimizer_state: dict, generator: torch.Generator,

@@ -100,7 +100,11 @@ def fetch_parent(cfg: Config, dst: str | os.PathLike, uri: str | None = None,
         raise UserError(f"parent_run {ref!r} is a run key, which names a run within a search's experiment; "
                         "pass the parent's MLflow run id")
     run_id, path = tracking.kept_checkpoint(uri, ref, epoch, dst, experiment_id if kind == "run_key" else None)
-    return run_id, at_epoch(load_checkpoint(path), epoch, f"run {run_id}")
+    try:
+        ckpt = load_checkpoint(path)
+    except UserError as e:  # named by the parent, not by the download's temporary path
+        raise UserError(str(e).replace(str(path), f"the epoch-{epoch} checkpoint of parent run {run_id}")) from None
+    return run_id, at_epoch(ckpt, epoch, f"run {run_id}")
 
 
 def _names(cfg: Config, in_shape, n_classes: int) -> tuple[torch.nn.Module, object, list[list[str]]]:

@@ -24,9 +24,15 @@ from raycredit.config import stable_hash
 from raycredit.errors import UserError
 
 
-def lock_path(folder: Path, tracking_uri: str, experiment: str) -> Path:
-    """The lock file of (store, experiment) in `folder`, the SQLite store's own folder."""
-    return folder / f".raycredit-{stable_hash([tracking_uri, experiment])}.lock"
+def lock_path(db: Path, experiment: str) -> Path:
+    """The lock file of (SQLite store `db`, experiment), in the store's folder. The store is identified by its
+    folder's device and inode and its file name, so every spelling of it (a symlinked folder, a relative or
+    absolute path, the README's `--tracking-uri sqlite:///$PWD/...` beside the default) takes one lock; a lock
+    file's own path is the resolved folder's."""
+    folder = db.parent.resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    st = folder.stat()
+    return folder / f".raycredit-{stable_hash([st.st_dev, st.st_ino, db.name, experiment])}.lock"
 
 
 @contextlib.contextmanager
@@ -49,8 +55,10 @@ def experiment_lock(path: Path, experiment: str) -> Iterator[None]:
 
 def owner() -> dict:
     """This driver, as a lock records it."""
+    from raycredit.tracking.store import redact
+
     return {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "command": " ".join(sys.argv)[:500]}
+            "command": redact(" ".join(sys.argv))[:500]}  # a tracking URI's password stays in this process
 
 
 def holder(path: Path) -> str:

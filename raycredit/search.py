@@ -82,11 +82,14 @@ def code_version() -> str:
 
 def source_tags(name: str) -> dict[str, str]:
     """MLflow's standard source tags for this driver's runs (the UI's Source column): the search script, the user,
-    and the checkout's git commit, branch and remote where there are any."""
+    and the checkout's git commit, branch and remote where there are any (credentials in the remote's URL
+    masked)."""
     import getpass
 
     from mlflow.entities import SourceType
     from mlflow.utils import mlflow_tags as t
+
+    from raycredit.tracking.store import redact
 
     root = Path(__file__).resolve().parents[1]
     script = root / "searches" / f"{name}.py"
@@ -100,7 +103,7 @@ def source_tags(name: str) -> dict[str, str]:
         except (OSError, subprocess.SubprocessError):
             value = ""
         if value:
-            tags[tag] = value
+            tags[tag] = redact(value)  # a remote such as https://user:token@host/repo.git keeps its token here
     return tags
 
 
@@ -339,7 +342,7 @@ def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack,
     # one driver per experiment: a second launch of this sweep, or of another that shares its configs, refuses
     # (before it starts Ray: it prints one line)
     if uri.startswith("sqlite:///"):
-        lock = locks.lock_path(Path(uri[len("sqlite:///"):]).parent, uri, experiment)
+        lock = locks.lock_path(Path(uri[len("sqlite:///"):]), experiment)
         held.enter_context(locks.experiment_lock(lock, experiment))
     else:
         held.enter_context(tracking.server_lock(uri, experiment, locks.owner(), on_lost=_lock_lost))

@@ -580,3 +580,37 @@ def test_a_tracking_server_holds_one_driver_lock_per_experiment(mlflow_server):
         while not lost and time.time() < deadline:
             time.sleep(0.1)
     assert len(lost) == 1 and "lost its lock of experiment 'exp3'" in lost[0] and "(pid 2 on b" in lost[0], lost
+
+
+def test_a_branch_whose_parent_checkpoint_is_bad_fails_alone_in_its_population(ray_session, tmp_path, capsys):
+    """Two trunks (seeds 0 and 1) keep epoch 1; seed 0's kept checkpoint is then truncated in the artifact store.
+    The branches train as one population of two: seed 1's branch finishes, seed 0's fails alone with one line
+    naming its parent run (not a temporary path), and no traceback."""
+    from raycredit.search import Branch, Preset
+
+    fixed = {"dataset": "synthetic", "d": 16, "L": 2, "n_train": 256, "n_test": 128, "epochs": 3, "probe_size": 32,
+             "rho_dirs": 2, "checkpoint_every": 3}
+    trunks = {"rule": ["dfa"], "seed": [0, 1]}
+    presets = {"trunks": Preset(grid=trunks, fixed={**fixed, "keep_epochs": "1"}, doc="the trunks"),
+               "smoke": Preset(grid=trunks, fixed=fixed, doc="trunks and branches",
+                               branches=(Branch(of={"parent_run": [""]}, at=(1,), grid={"rule": ["bp"]}),))}
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = ["--tracking-uri", uri, "--storage", str(tmp_path / "ray"), "--gpus-per-trial", "0", "--experiment",
+            "bad_parent", "--population", "2"]
+    assert run_search("bad_parent", "", presets, default_preset="smoke", argv=["--preset", "trunks", *argv],
+                      analysis=None) == 0
+    client, runs = runs_of(uri, "bad_parent")
+    [bad] = [r for r in runs if r.data.tags["seed"] == "0"]
+    [kept] = list(tmp_path.glob(f"**/{bad.info.run_id}/artifacts/checkpoint/epoch-1/checkpoint.pt"))
+    kept.write_bytes(kept.read_bytes()[:100])
+    capsys.readouterr()
+    code = run_search("bad_parent", "", presets, default_preset="smoke", argv=["--preset", "smoke", *argv],
+                      analysis=None)
+    out, err = capsys.readouterr()
+    client, runs = runs_of(uri, "bad_parent")
+    branches = {r.data.tags["seed"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert branches["1"].info.status == "FINISHED", out[-2000:]
+    assert branches["0"].info.status == "FAILED" and code == 1
+    reason = branches["0"].data.tags[engine.FAILURE_TAG]
+    assert f"parent run {bad.info.run_id}" in reason and "/tmp" not in reason.split("parent run")[0]
+    assert "Traceback" not in out + err

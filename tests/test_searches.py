@@ -137,8 +137,11 @@ def test_audit_smoke_with_two_seeds_ends_with_one_audit_row_per_rule(ray_session
     fa = runs[runs["params.rule"] == "fa"]["metrics.test_acc"].tolist()
     table = pd.read_csv(tmp_path / "report" / "audit_table.csv").set_index("rule")
     assert len(fa) == 2 and table.loc["fa", "test_acc_std"] == pytest.approx(statistics.stdev(fa), rel=1e-9)
-    frozen = runs[runs["params.rule"] == "frozen"]["metrics.test_acc"].mean()
+    frozen_runs = runs[runs["params.rule"] == "frozen"]
+    trained, fitted = frozen_runs["metrics.test_acc"].mean(), frozen_runs["metrics.fit_test_acc"].mean()
+    frozen = max(trained, fitted)  # the baseline: the better of the trained and the fitted readout
     assert table.loc["fa", "frozen_margin"] == pytest.approx(statistics.mean(fa) - frozen, rel=1e-9)
+    assert table.loc["fa", "frozen_fit_acc"] == pytest.approx(fitted, rel=1e-9)
 
 
 @pytest.mark.parametrize("argv, words", [

@@ -27,6 +27,7 @@ from ray import tune
 
 from raycredit.config import Config
 from raycredit.engine.trainable import (
+    FAILED_MEMBERS,
     TRIAL_DONE,
     SweepSettings,
     item_members,
@@ -292,6 +293,7 @@ def run_trials(configs: list[Config], settings: SweepSettings, *, name: str, sto
         else:
             outcome = "FINISHED" if last.get(TRIAL_DONE) else "KILLED"
         status.update({c.key(): outcome for c in members})
+        status.update({k: "FAILED" for k in (last.get(FAILED_MEMBERS) or "").split(",") if k in status})
     return status
 
 

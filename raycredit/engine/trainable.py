@@ -31,6 +31,7 @@ SET_ASIDE_TAG = "raycredit.checkpoint_set_aside"  # where an unreadable trial ch
 # reported with every result: 1 once every run of the trial is finished (Tune's own "done" is also 1 for a
 # trial a scheduler stopped early)
 TRIAL_DONE = "runs_done"
+FAILED_MEMBERS = "failed_members"  # reported: run keys of a population's members that failed alone
 
 
 def trainable(config: dict, settings: dict, base: dict | None = None) -> None:
@@ -71,11 +72,13 @@ def trainable(config: dict, settings: dict, base: dict | None = None) -> None:
         runs[i].set_tags({"diverged": int(metrics.get("diverged", 0))})
         runs[i].finish("FINISHED")
 
+    alone: list[str] = []  # keys of members that failed on their own (a bad parent checkpoint)
+
     def report(epoch: int, results: list[dict]) -> None:
         done = all(runs[i].finished for i in todo)
         if done:
             shutil.rmtree(folder, ignore_errors=True)
-        tune.report(trial_summary(trial_key, epoch, results, done))
+        tune.report(trial_summary(trial_key, epoch, results, done, tuple(alone)))
 
     def on_epoch(epoch: int, results: list[dict | None], checkpoint_fn) -> None:
         members = [(todo[j], m) for j, m in enumerate(results) if m is not None]
@@ -106,13 +109,35 @@ def trainable(config: dict, settings: dict, base: dict | None = None) -> None:
         if not todo:  # finished before the driver died, though Tune's state may not know it yet
             tune.report(trial_summary(trial_key, E, [r.final_metrics() for r in runs], True))
             return
-        folder.mkdir(parents=True, exist_ok=True)
+        own_folder(folder)
         saved = read_checkpoint(path, keys[0], [runs[i] for i in todo])
         entries = [saved.get(keys[i]) for i in todo] if saved else None
         if entries is not None and None in entries:
-            raise RuntimeError(f"{path} lacks unfinished members of its trial; delete it to restart them")
+            if not cfgs[0].lineage.parent_run:
+                raise RuntimeError(f"{path} lacks unfinished members of its trial; delete it to restart them")
+            # branches that failed alone at the start (a bad parent checkpoint): their siblings train on, and
+            # re-running the sweep retries them in a trial of their own
+            for i in [i for i, e in zip(todo, entries, strict=True) if e is None]:
+                runs[i].set_tags({FAILURE_TAG: "its parent checkpoint was unusable when its trial started"})
+                runs[i].finish("FAILED")
+                alone.append(keys[i])
+            todo, entries = [i for i in todo if keys[i] in saved], [e for e in entries if e is not None]
         if entries is None and cfgs[0].lineage.parent_run:  # a branch's first attempt (members share the epoch)
-            entries = [branch_entry(s, cfgs[i], runs[i], data[i], folder) for i in todo]
+            starts = {}
+            for i in todo:
+                try:
+                    starts[i] = branch_entry(s, cfgs[i], runs[i], data[i], folder)
+                except UserError as e:  # its parent's checkpoint is bad: this member fails alone, its siblings train
+                    print(f"error: {names[i]}: {e}", flush=True)
+                    runs[i].set_tags({FAILURE_TAG: str(e)})
+                    runs[i].finish("FAILED")
+                    alone.append(keys[i])
+            if not starts:
+                tune.report({"failure": "every member's parent checkpoint is unusable", "run_key": trial_key,
+                             FAILED_MEMBERS: ",".join(alone)})
+                return
+            todo = list(starts)
+            entries = list(starts.values())
         device = trial_device()
         for i in todo:
             start_attempt(runs[i], entries[0]["epoch"] if entries else 0, device)
@@ -303,9 +328,10 @@ def trial_dirname(trial) -> str:
     return trial.trial_id
 
 
-def trial_summary(key: str, epoch: int, results: list[dict], done: bool) -> dict:
+def trial_summary(key: str, epoch: int, results: list[dict], done: bool, failed: tuple[str, ...] = ()) -> dict:
     """What a trial reports to Tune: a single member's metrics, or a population's means over the members that
-    have not diverged (each member's run holds its own), and whether every member is done."""
+    have not diverged (each member's run holds its own), whether every member is done, and the run keys of the
+    members that failed alone (`FAILED_MEMBERS`, comma-separated)."""
     ok = [m for m in results if not m.get("diverged")]
     if len(results) == 1:
         means = dict(results[0])
@@ -313,7 +339,7 @@ def trial_summary(key: str, epoch: int, results: list[dict], done: bool) -> dict
         means = {k: sum(m[k] for m in ok) / len(ok) for k in ("train_loss", "test_acc", "deep_cos")
                  if ok and all(k in m for m in ok)}
     return {**means, "epoch": epoch, "members": len(results), "diverged": float(len(results) - len(ok)),
-            TRIAL_DONE: float(done), "run_key": key}
+            TRIAL_DONE: float(done), "run_key": key, FAILED_MEMBERS: ",".join(failed)}
 
 
 def trial_device() -> str:
@@ -364,16 +390,30 @@ def write_checkpoint(path: Path, members: dict[str, dict], population: bool) -> 
                     else next(iter(members.values())), path)
 
 
+def own_folder(folder: Path) -> None:
+    """Make the trial's folder, as a directory of its own: a symlink planted in its place in shared storage is
+    moved to <checkpoints>/set_aside/ (the link, never its target) with a warning, not written through."""
+    if folder.is_symlink():
+        aside = folder.parent / "set_aside" / f"{folder.name}.symlink-{time.strftime('%Y%m%d-%H%M%S')}"
+        aside.parent.mkdir(exist_ok=True)
+        os.replace(folder, aside)
+        print(f"warning: {folder} was a symbolic link (to {os.readlink(aside)}), which raycredit never makes; set "
+              f"aside as {aside}", flush=True)
+    folder.mkdir(parents=True, exist_ok=True)
+
+
 def read_checkpoint(path: Path, key: str, runs: list) -> dict[str, dict]:
     """{member key: checkpoint} of the trial's file at `path` ({} when there is none); `key` names the member of
-    a one-config trial. An unreadable file (truncated by a full disk or a crash, corrupt) is moved to
-    <checkpoints>/set_aside/, noted on `runs` and in the trial's log, and the trial starts over from scratch:
-    its epochs are recomputed (the runs keep the ones they logged)."""
-    from raycredit.checkpoint import load_checkpoint
+    a one-config trial. An unreadable file (truncated by a full disk or a crash, corrupt), or one that is not
+    this user's own regular file (a symlink, another user's file in shared storage), is moved to
+    <checkpoints>/set_aside/ (a symlink itself, never its target), noted on `runs` and in the trial's log, and
+    the trial starts over from scratch: its epochs are recomputed (the runs keep the ones they logged)."""
+    from raycredit.checkpoint import check_own_file, load_checkpoint
 
-    if not path.exists():
+    if not os.path.lexists(path):
         return {}
     try:
+        check_own_file(path)
         ckpt = load_checkpoint(path)
     except UserError as e:
         # beside the trials' folders, not in its own (which goes once the trial finishes): kept to inspect
