@@ -78,6 +78,10 @@ def both_fail(df: pd.DataFrame, bp_margin: float = BP_MARGIN) -> tuple[pd.DataFr
     return rows, counts
 
 
+def acc(value: float) -> str:
+    return "–" if pd.isna(value) else f"{value:.3f}"
+
+
 def setting_label(row, keys: list[str], df: pd.DataFrame) -> str:
     shown = [k for k in keys if k in ("d", "L", *VARIANTS) or df[k].nunique(dropna=False) > 1]
     return " ".join(f"{k}={row[k]}" for k in shown)
@@ -102,7 +106,7 @@ def report(df: pd.DataFrame, out_dir: str | Path, bp_margin: float = BP_MARGIN) 
             lines.append(f"- {setting_label(c, keys, df)}: {int(c['qualifying'])}/{int(c['seeds'])} seeds "
                          f"(FA below frozen {int(c['fa_below'])}/{int(c['seeds'])}, DFA below "
                          f"{int(c['dfa_below'])}/{int(c['seeds'])}; frozen {c['frozen_acc']:.3f} "
-                         f"({c['frozen_trained_acc']:.3f} / {c['frozen_fit_acc']:.3f}), "
+                         f"({acc(c['frozen_trained_acc'])} / {acc(c['frozen_fit_acc'])}), "
                          f"BP {c['bp_acc']:.3f}, FA {c['fa_acc']:.3f}, DFA {c['dfa_acc']:.3f})")
         if valid.empty:
             lines.append("- none")
@@ -110,7 +114,8 @@ def report(df: pd.DataFrame, out_dir: str | Path, bp_margin: float = BP_MARGIN) 
             lines += ["", "Invalid settings, not counted (BP does not beat frozen by the margin, or a control is "
                           "missing):"]
             for _, c in invalid.iterrows():
-                base = "no frozen runs" if pd.isna(c["frozen_acc"]) else f"frozen {c['frozen_acc']:.3f}"
+                base = "no frozen runs" if pd.isna(c["frozen_acc"]) else (
+                    f"frozen {c['frozen_acc']:.3f} ({acc(c['frozen_trained_acc'])} / {acc(c['frozen_fit_acc'])})")
                 bp = "no bp runs" if pd.isna(c["bp_acc"]) else f"BP {c['bp_acc']:.3f}"
                 lines.append(f"- {setting_label(c, keys, df)}: {bp}, {base}")
         q = rows[rows["qualifies"]]

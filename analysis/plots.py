@@ -3,12 +3,14 @@
 - growth.png: ||h_L|| and ||g_L|| at each diagnostic epoch, a panel per (width d, depth L), one line per rule
   (mean over its runs, ± std band), log axes;
 - accuracy_vs_depth.png: final test accuracy against L, a panel per width d, one line per rule (mean ± std
-  band over runs), the frozen baseline dashed, ticks at the depths run (when L varies);
+  band over runs), the frozen baseline's trained readout dashed and its fitted readout dotted, ticks at the
+  depths run (when L varies);
   (in these and in penalty_rescue.png a rule whose runs differ in credit_norm gets a line per value)
 - penalty_rescue.png: final test accuracy against the block-output penalty lambda, one line per rule
   (when penalty_lam varies);
 - both_fail_map.png: the d x L grid coloured by the fraction of seeds where FA and DFA both fall below
-  the frozen baseline in a valid setting (BP beats frozen), annotated k/n, a panel per credit_norm
+  the frozen baseline (the better readout) in a valid setting (BP beats frozen), annotated k/n, a panel per
+  credit_norm
   (when the experiment has fa, dfa and frozen runs).
 
 A plot is drawn only when the experiment has what it needs. The files go to --out, and to the run named
@@ -33,7 +35,7 @@ from analysis.both_fail import both_fail  # noqa: E402
 from analysis.tables import cli_main, finished_runs, finished_trials  # noqa: E402
 from raycredit import tracking  # noqa: E402
 
-FINAL = ("test_acc", "deep_cos", "diverged")
+FINAL = ("test_acc", "deep_cos", "diverged", "fit_test_acc")
 
 
 def line_labels(df: pd.DataFrame) -> pd.Series:
@@ -86,13 +88,18 @@ def growth(histories: pd.DataFrame):
 
 
 def accuracy_against(df: pd.DataFrame, x: str, xlabel: str, title: str, ax=None):
-    """Mean test accuracy ± std over runs against knob x, one line per rule; frozen, the baseline, dashed."""
+    """Mean test accuracy ± std over runs against knob x, one line per rule; the frozen baseline's trained readout
+    dashed and its fitted readout dotted."""
     if ax is None:
         fig, ax = plt.subplots(figsize=(6, 4))
     stats = df.assign(line=line_labels(df)).groupby(["line", x])["test_acc"].agg(["mean", "std"]).reset_index()
     for rule, g in stats.groupby("line", sort=True):
         style = dict(linestyle="--", color="black") if rule == "frozen" else dict(marker="o")
-        band(ax, g[x], g["mean"], g["std"], label=f"{rule} (baseline)" if rule == "frozen" else rule, **style)
+        band(ax, g[x], g["mean"], g["std"], label="frozen, trained readout" if rule == "frozen" else rule, **style)
+    fitted = df[df["rule"] == "frozen"].get("fit_test_acc")
+    if fitted is not None and fitted.notna().any():  # the frozen features' fitted readout (raycredit.rules.frozen)
+        g = df[df["rule"] == "frozen"].groupby(x)["fit_test_acc"].agg(["mean", "std"]).reset_index()
+        band(ax, g[x], g["mean"], g["std"], label="frozen, fitted readout", linestyle=":", color="black")
     ax.set(xlabel=xlabel, ylabel="test accuracy (mean ± std over runs)", title=title)
     ax.legend(fontsize=8)
     return ax.figure, ax

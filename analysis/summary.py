@@ -23,7 +23,7 @@ from raycredit.tracking import load_runs
 
 METRICS = ("test_acc", "deep_cos", "deep_rho", "h_norm_L", "mode1a", "diverged")
 NOT_GROUPED = {"seed", "device", "checkpoint_every", "diag_every", "data_dir", "download", "n_classes", "keep_epochs",
-               "parent_run", *METRICS}
+               "parent_run", "fit_test_acc", *METRICS}
 DEPTH_METRICS = {"h_norm_L": "h_norm/l{L}", "g_norm_L": "g_norm/l{L}"}  # read at each run's last layer L
 
 

@@ -62,7 +62,7 @@ def test_every_plot_of_a_scan_with_its_series(store):
     depth = figs["accuracy_vs_depth.png"].axes
     assert [ax.get_title() for ax in depth] == ["accuracy vs depth, d=16", "accuracy vs depth, d=32"]
     for ax, d in zip(depth, (16, 32), strict=True):
-        assert len(ax.get_lines()) == 4 and "frozen (baseline)" in [line.get_label() for line in ax.get_lines()]
+        assert len(ax.get_lines()) == 4 and "frozen, trained readout" in [line.get_label() for line in ax.get_lines()]
         assert list(ax.get_xticks()) == [2, 4]
         fa = next(line for line in ax.get_lines() if line.get_label() == "fa")
         assert list(fa.get_xdata()) == [2, 4] and fa.get_ydata()[0] == pytest.approx(0.305 + d / 1000)  # seeds 0, 1
