@@ -58,14 +58,11 @@ def finished_table(runs):
     done = finished_trials(runs)
     if done.empty:
         return pd.DataFrame()
-    out = pd.DataFrame({c.removeprefix("params."): done[c] for c in done.columns if c.startswith("params.")})
-    out = out.apply(numeric_or_text)
-    for c in done.columns:
-        if c.startswith("metrics."):
-            out[c.removeprefix("metrics.")] = done[c].astype(float)
-    out["run_id"] = done["run_id"]
-    out["run_key"] = done.get(f"tags.{RUN_KEY_TAG}")
-    return out.reset_index(drop=True)
+    params = pd.DataFrame({c.removeprefix("params."): done[c] for c in done.columns if c.startswith("params.")})
+    metrics = pd.DataFrame({c.removeprefix("metrics."): done[c].astype(float) for c in done.columns
+                            if c.startswith("metrics.")}, index=done.index)
+    ids = pd.DataFrame({"run_id": done["run_id"], "run_key": done.get(f"tags.{RUN_KEY_TAG}")}, index=done.index)
+    return pd.concat([params.apply(numeric_or_text), metrics, ids], axis=1).reset_index(drop=True)
 
 
 def results(experiment: str, tracking_uri: str | None = None):
