@@ -186,7 +186,7 @@ def test_kolen_pollack_brings_its_own_decay_and_an_explicit_value_wins():
     from raycredit.errors import ConfigError
 
     own = Config.from_dict({"rule": "kolen_pollack"})
-    assert (own.train.optimizer, own.train.weight_decay, own.rule.feedback_scale) == ("adamw", 10.0, 0.1)
+    assert (own.train.optimizer, own.train.weight_decay, own.rule.feedback_scale) == ("adamw", 5.0, 0.1)
     assert Config.from_dict({"rule": "kolen_pollack", "weight_decay": 2.0}).train.weight_decay == 2.0
     with pytest.raises(ConfigError, match="kolen_pollack needs weight_decay > 0"):
         Config.from_dict({"rule": "kolen_pollack", "weight_decay": 0.0})
