@@ -127,24 +127,29 @@ def penalty_rescue(df: pd.DataFrame):
 
 
 def both_fail_map(counts: pd.DataFrame):
-    """counts: both_fail's per-setting table (d, L, seeds, qualifying), summed over any other setting knob;
-    one panel per credit_norm value."""
+    """counts: both_fail's per-setting table (d, L, seeds, qualifying, valid), summed over any other setting knob;
+    one panel per credit_norm value; an invalid setting is grey and says so, not 0/n."""
     ds, Ls = sorted(counts["d"].unique()), sorted(counts["L"].unique())
     panels = sorted(counts["credit_norm"].astype(str).unique()) if "credit_norm" in counts else [None]
     fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * (1.2 * len(Ls) + 1.5) + 1.5,
                                                       1.0 * len(ds) + 1.5), squeeze=False, constrained_layout=True)
     for k, (ax, panel) in enumerate(zip(axes[0], panels, strict=True)):
         part = counts if panel is None else counts[counts["credit_norm"].astype(str) == panel]
-        grid = part.groupby(["d", "L"])[["qualifying", "seeds"]].sum()
-        frac = [[grid.loc[(d, L), "qualifying"] / grid.loc[(d, L), "seeds"] if (d, L) in grid.index
-                 else float("nan") for L in Ls] for d in ds]
-        im = ax.imshow(frac, cmap="viridis", vmin=0, vmax=1, origin="lower", aspect="auto")
+        grid = part.assign(valid=part["valid"].astype(bool)).groupby(["d", "L"]).agg(
+            qualifying=("qualifying", "sum"), seeds=("seeds", "sum"), valid=("valid", "all"))
+        frac = [[grid.loc[(d, L), "qualifying"] / grid.loc[(d, L), "seeds"]
+                 if (d, L) in grid.index and grid.loc[(d, L), "valid"] else float("nan") for L in Ls] for d in ds]
+        cmap = plt.get_cmap("viridis").copy()
+        cmap.set_bad("lightgrey")  # invalid settings (BP does not beat frozen) and settings not run
+        im = ax.imshow(frac, cmap=cmap, vmin=0, vmax=1, origin="lower", aspect="auto")
         for i, d in enumerate(ds):
             for j, L in enumerate(Ls):
                 if (d, L) in grid.index:
                     q, n = grid.loc[(d, L), "qualifying"], grid.loc[(d, L), "seeds"]
-                    ax.text(j, i, f"{int(q)}/{int(n)}", ha="center", va="center",
-                            color="white" if q / n < 0.5 else "k")
+                    valid = grid.loc[(d, L), "valid"]
+                    ax.text(j, i, f"{int(q)}/{int(n)}" if valid else "invalid\n(BP ≤ frozen + margin)",
+                            ha="center", va="center", color="white" if valid and q / n < 0.5 else "k",
+                            fontsize=None if valid else 8)
         ax.set_xticks(range(len(Ls)), [str(L) for L in Ls])
         ax.set_yticks(range(len(ds)), [str(d) for d in ds])
         title = "FA and DFA both below frozen" + ("" if panel is None else f"\ncredit_norm={panel}")

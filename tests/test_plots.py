@@ -102,3 +102,16 @@ def test_plots_are_written_and_logged_to_the_summary_run(store, capsys):
     # and the summary run does not count as a trial in the next plots
     figs = plots.figures(uri, tracking.load_runs(uri, "rescue"))
     assert len(figs["growth.png"].axes[0].get_lines()) == 2
+
+
+def test_an_invalid_setting_is_grey_on_the_map_and_says_so():
+    import math
+
+    import pandas as pd
+
+    counts = pd.DataFrame([dict(d=64, L=2, credit_norm=True, seeds=2, qualifying=2, valid=True),
+                           dict(d=128, L=2, credit_norm=True, seeds=2, qualifying=0, valid=False)])
+    ax = plots.both_fail_map(counts).axes[0]
+    assert sorted(t.get_text() for t in ax.texts) == ["2/2", "invalid\n(BP < frozen + margin)"]
+    cells = ax.images[0].get_array()
+    assert cells[0][0] == 1.0 and math.isnan(float(cells.filled(float("nan"))[1][0]))
