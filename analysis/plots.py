@@ -147,7 +147,7 @@ def both_fail_map(counts: pd.DataFrame):
                 if (d, L) in grid.index:
                     q, n = grid.loc[(d, L), "qualifying"], grid.loc[(d, L), "seeds"]
                     valid = grid.loc[(d, L), "valid"]
-                    ax.text(j, i, f"{int(q)}/{int(n)}" if valid else "invalid\n(BP ≤ frozen + margin)",
+                    ax.text(j, i, f"{int(q)}/{int(n)}" if valid else "invalid\n(BP < frozen + margin)",
                             ha="center", va="center", color="white" if valid and q / n < 0.5 else "k",
                             fontsize=None if valid else 8)
         ax.set_xticks(range(len(Ls)), [str(L) for L in Ls])
