@@ -143,7 +143,9 @@ def heartbeat_actor(name: str):
 
 class HangWatch(tune.Callback):
     """Kills a trial whose process has stopped, so that it fails like a crashed one and Tune retries it from its
-    checkpoint: a frozen worker (SIGSTOP, a wedged GPU or a hung NFS read in a system call).
+    checkpoint: a frozen worker (SIGSTOP, a debugger, native code stuck holding Python's lock). A trial whose
+    main thread waits in a system call (a hung NFS read, a wedged GPU sync) while its process runs is waiting,
+    not stopped: `--trial-timeout` is the tool for those.
 
     What counts is the trial's own heartbeat, a thread inside its process (`trainable.heartbeat`), never the
     time between its reports: a slow epoch, a long diagnostics call, a checkpoint upload or a wait on an
@@ -174,8 +176,6 @@ class HangWatch(tune.Callback):
         self.last[trial.trial_id] = time.monotonic()
 
     def _beats(self) -> dict[str, int] | None:
-        import ray
-
         if not self.heartbeats:
             return None
         try:
@@ -184,8 +184,6 @@ class HangWatch(tune.Callback):
             return None
 
     def on_step_begin(self, iteration, trials, **info):
-        import ray
-
         now = time.monotonic()
         if self.polled is not None and now - self.polled < POLL_S:
             return

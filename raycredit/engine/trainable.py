@@ -202,8 +202,8 @@ HEARTBEAT_S = 1.0  # seconds between a trial's heartbeats
 def heartbeat(actor_name: str, trial_id: str):
     """Start a daemon thread that tells the sweep's heartbeat actor, every HEARTBEAT_S, that this trial's process
     is alive (`engine.sweep.HangWatch`): it beats while the trial computes a long epoch or waits on a tracking
-    server, and stops only when the whole process stops (SIGSTOP, a wedged driver call in C). Returns the
-    thread's stop event, or None without an actor."""
+    server, and stops only when the whole process stops (SIGSTOP, native code holding Python's lock). Returns
+    the thread's stop event, or None without an actor."""
     import threading
 
     import ray
