@@ -167,9 +167,9 @@ class DiagConfig:
                                         "enough for float32 to resolve the loss change", lo=0, lo_open=True)
     nudge_eta: float = knob(1e-2, "step along the RMS-normalized credit for nudge", lo=0, lo_open=True)
     diag_dtype: str = knob("float64", "dtype of the diagnostics: float64 (exact), or float32 where it is shown to "
-                                      "resolve them: a float64 pass of the probe checks every layer's credit and "
-                                      "gradient, and any layer off by more than 1e-6 in cosine, or a loss change "
-                                      "float32 cannot resolve, measures them all in float64",
+                                      "resolve them: a float64 pass of the probe checks every layer's cosine, "
+                                      "nudge and support, and any off by more than 1e-5, or a loss change float32 "
+                                      "cannot resolve, measures them all in float64",
                            choices=("float64", "float32"))
     loss_window: int = knob(5, "epochs over which loss_decrease measures the change of train_loss", lo=1)
 
