@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from raycredit.engine import sweep
+from raycredit.engine import hang as sweep
 
 
 class Clock:
@@ -95,7 +95,7 @@ def test_the_heartbeat_thread_beats_while_the_trial_is_busy_or_blocked(ray_sessi
     Python loop or blocks in a call (a tracking server's retries), and stops when told to."""
     import ray
 
-    from raycredit.engine.trainable import HEARTBEAT_S, heartbeat
+    from raycredit.engine.hang import HEARTBEAT_S, heartbeat
 
     actor = sweep.heartbeat_actor("raycredit-heartbeats-test")
     stop = heartbeat("raycredit-heartbeats-test", "trial-x")

@@ -18,11 +18,9 @@ from raycredit.engine.cluster import (  # noqa: E402
     resolve_address,
     storage_visibility,
 )
+from raycredit.engine.hang import HANG_LIMITS, MIN_HANG_AFTER_S, HangWatch  # noqa: E402
 from raycredit.engine.sweep import (  # noqa: E402
-    HANG_LIMITS,
-    MIN_HANG_AFTER_S,
     OUTPUT,
-    HangWatch,
     OptunaSettings,
     SearchOutcome,
     check_trusted,

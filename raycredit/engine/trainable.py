@@ -21,6 +21,7 @@ from ray import tune
 
 from raycredit.config import Config
 from raycredit.disk import DiskFull
+from raycredit.engine.hang import heartbeat
 from raycredit.errors import UserError
 from raycredit.rules import RULES
 from raycredit.rules.base import LocalRule
@@ -193,37 +194,7 @@ class SweepSettings:
     source_tags: dict = field(default_factory=dict)  # MLflow's mlflow.source.* / mlflow.user tags of the driver
     sweep: str = ""  # the sweep's Tune experiment name, tagged on every run (raycredit.sweep)
     system_metrics_s: float = 0.0  # seconds between samples of a trial's machine into its run's system/* metrics
-    heartbeat: str = ""  # the sweep's heartbeat actor (`engine.sweep.Heartbeats`), by name; "" for none
-
-
-HEARTBEAT_S = 1.0  # seconds between a trial's heartbeats
-
-
-def heartbeat(actor_name: str, trial_id: str):
-    """Start a daemon thread that tells the sweep's heartbeat actor, every HEARTBEAT_S, that this trial's process
-    is alive (`engine.sweep.HangWatch`): it beats while the trial computes a long epoch or waits on a tracking
-    server, and stops only when the whole process stops (SIGSTOP, native code holding Python's lock). Returns
-    the thread's stop event, or None without an actor."""
-    import threading
-
-    import ray
-
-    if not actor_name:
-        return None
-    stop = threading.Event()
-
-    def beat() -> None:
-        actor = None
-        while not stop.is_set():
-            try:
-                actor = actor or ray.get_actor(actor_name)
-                actor.beat.remote(trial_id)
-            except Exception:  # the driver, and its actor, are gone or restarting: nothing to tell
-                actor = None
-            stop.wait(HEARTBEAT_S)
-
-    threading.Thread(target=beat, name="raycredit-heartbeat", daemon=True).start()
-    return stop
+    heartbeat: str = ""  # the sweep's heartbeat actor (`engine.hang.Heartbeats`), by name; "" for none
 
 
 def run_label(cfg: Config) -> str:
@@ -390,13 +361,20 @@ def write_checkpoint(path: Path, members: dict[str, dict], population: bool) -> 
                     else next(iter(members.values())), path)
 
 
+def set_aside(path: Path, root: Path, name: str) -> Path:
+    """Move `path` (the entry itself, never a symlink's target) to <root>/set_aside/<name>-<time>, kept to
+    inspect; returns where it went."""
+    aside = root / "set_aside" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    aside.parent.mkdir(exist_ok=True)
+    os.replace(path, aside)
+    return aside
+
+
 def own_folder(folder: Path) -> None:
     """Make the trial's folder, as a directory of its own: a symlink planted in its place in shared storage is
     moved to <checkpoints>/set_aside/ (the link, never its target) with a warning, not written through."""
     if folder.is_symlink():
-        aside = folder.parent / "set_aside" / f"{folder.name}.symlink-{time.strftime('%Y%m%d-%H%M%S')}"
-        aside.parent.mkdir(exist_ok=True)
-        os.replace(folder, aside)
+        aside = set_aside(folder, folder.parent, f"{folder.name}.symlink")
         print(f"warning: {folder} was a symbolic link (to {os.readlink(aside)}), which raycredit never makes; set "
               f"aside as {aside}", flush=True)
     folder.mkdir(parents=True, exist_ok=True)
@@ -416,11 +394,8 @@ def read_checkpoint(path: Path, key: str, runs: list) -> dict[str, dict]:
         check_own_file(path)
         ckpt = load_checkpoint(path)
     except UserError as e:
-        # beside the trials' folders, not in its own (which goes once the trial finishes): kept to inspect
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        aside = path.parent.parent / "set_aside" / f"{path.parent.name}-{path.name}.corrupt-{stamp}"
-        aside.parent.mkdir(exist_ok=True)
-        os.replace(path, aside)
+        # beside the trials' folders, not in its own (which goes once the trial finishes)
+        aside = set_aside(path, path.parent.parent, f"{path.parent.name}-{path.name}.corrupt")
         print(f"warning: {e}; set aside as {aside}, the trial starts over from scratch", flush=True)
         for run in runs:
             run.set_tags({SET_ASIDE_TAG: str(aside)})
