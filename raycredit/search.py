@@ -340,11 +340,14 @@ def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack,
     disk.check_writable(Path(storage), "--storage")
     address = engine.resolve_address(args.address)
     # one driver per experiment: a second launch of this sweep, or of another that shares its configs, refuses
-    # (before it starts Ray: it prints one line)
+    # with one line (a SQLite store's file lock: before Ray starts)
+    # and a claim in the store's database, which a driver reaching a SQLite file through a server also sees
+    # (a file not there yet is served by no server: its claim follows its creation)
     if uri.startswith("sqlite:///"):
-        lock = locks.lock_path(Path(uri[len("sqlite:///"):]), experiment)
-        held.enter_context(locks.experiment_lock(lock, experiment))
-    else:
+        held.enter_context(locks.experiment_lock(locks.lock_path(Path(uri[len("sqlite:///"):]), experiment),
+                                                 experiment))
+    claimed = not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///"):]).exists()
+    if claimed:
         held.enter_context(tracking.server_lock(uri, experiment, locks.owner(), on_lost=_lock_lost))
     sweep = f"{experiment}-{sweep_id}"
     checks.store(Path(storage) / sweep, uri, experiment, keys)
@@ -360,8 +363,11 @@ def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack,
         print(f"notice: the Ray cluster has no GPUs; trials run on CPU (--gpus-per-trial {gpus} ignored)")
         gpus = 0.0
     engine.check_trial_resources(args.cpus_per_trial, gpus)
+    experiment_id = tracking.ensure_experiment(uri, experiment)
+    if not claimed:
+        held.enter_context(tracking.server_lock(uri, experiment, locks.owner(), on_lost=_lock_lost))
     settings = engine.SweepSettings(
-        search=name, experiment_id=tracking.ensure_experiment(uri, experiment), tracking_uri=uri,
+        search=name, experiment_id=experiment_id, tracking_uri=uri,
         code_version=code_version(), cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus,
         source_tags=source_tags(name), sweep=sweep, system_metrics_s=args.system_metrics)
     checks.record_store(Path(storage) / sweep, uri, settings.experiment_id)

@@ -27,3 +27,28 @@ def ray_session():
     ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def served_store(tmp_path_factory):
+    """(URL, SQLite file) of a real `mlflow server` on 127.0.0.1 serving that file, in its own process group,
+    stopped (that group only) at the end of the session (each test uses its own experiments); one worker
+    process, which starts faster on 2 cores."""
+    import sys
+
+    from ports import free_port, server
+
+    tmp_path = tmp_path_factory.mktemp("mlflow_server")
+    port = free_port()
+    db = tmp_path / "server.db"
+    with server([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                 "--backend-store-uri", f"sqlite:///{db}",
+                 "--artifacts-destination", str(tmp_path / "server_artifacts"), "--workers", "1"], port,
+                tmp_path / "mlflow_server.log"):
+        yield f"http://127.0.0.1:{port}", db
+
+
+@pytest.fixture
+def mlflow_server(served_store):
+    """The URL of the session's `mlflow server` (`served_store`)."""
+    return served_store[0]

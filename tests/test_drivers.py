@@ -139,3 +139,43 @@ def test_ctrl_c_prints_raycredits_hint_only_and_v_restores_tunes_tables(tmp_path
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
     assert "== Status ==" in again.stdout and "resuming sweep in" in again.stdout
     assert "Tuner.restore" not in again.stdout + again.stderr and "FileNotFoundError" not in again.stderr
+
+
+def test_a_store_reached_through_a_server_and_directly_has_one_driver(served_store, tmp_path):
+    """The README's `mlflow server` on a SQLite file in one terminal, the file itself in another: whichever
+    driver starts first trains, the other exits 2 with one line naming it, both ways round."""
+    from mlflow.tracking import MlflowClient
+
+    from raycredit import tracking
+
+    url, db = served_store
+
+    def cmd(uri, experiment, storage):
+        return [sys.executable, str(ROOT / "searches" / "both_fail_scan.py"), "--preset", "smoke", "--seeds", "0",
+                "--set", "credit_norm=true", "--epochs", "40", "--tracking-uri", uri, "--storage",
+                str(tmp_path / storage), "--experiment", experiment, "--gpus-per-trial", "0", "--no-analysis"]
+
+    def claimed(experiment):
+        prefix = tracking.lock_prefix(experiment)
+        models = MlflowClient(url).search_registered_models(filter_string=f"name LIKE '{prefix}%'")
+        return any(m.tags.get("state") == "held" for m in models)
+
+    for experiment, first, second in (("via-server", url, f"sqlite:///{db}"), ("via-file", f"sqlite:///{db}", url)):
+        holder = subprocess.Popen(cmd(first, experiment, "a"), cwd=tmp_path, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.time() + 240
+            while not claimed(experiment):
+                assert holder.poll() is None and time.time() < deadline, holder.communicate()[1][-3000:]
+                time.sleep(0.3)
+            refused = subprocess.run(cmd(second, experiment, "b"), cwd=tmp_path, capture_output=True, text=True,
+                                     timeout=300)
+            lines = refused.stderr.strip().splitlines()
+            assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-3000:]
+            assert f"another driver is training into experiment '{experiment}' (pid {holder.pid} on " in lines[0]
+            assert "Traceback" not in refused.stdout and "runs, MLflow experiment" not in refused.stdout
+            assert not list((tmp_path / "b").glob("*/checkpoints/*"))  # it started no trial
+        finally:
+            holder.send_signal(signal.SIGINT)
+            holder.communicate(timeout=180)
+        assert holder.returncode in (0, 130)

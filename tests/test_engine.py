@@ -11,7 +11,7 @@ from raycredit.errors import UserError
 from raycredit.search import run_search
 
 from mlflow_checks import assert_one_complete_run_per_trial, runs_of
-from ports import free_port, server
+from ports import free_port
 from searches_loader import load_search
 
 
@@ -137,21 +137,6 @@ def test_a_diverging_trial_is_recorded_and_the_sweep_finishes(ray_session, tmp_p
     text = summary.run(uri, "diverge", tmp_path / "report")
     rows = [line for line in text.splitlines() if line.startswith("| bp ")]
     assert sorted(r.strip(" |").rsplit("|", 1)[-1].strip() for r in rows) == ["0.000", "1.000"], rows  # diverged
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` on 127.0.0.1, in its own process group, stopped (that group only) after this
-    module's tests (each uses its own experiments); one worker process, which starts faster on 2 cores."""
-    import sys
-
-    tmp_path = tmp_path_factory.mktemp("mlflow_server")
-    port = free_port()
-    with server([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                 "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-                 "--artifacts-destination", str(tmp_path / "server_artifacts"), "--workers", "1"], port,
-                tmp_path / "mlflow_server.log"):
-        yield f"http://127.0.0.1:{port}"
 
 
 def test_sweep_logs_to_an_mlflow_server_and_prints_no_credential(ray_session, tmp_path, mlflow_server, capfd):

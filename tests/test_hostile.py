@@ -108,3 +108,125 @@ def test_another_users_checkpoint_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "getuid", lambda: os.stat(f).st_uid + 1)
     with pytest.raises(UserError, match="belongs to another user"):
         check_own_file(f)
+
+
+OPEN_KEYS = """
+import sys, time
+from raycredit.tracking import TrialRun
+uri, exp, t0 = sys.argv[1], sys.argv[2], float(sys.argv[3])
+for k in range(5):
+    while time.time() < t0 + k:  # both processes open key k at the same instant
+        pass
+    TrialRun(uri, exp, f"key{k}", run_name=f"r{k}", params={"a": 1}, tags={})
+"""
+
+
+def test_two_processes_opening_one_run_key_at_the_same_instant_get_one_run(tmp_path):
+    import time
+
+    from raycredit import tracking
+
+    from mlflow_checks import runs_of
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = tracking.ensure_experiment(uri, "race")
+    t0 = time.time() + 15  # after both have imported MLflow
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN_KEYS, uri, exp, str(t0)], stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    for p in procs:
+        assert p.wait(timeout=120) == 0, p.stderr.read()[-2000:]
+    assert time.time() > t0 + 4
+    _, runs = runs_of(uri, "race")
+    keys = sorted(r.data.tags[tracking.RUN_KEY_TAG] for r in runs)
+    assert keys == [f"key{k}" for k in range(5)], keys
+
+
+def test_a_store_reached_through_a_server_and_directly_is_one_lock(served_store, tmp_path):
+    """Both ways round: a driver that opened the SQLite file itself (its file lock, then the claim in the
+    database) and one that reaches the same file through `mlflow server` (the claim) refuse each other."""
+    import contextlib
+
+    from raycredit import tracking
+
+    url, db = served_store
+    direct = f"sqlite:///{db}"
+
+    @contextlib.contextmanager
+    def file_driver(name, holder):
+        with locks.experiment_lock(locks.lock_path(db, name), name):
+            tracking.ensure_experiment(direct, name)
+            with tracking.server_lock(direct, name, holder):
+                yield
+
+    a, b = {"host": "a", "pid": 1, "since": "t1"}, {"host": "b", "pid": 2, "since": "t2"}
+    with file_driver("both-ways", a):
+        with pytest.raises(UserError, match=r"another driver is training into experiment 'both-ways' \(pid 1 on a"):
+            with tracking.server_lock(url, "both-ways", b):
+                pass
+    with tracking.server_lock(url, "both-ways", b):
+        with pytest.raises(UserError, match=r"another driver is training into experiment 'both-ways' \(pid 2 on b"):
+            with file_driver("both-ways", a):
+                pass
+    with file_driver("both-ways", a):  # both released
+        pass
+
+
+HOLD_CLAIM = """
+import sys, time
+from raycredit import locks, tracking
+with tracking.server_lock(sys.argv[1], "killed", locks.owner()):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_the_claim_of_a_driver_killed_on_this_machine_is_taken_over_at_once(tmp_path):
+    """A SIGKILLed driver cannot release its claim; its pid is gone on this machine, so the next driver takes
+    the lock at once instead of waiting for the claim to go stale (120 s) while naming a dead process."""
+    import time
+
+    from raycredit import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.ensure_experiment(uri, "killed")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_CLAIM, uri], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(UserError, match=rf"pid {holder.pid} on "):
+            with tracking.server_lock(uri, "killed", locks.owner()):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    start = time.time()
+    with tracking.server_lock(uri, "killed", locks.owner()):
+        assert time.time() - start < 10
+
+
+def test_another_users_lock_file_in_a_shared_folder_locks_and_refuses_in_one_line(tmp_path):
+    """A shared store folder whose lock file another user created (mode 0644): a driver that may not write it
+    still takes the lock (flock needs no write access), and is refused with one line while it is held. The
+    driver is this process's user without its capabilities (`setpriv`), to which the file is another user's."""
+    import os
+    import shutil
+
+    if os.getuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv, to act as a user without access to another user's file")
+    path = locks.lock_path(tmp_path / "mlflow.db", "exp")
+    with locks.experiment_lock(path, "exp"):
+        pass
+    os.chown(path, 12345, 12345)
+    code = ("import sys\nfrom pathlib import Path\nfrom raycredit import locks\nfrom raycredit.errors import "
+            "UserError\np = Path(sys.argv[1])\ntry:\n    with locks.experiment_lock(p, 'exp'):\n"
+            "        print('locked')\nexcept UserError as e:\n    print('refused:', e)\n")
+
+    def unprivileged():
+        return subprocess.run(["setpriv", "--bounding-set=-all", sys.executable, "-c", code, str(path)],
+                              capture_output=True, text=True, timeout=60)
+
+    free = unprivileged()
+    assert free.returncode == 0 and free.stdout == "locked\n", free.stderr[-2000:]
+    with locks.experiment_lock(path, "exp"):
+        held = unprivileged()
+    assert held.returncode == 0 and held.stdout.startswith("refused: another driver is training"), held
+    assert "Traceback" not in held.stderr

@@ -1,4 +1,5 @@
-"""The driver lock of an experiment on a tracking server (a SQLite store's lock is `raycredit.locks`)."""
+"""The driver lock of an experiment as a claim in the tracking store itself (`raycredit.locks` adds a SQLite
+store's file lock)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Callable
 
 from raycredit.config import stable_hash
 from raycredit.errors import UserError
+from raycredit.locks import dead_here
 from raycredit.tracking.client import get_client, retry
 
 LOCK_MODEL_PREFIX = "raycredit-lock."
@@ -18,13 +20,14 @@ LOCK_STALE_S = 120.0  # a claim not renewed for this long is a dead driver's (cl
 @contextlib.contextmanager
 def server_lock(uri: str, experiment: str, holder: dict, *, heartbeat_s: float = LOCK_HEARTBEAT_S,
                 stale_s: float = LOCK_STALE_S, on_lost: Callable[[str], None] | None = None):
-    """Hold the driver lock of `experiment` on a tracking server for the body, or raise UserError naming the
-    driver that holds it.
+    """Hold the driver lock of `experiment` in the store at `uri` (a tracking server, or a SQLite file) for the
+    body, or raise UserError naming the driver that holds it.
 
-    The only atomic operation an MLflow server offers is creating a uniquely named object, so the lock is a
+    The only atomic operation an MLflow store offers is creating a uniquely named object, so the lock is a
     registered model per generation, `raycredit-lock.<experiment hash>.<generation>`: a driver takes the lock by
     creating generation g+1 where g is the newest one, which is allowed only once g is released or stale
-    (not renewed for `stale_s`). Two drivers that race create the same name and only one succeeds. A holder
+    (not renewed for `stale_s`, or its holder a process of this machine that has ended: `locks.dead_here`).
+    Two drivers that race create the same name and only one succeeds. A holder
     renews its claim every `heartbeat_s` seconds from a thread; if it finds a newer generation (it was frozen
     for longer than `stale_s` and another driver took over) it calls `on_lost(message)`. Released claims stay
     as the newest generation (deleting it would let a driver start over at generation 0 beside a live one).
@@ -47,9 +50,9 @@ def server_lock(uri: str, experiment: str, holder: dict, *, heartbeat_s: float =
         if top >= 0:
             tags = gens[top].tags
             age = time.time() - float(tags.get("heartbeat", 0))
-            if tags.get("state") == "held" and age < stale_s:
+            if tags.get("state") == "held" and age < stale_s and not dead_here(_owner(tags)):
                 raise UserError(f"another driver is training into experiment {experiment!r} ({_holder(tags)}, "
-                                f"lock {prefix}{top:06d} on the tracking server); wait for it to finish, or stop "
+                                f"lock {prefix}{top:06d} in the tracking store); wait for it to finish, or stop "
                                 "it, then run this command again")
         mine = top + 1
         name = f"{prefix}{mine:06d}"
@@ -98,11 +101,19 @@ def lock_prefix(experiment: str) -> str:
     return f"{LOCK_MODEL_PREFIX}{stable_hash(experiment)}."
 
 
-def _holder(tags: dict) -> str:
+def _owner(tags: dict) -> dict:
     import json
 
     try:
         owner = json.loads(tags["holder"])
-        return f"pid {owner['pid']} on {owner['host']}, since {owner['since']}"
     except (KeyError, ValueError, TypeError):
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
+def _holder(tags: dict) -> str:
+    owner = _owner(tags)
+    try:
+        return f"pid {owner['pid']} on {owner['host']}, since {owner['since']}"
+    except KeyError:
         return "holder unknown"

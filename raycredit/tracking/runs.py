@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from raycredit.errors import UserError
+from raycredit.locks import store_mutex
 from raycredit.tracking.client import DUPLICATE, LOCKED, get_client, retry
 from raycredit.tracking.store import existing_store, normalize_uri, redact
 
@@ -33,6 +34,16 @@ class TrialRun:
         from mlflow.entities import Param
 
         self.client, self.uri, self._monitor = get_client(uri), uri, None
+        with store_mutex(uri):  # two processes opening one key at once: the second finds the first's run
+            self._open(experiment_id, key, run_name, tags)
+        # also after a kill between create_run and this call: a run is found but its params are missing
+        missing = [Param(k, str(v)) for k, v in params.items() if k not in self._logged]
+        if missing:
+            retry(lambda: self.client.log_batch(self.run_id, params=missing))
+        if self.attempt > 1 and not self.finished:
+            self.set_tags({ATTEMPT_TAG: self.attempt})
+
+    def _open(self, experiment_id: str, key: str, run_name: str, tags: dict) -> None:
         found = retry(lambda: self.client.search_runs(
             [experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'", max_results=2))
         if found:
@@ -52,12 +63,7 @@ class TrialRun:
                 tags={**{k: str(v) for k, v in tags.items()}, RUN_KEY_TAG: key, ATTEMPT_TAG: "1"}))
             self.run_id, self.status, self.last_epoch, self._final, logged = run.info.run_id, "RUNNING", 0, {}, {}
             self.attempt = 1
-        # also after a kill between create_run and this call: a run is found but its params are missing
-        missing = [Param(k, str(v)) for k, v in params.items() if k not in logged]
-        if missing:
-            retry(lambda: self.client.log_batch(self.run_id, params=missing))
-        if self.attempt > 1 and not self.finished:
-            self.set_tags({ATTEMPT_TAG: self.attempt})
+        self._logged = logged
 
     @property
     def finished(self) -> bool:
@@ -140,14 +146,13 @@ def record_summary(uri: str, experiment_id: str, *, key: str, name: str, params:
     from mlflow.entities import Metric, Param, RunTag
 
     client = get_client(uri)
-    found = retry(lambda: client.search_runs([experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'",
-                                              max_results=1))
-    if found:
-        run_id = found[0].info.run_id
-    else:
-        run_id = retry(lambda: client.create_run(
+    with store_mutex(uri):
+        found = retry(lambda: client.search_runs([experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'",
+                                                  max_results=1))
+        run_id = found[0].info.run_id if found else retry(lambda: client.create_run(
             experiment_id, run_name=name,
             tags={**{k: str(v) for k, v in tags.items()}, RUN_KEY_TAG: key, SUMMARY_TAG: "1"})).info.run_id
+    if not found:
         ts = int(time.time() * 1000)
         retry(lambda: client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()],
                                         metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()],

@@ -82,8 +82,15 @@ def ensure_experiment(uri: str, name: str) -> str:
         if exp.lifecycle_stage == "deleted":
             raise UserError(f"MLflow experiment {name!r} is deleted; restore it or choose another --experiment")
         return exp.experiment_id
+    from mlflow.exceptions import MlflowException
+
     location = (db.parent / "artifacts").as_uri() if uri.startswith("sqlite:///") else None
-    return client.create_experiment(name, artifact_location=location)
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException as e:  # a driver holding the experiment's lock created it a moment ago
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id
 
 
 def create_sqlite_store(db: Path) -> None:
