@@ -230,3 +230,112 @@ def test_another_users_lock_file_in_a_shared_folder_locks_and_refuses_in_one_lin
         held = unprivileged()
     assert held.returncode == 0 and held.stdout.startswith("refused: another driver is training"), held
     assert "Traceback" not in held.stderr
+
+
+def test_no_planted_secret_leaves_a_sweep_even_through_a_tracking_server_outage():
+    """A URI password, a git remote's token, AWS keys and a GitHub token planted where a user has them; the
+    tracking server stops answering for 10 s mid-sweep (MLflow's messages quote the URL of every failed
+    request). None of them is in the driver's output, any file of the Ray session (its logs), the sweep's
+    storage, the report, or the store's database (runs' tags and params) and artifacts."""
+    import os
+    import shutil
+    import signal
+    import sqlite3
+    import tempfile
+    import time
+
+    from ports import free_port, server
+    from searches_loader import ROOT
+
+    secrets = {"password": "PWPLANTED0d1", "git": "ghpPLANTED2e3", "aws_id": "AKIAPLANTED4f5",
+               "aws_key": "AWSPLANTED6a7", "github": "GHTOKENPLANTED8b9"}
+    root = Path(tempfile.mkdtemp(prefix="rcs"))  # short: Ray's socket paths live under RAY_TMPDIR
+    try:
+        port = free_port()
+        db = root / "srv.db"
+        with server([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                     "--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination", str(root / "art"),
+                     "--workers", "1"], port, root / "srv.log") as srv:
+            env = {**os.environ, "RAY_TMPDIR": str(root / "rt"), "AWS_ACCESS_KEY_ID": secrets["aws_id"],
+                   "AWS_SECRET_ACCESS_KEY": secrets["aws_key"], "GITHUB_TOKEN": secrets["github"],
+                   "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "remote.origin.url",
+                   "GIT_CONFIG_VALUE_0": f"https://bob:{secrets['git']}@github.example/lab/raycredit.git",
+                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "2", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+                   "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+            (root / "rt").mkdir()
+            uri = f"http://alice:{secrets['password']}@127.0.0.1:{port}"
+            cmd = [sys.executable, str(ROOT / "searches" / "both_fail_scan.py"), "--preset", "smoke", "--seeds",
+                   "0", "--set", "credit_norm=true", "--set", "d=16", "--set", "L=2", "--set", "n_train=500",
+                   "--epochs", "6", "--tracking-uri", uri, "--storage", str(root / "ray"), "--out",
+                   str(root / "report"), "--experiment", "secrets", "--gpus-per-trial", "0", "--max-failures", "4"]
+            proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True)
+            deadline = time.time() + 240
+            while True:  # the outage starts once a trial has logged an epoch
+                try:
+                    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+                        if con.execute("SELECT COUNT(*) FROM metrics WHERE key = 'epoch'").fetchone()[0]:
+                            break
+                except sqlite3.Error:
+                    pass
+                assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+                time.sleep(0.2)
+            os.killpg(srv.pid, signal.SIGSTOP)
+            time.sleep(10)
+            os.killpg(srv.pid, signal.SIGCONT)
+            out, err = proc.communicate(timeout=400)
+        assert proc.returncode in (0, 1), err[-3000:]
+        assert "127.0.0.1" in out + err  # the sweep said where its store is
+        leaks = [f"driver output: {name}" for name, s in secrets.items() if s in out + err]
+        for folder in ("rt", "ray", "report", "art"):
+            for f in (root / folder).rglob("*"):
+                if f.is_file() and not f.is_symlink():
+                    data = f.read_bytes()
+                    leaks += [f"{f.relative_to(root)}: {name}" for name, s in secrets.items() if s.encode() in data]
+        for f in root.glob("srv.db*"):
+            data = f.read_bytes()
+            leaks += [f"{f.name}: {name}" for name, s in secrets.items() if s.encode() in data]
+        assert not leaks, leaks
+        with sqlite3.connect(db) as con:  # the runs are there, with their source tags
+            urls = con.execute("SELECT value FROM tags WHERE key = 'mlflow.source.git.repoURL'").fetchall()
+        assert urls and {u for (u,) in urls} == {"https://***@github.example/lab/raycredit.git"}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_uri_password_reaches_mlflow_as_its_basic_auth_not_in_its_messages(monkeypatch):
+    """MLflow quotes the URL of a failed request; the URL it gets has no credentials, which it sends as the same
+    basic auth from its own variables."""
+    from mlflow.exceptions import MlflowException
+
+    from raycredit.tracking.client import get_client
+
+    from ports import free_port
+
+    for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+              "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    port = free_port()  # nothing listens there: an outage
+    client = get_client(f"http://alice:p%40ss-PLANTED@127.0.0.1:{port}")
+    assert client.tracking_uri == f"http://127.0.0.1:{port}"
+    creds = client._tracking_client.store.get_host_creds()
+    assert (creds.username, creds.password) == ("alice", "p@ss-PLANTED")
+    with pytest.raises(MlflowException) as e:
+        client.get_experiment_by_name("x")
+    assert f"127.0.0.1:{port}" in str(e.value) and "PLANTED" not in str(e.value) and "alice" not in str(e.value)
+
+
+def test_a_local_ray_instance_starts_without_secrets_a_trial_does_not_need(monkeypatch):
+    import os
+
+    from raycredit.engine.cluster import worker_environment
+
+    planted = {"GITHUB_TOKEN": "g", "HF_TOKEN": "h", "DB_PASSWORD": "d", "OPENAI_API_KEY": "o"}
+    needed = {"AWS_SECRET_ACCESS_KEY": "a", "MLFLOW_TRACKING_PASSWORD": "m", "RAY_AUTH_TOKEN": "r", "HOME": "/x"}
+    for k, v in {**planted, **needed}.items():
+        monkeypatch.setenv(k, v)
+    with worker_environment():
+        assert not set(planted) & set(os.environ)
+        assert all(os.environ[k] == v for k, v in needed.items())
+    assert all(os.environ[k] == v for k, v in {**planted, **needed}.items())

@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import socket
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from raycredit.errors import UserError
@@ -81,7 +84,8 @@ def connect(address: str | None, verbose: bool = True) -> None:
         return
     STARTED.update(local=address is None, joined=address is not None)
     if address is None:
-        ray.init(address="local", include_dashboard=False, log_to_driver=True, logging_level=level)
+        with worker_environment():
+            ray.init(address="local", include_dashboard=False, log_to_driver=True, logging_level=level)
         return
     # `ray start` turns token auth on when ~/.ray/auth_token exists but ray.init(address=...) does not (ray 2.60):
     # make the driver decide the same way, or it is refused by the cluster it was pointed at.
@@ -89,6 +93,25 @@ def connect(address: str | None, verbose: bool = True) -> None:
 
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
     ray.init(address=address, log_to_driver=True, logging_level=level)
+
+
+# what a trial may need of the driver's environment although the name looks secret: Ray's own settings, and the
+# credentials of MLflow's tracking server and of the artifact stores MLflow's clients upload checkpoints to
+TRIAL_CREDENTIALS = ("RAY_", "MLFLOW_", "AWS_", "AZURE_STORAGE_", "GOOGLE_APPLICATION_CREDENTIALS")
+SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW|CREDENTIAL|API_?KEY|PRIVATE_KEY|ACCESS_KEY|AUTH", re.IGNORECASE)
+
+
+@contextlib.contextmanager
+def worker_environment() -> Iterator[None]:
+    """Start a local Ray instance, whose processes (and so every trial's) inherit this process's environment,
+    without the secrets a trial does not need (a GitHub or Hugging Face token, a database password):
+    they are out of os.environ for the body."""
+    held = {k: os.environ.pop(k) for k in list(os.environ)
+            if SECRET_NAME.search(k) and not k.upper().startswith(TRIAL_CREDENTIALS)}
+    try:
+        yield
+    finally:
+        os.environ.update(held)
 
 
 def disconnect() -> None:

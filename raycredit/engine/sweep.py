@@ -114,6 +114,16 @@ def tune_logging(verbose: bool) -> None:
     logging.getLogger("ray.tune").setLevel(logging.NOTSET if verbose else logging.ERROR)
 
 
+def keep_credentials_out_of_runtime_env() -> None:
+    """Tune copies the driver's AWS keys into every trial actor's runtime_env (ray/tune/execution/class_cache.py,
+    ENV_VARS_TO_PROPAGATE), and Ray's runtime_env agent writes each runtime_env it sets up, values included, to
+    the world-readable session log runtime_env_agent.log (ray 2.60; seen in testing). Trials of a local instance
+    inherit them from the driver's environment anyway, and a cluster's trials use what its nodes have."""
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE -= {k for k in class_cache.ENV_VARS_TO_PROPAGATE if k.startswith("AWS_")}
+
+
 def _fit(settings: SweepSettings, *, name: str, storage: str, max_failures: int, kind: str,
          fresh: Callable[[], dict], base: dict | None = None, restore: bool = True):
     """Resume the Tune experiment storage/name (when `restore`), or start it with the Tuner arguments fresh()
@@ -124,6 +134,7 @@ def _fit(settings: SweepSettings, *, name: str, storage: str, max_failures: int,
     settings = replace(settings, checkpoint_root=os.path.join(path, "checkpoints"), heartbeat=beats)
     resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
     fn = tune.with_resources(tune.with_parameters(trainable, settings=asdict(settings), base=base), resources)
+    keep_credentials_out_of_runtime_env()
     verbose = OUTPUT["verbose"]
     if restore and tune.Tuner.can_restore(path):
         check_trusted(path)

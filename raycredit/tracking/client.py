@@ -12,7 +12,23 @@ T = TypeVar("T")
 def get_client(uri: str):
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    return MlflowClient(tracking_uri=mlflow_uri(uri))
+
+
+def mlflow_uri(uri: str) -> str:
+    """The URI as MLflow gets it: a user and password written into an http(s) URI move into MLflow's own
+    variables of this process (MLFLOW_TRACKING_USERNAME/PASSWORD, which it sends as the same basic auth), so no
+    message of MLflow's, which quotes the URL a request failed on (an outage: every retry), carries them. A
+    user without a password (a bare token) stays in the URI: MLflow's variables cannot say it."""
+    import os
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.password:
+        return uri
+    os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(parts.username or "")
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(parts.password)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 LOCKED = ("locked",)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from raycredit.errors import UserError
 from raycredit.locks import store_mutex
-from raycredit.tracking.client import DUPLICATE, LOCKED, get_client, retry
+from raycredit.tracking.client import DUPLICATE, LOCKED, get_client, mlflow_uri, retry
 from raycredit.tracking.store import existing_store, normalize_uri, redact
 
 RUN_KEY_TAG = "raycredit.run_key"
@@ -111,7 +111,7 @@ class TrialRun:
         # trial on a cluster whose workers do not inherit the driver's MLFLOW_LOGGING_LEVEL
         logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
         self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval_s, resume_logging=True,
-                                             tracking_uri=self.uri)
+                                             tracking_uri=mlflow_uri(self.uri))
         # its batches go to MlflowClient.log_batch unretried, and one failed batch ends the monitor with a
         # warning in the trial's output: give them the trials' retry of SQLite's "database is locked"
         client = self._monitor.mlflow_logger.client

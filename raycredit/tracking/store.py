@@ -12,7 +12,7 @@ from pathlib import Path
 
 from raycredit import disk
 from raycredit.errors import UserError
-from raycredit.tracking.client import get_client, retry
+from raycredit.tracking.client import get_client, mlflow_uri, retry
 
 
 def default_tracking_uri() -> str:
@@ -173,5 +173,5 @@ def load_runs(uri: str, experiment: str):
         names = [e.name for e in client.search_experiments()]
         raise UserError(f"no MLflow experiment {experiment!r} in {redact(uri)} "
                         f"(experiments: {', '.join(names) or 'none'})")
-    mlflow.set_tracking_uri(uri)
+    mlflow.set_tracking_uri(mlflow_uri(uri))
     return mlflow.search_runs([exp.experiment_id], output_format="pandas")
