@@ -38,30 +38,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 
 def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
-    """Write atomically: a crash or a full disk mid-write leaves the previous checkpoint intact. A full disk
-    raises disk.DiskFull naming the path and the free space.
-
-    The temporary file is created exclusively under a fresh random name (`tempfile.mkstemp`: O_EXCL, so a file or
-    symlink planted in shared storage is never written through), and renaming it over `path` replaces `path`
-    itself, never what a symlink there points to."""
-    import tempfile
-
-    path = Path(path)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        # through a Python file: torch's own file writer reports a full disk as "unexpected pos 64 vs 0"
-        with os.fdopen(fd, "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())  # a network filesystem may report a full disk only here
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if disk.is_full(e):
-            raise disk.full_error(path, e) from None
-        raise
+    """Write atomically (`disk.replace_file`): a crash or a full disk mid-write leaves the previous checkpoint
+    intact, a symlink planted in shared storage is never written through, and a full disk raises
+    disk.DiskFull naming the path and the free space."""
+    # through a Python file: torch's own file writer reports a full disk as "unexpected pos 64 vs 0"
+    disk.replace_file(Path(path), lambda f: torch.save(ckpt, f))
 
 
 def check_own_file(path: str | os.PathLike) -> None:

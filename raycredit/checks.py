@@ -4,6 +4,7 @@ experiment's name, the device, and the tracking store against the sweep's record
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from raycredit.errors import UserError
@@ -13,8 +14,10 @@ STORE_MARKER = "raycredit-store.json"
 
 def store(sweep: Path, uri: str, experiment: str, keys: list[str]) -> None:
     """The tracking store is the record: refuse to resume the sweep folder `sweep` into a store that is not
-    the one it started with (deleted and re-created, replaced, another one), or that lacks the run of a trial
-    the sweep has already checkpointed; either would give runs whose histories start mid-way. Writes
+    the one it started with (deleted and re-created, replaced, another one), or that is behind the sweep's own
+    record (a restored backup, a copy): a run missing, or fewer epochs logged, than the sweep's checkpoints
+    (`keys`: its configs' run keys, whose folders say they started) or its record of its runs
+    (`record_runs`) say exist. Either would give runs whose histories start mid-way or skip epochs. Writes
     nothing: `record_store` marks a sweep's store once the sweep starts."""
     from raycredit import tracking
 
@@ -22,20 +25,52 @@ def store(sweep: Path, uri: str, experiment: str, keys: list[str]) -> None:
     if not marker.exists():
         return
     try:
-        recorded = json.loads(marker.read_text())["token"]
-    except (OSError, ValueError, KeyError, TypeError):
-        recorded = None
+        record = json.loads(marker.read_text())
+        recorded, runs = record["token"], dict(record.get("runs", {}))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        recorded, runs = None, {}
     found = tracking.existing_experiment(uri, experiment)
     fix = (f"point --tracking-uri at the sweep's original store, or start the sweep over with a new --storage "
            f"(or delete {sweep})")
     if found is None or found[1] != recorded:
         raise UserError(f"the sweep in {sweep} was started with another tracking store than "
                         f"{tracking.redact(uri)} (deleted, replaced or another one): {fix}")
-    checkpointed = {k for k in keys if (sweep / "checkpoints" / k).is_dir()}
-    missing = checkpointed - tracking.run_keys(uri, found[0])
+    expected = {k: 0 for k in keys if (sweep / "checkpoints" / k).is_dir()}
+    for k, epoch in {**checkpoint_epochs(sweep / "checkpoints"), **runs}.items():
+        if isinstance(epoch, int):
+            expected[k] = max(expected.get(k, 0), epoch)
+    logged = tracking.run_epochs(uri, found[0])
+    missing = sorted(k for k in expected if k not in logged)
     if missing:
-        raise UserError(f"{len(missing)} trials of the sweep in {sweep} have checkpoints but no run in "
-                        f"{tracking.redact(uri)} (the store lost them): {fix}")
+        raise UserError(f"{len(missing)} runs of the sweep in {sweep} are not in {tracking.redact(uri)} (the store "
+                        f"lost them, or is an older copy), e.g. run key {missing[0]}: {fix}")
+    behind = sorted((k, logged[k], e) for k, e in expected.items() if logged[k] < e)
+    if behind:
+        k, has, e = behind[0]
+        raise UserError(f"{len(behind)} runs of the sweep in {sweep} have fewer epochs in {tracking.redact(uri)} "
+                        f"than the sweep recorded (an older copy of the store?), e.g. run key {k}: epoch {has} "
+                        f"logged, {e} recorded: {fix}")
+
+
+def checkpoint_epochs(root: Path) -> dict[str, int]:
+    """{run key: epoch} of every checkpoint the sweep's trials left under `root` (one run's, or a population's
+    members'); files a trial would set aside (unreadable, a symlink, another user's) are skipped here."""
+    import stat
+
+    import torch
+
+    out: dict[str, int] = {}
+    for path in root.glob("*/checkpoint.pt"):
+        try:
+            st = path.lstat()
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+                continue
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            members = ckpt["population"] if "population" in ckpt else {path.parent.name: ckpt}
+            out.update({k: int(c["epoch"]) for k, c in members.items()})
+        except Exception:  # noqa: BLE001 - whatever a damaged file raises; the trial sets it aside itself
+            continue
+    return out
 
 
 def record_store(sweep: Path, uri: str, experiment_id: str) -> None:
@@ -46,6 +81,24 @@ def record_store(sweep: Path, uri: str, experiment_id: str) -> None:
     if not marker.exists():
         sweep.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps({"token": tracking.store_token(uri, experiment_id)}))
+
+
+def record_runs(sweep: Path, uri: str, experiment_id: str) -> None:
+    """Add to the sweep's record the epochs its runs have logged (`store` refuses a store behind them). Done
+    when the sweep ends, however it ends; a record that cannot be written (a full disk) is left as it was."""
+    from raycredit import disk, tracking
+
+    marker = sweep / STORE_MARKER
+    try:
+        record = json.loads(marker.read_text())
+        runs = record.setdefault("runs", {})
+        for r in tracking.sweep_runs(uri, experiment_id, sweep.name):
+            key = r.data.tags.get(tracking.RUN_KEY_TAG)
+            if key:
+                runs[key] = max(int(runs.get(key, 0)), int(r.data.metrics.get("epoch", 0)))
+        disk.replace_file(marker, lambda f: f.write(json.dumps(record).encode()))
+    except Exception:  # noqa: BLE001 - the record is a safeguard; the sweep's outcome stands without it
+        return
 
 
 EXPERIMENT_NAME_MAX = 100  # the Tune experiment folder is "<experiment>-<8 hex>" under --storage

@@ -82,3 +82,28 @@ def full_error(path: Path, e: BaseException) -> DiskFull:
     what = "disk quota exceeded" if quota else "no space left"
     return DiskFull(errno.EDQUOT if quota else errno.ENOSPC,
                     f"{what} writing {path} ({human(free_bytes(path))} free on its filesystem)")
+
+
+def replace_file(path: Path, write) -> None:
+    """Replace `path` with what write(binary file) writes, atomically: a crash or a full disk mid-write leaves
+    the previous file intact (DiskFull naming the path and the free space).
+
+    The temporary file is created exclusively under a fresh random name (`tempfile.mkstemp`: O_EXCL, so a file
+    or symlink planted in shared storage is never written through), and renaming it over `path` replaces `path`
+    itself, never what a symlink there points to."""
+    import tempfile
+
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())  # a network filesystem may report a full disk only here
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if is_full(e):
+            raise full_error(path, e) from None
+        raise

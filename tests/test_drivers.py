@@ -179,3 +179,64 @@ def test_a_store_reached_through_a_server_and_directly_has_one_driver(served_sto
             holder.send_signal(signal.SIGINT)
             holder.communicate(timeout=180)
         assert holder.returncode in (0, 130)
+
+
+def test_a_store_rolled_back_to_an_older_copy_is_refused_naming_what_is_missing(tmp_path):
+    """A backup of the store taken mid-sweep, restored after the driver was killed (its trials' checkpoints are
+    epochs ahead of it), and again after the sweep finished (its record of its runs is ahead of it): each re-run
+    exits 2 with one line saying the store is an older copy, instead of resuming histories with holes."""
+    import os
+    import sqlite3
+
+    from mlflow_checks import assert_one_complete_run_per_trial
+
+    db = tmp_path / "m.db"
+    uri = f"sqlite:///{db}"
+    cmd = [sys.executable, str(ROOT / "searches" / "both_fail_scan.py"), "--preset", "smoke", "--seeds", "0",
+           "--set", "credit_norm=true", "--set", "d=16", "--set", "L=2", "--set", "n_train=500", "--epochs", "30",
+           "--tracking-uri", uri, "--storage", str(tmp_path / "ray"), "--experiment", "rolled", "--gpus-per-trial",
+           "0", "--no-analysis"]
+
+    def logged() -> int:
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+                return int(con.execute("SELECT MAX(value) FROM metrics WHERE key = 'epoch'").fetchone()[0] or 0)
+        except sqlite3.Error:
+            return 0
+
+    def copy(src: Path, dst: Path) -> None:
+        for f in dst.parent.glob(dst.name + "*"):
+            f.unlink()
+        with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
+            a.backup(b)
+
+    def refused() -> str:
+        p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1 and "older copy" in lines[0], p.stderr[-3000:]
+        return lines[0]
+
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while logged() < 1:
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    copy(db, tmp_path / "backup.db")
+    backed_up = logged()
+    while logged() < backed_up + 3:
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    copy(db, tmp_path / "current.db")
+    copy(tmp_path / "backup.db", db)
+    line = refused()
+    assert "fewer epochs" in line or "not in" in line, line
+    copy(tmp_path / "current.db", db)
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_one_complete_run_per_trial(uri, "rolled", 4, 30)
+    assert not list((tmp_path / "ray").glob("*/checkpoints/*/checkpoint.pt"))  # only the record is left
+    copy(tmp_path / "backup.db", db)
+    refused()

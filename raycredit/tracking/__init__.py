@@ -41,8 +41,8 @@ from raycredit.tracking.runs import (  # noqa: E402
     parent_run_id,
     record_summary,
     run_checkpoint,
+    run_epochs,
     run_experiment_name,
-    run_keys,
     run_link,
     running_keys,
     sweep_runs,
@@ -71,5 +71,5 @@ __all__ = ["ATTEMPT_TAG", "DEVICE_TAG", "KEPT_ARTIFACT", "LOCK_MODEL_PREFIX", "N
            "check_tracking_uri", "close_stale_runs", "create_sqlite_store", "default_tracking_uri",
            "ensure_experiment", "existing_experiment", "existing_store", "experiment_id", "finished_keys",
            "kept_checkpoint", "load_runs", "lock_prefix", "metric_history", "metrics_at", "normalize_uri",
-           "parent_run_id", "record_summary", "redact", "run_checkpoint", "run_experiment_name", "run_keys",
+           "parent_run_id", "record_summary", "redact", "run_checkpoint", "run_epochs", "run_experiment_name",
            "run_link", "running_keys", "server_lock", "store_token", "sweep_runs"]

@@ -194,9 +194,10 @@ def finished_keys(uri: str, experiment_id: str) -> set[str]:
     return {r.data.tags.get(RUN_KEY_TAG) for r in _runs(uri, experiment_id, "FINISHED")}
 
 
-def run_keys(uri: str, experiment_id: str) -> set[str]:
-    """Run keys of all the experiment's runs, whatever their status."""
-    return {r.data.tags[RUN_KEY_TAG] for r in _runs(uri, experiment_id) if RUN_KEY_TAG in r.data.tags}
+def run_epochs(uri: str, experiment_id: str) -> dict[str, int]:
+    """{run key: last epoch logged} of all the experiment's runs, whatever their status."""
+    return {r.data.tags[RUN_KEY_TAG]: int(r.data.metrics.get("epoch", 0)) for r in _runs(uri, experiment_id)
+            if RUN_KEY_TAG in r.data.tags}
 
 
 def running_keys(uri: str, experiment_id: str) -> list[str]:
