@@ -439,7 +439,7 @@ def test_a_sweep_whose_store_was_lost_is_refused_not_resumed_mid_way(ray_session
         key = run.data.tags[tracking.RUN_KEY_TAG]
         (sweep / "checkpoints" / key).mkdir(parents=True)
         client.delete_run(run.info.run_id)
-        words = "1 trials of the sweep"
+        words = "1 runs of the sweep"
     # the re-run is a new process, as a user's is (this one's MLflow client keeps the deleted file open)
     p = subprocess.run([sys.executable, str(ROOT / "searches" / "both_fail_scan.py"), *argv], cwd=tmp_path,
                        capture_output=True, text=True, timeout=300)
