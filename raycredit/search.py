@@ -344,6 +344,9 @@ def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack,
         disk.check_writable(db.parent, "--tracking-uri")
         for f in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
             disk.check_writable_file(f, "--tracking-uri")
+    artifacts = tracking.artifact_folder(uri, experiment)
+    if artifacts is not None:  # every trial uploads its checkpoint there at its end
+        disk.check_writable(artifacts, f"the artifact folder of experiment {experiment!r}")
     if "://" in args.storage:
         raise UserError(f"--storage {args.storage!r}: trial checkpoints need a filesystem path "
                         "(on a multi-node cluster, a folder every node mounts)")

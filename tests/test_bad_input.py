@@ -86,6 +86,10 @@ def setup(kind: str, tmp: Path, ckpt: bytes, monkeypatch) -> None:
         (tmp / "m.db").write_bytes(b"")
         if subprocess.run(["chattr", "+i", str(tmp / "m.db")], capture_output=True).returncode:
             pytest.skip("chattr +i is not available here (needs root on ext4-like filesystems)")
+    elif kind == "artifacts_immutable":
+        (tmp / "artifacts").mkdir()
+        if subprocess.run(["chattr", "+i", str(tmp / "artifacts")], capture_output=True).returncode:
+            pytest.skip("chattr +i is not available here (needs root on ext4-like filesystems)")
     elif kind == "small_disk":
         (tmp / "small").mkdir()
         if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(tmp / "small")],
@@ -131,6 +135,7 @@ CASES = [
     (SEARCH, "afile", ["--tracking-uri", "sqlite:///{tmp}/afile/m.db"], "--tracking-uri: cannot create"),
     (SEARCH, "", ["--tracking-uri", "mlruns/m.db"], "is not a URI"),
     (SEARCH, "store_immutable", [], "the file is not"),
+    (SEARCH, "artifacts_immutable", [], "the artifact folder of experiment 'both_fail_scan-smoke': cannot write"),
     (SEARCH, "small_disk", ["--storage", "{tmp}/small/ray"], "small has 1.0 MiB free (a sweep needs at least"),
     (SEARCH, "small_disk", ["--tracking-uri", "sqlite:///{tmp}/small/m.db"], "1.0 MiB free"),
     # data
@@ -200,8 +205,9 @@ CASES = [
 
 
 def undo(kind: str, tmp: Path) -> None:
-    if kind == "store_immutable":
-        subprocess.run(["chattr", "-i", str(tmp / "m.db")], check=True)
+    if kind in ("store_immutable", "artifacts_immutable"):
+        subprocess.run(["chattr", "-i", str(tmp / ("m.db" if kind == "store_immutable" else "artifacts"))],
+                       check=True)
     elif kind == "small_disk":
         subprocess.run(["umount", str(tmp / "small")], check=True)
 

@@ -93,6 +93,22 @@ def ensure_experiment(uri: str, name: str) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
+def artifact_folder(uri: str, name: str) -> Path | None:
+    """The local folder experiment `name` keeps its artifacts (checkpoints) in: its artifact location where that
+    is a path on this machine, or, for a SQLite store that does not hold it yet, the folder `ensure_experiment`
+    will give it; None where the artifacts go elsewhere (a tracking server, object storage). Writes nothing."""
+    from urllib.parse import unquote, urlsplit
+
+    found = existing_experiment(uri, name)
+    location = get_client(uri).get_experiment(found[0]).artifact_location if found else None
+    if location is None:
+        return Path(uri[len("sqlite:///"):]).parent / "artifacts" if uri.startswith("sqlite:///") else None
+    parts = urlsplit(location)
+    if parts.scheme == "file":
+        return Path(unquote(parts.path))
+    return Path(location) if not parts.scheme else None
+
+
 def create_sqlite_store(db: Path) -> None:
     """Create an empty MLflow SQLite store at `db` atomically: it is built beside `db` under a temporary name
     and linked into place complete, so a full disk or a crash never leaves a half-created store (which MLflow
