@@ -101,17 +101,25 @@ def record_runs(sweep: Path, uri: str, experiment_id: str) -> None:
         return
 
 
-EXPERIMENT_NAME_MAX = 100  # the Tune experiment folder is "<experiment>-<8 hex>" under --storage
+EXPERIMENT_NAME_MAX = 100  # characters
+EXPERIMENT_NAME_BYTES = 200  # the Tune experiment folder "<experiment>-<8 hex>" stays within a name's 255 bytes
 
 
 def experiment_name(name: str) -> None:
     """UserError unless `name` is a usable experiment name: it also names a folder under --storage, so it
-    must stay inside it (no separators, no leading dot) and within filesystem name limits."""
+    must stay inside it (no separators, no leading dot) and within filesystem name limits (255 bytes, so
+    characters of several bytes count by their bytes), and it is quoted in MLflow's run filters (no quotes)."""
     if not name or len(name) > EXPERIMENT_NAME_MAX:
         raise UserError(f"--experiment: {len(name)} characters; use 1 to {EXPERIMENT_NAME_MAX}")
+    size = len(name.encode(errors="surrogatepass"))
+    if size > EXPERIMENT_NAME_BYTES:
+        raise UserError(f"--experiment: {size} bytes in UTF-8; use at most {EXPERIMENT_NAME_BYTES} "
+                        "(it names a folder under --storage)")
     if any(c in name for c in "/\\\0") or name.startswith(".") or not name.isprintable():
         raise UserError(f"--experiment {name!r}: no '/', '\\', leading '.' or control characters (it names a "
                         "folder under --storage)")
+    if any(c in name for c in "'\"`"):
+        raise UserError(f"--experiment {name!r}: no quotes or backticks (MLflow's run filters quote the name)")
 
 
 def device_name(device: str, local: bool) -> None:

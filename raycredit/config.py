@@ -326,8 +326,9 @@ class Config:
             raise ConfigError(f"epochs: a branch from epoch {lin.parent_epoch} trains up to epochs={t.epochs}, "
                               "which must be later (epochs counts from the trunk's start)")
 
-    def _check_sizes(self) -> None:
-        """ConfigError for a synthetic dataset or a model whose float32 tensors would exceed MAX_TENSOR_BYTES."""
+    def _check_sizes(self, n_classes: int | None = None) -> None:
+        """ConfigError for a synthetic dataset or a model whose float32 tensors would exceed MAX_TENSOR_BYTES;
+        `n_classes`: the dataset's, where its files say it (else the knob's)."""
         m, dc = self.model, self.data
         gib = 2**30
         if dc.dataset in ("synthetic", "toy_lq"):
@@ -338,10 +339,14 @@ class Config:
                                   f"of input_dim, teacher_width, n_classes) needs about {4 * n * widest / gib:.0f} "
                                   f"GiB (limit {MAX_TENSOR_BYTES // gib} GiB)")
         hidden = max(1, round(m.mlp_ratio * m.d))
-        params = m.L * (2 * m.d * hidden + m.d * m.d) + m.d * dc.n_classes * (m.L + 2)
+        params = m.L * (2 * m.d * hidden + m.d * m.d) + m.d * (n_classes or dc.n_classes) * (m.L + 2)
         if 4 * params > MAX_TENSOR_BYTES:
             raise ConfigError(f"d/L/n_classes: a model of about {params:.2g} parameters needs about "
                               f"{4 * params / gib:.0f} GiB (limit {MAX_TENSOR_BYTES // gib} GiB)")
+
+    def check_model_size(self, n_classes: int) -> None:
+        """ConfigError when the model for a dataset of `n_classes` classes would exceed MAX_TENSOR_BYTES."""
+        self._check_sizes(n_classes)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -194,12 +194,13 @@ def load_data(cfg: DataConfig, device: torch.device | str = "cpu") -> Data:
     return LOADERS[cfg.dataset](cfg).to(device)
 
 
-def check_data(cfg: DataConfig) -> None:
-    """Raise DataError now if the dataset cannot be loaded (run before any trial starts)."""
+def check_data(cfg: DataConfig) -> int:
+    """Raise DataError now if the dataset cannot be loaded (run before any trial starts); its number of
+    classes."""
     if cfg.dataset in ("cifar10", "cifar100"):
         root = Path(cfg.data_dir).expanduser()
         if cfg.download:
             os.makedirs(root, exist_ok=True)
         elif not root.is_dir():
             raise DataError(f"data dir {root} does not exist (pass --download to fetch {cfg.dataset} into it)")
-    LOADERS[cfg.dataset](cfg)
+    return LOADERS[cfg.dataset](cfg).n_classes

@@ -329,13 +329,15 @@ def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack,
                         "scheduling delays count as a hang")
     experiment = args.experiment or f"{name}-{args.preset}"
     checks.experiment_name(experiment)
+    disk.check_writable(Path(args.out or Path("reports") / experiment), "--out")
     wants_cuda = sorted({c.train.device for c in configs if c.train.device not in ("auto", "cpu")})
     for device in wants_cuda:
         checks.device_name(device, local=args.address in (None, "", "local"))
     if wants_cuda and args.gpus_per_trial == 0:
         raise UserError(f"device {wants_cuda[0]}: trials get no GPU with --gpus-per-trial 0")
-    for data_cfg in {c.data for c in configs}:
-        check_data(data_cfg)
+    classes = {data_cfg: check_data(data_cfg) for data_cfg in {c.data for c in configs}}
+    for c in configs:  # an npz file's labels say how many outputs the model has
+        c.check_model_size(classes[c.data])
     uri = tracking.normalize_uri(args.tracking_uri)
     tracking.check_tracking_uri(uri)
     check_outside_parents(configs, uri, experiment)
@@ -495,10 +497,11 @@ def _run_optuna(name: str, preset: Preset, args, analysis, space: Callable, held
 
 def _export_only(name: str, args, base: Config, space: Callable, opt, sweep_id: str) -> int:
     """--export-study: the search's trials so far as an Optuna study; reads the store, starts nothing."""
-    from raycredit import checks, tracking
+    from raycredit import checks, disk, tracking
 
     experiment = args.experiment or f"{name}-{args.preset}"
     checks.experiment_name(experiment)
+    disk.check_writable(Path(args.out or Path("reports") / experiment), "--out")
     uri = tracking.normalize_uri(args.tracking_uri)
     tracking.check_tracking_uri(uri)
     found = tracking.existing_experiment(uri, experiment)

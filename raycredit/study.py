@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -82,8 +83,10 @@ def export_study(uri: str, experiment_id: str, sweep: str, space, base: Config, 
         if run.info.end_time:
             trials[-1].datetime_complete = datetime.fromtimestamp(run.info.end_time / 1000)
         runs[run.info.run_id] = run
-    tmp = folder / f".{STUDY_FILE}.tmp"
-    tmp.unlink(missing_ok=True)
+    # a name of its own: two exports at once each build their own file, and the last one replaces the other's
+    fd, name = tempfile.mkstemp(dir=folder, prefix=f".{STUDY_FILE}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp.resolve()}")
     try:
         study = optuna.create_study(storage=storage, study_name=sweep,

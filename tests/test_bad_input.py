@@ -57,6 +57,12 @@ def setup(kind: str, tmp: Path, ckpt: bytes, monkeypatch) -> None:
         rng = np.random.default_rng(0)
         np.savez(tmp / "bad.npz", x_train=rng.normal(size=(40, 12)), y_train=rng.normal(size=40),
                  x_test=rng.normal(size=(10, 12)), y_test=rng.integers(0, 3, 10))
+    elif kind == "npz_huge_label":
+        rng = np.random.default_rng(0)
+        y_train, y_test = rng.integers(0, 3, 40), rng.integers(0, 3, 10)
+        y_train[0] = y_test[0] = 10**9
+        np.savez(tmp / "bad.npz", x_train=rng.normal(size=(40, 12)), y_train=y_train,
+                 x_test=rng.normal(size=(10, 12)), y_test=y_test)
     elif kind in ("npz_complex", "npz_featureless", "npz_unseen"):
         rng = np.random.default_rng(0)
         x_train, x_test = rng.normal(size=(40, 12)), rng.normal(size=(10, 12))
@@ -149,6 +155,10 @@ CASES = [
     (SEARCH, "npz_complex", ["--dataset", "npz", "--data-dir", "{tmp}/bad.npz"], "must be real numbers"),
     (SEARCH, "npz_featureless", ["--dataset", "npz", "--data-dir", "{tmp}/bad.npz"], "has no features"),
     (SEARCH, "npz_unseen", ["--dataset", "npz", "--data-dir", "{tmp}/bad.npz"], "test labels 5 never occur"),
+    (SEARCH, "npz_huge_label", ["--dataset", "npz", "--data-dir", "{tmp}/bad.npz"], "d/L/n_classes: a model of"),
+    (SEARCH, "", ["--experiment", "\U0001F600" * 100], "--experiment: 400 bytes"),
+    (SEARCH, "", ["--experiment", "lab's scan"], "quotes"),
+    (SEARCH, "afile", ["--out", "{tmp}/afile"], "--out"),
     # sizes and values that used to give tracebacks or hang
     (SEARCH, "", ["--set", "lr=inf"], "lr: inf is not finite"),
     (SEARCH, "", ["--set", "data_seed=1180591620717411303424"], "data_seed"),

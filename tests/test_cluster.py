@@ -177,6 +177,13 @@ def test_optuna_search_killed_and_rerun_completes_its_trials_once(head, tmp_path
     printed = capsys.readouterr().out
     assert "Optuna study" in printed and "Optuna (TPE)" not in printed, printed  # nothing ran
     assert_exported_study(tmp_path / "reports" / "optuna", trials, summary[0])
+    both = [subprocess.Popen([*cmd, "--export-study"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]  # two at once
+    for q in both:
+        out, err = q.communicate(timeout=300)
+        assert q.returncode == 0 and "Traceback" not in err, err[-3000:]
+    assert_exported_study(tmp_path / "reports" / "optuna", trials, summary[0])
+    assert not list((tmp_path / "reports" / "optuna").glob(".study.db*"))
 
 
 def assert_exported_study(folder, trials, summary):
