@@ -259,9 +259,10 @@ def run_search(name: str, doc: str, presets: dict[str, Preset], *, default_prese
               "space and re-run the same command to finish it", file=sys.stderr)
         return 1
     finally:
-        from raycredit import engine
-
-        engine.disconnect()
+        # not imported, nothing was started; a Ctrl-C may have cut Ray's import short, and a second import fails
+        engine = sys.modules.get("raycredit.engine")
+        if engine is not None:
+            engine.disconnect()
 
 
 INTERRUPTED = 130  # the shell's code for a Ctrl-C

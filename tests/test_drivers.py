@@ -240,3 +240,78 @@ def test_a_store_rolled_back_to_an_older_copy_is_refused_naming_what_is_missing(
     assert not list((tmp_path / "ray").glob("*/checkpoints/*/checkpoint.pt"))  # only the record is left
     copy(tmp_path / "backup.db", db)
     refused()
+
+
+def test_ctrl_c_while_ray_starts_and_while_it_stops_ends_in_one_line():
+    """Ctrl-C while the local Ray instance is starting: the search stops with the resume hint once Ray is up (an
+    interrupted start would leave processes nothing stops), and none of that instance's processes is left.
+    Ctrl-C twice more while it is being stopped: ignored, no traceback."""
+    import os
+    import shutil
+    import tempfile
+    import threading
+
+    root = Path(tempfile.mkdtemp(prefix="rcc"))  # short: Ray's socket paths live under RAY_TMPDIR
+    env = {**os.environ, "RAY_TMPDIR": str(root / "rt")}
+    (root / "rt").mkdir()
+    uri = f"sqlite:///{root / 'm.db'}"
+    cmd = [sys.executable, str(ROOT / "searches" / "both_fail_scan.py"), "--preset", "smoke", "--seeds", "0",
+           "--set", "credit_norm=true", "--epochs", "40", "--tracking-uri", uri, "--storage", str(root / "ray"),
+           "--experiment", "ctrlc-start", "--gpus-per-trial", "0", "--no-analysis"]
+
+    def ours() -> list[int]:
+        """Processes of this test's Ray instances (their command lines name RAY_TMPDIR)."""
+        found = []
+        for p in Path("/proc").iterdir():
+            try:
+                if p.name.isdigit() and int(p.name) != os.getpid() and str(root / "rt").encode() in (
+                        p / "cmdline").read_bytes():
+                    found.append(int(p.name))
+            except OSError:
+                continue
+        return found
+
+    def run(press) -> tuple[int, str, str]:
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out: list[str] = []
+        reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)
+        reader.start()
+        press(proc, out)
+        err = proc.stderr.read()
+        proc.wait(timeout=300)
+        reader.join(timeout=30)
+        return proc.returncode, "".join(out), err
+
+    def while_starting(proc, out):
+        deadline = time.time() + 120
+        while not list((root / "rt").glob("ray/session_*")):
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.02)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+
+    def while_stopping(proc, out):
+        wait_for_runs(uri, "ctrlc-start", proc, 1)
+        proc.send_signal(signal.SIGINT)
+        deadline = time.time() + 120
+        while not any("stopping the local Ray instance" in line for line in out):
+            assert time.time() < deadline, out
+            time.sleep(0.05)
+        for _ in range(2):
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.3)
+
+    try:
+        for press in (while_starting, while_stopping):
+            code, out, err = run(press)
+            assert code in (130, -signal.SIGINT), (press.__name__, code, err[-3000:])  # -2: a press while exiting
+            assert "Traceback" not in out + err, (press.__name__, err[-3000:])
+            assert "re-run the same command to resume" in out + err, (press.__name__, out, err)
+            deadline = time.time() + 20
+            while ours() and time.time() < deadline:
+                time.sleep(0.5)
+            assert not ours(), (press.__name__, ours())
+        _, runs = runs_of(uri, "ctrlc-start")
+        assert runs and not [r for r in runs if r.info.status == "RUNNING"]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

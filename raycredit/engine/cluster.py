@@ -84,7 +84,7 @@ def connect(address: str | None, verbose: bool = True) -> None:
         return
     STARTED.update(local=address is None, joined=address is not None)
     if address is None:
-        with worker_environment():
+        with interrupt_after(), worker_environment():
             ray.init(address="local", include_dashboard=False, log_to_driver=True, logging_level=level)
         return
     # `ray start` turns token auth on when ~/.ray/auth_token exists but ray.init(address=...) does not (ray 2.60):
@@ -92,7 +92,29 @@ def connect(address: str | None, verbose: bool = True) -> None:
     from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
 
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-    ray.init(address=address, log_to_driver=True, logging_level=level)
+    with interrupt_after():
+        ray.init(address=address, log_to_driver=True, logging_level=level)
+
+
+@contextlib.contextmanager
+def interrupt_after() -> Iterator[None]:
+    """Hold a Ctrl-C pressed during the body (Ray starting or joining) until it ends, then raise it: an
+    interrupted ray.init would leave a half-started instance that nothing stops, and Ray's core worker may take
+    SIGINT over while it starts (a Ctrl-C then went unseen); Python's handler is put back in any case."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda *_: pressed.append(1))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        raise KeyboardInterrupt
 
 
 # what a trial may need of the driver's environment although the name looks secret: Ray's own settings, and the
@@ -116,12 +138,21 @@ def worker_environment() -> Iterator[None]:
 
 def disconnect() -> None:
     """Leave the cluster `connect` joined, or stop the local instance it started (which takes seconds: say so)."""
+    import signal
+    import threading
+
     import ray
 
     if STARTED["local"]:
         print("stopping the local Ray instance", flush=True)
-    if STARTED["local"] or STARTED["joined"]:
-        ray.shutdown()
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None  # more Ctrl-C: it is stopping
+    try:
+        if STARTED["local"] or STARTED["joined"]:
+            ray.shutdown()
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
     STARTED.update(local=False, joined=False)
 
 
