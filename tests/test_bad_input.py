@@ -263,3 +263,36 @@ def check_case(tmp_path, capsys, tool, argv, words):
     assert snapshot(tmp_path) == before, "bad input wrote files"
     assert not [p for p in tmp_path.iterdir() if p.is_dir() and p.name in ("ray", "reports", "mlflow_runs")]
 
+
+
+def test_an_address_that_answers_the_http2_preface_and_then_nothing_exits_2(tmp_path, capsys):
+    """A service that sends HTTP/2 SETTINGS and then stays silent (ray.init would wait on it indefinitely,
+    holding the experiment's lock): refused in one line within the probe's 5 s."""
+    import socket
+    import threading
+    import time
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    held = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            held.append(conn)
+            conn.sendall(bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))  # SETTINGS, then nothing
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        start = time.time()
+        check_case(tmp_path, capsys, SEARCH, ["--address", f"127.0.0.1:{server.getsockname()[1]}"],
+                   "answers, but not as a Ray cluster")
+        assert time.time() - start < 30
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()

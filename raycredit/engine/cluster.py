@@ -46,26 +46,35 @@ def resolve_address(address: str | None) -> str | None:
     return resolved
 
 
-# the HTTP/2 client preface and an empty SETTINGS frame (RFC 9113 §3.4)
+# the HTTP/2 client preface and an empty SETTINGS frame (RFC 9113 §3.4), then a PING (§6.7)
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+HTTP2_PING = bytes([0, 0, 8, 6, 0, 0, 0, 0, 0]) + b"raycredt"
 
 
 def speaks_http2(host: str, port: int, timeout: float = 5.0) -> bool:
-    """Whether host:port answers the HTTP/2 preface with a SETTINGS frame, as a Ray head's GCS (a gRPC server)
-    does; an HTTP/1 service (the Ray dashboard, an MLflow UI) or a silent one does not. ray.init would wait on
-    such a port indefinitely. OSError when nothing listens there."""
+    """Whether host:port speaks HTTP/2 as a Ray head's GCS (a gRPC server) does: it answers the preface with a
+    SETTINGS frame and a PING with its acknowledgement. An HTTP/1 service (the Ray dashboard, an MLflow UI), a
+    silent one, or one that answers the preface and then nothing does not; ray.init would wait on such a port
+    indefinitely. OSError when nothing listens there."""
     with socket.create_connection((host, port), timeout=timeout) as s:
-        s.sendall(HTTP2_PREFACE)
-        head = b""
+        s.sendall(HTTP2_PREFACE + HTTP2_PING)
+        frames, buf = [], b""
         try:
-            while len(head) < 9:
-                chunk = s.recv(9 - len(head))
+            while True:
+                while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+                    size = int.from_bytes(buf[:3], "big")
+                    frames.append((buf[3], buf[4], buf[9:9 + size]))
+                    buf = buf[9 + size:]
+                if frames and frames[0][0] != 0x4:  # the first frame of a server is its SETTINGS
+                    return False
+                if any(kind == 0x6 and flags & 0x1 and data == HTTP2_PING[9:] for kind, flags, data in frames):
+                    return True
+                chunk = s.recv(4096)
                 if not chunk:
-                    break
-                head += chunk
-        except OSError:  # a timeout: nothing answered
+                    return False
+                buf += chunk
+        except OSError:  # a timeout: nothing (more) answered
             return False
-    return len(head) == 9 and head[3] == 0x04  # frame type 0x4: SETTINGS
 
 
 STARTED: dict[str, bool] = {"local": False, "joined": False}  # what `connect` did, for `disconnect`
