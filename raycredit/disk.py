@@ -76,6 +76,19 @@ def is_full(e: BaseException | None) -> bool:
     return False
 
 
+def full_reason(e: BaseException) -> str:
+    """What a full-disk error chain (is_full(e)) says, in one line: the OSError's, or SQLite's message."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in FULL_ERRNOS:
+            return str(e) if isinstance(e, DiskFull) else f"{e.strerror}: {e.filename or 'a file'}"
+        if "database or disk is full" in str(e):
+            return "the SQLite tracking store: database or disk is full"
+        e = e.__cause__ or e.__context__
+    return "no space left"
+
+
 def full_error(path: Path, e: BaseException) -> DiskFull:
     """The DiskFull to raise for a write to `path` that failed with `e` (is_full(e))."""
     quota = "disk quota exceeded" in str(e).lower() or getattr(e, "errno", None) == errno.EDQUOT

@@ -255,7 +255,7 @@ def run_search(name: str, doc: str, presets: dict[str, Preset], *, default_prese
         if not disk.is_full(e):
             raise
         # the driver's own writes (the tracking store, Tune's state) after the pre-flight check passed
-        print(f"{name}: error: a disk filled up during the sweep ({str(e).splitlines()[0][:300]}); free some "
+        print(f"{name}: error: a disk filled up during the sweep ({disk.full_reason(e)[:300]}); free some "
               "space and re-run the same command to finish it", file=sys.stderr)
         return 1
     finally:

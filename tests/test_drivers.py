@@ -107,6 +107,41 @@ def test_storage_filled_mid_sweep_fails_trials_with_the_reason_and_a_rerun_compl
         subprocess.run(["umount", str(disk)], check=True)
 
 
+def test_the_stores_disk_filled_mid_sweep_fails_trials_in_one_line_each_and_a_rerun_completes(tmp_path):
+    """The SQLite store on a small tmpfs that a file fills once the first epoch is logged: every trial that
+    cannot write to it fails with one line naming the store and its free space, the driver ends with one line
+    (exit 1), no traceback anywhere (MLflow logs each SQL error with one); once the file is deleted, the same
+    command takes up the runs left RUNNING and finishes every run, each epoch logged once."""
+    from mlflow_checks import assert_one_complete_run_per_trial
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=80m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        uri = f"sqlite:///{disk / 'mlflow.db'}"
+        cmd = [sys.executable, str(ROOT / "searches" / "both_fail_scan.py"), "--preset", "smoke", "--seeds", "0",
+               "--set", "credit_norm=true", "--set", "d=16", "--set", "L=2", "--set", "n_train=500", "--epochs",
+               "6", "--tracking-uri", uri, "--storage", str(tmp_path / "ray"), "--experiment", "storefull",
+               "--gpus-per-trial", "0", "--no-analysis"]
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for_runs(uri, "storefull", proc, 1)
+        fill(disk / "filler")
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 1, out[-2000:] + err[-3000:]
+        assert "Traceback" not in out + err, (out + err)[-5000:]
+        failed = [line for line in out.splitlines() if " failed: " in line]
+        assert failed and all(f"no space left writing {disk / 'mlflow.db'} (0 B free" in line for line in failed)
+        last = [line for line in err.splitlines() if "error:" in line]
+        assert len(last) == 1 and "a disk filled up during the sweep" in last[0], err[-3000:]
+        (disk / "filler").unlink()
+        again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+        assert_one_complete_run_per_trial(uri, "storefull", 4, 6)
+    finally:  # lazily: this process's MLflow client keeps the store open
+        subprocess.run(["umount", "--lazy", str(disk)], check=True)
+
+
 def fill(path: Path) -> None:
     """Write zeros to `path` until its filesystem is full."""
     with open(path, "wb") as f:

@@ -20,11 +20,12 @@ from pathlib import Path
 from ray import tune
 
 from raycredit.config import Config
-from raycredit.disk import DiskFull
+from raycredit.disk import DiskFull, is_full
 from raycredit.engine.hang import heartbeat
 from raycredit.errors import UserError
 from raycredit.rules import RULES
 from raycredit.rules.base import LocalRule
+from raycredit.tracking import full_store_error
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FAILURE_TAG = "raycredit.failure"  # why the latest attempt failed, when it failed cleanly (a full disk)
@@ -53,8 +54,14 @@ def trainable(config: dict, settings: dict, base: dict | None = None) -> None:
     tags = {POPULATION_TAG: trial_key} if len(cfgs) > 1 else {}
     if SEARCHED in config:
         tags[SEARCHED_TAG] = ",".join(config[SEARCHED])
-    runs = [open_run(s, c, k, n, d, {**tags, **lineage_tags(s, c)})
-            for c, k, n, d in zip(cfgs, keys, names, data, strict=True)]
+    try:
+        runs = [open_run(s, c, k, n, d, {**tags, **lineage_tags(s, c)})
+                for c, k, n, d in zip(cfgs, keys, names, data, strict=True)]
+    except Exception as e:
+        if not is_full(e):
+            raise
+        tune.report({"failure": str(full_store_error(s.tracking_uri, e)), "run_key": trial_key})
+        return
     folder = Path(s.checkpoint_root) / trial_key
     path = folder / CHECKPOINT_FILE
     todo = [i for i, r in enumerate(runs) if not r.finished]
@@ -170,7 +177,10 @@ def trainable(config: dict, settings: dict, base: dict | None = None) -> None:
         raise
     except DiskFull as e:
         fail_cleanly([runs[i] for i in todo], trial_key, e)
-    except BaseException:
+    except BaseException as e:
+        if isinstance(e, Exception) and is_full(e):  # the tracking store's disk, under one of MLflow's writes
+            fail_cleanly([runs[i] for i in todo], trial_key, full_store_error(s.tracking_uri, e))
+            return
         for r in runs:
             if not r.finished:
                 r.finish("FAILED")
@@ -406,12 +416,15 @@ def read_checkpoint(path: Path, key: str, runs: list) -> dict[str, dict]:
 def fail_cleanly(runs: list, key: str, e: Exception) -> None:
     """End the trial as failed without a traceback or a retry (retrying cannot help: a full disk stays full
     until someone frees it): its unfinished runs are FAILED with the reason, and Tune is told the reason. When
-    even that cannot be written, `e` propagates and Tune retries the trial as after any crash."""
+    the tracking store's own disk is full too, the runs stay RUNNING (the next run of the sweep takes them up);
+    when the failure cannot be written for another reason, `e` propagates and Tune retries the trial as after
+    any crash."""
     try:
         for run in runs:
             if not run.finished:
                 run.set_tags({FAILURE_TAG: str(e)})
                 run.finish("FAILED")
-    except Exception:
-        raise e from None
+    except Exception as unwritten:
+        if not is_full(unwritten):
+            raise e from None
     tune.report({"failure": str(e), "run_key": key})

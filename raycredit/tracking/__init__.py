@@ -7,8 +7,13 @@ duplicates runs after `Tuner.restore`, SPEC §11), and epochs that were already
 logged before an interruption are not logged twice.
 """
 
+import logging
 import os
 
+# MLflow's SQL store logs every OperationalError with its traceback before raising it again (mlflow/store/db/
+# utils.py, make_managed_session): SQLite's "database is locked", which raycredit retries, and a full disk,
+# which a trial reports in one line; the raised error is handled either way
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 # MLflow prints "View run <name> at: <tracking URI>/#/..." to stdout whenever a run on a server ends, in the
 # driver and in every trial's worker log, credentials in the URI included; raycredit prints its own summary.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -59,6 +64,7 @@ from raycredit.tracking.store import (  # noqa: E402
     existing_experiment,
     existing_store,
     experiment_id,
+    full_store_error,
     load_runs,
     normalize_uri,
     redact,
@@ -68,9 +74,9 @@ from raycredit.tracking.store import (  # noqa: E402
 __all__ = ["ATTEMPT_TAG", "DEVICE_TAG", "KEPT_ARTIFACT", "LOCK_MODEL_PREFIX", "NODE_TAG", "PARENT_EPOCH_TAG",
            "PARENT_RUN_TAG", "PID_TAG", "POPULATION_TAG", "REACH_TIMEOUT_S", "RESUMED_TAG", "RUN_KEY_TAG",
            "SEARCHED_TAG", "STOPPED_EARLY_TAG", "STORE_TOKEN_TAG", "SUMMARY_TAG", "SWEEP_TAG", "TERMINAL",
-           "TRACKING_SCHEMES", "TrialRun",
-           "artifact_folder", "check_tracking_uri", "close_stale_runs", "create_sqlite_store", "default_tracking_uri",
-           "ensure_experiment", "existing_experiment", "existing_store", "experiment_id", "finished_keys",
-           "kept_checkpoint", "load_runs", "lock_prefix", "metric_history", "metrics_at", "normalize_uri",
-           "parent_run_id", "record_summary", "redact", "run_checkpoint", "run_epochs", "run_experiment_name",
-           "run_link", "running_keys", "server_lock", "store_token", "sweep_runs"]
+           "TRACKING_SCHEMES", "TrialRun", "artifact_folder", "check_tracking_uri", "close_stale_runs",
+           "create_sqlite_store", "default_tracking_uri", "ensure_experiment", "existing_experiment",
+           "existing_store", "experiment_id", "finished_keys", "full_store_error", "kept_checkpoint", "load_runs",
+           "lock_prefix", "metric_history", "metrics_at", "normalize_uri", "parent_run_id", "record_summary",
+           "redact", "run_checkpoint", "run_epochs", "run_experiment_name", "run_link", "running_keys",
+           "server_lock", "store_token", "sweep_runs"]

@@ -70,6 +70,17 @@ def redact(uri: str) -> str:
     return re.sub(r"(://)[^/@]+@", r"\1***@", uri)
 
 
+def full_store_error(uri: str, e: BaseException) -> disk.DiskFull:
+    """The DiskFull to raise for a write to the store at `uri` that failed because its disk is full
+    (disk.is_full(e))."""
+    import errno
+
+    if uri.startswith("sqlite:///"):
+        return disk.full_error(Path(uri[len("sqlite:///"):]), e)
+    return disk.DiskFull(errno.ENOSPC, f"the tracking server's store {redact(uri)} is full: "
+                                       f"{str(e).strip().splitlines()[0][:200]}")
+
+
 def ensure_experiment(uri: str, name: str) -> str:
     """Id of experiment `name`, created if needed (local stores keep artifacts beside the database)."""
     if uri.startswith("sqlite:///"):
