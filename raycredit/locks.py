@@ -46,9 +46,13 @@ def store_mutex(uri: str) -> Iterator[None]:
     db = Path(uri[len("sqlite:///"):])
     path = db.parent.resolve() / f".raycredit-{stable_hash([db.name])}.runs.lock"
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    except PermissionError:  # another user's file in a shared folder: flock needs no write access
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except PermissionError:  # another user's file in a shared folder: flock needs no write access
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as e:  # ELOOP: a symlink planted in its place
+        raise UserError(f"cannot open the store's lock file {path} ({e.strerror}): remove it if no driver is "
+                        "running") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

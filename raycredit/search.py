@@ -363,6 +363,8 @@ def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack,
     if uri.startswith("sqlite:///"):
         held.enter_context(locks.experiment_lock(locks.lock_path(Path(uri[len("sqlite:///"):]), experiment),
                                                  experiment))
+    with locks.store_mutex(uri):  # trials open their runs under it: a file planted in its place stops them here
+        pass
     claimed = not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///"):]).exists()
     if claimed:
         held.enter_context(tracking.server_lock(uri, experiment, locks.owner(), on_lost=_lock_lost))

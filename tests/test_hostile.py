@@ -112,8 +112,18 @@ def test_another_users_checkpoint_is_refused(tmp_path, monkeypatch):
 
 OPEN_KEYS = """
 import sys, time
+from mlflow.tracking import MlflowClient
 from raycredit.tracking import TrialRun
-uri, exp, t0 = sys.argv[1], sys.argv[2], float(sys.argv[3])
+from raycredit.tracking.client import get_client
+uri, exp = sys.argv[1], sys.argv[2]
+get_client(uri).search_runs([exp])  # the store opened: each key's lookup and creation take milliseconds
+create = MlflowClient.create_run
+def slow_create(self, *a, **k):  # a busy store: 0.3 s between a lookup's answer and the creation it decided
+    time.sleep(0.3)
+    return create(self, *a, **k)
+MlflowClient.create_run = slow_create
+print("ready", flush=True)
+t0 = float(sys.stdin.readline())
 for k in range(5):
     while time.time() < t0 + k:  # both processes open key k at the same instant
         pass
@@ -130,12 +140,16 @@ def test_two_processes_opening_one_run_key_at_the_same_instant_get_one_run(tmp_p
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     exp = tracking.ensure_experiment(uri, "race")
-    t0 = time.time() + 15  # after both have imported MLflow
-    procs = [subprocess.Popen([sys.executable, "-c", OPEN_KEYS, uri, exp, str(t0)], stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN_KEYS, uri, exp], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for p in procs:  # both have imported MLflow
+        assert p.stdout.readline() == "ready\n", p.stderr.read()[-2000:]
+    t0 = time.time() + 0.5
+    for p in procs:
+        p.stdin.write(f"{t0}\n")
+        p.stdin.flush()
     for p in procs:
         assert p.wait(timeout=120) == 0, p.stderr.read()[-2000:]
-    assert time.time() > t0 + 4
     _, runs = runs_of(uri, "race")
     keys = sorted(r.data.tags[tracking.RUN_KEY_TAG] for r in runs)
     assert keys == [f"key{k}" for k in range(5)], keys
