@@ -13,6 +13,24 @@ TINY = dict(dataset="synthetic", n_train=512, n_test=256, input_dim=16, d=32, L=
             epochs=2, batch_size=64, probe_size=64, rho_dirs=8, device="cpu")
 
 
+# whole modules of the system tier: every test there runs Ray, a subprocess driver, a server or a browser
+SYSTEM_MODULES = {"test_cluster", "test_drivers", "test_engine", "test_ui"}
+SYSTEM_FIXTURES = {"ray_session", "served_store", "mlflow_server"}
+
+
+def pytest_collection_modifyitems(items):
+    """Each test's tier (pyproject.toml's markers): `science` and `system` where a test says so, `system` for
+    the modules and fixtures above, `unit` otherwise."""
+    for item in items:
+        if item.get_closest_marker("science") or item.get_closest_marker("system"):
+            continue
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if module in SYSTEM_MODULES or SYSTEM_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.system)
+        else:
+            item.add_marker(pytest.mark.unit)
+
+
 @pytest.fixture
 def tiny():
     """Flat dict of a fast config; tests override what they need."""

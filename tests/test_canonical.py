@@ -96,6 +96,7 @@ def test_fa_with_feedback_equal_to_the_weights_is_backprop(tiny, arch):
         torch.testing.assert_close(a, gi, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.science
 def test_fa_aligns_during_training(tiny):
     """With random B the credit starts near orthogonal to the true gradient and aligns (cos > 0) as it trains."""
     cfg = Config.from_dict({**tiny, "dataset": "digits", "arch": "mlp", "d": 64, "L": 3, "activation": "tanh",
@@ -116,6 +117,7 @@ def anchor(rule: str, **over) -> float:
     return train(cfg)["final"]["test_acc"]
 
 
+@pytest.mark.science
 def test_fa_and_dfa_near_bp_on_digits():
     """The published picture on MNIST-like data at a small budget: FA and DFA within 6 points of BP, all above the
     last-layer-only (frozen) control's floor."""
@@ -136,6 +138,7 @@ def test_fa_deep_cos_is_null_under_random_targets(tiny, fa_mode):
         assert final["cos/l4"] == pytest.approx(1.0, abs=1e-6)  # still logged, still exact
 
 
+@pytest.mark.science
 def test_ep_credit_stays_bounded_on_a_trained_model():
     """At the default relaxation step the nudged phase must not blow up once blocks have grown: every sample's
     credit norm within 10x the largest true gradient norm of its layer. A step past the energy's stability
@@ -218,6 +221,7 @@ def test_kolen_pollack_feedback_takes_the_forward_weights_step():
         torch.testing.assert_close(b1 - w1, (b0 - w0) * (1 - 0.05 * 0.2), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.science
 def test_kolen_pollack_aligns_its_feedback_with_the_forward_weights():
     """With a decay, the angle between each B and its W shrinks over training, and the credit aligns with the
     true gradient (clearly above fa's fixed random feedback under the same settings)."""

@@ -63,6 +63,7 @@ def test_help_lists_every_knob():
         assert "--" + key.replace("_", "-") in p.stdout, key
 
 
+@pytest.mark.system
 def test_diagnose_from_a_folder_without_a_store_creates_nothing(tmp_path):
     """Run from another folder, `raycredit diagnose` reports the missing default store instead of creating an
     empty mlflow_runs/mlflow.db there and then saying the run is missing."""
@@ -161,6 +162,7 @@ def listeners():
     (["--preset", "smoke", "--address", "127.0.0.1:{silent}"], "answers, but not as a Ray cluster"),
     (["--preset", "smoke", "--address", "127.0.0.1:{closed}"], "cannot reach a Ray cluster"),
 ], ids=["paper-default-without-data", "address-http-port", "address-silent-port", "address-closed-port"])
+@pytest.mark.system
 def test_first_hour_mistakes_as_a_process_exit_2_in_one_line_within_30s(tmp_path, listeners, argv, words):
     import time
 

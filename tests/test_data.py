@@ -82,6 +82,7 @@ def test_truncated_cifar_file_is_a_clear_error(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("exists", [False, True])
+@pytest.mark.system
 def test_missing_cifar_exits_2_with_one_line(tmp_path, exists):
     root = tmp_path / "cifar"
     if exists:

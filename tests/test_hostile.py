@@ -131,6 +131,7 @@ for k in range(5):
 """
 
 
+@pytest.mark.system
 def test_two_processes_opening_one_run_key_at_the_same_instant_get_one_run(tmp_path):
     import time
 
@@ -194,6 +195,7 @@ with tracking.server_lock(sys.argv[1], "killed", locks.owner()):
 """
 
 
+@pytest.mark.system
 def test_the_claim_of_a_driver_killed_on_this_machine_is_taken_over_at_once(tmp_path):
     """A SIGKILLed driver cannot release its claim; its pid is gone on this machine, so the next driver takes
     the lock at once instead of waiting for the claim to go stale (120 s) while naming a dead process."""
@@ -217,6 +219,7 @@ def test_the_claim_of_a_driver_killed_on_this_machine_is_taken_over_at_once(tmp_
         assert time.time() - start < 10
 
 
+@pytest.mark.system
 def test_another_users_lock_file_in_a_shared_folder_locks_and_refuses_in_one_line(tmp_path):
     """A shared store folder whose lock file another user created (mode 0644): a driver that may not write it
     still takes the lock (flock needs no write access), and is refused with one line while it is held. The
@@ -246,6 +249,7 @@ def test_another_users_lock_file_in_a_shared_folder_locks_and_refuses_in_one_lin
     assert "Traceback" not in held.stderr
 
 
+@pytest.mark.system
 def test_no_planted_secret_leaves_a_sweep_even_through_a_tracking_server_outage():
     """A URI password, a git remote's token, AWS keys and a GitHub token planted where a user has them; the
     tracking server stops answering for 10 s mid-sweep (MLflow's messages quote the URL of every failed

@@ -25,6 +25,7 @@ def double_setup(tiny, **over):
     return cfg, model, rule, hs, logits, y, g
 
 
+@pytest.mark.science
 def test_ep_credit_matches_the_gradient_at_a_converged_relaxation(tiny):
     # w2_std=0.5 makes the blocks far from identity, so the two credit readings differ
     knobs = dict(rule="ep", w2_std=0.5, ep_beta=1e-4, ep_steps=1000, ep_step_size=0.1)
@@ -71,6 +72,7 @@ def test_state_bridges_learn_to_predict_h_L(tiny):
     assert any(k.startswith("bridges.") for k in state["rule"])
 
 
+@pytest.mark.science
 @pytest.mark.parametrize("rule", ["ep", "state_bridge"])
 def test_learned_rules_train_on_synthetic(rule):
     base = dict(dataset="synthetic", d=64, L=4, epochs=3, n_train=2000, n_test=500, probe_size=64, rho_dirs=4,
@@ -94,6 +96,7 @@ def test_vector_field_measures_directional_derivatives(tiny):
     assert 1e-4 < err < 0.1, err  # first-order accurate: visibly off at eps = 0.1, yet close
 
 
+@pytest.mark.science
 def test_vector_field_learns_the_gradient_and_the_shuffle_control_does_not():
     base = dict(dataset="synthetic", d=64, L=3, epochs=4, n_train=2000, n_test=500, probe_size=128, rho_dirs=8,
                 diag_every=4, rule="vector_field", lr=1e-9, warmup_ratio=0.0, aux_lr=1e-2, device="cpu")
@@ -114,6 +117,7 @@ def test_warmup_epochs_use_dfa_credit(tiny):
     assert not torch.allclose(rule.credits(model, hs, logits, y)[1], dfa_credits(rule.B, logits, y)[1])
 
 
+@pytest.mark.science
 def test_credit_bridge_learns_only_with_terminal_gradient_matching():
     """The seeds' first finding: without tgw, V learns values but its gradient carries no credit."""
     base = dict(dataset="synthetic", d=64, L=3, epochs=4, n_train=2000, n_test=500, probe_size=128, rho_dirs=8,

@@ -132,6 +132,7 @@ def bp_snapshot():
     return cfg, data, ckpts[6]
 
 
+@pytest.mark.science
 def test_credit_recovery_on_a_frozen_bp_snapshot_orders_the_estimators_as_the_seeds_5b(bp_snapshot):
     """vector_field and state_bridge fitted on the frozen snapshot recover the gradient's direction; DFA's fixed
     projection and the shuffled-target control do not; the model's weights never move."""

@@ -133,6 +133,7 @@ def trained_settings():
     return pd.DataFrame(rows)
 
 
+@pytest.mark.science
 def test_bp_fires_nothing_on_synthetic_digits_and_plain_nets(trained_settings):
     for name, df in trained_settings.groupby("setting"):
         v = run_verdicts(df.drop(columns="setting"))
@@ -146,6 +147,7 @@ def test_bp_fires_nothing_on_synthetic_digits_and_plain_nets(trained_settings):
         assert (frozen["fit_test_acc"] >= frozen["test_acc"] - 0.02).all(), name
 
 
+@pytest.mark.science
 def test_verdicts_of_a_scratch_store(tmp_path, tiny, capsys):
     """Tiny runs over two seeds: bp, frozen, fa and dfa at the default lr, and bp, frozen and dfa at lr 0.1.
     analysis/protocol.py, the audit table's columns and `raycredit diagnose` agree with verdicts recomputed by

@@ -55,6 +55,7 @@ def test_bp_costate_cosine_is_one_and_accuracy_is_not_reported():
     assert h[-1]["test_acc"] != h[-1]["test_acc"] and h[-1]["test_loss"] < h[0]["train_loss"]
 
 
+@pytest.mark.science
 def test_state_bridge_recovers_the_costate_and_dfa_does_not():
     """The seeds' toy LQ finding (state bridge 0.945, DFA 0.001): after 160 steps the state bridge's costate
     cosine is far above DFA's."""

@@ -61,6 +61,7 @@ def test_checkpoint_holds_feedback_and_loads_weights_only(tiny, tmp_path):
     assert ckpt["epoch"] == 1 and len(ckpt["history"]) == 1
 
 
+@pytest.mark.science
 def test_bp_clearly_beats_frozen_and_reference_dfa_on_synthetic():
     """The synthetic default rewards depth (BP >= frozen + 5 points at the smoke budget), and the reference
     study's DFA (with credit normalization) falls well below BP there."""
