@@ -35,7 +35,7 @@ from raycredit.config import Config, stable_hash
 from raycredit.data import Data, load_data
 from raycredit.errors import ConfigError, UserError
 from raycredit.models import build_model
-from raycredit.rules import RULES, build_rule
+from raycredit.rules import build_rule
 from raycredit.rules.base import n_correct, task_loss
 from raycredit.train import EagerStepper, fit, make_optimizer, resolve_device
 
@@ -57,21 +57,15 @@ def shared_key(cfg: Config) -> str:
     return cfg.replace(**neutral).key()
 
 
-POPULATION_RULES = tuple(k for k, v in RULES.items() if v.population)
-
-
 def supports_population(cfg: Config) -> bool:
-    return RULES[cfg.rule.rule].population and not cfg.train.compile and not cfg.exploit.exploitability
+    """Every rule trains in population mode; a compiled model or a snapshot measurement does not."""
+    return not cfg.train.compile and not cfg.exploit.exploitability
 
 
 def check_members(cfgs: list[Config]) -> None:
     """ConfigError unless `cfgs` can train as one population."""
     if not cfgs:
         raise ConfigError("a population needs at least one member")
-    rule = cfgs[0].rule.rule
-    if not RULES[rule].population:
-        raise ConfigError(f"rule: {rule!r} cannot train in population mode (rules that can: "
-                          f"{', '.join(POPULATION_RULES)})")
     if cfgs[0].train.compile:
         raise ConfigError("compile: population members train eagerly under vmap; drop compile or the population")
     if len({c.key() for c in cfgs}) != len(cfgs):

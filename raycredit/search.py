@@ -401,7 +401,7 @@ def _lock_lost(message: str) -> None:
 
 def _run(name: str, preset: Preset, args, analysis, held: contextlib.ExitStack) -> int:
     from raycredit import tracking
-    from raycredit.population import POPULATION_RULES, supports_population
+    from raycredit.population import supports_population
 
     if args.population < 1:
         raise UserError(f"--population {args.population}: must be >= 1")
@@ -412,10 +412,10 @@ def _run(name: str, preset: Preset, args, analysis, held: contextlib.ExitStack) 
     uri, storage, experiment, settings, sweep = _prepare(name, args, configs, held, sweep_id,
                                                          [c.key() for c in configs])
     print(f"{name}: {len(configs)} runs, MLflow experiment {experiment!r} at {tracking.redact(uri)}")
-    alone = sorted({c.rule.rule for c in configs if not supports_population(c)})
+    alone = sum(not supports_population(c) for c in configs)
     if args.population > 1 and alone:
-        print(f"notice: {', '.join(alone)} configs train one per trial (population mode trains "
-              f"{', '.join(POPULATION_RULES)} without compile)")
+        print(f"notice: {alone} configs train one per trial (population mode trains configs without compile "
+              "and without exploitability)")
     done = len({c.key() for c in configs} & tracking.finished_keys(uri, settings.experiment_id))
     if done:
         print(f"notice: {done} of these configs already have a finished run in {experiment!r} and are not "

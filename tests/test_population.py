@@ -10,8 +10,9 @@ import torch
 
 from raycredit.config import Config
 from raycredit.errors import ConfigError
-from raycredit.population import POPULATION_RULES, check_members, group_members, shared_key, train_population
+from raycredit.population import check_members, group_members, shared_key, train_population
 from raycredit.posthoc import rediagnose
+from raycredit.rules import RULES
 from raycredit.train import train
 
 # members differ in every population key; clip_norm is small so that per-member clipping really clips
@@ -49,7 +50,7 @@ def cfg_rule_params(cfg: Config):
     return build_rule(cfg, model, cfg.data.n_classes).named_parameters()
 
 
-@pytest.mark.parametrize("rule", POPULATION_RULES)
+@pytest.mark.parametrize("rule", sorted(RULES))
 def test_members_equal_separate_runs(tiny, rule):
     cfgs = [Config.from_dict({**tiny, "rule": rule, "clip_norm": 0.05, **RULE_KNOBS.get(rule, {}), **m})
             for m in MEMBERS]

@@ -98,9 +98,6 @@ class Rule(nn.Module):
     """
 
     architectures: ClassVar[tuple[str, ...]] = ("resmlp",)  # rules with per-layer d-vector nets are ResMLP-only
-    # trains in population mode (raycredit.population): loss() vmaps over stacked members, the auxiliary nets
-    # stacked like the model, its random draws made per member beforehand (`random_draws`)
-    population: ClassVar[bool] = True
     # the rule's own defaults for knobs of any section (config.RULE_DEFAULTS); an explicit value wins
     defaults: ClassVar[dict] = {}
 
