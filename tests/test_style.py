@@ -54,3 +54,17 @@ def test_no_import_circle():
 
     for m in sorted(graph):
         visit(m, [])
+
+
+def test_the_readme_layout_names_every_module():
+    """The README's Layout table names every module of raycredit/ (a package by its folder)."""
+    text = (ROOT / "README.md").read_text()
+    layout = text[text.index("## Layout"):text.index("## Learning rules")]
+    missing = [p.name for p in sorted(PACKAGE.iterdir())
+               if (p.suffix == ".py" and p.name != "__init__.py" and f"raycredit/{p.name}" not in layout)
+               or (p.is_dir() and (p / "__init__.py").exists() and f"raycredit/{p.name}/" not in layout)]
+    for package in ("engine", "tracking"):
+        row = next(line for line in layout.splitlines() if f"raycredit/{package}/" in line)
+        missing += [f"{package}/{p.name}" for p in sorted((PACKAGE / package).glob("*.py"))
+                    if p.name != "__init__.py" and f"`{p.name}`" not in row]
+    assert not missing, missing
