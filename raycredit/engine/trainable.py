@@ -1,6 +1,6 @@
 """The Tune trainable: one trial trains one config, or several as a population, each with its own MLflow run.
 
-A thin adapter around `raycredit.population.train_members` (one config: exactly `train(cfg)`): it logs
+Around `raycredit.population.train_members` (one config: exactly `train(cfg)`), it logs
 every epoch to each member's run (`raycredit.tracking`), reports to Tune, and every `checkpoint_every`
 epochs replaces the trial's checkpoint file `<storage>/<sweep>/checkpoints/<trial key>/checkpoint.pt`
 atomically. A restored, retried or moved trial resumes from that file. A trial of one config keeps that
