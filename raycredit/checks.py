@@ -68,7 +68,7 @@ def checkpoint_epochs(root: Path) -> dict[str, int]:
             ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             members = ckpt["population"] if "population" in ckpt else {path.parent.name: ckpt}
             out.update({k: int(c["epoch"]) for k, c in members.items()})
-        except Exception:  # noqa: BLE001 - whatever a damaged file raises; the trial sets it aside itself
+        except Exception:  # whatever a damaged file raises: the trial sets it aside itself
             continue
     return out
 
@@ -97,7 +97,7 @@ def record_runs(sweep: Path, uri: str, experiment_id: str) -> None:
             if key:
                 runs[key] = max(int(runs.get(key, 0)), int(r.data.metrics.get("epoch", 0)))
         disk.replace_file(marker, lambda f: f.write(json.dumps(record).encode()))
-    except Exception:  # noqa: BLE001 - the record is a safeguard; the sweep's outcome stands without it
+    except Exception:  # the record is a safeguard: the sweep's outcome stands without it
         return
 
 
