@@ -3,8 +3,10 @@ experiment's name, the device, and the tracking store against the sweep's record
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from raycredit.errors import UserError
@@ -83,9 +85,18 @@ def record_store(sweep: Path, uri: str, experiment_id: str) -> None:
         marker.write_text(json.dumps({"token": tracking.store_token(uri, experiment_id)}))
 
 
+@contextlib.contextmanager
+def recording_runs(sweep: Path, uri: str, experiment_id: str) -> Iterator[None]:
+    """Run a sweep, then add the epochs its runs logged to its record (`record_runs`), however it ends."""
+    try:
+        yield
+    finally:
+        record_runs(sweep, uri, experiment_id)
+
+
 def record_runs(sweep: Path, uri: str, experiment_id: str) -> None:
-    """Add to the sweep's record the epochs its runs have logged (`store` refuses a store behind them). Done
-    when the sweep ends, however it ends; a record that cannot be written (a full disk) is left as it was."""
+    """Add to the sweep's record the epochs its runs have logged (`store` refuses a store behind them); a
+    record that cannot be written (a full disk) is left as it was."""
     from raycredit import disk, tracking
 
     marker = sweep / STORE_MARKER

@@ -64,29 +64,29 @@ def check_writable_file(path: Path, flag: str) -> None:
                         "permissions or choose another store")
 
 
-def is_full(e: BaseException | None) -> bool:
-    """Whether `e`, or an exception it was raised from or while handling, says the disk is full (libraries
-    wrap the OSError: torch's writer in a RuntimeError, SQLite's "database or disk is full" in SQLAlchemy's)."""
+def full_cause(e: BaseException | None) -> BaseException | None:
+    """The exception of `e`'s chain (`e`, what it was raised from or while handling) that says the disk is
+    full, or None (libraries wrap the OSError: torch's writer in a RuntimeError, SQLite's "database or disk is
+    full" in SQLAlchemy's)."""
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         if (isinstance(e, OSError) and e.errno in FULL_ERRNOS) or "database or disk is full" in str(e):
-            return True
+            return e
         e = e.__cause__ or e.__context__
-    return False
+    return None
+
+
+def is_full(e: BaseException | None) -> bool:
+    return full_cause(e) is not None
 
 
 def full_reason(e: BaseException) -> str:
     """What a full-disk error chain (is_full(e)) says, in one line: the OSError's, or SQLite's message."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in FULL_ERRNOS:
-            return str(e) if isinstance(e, DiskFull) else f"{e.strerror}: {e.filename or 'a file'}"
-        if "database or disk is full" in str(e):
-            return "the SQLite tracking store: database or disk is full"
-        e = e.__cause__ or e.__context__
-    return "no space left"
+    cause = full_cause(e)
+    if isinstance(cause, OSError):
+        return str(cause) if isinstance(cause, DiskFull) else f"{cause.strerror}: {cause.filename or 'a file'}"
+    return "the SQLite tracking store: database or disk is full" if cause is not None else "no space left"
 
 
 def full_error(path: Path, e: BaseException) -> DiskFull:

@@ -291,17 +291,6 @@ def sweep_interrupts(uri: str, experiment_id: str, keys: list[str] | None):
         raise
 
 
-@contextlib.contextmanager
-def recorded(sweep: Path, uri: str, experiment_id: str):
-    """Run a sweep, then add the epochs its runs logged to its record (`checks.record_runs`), however it ends."""
-    from raycredit import checks
-
-    try:
-        yield
-    finally:
-        checks.record_runs(sweep, uri, experiment_id)
-
-
 def run_analyses(analysis: Analysis | tuple[Analysis, ...] | None, uri: str, experiment: str, out: str) -> None:
     fns = analysis if isinstance(analysis, tuple) else (analysis,) if analysis is not None else ()
     for fn in fns:
@@ -400,7 +389,7 @@ def _lock_lost(message: str) -> None:
 
 
 def _run(name: str, preset: Preset, args, analysis, held: contextlib.ExitStack) -> int:
-    from raycredit import tracking
+    from raycredit import checks, tracking
     from raycredit.population import supports_population
 
     if args.population < 1:
@@ -421,7 +410,7 @@ def _run(name: str, preset: Preset, args, analysis, held: contextlib.ExitStack) 
         print(f"notice: {done} of these configs already have a finished run in {experiment!r} and are not "
               "retrained; pass a new --experiment to run them again (e.g. after changing the code)")
     with sweep_interrupts(uri, settings.experiment_id, [c.key() for c in configs]), \
-            recorded(Path(storage) / sweep, uri, settings.experiment_id):
+            checks.recording_runs(Path(storage) / sweep, uri, settings.experiment_id):
         status = run_stages(configs, settings, sweep, storage, args)
         tracking.close_stale_runs(uri, settings.experiment_id, status)
     unfinished = sum(s == "KILLED" for s in status.values())
@@ -460,7 +449,7 @@ def run_stages(configs: list[Config], settings, sweep: str, storage: str, args) 
 
 
 def _run_optuna(name: str, preset: Preset, args, analysis, space: Callable, held: contextlib.ExitStack) -> int:
-    from raycredit import engine, tracking
+    from raycredit import checks, engine, tracking
 
     ov = overrides_from(args)
     seeds = ov.pop("seed", [preset.fixed.get("seed", 0)])
@@ -479,7 +468,7 @@ def _run_optuna(name: str, preset: Preset, args, analysis, space: Callable, held
     uri, storage, experiment, settings, sweep = _prepare(name, args, [base, probe], held, sweep_id, [])
     print(f"{name}: Optuna (TPE) + ASHA, {samples} trials on top of {experiment!r} at {tracking.redact(uri)}")
     with sweep_interrupts(uri, settings.experiment_id, None), \
-            recorded(Path(storage) / sweep, uri, settings.experiment_id):
+            checks.recording_runs(Path(storage) / sweep, uri, settings.experiment_id):
         out = engine.run_optuna(base, opt, settings, name=sweep, storage=storage,
                                 max_failures=args.max_failures)
         tracking.close_stale_runs(uri, settings.experiment_id, out.status, out.early)

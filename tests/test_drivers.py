@@ -1,6 +1,7 @@
 """Drivers as a user starts them (processes, each with its own local Ray instance): Ctrl-C pressed any number
 of times ends a search cleanly, and two drivers never train into one experiment at once."""
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -79,16 +80,9 @@ def test_storage_filled_mid_sweep_fails_trials_with_the_reason_and_a_rerun_compl
     the file is deleted, the same command finishes every run, each epoch logged once."""
     from mlflow_checks import assert_one_complete_run_per_trial
 
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=80m", "tmpfs", str(disk)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with small_disk(tmp_path / "disk") as disk:
         uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-        cmd = [sys.executable, str(ROOT / "searches" / "both_fail_scan.py"), "--preset", "smoke", "--seeds", "0",
-               "--set", "credit_norm=true", "--set", "d=16", "--set", "L=2", "--set", "n_train=500", "--epochs",
-               "6", "--tracking-uri", uri, "--storage", str(disk / "ray"), "--experiment", "full",
-               "--gpus-per-trial", "0", "--no-analysis"]
+        cmd = small_sweep(uri, disk / "ray", "full")
         proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wait_for_runs(uri, "full", proc, 1)
         fill(disk / "filler")
@@ -103,8 +97,6 @@ def test_storage_filled_mid_sweep_fails_trials_with_the_reason_and_a_rerun_compl
         again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
         assert_one_complete_run_per_trial(uri, "full", 4, 6)
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
 def test_the_stores_disk_filled_mid_sweep_fails_trials_in_one_line_each_and_a_rerun_completes(tmp_path):
@@ -114,16 +106,9 @@ def test_the_stores_disk_filled_mid_sweep_fails_trials_in_one_line_each_and_a_re
     command takes up the runs left RUNNING and finishes every run, each epoch logged once."""
     from mlflow_checks import assert_one_complete_run_per_trial
 
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=80m", "tmpfs", str(disk)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with small_disk(tmp_path / "disk") as disk:
         uri = f"sqlite:///{disk / 'mlflow.db'}"
-        cmd = [sys.executable, str(ROOT / "searches" / "both_fail_scan.py"), "--preset", "smoke", "--seeds", "0",
-               "--set", "credit_norm=true", "--set", "d=16", "--set", "L=2", "--set", "n_train=500", "--epochs",
-               "6", "--tracking-uri", uri, "--storage", str(tmp_path / "ray"), "--experiment", "storefull",
-               "--gpus-per-trial", "0", "--no-analysis"]
+        cmd = small_sweep(uri, tmp_path / "ray", "storefull")
         proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wait_for_runs(uri, "storefull", proc, 1)
         fill(disk / "filler")
@@ -138,8 +123,27 @@ def test_the_stores_disk_filled_mid_sweep_fails_trials_in_one_line_each_and_a_re
         again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
         assert_one_complete_run_per_trial(uri, "storefull", 4, 6)
-    finally:  # lazily: this process's MLflow client keeps the store open
-        subprocess.run(["umount", "--lazy", str(disk)], check=True)
+
+
+@contextlib.contextmanager
+def small_disk(path: Path):
+    """An 80 MiB tmpfs mounted at `path` for the body (skipped where it cannot be mounted), then unmounted
+    (lazily: this process's MLflow client may keep a store on it open)."""
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=80m", "tmpfs", str(path)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "--lazy", str(path)], check=True)
+
+
+def small_sweep(uri: str, storage: Path, experiment: str) -> list[str]:
+    """The smoke scan shrunk to 4 trials of 6 short epochs, as a command."""
+    return [sys.executable, str(ROOT / "searches" / "both_fail_scan.py"), "--preset", "smoke", "--seeds", "0",
+            "--set", "credit_norm=true", "--set", "d=16", "--set", "L=2", "--set", "n_train=500", "--epochs", "6",
+            "--tracking-uri", uri, "--storage", str(storage), "--experiment", experiment, "--gpus-per-trial", "0",
+            "--no-analysis"]
 
 
 def fill(path: Path) -> None:
