@@ -27,11 +27,12 @@ RULES = ("bp", "fa", "dfa", "frozen", "ep", "state_bridge", "vector_field", "cre
 CHILD = """
 import json, sys, torch
 from raycredit.config import Config
+from raycredit.rules import make_config
 from raycredit.train import train
 out, cfg, rules = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3].split(",")
 for rule in rules:
     kept = []
-    result = train(Config.from_dict({**cfg, "rule": rule}), on_epoch=lambda e, m, fn: kept.append(fn and fn()))
+    result = train(make_config({**cfg, "rule": rule}), on_epoch=lambda e, m, fn: kept.append(fn and fn()))
     torch.save({"final": {k: v for k, v in result["final"].items() if k != "time_s"},
                 "model": kept[-1]["model"], "rule": kept[-1]["rule"]}, f"{out}/{rule}.pt")
 """

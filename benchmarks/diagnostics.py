@@ -31,9 +31,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from raycredit.config import Config  # noqa: E402
 from raycredit.data import load_data  # noqa: E402
 from raycredit.diagnostics import diagnose  # noqa: E402
+from raycredit.rules import make_config
 from raycredit.train import EagerStepper, resolve_device  # noqa: E402
 
 TARGET = 0.15  # issue #16: one diagnostics call at most 15% of one training epoch
@@ -57,7 +57,7 @@ def timed(fn, device: torch.device, repeat: int) -> tuple[float, object]:
 
 
 def bench_rule(rule: str, args, device: torch.device) -> dict:
-    cfg = Config.from_dict({"rule": rule, "device": str(device)})
+    cfg = make_config({"rule": rule, "device": str(device)})
     data = load_data(cfg.data, device)
     st = EagerStepper(cfg, data, device)
     px, py = data.x_test[: cfg.diag.probe_size], data.y_test[: cfg.diag.probe_size]

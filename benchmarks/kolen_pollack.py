@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from raycredit.config import Config
+from raycredit.rules import make_config
 from raycredit.train import train
 
 NETS = {"mlp": dict(arch="mlp", d=256, L=2, activation="tanh"), "resmlp": dict(arch="resmlp", d=256, L=4)}
@@ -45,7 +45,7 @@ def main() -> int:
     lines = ["| net | rule | seeds | test_acc | deep_cos | W-B angle (degrees) |", "|---|---|---|---|---|---|"]
     for net, arch in NETS.items():
         for name, knobs in VARIANTS.items():
-            runs = [train(Config.from_dict({"dataset": "digits", "epochs": args.epochs, "diag_every": args.epochs,
+            runs = [train(make_config({"dataset": "digits", "epochs": args.epochs, "diag_every": args.epochs,
                                             "probe_size": 256, "device": "cpu", "seed": s, **arch, **knobs}))["final"]
                     for s in seeds]
             angles = [r["wb_angle"] for r in runs if "wb_angle" in r]

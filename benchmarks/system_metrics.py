@@ -23,6 +23,7 @@ os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # the monitor's start/
 
 from raycredit import tracking  # noqa: E402
 from raycredit.config import Config  # noqa: E402
+from raycredit.rules import make_config
 from raycredit.train import train  # noqa: E402
 
 
@@ -50,7 +51,7 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=3)
     args = p.parse_args()
     intervals = [0.0] + [float(x) for x in args.intervals.split(",")]
-    cfg = Config.from_dict({"rule": "bp", "dataset": "synthetic", "epochs": args.epochs, "diag_every": args.epochs,
+    cfg = make_config({"rule": "bp", "dataset": "synthetic", "epochs": args.epochs, "diag_every": args.epochs,
                             "device": "cpu"})
     times: dict[float, list[float]] = {i: [] for i in intervals}
     points: dict[float, list[int]] = {i: [] for i in intervals}

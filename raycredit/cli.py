@@ -139,6 +139,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from raycredit.checkpoint import checkpoint_due, load_checkpoint, save_checkpoint
     from raycredit.config import Config, field_docs
     from raycredit.data import load_data
+    from raycredit.rules import make_config
     from raycredit.train import resolve_device, train
 
     knobs = {key: getattr(args, key) for _, key, _ in field_docs() if getattr(args, key) is not None}
@@ -153,7 +154,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         knobs = {**Config.from_dict(ckpt["config"]).flat(), **knobs}
     elif ckpt_path.exists():
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    cfg = Config.from_dict(knobs)
+    cfg = make_config(knobs)
     if cfg.exploit.exploitability:
         raise UserError("exploitability: `raycredit train` trains; snapshot analyses run as search trials "
                         "(searches/exploitability.py)")

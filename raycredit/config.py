@@ -1,36 +1,29 @@
 """Frozen, validated configuration of one training run.
 
-A `Config` has five sections (model, data, rule, train, diag). Field names are
+A `Config` has seven sections (model, data, rule, train, diag, lineage, exploit). Field names are
 unique across sections, so a run can be described by a flat dict
 (``{"rule": "fa", "d": 512, "L": 2}``) or the nested form that `asdict` gives.
 Every field carries a one-line doc (shown by ``raycredit train --help``) and its
 valid range; `Config.from_dict` rejects unknown keys, wrong types and
 out-of-range values with a `ConfigError` naming the key.
+
+This module knows no learning rule (nor torch): a rule's own defaults and the checks only a rule can make
+are applied where the rules are known, by `raycredit.rules.make_config` (and `validate`, which every rule
+build runs).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
-import json
-import math
-from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from raycredit.errors import ConfigError
+from raycredit.knobs import coerce, field_type, knob, number_list, stable_hash
 
 SEED_MAX = 2**31 - 1  # derived seeds (seed * 1_000_003 + ..., seed * 7919 + epoch) must fit torch's int64
 MAX_TENSOR_BYTES = 32 * 2**30  # a dataset or model larger than this is a typo, refused before anything starts
-
-
-def knob(default: Any, doc: str, *, choices=None, lo=None, hi=None, lo_open=False, hi_open=False):
-    """A config field with its one-line doc and valid range (bounds inclusive unless *_open)."""
-    return field(
-        default=default,
-        metadata={"doc": doc, "choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open},
-    )
 
 
 @dataclass(frozen=True)
@@ -210,36 +203,9 @@ SECTIONS: dict[str, type] = {
 KEY_SECTION: dict[str, str] = {f.name: s for s, cls in SECTIONS.items() for f in fields(cls)}
 
 
-def _type(f: dataclasses.Field) -> type:
-    return f.type if isinstance(f.type, type) else {"int": int, "float": float, "bool": bool, "str": str}[f.type]
-
-
-def _check(key: str, value: Any, f: dataclasses.Field) -> Any:
-    """Return value coerced to the field's type, or raise ConfigError naming key."""
-    want = _type(f)
-    if want is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if isinstance(value, bool) and want is not bool or not isinstance(value, want):
-        raise ConfigError(f"{key}: expected {want.__name__}, got {type(value).__name__} {value!r}")
-    m = f.metadata
-    if m["choices"] is not None and value not in m["choices"]:
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, m['choices']))}")
-    if want in (int, float):
-        if value != value:
-            raise ConfigError(f"{key}: NaN is not allowed")
-        if want is float and not math.isfinite(value):
-            raise ConfigError(f"{key}: {value!r} is not finite")
-        lo, hi = m["lo"], m["hi"]
-        if lo is not None and (value <= lo if m["lo_open"] else value < lo):
-            raise ConfigError(f"{key}: {value!r} must be {'>' if m['lo_open'] else '>='} {lo}")
-        if hi is not None and (value >= hi if m["hi_open"] else value > hi):
-            raise ConfigError(f"{key}: {value!r} must be {'<' if m['hi_open'] else '<='} {hi}")
-    return value
-
-
 def param_value(key: str, text: str) -> Any:
     """A config value from its MLflow param (str() of the value), typed as the config key's field."""
-    want = _type(next(f for f in fields(SECTIONS[KEY_SECTION[key]]) if f.name == key))
+    want = field_type(next(f for f in fields(SECTIONS[KEY_SECTION[key]]) if f.name == key))
     return text == "True" if want is bool else want(text)
 
 
@@ -281,20 +247,15 @@ class Config:
                 per_section[KEY_SECTION[key]][key] = value
             else:
                 raise _unknown(key)
-        rule = per_section["rule"].get("rule", RuleConfig.rule)
-        for k, v in RULE_DEFAULTS.get(rule, {}).items() if isinstance(rule, str) else ():
-            per_section[KEY_SECTION[k]].setdefault(k, v)  # a rule's own default; an explicit value wins
         built = {}
         for s, sec_cls in SECTIONS.items():
             fmap = {f.name: f for f in fields(sec_cls)}
-            built[s] = sec_cls(**{k: _check(k, v, fmap[k]) for k, v in per_section[s].items()})
+            built[s] = sec_cls(**{k: coerce(k, v, fmap[k]) for k, v in per_section[s].items()})
         cfg = cls(**built)
         cfg._check_cross()
         return cfg
 
     def _check_cross(self) -> None:
-        for check in CHECKS:
-            check(self)
         if self.model.arch in ("vit_mini", "small_cnn") and self.data.dataset == "synthetic":
             raise ConfigError(f"arch: {self.model.arch} needs image data (digits, cifar10, cifar100 or an npz of "
                               "images); synthetic gives vectors")
@@ -361,46 +322,6 @@ class Config:
     def key(self) -> str:
         """Stable short hash of the whole config: the identity of a trial across restarts."""
         return stable_hash(self.to_dict())
-
-
-# Checks of a whole Config that belong to other layers, run by every Config.from_dict: `raycredit.rules`
-# registers the rule-specific ones when it is imported (importing `raycredit` imports it), so this module,
-# which the rules build on, never imports them.
-CHECKS: list[Callable[[Config], None]] = []
-
-
-def register_check(check: Callable[[Config], None]) -> None:
-    if check not in CHECKS:
-        CHECKS.append(check)
-
-
-# A rule's own defaults for knobs of any section, by rule name (Kolen-Pollack brings the weight decay that aligns
-# its feedback): registered by `raycredit.rules` from each rule's `defaults`, like CHECKS; a key that the config
-# dict gives explicitly wins.
-RULE_DEFAULTS: dict[str, dict[str, Any]] = {}
-
-
-def register_rule_defaults(rule: str, defaults: dict[str, Any]) -> None:
-    RULE_DEFAULTS[rule] = dict(defaults)
-
-
-def number_list(key: str, text: str, kind: type, *, lo, need: bool = False) -> list:
-    """The numbers of a comma-separated knob, sorted and distinct; ConfigError naming key when malformed."""
-    try:
-        values = sorted({kind(v) for v in text.split(",") if v.strip()})
-    except ValueError:
-        raise ConfigError(f"{key}: {text!r} is not a comma-separated list of {kind.__name__}s") from None
-    if need and not values:
-        raise ConfigError(f"{key}: needs at least one value")
-    bad = [v for v in values if not math.isfinite(v) or (v <= lo if kind is float else v < lo)]
-    if bad:
-        raise ConfigError(f"{key}: {bad[0]!r} must be {'>' if kind is float else '>='} {lo}")
-    return values
-
-
-def stable_hash(obj: Any) -> str:
-    """16 hex digits of the SHA-256 of obj's canonical JSON."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def field_docs() -> list[tuple[str, str, dataclasses.Field]]:

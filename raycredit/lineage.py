@@ -30,8 +30,9 @@ from pathlib import Path
 import torch
 
 from raycredit.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, snapshot
-from raycredit.config import Config, number_list
+from raycredit.config import Config
 from raycredit.errors import ConfigError, UserError
+from raycredit.knobs import number_list
 
 FIXED_SECTIONS = ("model", "data")
 FIXED_KEYS = ("seed",)

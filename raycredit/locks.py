@@ -21,8 +21,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from raycredit.config import stable_hash
 from raycredit.errors import UserError
+from raycredit.knobs import stable_hash
 
 
 def lock_path(db: Path, experiment: str) -> Path:

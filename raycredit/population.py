@@ -31,9 +31,10 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from raycredit.config import Config, stable_hash
+from raycredit.config import Config
 from raycredit.data import Data, load_data
 from raycredit.errors import ConfigError, UserError
+from raycredit.knobs import stable_hash
 from raycredit.models import build_model
 from raycredit.rules import build_rule
 from raycredit.rules.base import n_correct, task_loss

@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raycredit import __version__
-from raycredit.config import Config, stable_hash
+from raycredit.config import Config
 from raycredit.errors import UserError
 from raycredit.flags import overrides_from, search_parser
+from raycredit.knobs import stable_hash
+from raycredit.rules import make_config, validate
 
 # The reference study's design choices, off by default (the defaults are the published algorithms): every
 # preset that replicates the reference study sets them explicitly.
@@ -115,7 +117,7 @@ def expand(preset: Preset, ov: dict) -> list[Config]:
             space["seed"] = seeds
     dicts = Preset(spaces[0], preset.fixed, also=tuple(spaces[1:])).configs(ov)
     configs, seen = [], set()
-    for cfg in with_branches([Config.from_dict(d).flat() for d in dicts], preset.branches):
+    for cfg in with_branches([make_config(d).flat() for d in dicts], preset.branches):
         if cfg.key() not in seen:
             seen.add(cfg.key())
             configs.append(cfg)
@@ -150,7 +152,7 @@ def with_branches(trunks: list[dict], branches: tuple[Branch, ...]) -> list[Conf
             flat = {**flat, "keep_epochs": ",".join(map(str, sorted(keep[i] | set(_epochs(flat)))))}
         if p is not None:
             flat = {**flat, "parent_run": out[p].key()}
-        out.append(Config.from_dict(flat))
+        out.append(make_config(flat))
     return out
 
 
@@ -455,7 +457,7 @@ def _run_optuna(name: str, preset: Preset, args, analysis, space: Callable, held
     seeds = ov.pop("seed", [preset.fixed.get("seed", 0)])
     if len(seeds) != 1:
         raise UserError("--seeds: an Optuna search tunes for one seed; pass a single seed")
-    base = Config.from_dict({**preset.fixed, **ov, "seed": seeds[0]})
+    base = make_config({**preset.fixed, **ov, "seed": seeds[0]})
     samples = args.num_samples if args.num_samples is not None else preset.samples
     if samples < 1:
         raise UserError("--num-samples must be >= 1")
@@ -553,4 +555,6 @@ def space_check(space: Callable, base: Config) -> Config:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
     constants = space(trial, base) or {}
-    return base.replace(**trial.params, **constants)
+    drawn = base.replace(**trial.params, **constants)
+    validate(drawn)
+    return drawn

@@ -38,9 +38,9 @@ import math
 
 import torch
 
-from raycredit.config import number_list
 from raycredit.data import Data
 from raycredit.diagnostics import diagnose, probe_forward
+from raycredit.knobs import number_list
 from raycredit.rules.base import dot, rms_normalize, task_loss
 from raycredit.train import diag_seed, restore
 

@@ -5,12 +5,11 @@ import pytest
 import torch
 import torchvision
 
-from raycredit.config import Config
 from raycredit.data import load_data
 from raycredit.diagnostics import diagnose, per_sample_cos, probe_forward
 from raycredit.errors import ConfigError, DataError
 from raycredit.models import build_model
-from raycredit.rules import RULES, build_rule
+from raycredit.rules import RULES, build_rule, make_config
 from raycredit.train import train
 
 from cifar_fixture import write_cifar100
@@ -36,7 +35,7 @@ def images(tmp_path_factory):
 def image_cfg(images, arch, **over):
     """fa here is the reference's block-level variant (the only one small_cnn supports); see
     test_lillicrap_fa_on_vit_mini_is_bp_with_true_feedback for the canonical one."""
-    return Config.from_dict({"dataset": "npz", "data_dir": images, **ARCHS[arch], "epochs": 2, "batch_size": 64,
+    return make_config({"dataset": "npz", "data_dir": images, **ARCHS[arch], "epochs": 2, "batch_size": 64,
                              "probe_size": 64, "rho_dirs": 16, "device": "cpu", "fa_mode": "reference", **over})
 
 
@@ -115,16 +114,16 @@ def test_learned_credit_rules_refuse_image_architectures(images, arch):
 
 def test_image_architectures_need_image_data(tmp_path):
     with pytest.raises(ConfigError, match="vit_mini needs image data"):
-        Config.from_dict({"arch": "vit_mini", "d": 16, "heads": 2})
+        make_config({"arch": "vit_mini", "d": 16, "heads": 2})
     with pytest.raises(ConfigError, match="heads: 3 does not divide d=16"):
-        Config.from_dict({"arch": "vit_mini", "d": 16, "heads": 3, "dataset": "npz", "data_dir": "x.npz"})
+        make_config({"arch": "vit_mini", "d": 16, "heads": 3, "dataset": "npz", "data_dir": "x.npz"})
     vec = tmp_path / "vec.npz"
     np.savez(vec, x_train=np.zeros((4, 10), np.float32), y_train=np.arange(4) % 2,
              x_test=np.zeros((2, 10), np.float32), y_test=np.arange(2))
     with pytest.raises(DataError, match=r"needs image inputs of shape \(C, H, W\)"):
-        train(Config.from_dict({"arch": "small_cnn", "dataset": "npz", "data_dir": str(vec), "epochs": 1,
+        train(make_config({"arch": "small_cnn", "dataset": "npz", "data_dir": str(vec), "epochs": 1,
                                 "device": "cpu"}))
-    bad = Config.from_dict({"arch": "vit_mini", "d": 16, "heads": 2, "patch_size": 3, "dataset": "npz",
+    bad = make_config({"arch": "vit_mini", "d": 16, "heads": 2, "patch_size": 3, "dataset": "npz",
                             "data_dir": str(vec)})
     with pytest.raises(DataError, match="patch_size: 3 does not divide the 8x8 images"):
         np.savez(vec, x_train=np.zeros((4, 3, 8, 8), np.float32), y_train=np.arange(4) % 2,
@@ -137,7 +136,7 @@ def test_cifar100_end_to_end(tmp_path, monkeypatch, arch):
     for name, value in write_cifar100(tmp_path).items():
         monkeypatch.setattr(torchvision.datasets.CIFAR100, name, value)
     extra = {"d": 32, "heads": 2, "patch_size": 8} if arch == "vit_mini" else {"d": 32}
-    cfg = Config.from_dict({"dataset": "cifar100", "data_dir": str(tmp_path), "arch": arch, **extra, "L": 2,
+    cfg = make_config({"dataset": "cifar100", "data_dir": str(tmp_path), "arch": arch, **extra, "L": 2,
                             "rule": "dfa", "epochs": 2, "probe_size": 32, "rho_dirs": 4, "device": "cpu"})
     out = train(cfg)
     assert out["n_classes"] == 100 and len(out["history"]) == 2

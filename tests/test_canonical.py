@@ -9,13 +9,13 @@ from raycredit.config import Config
 from raycredit.data import load_data
 from raycredit.diagnostics import diagnose, probe_forward
 from raycredit.models import build_model
-from raycredit.rules import build_rule
+from raycredit.rules import build_rule, make_config
 from raycredit.rules.fa import feedback_linears
 from raycredit.train import train
 
 
 def mlp_setup(tiny, L, **over):
-    cfg = Config.from_dict({**tiny, "arch": "mlp", "L": L, "activation": "tanh", **over})
+    cfg = make_config({**tiny, "arch": "mlp", "L": L, "activation": "tanh", **over})
     data = load_data(cfg.data)
     torch.manual_seed(0)
     model = build_model(cfg.model, data.in_shape, data.n_classes).double()
@@ -99,7 +99,7 @@ def test_fa_with_feedback_equal_to_the_weights_is_backprop(tiny, arch):
 @pytest.mark.science
 def test_fa_aligns_during_training(tiny):
     """With random B the credit starts near orthogonal to the true gradient and aligns (cos > 0) as it trains."""
-    cfg = Config.from_dict({**tiny, "dataset": "digits", "arch": "mlp", "d": 64, "L": 3, "activation": "tanh",
+    cfg = make_config({**tiny, "dataset": "digits", "arch": "mlp", "d": 64, "L": 3, "activation": "tanh",
                             "rule": "fa", "epochs": 6, "n_train": 0, "n_test": 0, "probe_size": 128})
     data = load_data(cfg.data)
     torch.manual_seed(cfg.train.seed)
@@ -112,7 +112,7 @@ def test_fa_aligns_during_training(tiny):
 
 
 def anchor(rule: str, **over) -> float:
-    cfg = Config.from_dict({"dataset": "digits", "arch": "mlp", "d": 128, "L": 2, "epochs": 8, "rule": rule,
+    cfg = make_config({"dataset": "digits", "arch": "mlp", "d": 128, "L": 2, "epochs": 8, "rule": rule,
                             "probe_size": 64, "rho_dirs": 4, "diag_every": 100, "device": "cpu", **over})
     return train(cfg)["final"]["test_acc"]
 
@@ -130,7 +130,7 @@ def test_fa_and_dfa_near_bp_on_digits():
 @pytest.mark.parametrize("fa_mode", ["reference", "lillicrap"])
 def test_fa_deep_cos_is_null_under_random_targets(tiny, fa_mode):
     """Random labels carry no credit: deep_cos must be ~0, not lifted by fa reference's exact last layer."""
-    cfg = Config.from_dict({**tiny, "rule": "fa", "fa_mode": fa_mode, "random_targets": True, "L": 4, "epochs": 3,
+    cfg = make_config({**tiny, "rule": "fa", "fa_mode": fa_mode, "random_targets": True, "L": 4, "epochs": 3,
                             "probe_size": 256, "n_test": 512})
     final = train(cfg)["final"]
     assert abs(final["deep_cos"]) < 0.05, final["deep_cos"]
@@ -143,7 +143,7 @@ def test_ep_credit_stays_bounded_on_a_trained_model():
     """At the default relaxation step the nudged phase must not blow up once blocks have grown: every sample's
     credit norm within 10x the largest true gradient norm of its layer. A step past the energy's stability
     limit (0.5 here) fails the same check, so the check can fail."""
-    cfg = Config.from_dict({"dataset": "digits", "d": 64, "L": 3, "rule": "ep", "epochs": 8, "probe_size": 256,
+    cfg = make_config({"dataset": "digits", "d": 64, "L": 3, "rule": "ep", "epochs": 8, "probe_size": 256,
                             "rho_dirs": 4, "diag_every": 100, "device": "cpu"})
     state = {}
     train(cfg, on_epoch=lambda e, m, fn: state.update(fn()))
@@ -174,26 +174,26 @@ def test_sign_symmetry_on_a_plain_mlp_is_liao_exactly(tiny):
 
 def test_sign_symmetric_credit_aligns_with_the_gradient_after_training():
     """On the synthetic task sign-concordant feedback gives credit clearly aligned with the true gradient."""
-    cfg = Config.from_dict({"rule": "sign_symmetry", "d": 32, "L": 2, "n_train": 2000, "n_test": 256, "epochs": 3,
+    cfg = make_config({"rule": "sign_symmetry", "d": 32, "L": 2, "n_train": 2000, "n_test": 256, "epochs": 3,
                             "probe_size": 128, "rho_dirs": 4, "device": "cpu"})
     final = train(cfg)["final"]
     assert final["deep_cos"] > 0.3, final["deep_cos"]
 
 
 def kp_cfg(**over):
-    return Config.from_dict({"rule": "kolen_pollack", "d": 32, "L": 2, "n_train": 2000, "n_test": 256,
+    return make_config({"rule": "kolen_pollack", "d": 32, "L": 2, "n_train": 2000, "n_test": 256,
                              "probe_size": 128, "rho_dirs": 4, "device": "cpu", **over})
 
 
 def test_kolen_pollack_brings_its_own_decay_and_an_explicit_value_wins():
     from raycredit.errors import ConfigError
 
-    own = Config.from_dict({"rule": "kolen_pollack"})
+    own = make_config({"rule": "kolen_pollack"})
     assert (own.train.optimizer, own.train.weight_decay, own.rule.feedback_scale) == ("adamw", 5.0, 0.1)
-    assert Config.from_dict({"rule": "kolen_pollack", "weight_decay": 2.0}).train.weight_decay == 2.0
+    assert make_config({"rule": "kolen_pollack", "weight_decay": 2.0}).train.weight_decay == 2.0
     with pytest.raises(ConfigError, match="kolen_pollack needs weight_decay > 0"):
-        Config.from_dict({"rule": "kolen_pollack", "weight_decay": 0.0})
-    other = Config.from_dict({"rule": "fa"})
+        make_config({"rule": "kolen_pollack", "weight_decay": 0.0})
+    other = make_config({"rule": "fa"})
     assert (other.train.optimizer, other.train.weight_decay, other.rule.feedback_scale) == ("adam", 0.0, 1.0)
     assert Config.from_dict(own.to_dict()) == own  # a saved config reads back as it was
 

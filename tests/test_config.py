@@ -2,10 +2,11 @@ import pytest
 
 from raycredit.config import Config
 from raycredit.errors import ConfigError
+from raycredit.rules import make_config
 
 
 def test_flat_and_nested_round_trip():
-    cfg = Config.from_dict({"rule": "fa", "d": 512, "L": 2, "lr": 1})
+    cfg = make_config({"rule": "fa", "d": 512, "L": 2, "lr": 1})
     assert cfg.rule.rule == "fa" and cfg.model.d == 512 and cfg.model.L == 2
     assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
     assert Config.from_dict(cfg.to_dict()) == cfg
@@ -13,9 +14,9 @@ def test_flat_and_nested_round_trip():
 
 
 def test_key_is_stable_and_sensitive():
-    a, b = Config.from_dict({"seed": 1}), Config.from_dict({"seed": 1})
+    a, b = make_config({"seed": 1}), make_config({"seed": 1})
     assert a.key() == b.key()
-    assert a.key() != Config.from_dict({"seed": 2}).key()
+    assert a.key() != make_config({"seed": 2}).key()
 
 
 @pytest.mark.parametrize("bad, words", [
@@ -42,7 +43,7 @@ def test_key_is_stable_and_sensitive():
 ])
 def test_bad_values_name_the_key(bad, words):
     with pytest.raises(ConfigError) as e:
-        Config.from_dict(bad)
+        make_config(bad)
     for w in words:
         assert w in str(e.value)
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from raycredit.config import Config
 from raycredit.diagnostics import SUPPORT_TAUS, diagnose, pearson, perturbation_rho, probe_forward, sphere_projections
+from raycredit.rules import make_config
 from raycredit.rules.base import per_sample
 from raycredit.train import restore, train
 
@@ -15,7 +15,7 @@ from raycredit.train import restore, train
 def trained(tiny, rule, **over):
     """(cfg, model, rule, probe x, probe y) after training `tiny` with `rule`."""
     box = {}
-    cfg = Config.from_dict({**tiny, "rule": rule, "diag_every": 100, **over})
+    cfg = make_config({**tiny, "rule": rule, "diag_every": 100, **over})
     train(cfg, on_epoch=lambda e, m, fn: box.update(ckpt=fn()) if fn else None)
     cfg, model, r, data = restore(box["ckpt"])
     n = cfg.diag.probe_size
@@ -194,7 +194,7 @@ def test_wb_angles_by_hand(tiny):
 
 
 def test_loss_decrease_over_the_window(tiny):
-    history = train(Config.from_dict({**tiny, "rule": "dfa", "epochs": 4, "loss_window": 2}))["history"]
+    history = train(make_config({**tiny, "rule": "dfa", "epochs": 4, "loss_window": 2}))["history"]
     assert "loss_decrease" not in history[0]
     loss = [r["train_loss"] for r in history]
     assert history[1]["loss_decrease"] == pytest.approx(loss[1] - loss[0], abs=1e-12)
@@ -230,7 +230,7 @@ def test_logged_cosines_equal_a_float64_recomputation_from_the_checkpoint(tiny, 
     recomputation by hand from the epoch's checkpoint within 1e-6 (float32 diagnostics were off by up to 0.9 on
     EP, whose credit is a difference of nearly equal states)."""
     logged = []
-    cfg = Config.from_dict({**tiny, **over})
+    cfg = make_config({**tiny, **over})
     train(cfg, on_epoch=lambda e, m, fn: logged.append((m, fn())))
     for metrics, ckpt in logged:
         assert metrics["diag_float64"] == 1

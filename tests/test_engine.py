@@ -8,6 +8,7 @@ from raycredit import engine, tracking
 from raycredit.config import Config
 from raycredit.data import load_data
 from raycredit.errors import UserError
+from raycredit.rules import make_config
 from raycredit.search import run_search
 
 from mlflow_checks import assert_one_complete_run_per_trial, runs_of
@@ -115,7 +116,7 @@ def test_a_diverging_trial_is_recorded_and_the_sweep_finishes(ray_session, tmp_p
     exp_id = tracking.ensure_experiment(uri, "diverge")
     base = dict(rule="bp", dataset="synthetic", n_train=512, n_test=128, input_dim=16, d=16, L=2, epochs=4,
                 probe_size=32, rho_dirs=2, device="cpu")
-    blowup = Config.from_dict({**base, "optimizer": "sgd", "lr": 10.0, "clip_norm": 0.0})  # finite epoch 1, then inf
+    blowup = make_config({**base, "optimizer": "sgd", "lr": 10.0, "clip_norm": 0.0})  # finite epoch 1, then inf
     fine = Config.from_dict(base)
     settings = engine.SweepSettings(search="diverge", experiment_id=exp_id, tracking_uri=uri, code_version="test",
                                     cpus_per_trial=1, gpus_per_trial=0)
@@ -262,7 +263,7 @@ def test_a_population_trial_logs_each_member_as_its_own_run(ray_session, tmp_pat
     exp_id = tracking.ensure_experiment(uri, "pop")
     base = dict(rule="bp", dataset="synthetic", n_train=512, n_test=128, input_dim=16, d=16, L=2, epochs=3,
                 probe_size=32, rho_dirs=2, optimizer="sgd", clip_norm=0.0, device="cpu")
-    configs = [Config.from_dict({**base, "lr": lr, "seed": s}) for lr, s in ((0.05, 0), (10.0, 0), (0.05, 1))]
+    configs = [make_config({**base, "lr": lr, "seed": s}) for lr, s in ((0.05, 0), (10.0, 0), (0.05, 1))]
     settings = engine.SweepSettings(search="pop", experiment_id=exp_id, tracking_uri=uri, code_version="test",
                                     cpus_per_trial=1, gpus_per_trial=0)
     storage = tmp_path / "ray"
@@ -302,7 +303,7 @@ def test_a_population_trial_resumes_from_its_checkpoint(ray_session, tmp_path):
     exp_id = tracking.ensure_experiment(uri, "popres")
     base = dict(rule="fa", dataset="synthetic", n_train=512, n_test=128, input_dim=16, d=16, L=2, epochs=3,
                 probe_size=32, rho_dirs=2, device="cpu")
-    configs = [Config.from_dict({**base, "seed": s}) for s in (0, 1)]
+    configs = [make_config({**base, "seed": s}) for s in (0, 1)]
     settings = engine.SweepSettings(search="popres", experiment_id=exp_id, tracking_uri=uri, code_version="test",
                                     cpus_per_trial=1, gpus_per_trial=0)
     runs = [engine.open_run(settings, c, c.key(), engine.run_label(c), load_data(c.data)) for c in configs]

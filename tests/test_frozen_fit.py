@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from raycredit.config import Config
+from raycredit.rules import make_config
 from raycredit.rules.frozen import FIT_TOL, fitted_readout
 from raycredit.train import train
 
@@ -46,7 +46,7 @@ def test_frozen_runs_log_a_fitted_readout_at_least_as_good_as_the_trained_one(ti
     """On the plain MLP (small features at init) Adam's readout stops short of the optimum the fitted one
     reaches; the fitted one's training loss is never above the trained readout's (it is the optimum, up to
     its small L2 term)."""
-    result = train(Config.from_dict({**tiny, "rule": "frozen", "arch": arch, "epochs": 3}))
+    result = train(make_config({**tiny, "rule": "frozen", "arch": arch, "epochs": 3}))
     final = result["final"]
     assert final["fit_grad_max"] < 10 * FIT_TOL
     assert final["fit_train_loss"] <= final["train_loss"] + 1e-3

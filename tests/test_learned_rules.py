@@ -9,13 +9,13 @@ from raycredit.config import Config
 from raycredit.data import load_data
 from raycredit.diagnostics import per_sample_cos, probe_forward
 from raycredit.models import build_model
-from raycredit.rules import build_rule
+from raycredit.rules import build_rule, make_config
 from raycredit.rules.vector_field import measured_slopes
 from raycredit.train import train
 
 
 def double_setup(tiny, **over):
-    cfg = Config.from_dict({**tiny, **over})
+    cfg = make_config({**tiny, **over})
     data = load_data(cfg.data)
     torch.manual_seed(0)
     model = build_model(cfg.model, data.in_shape, data.n_classes).double()
@@ -54,7 +54,7 @@ def test_state_bridge_credit_is_the_bridge_jacobian_transposed(tiny):
 
 
 def test_state_bridges_learn_to_predict_h_L(tiny):
-    cfg = Config.from_dict({**tiny, "rule": "state_bridge", "epochs": 6, "lr": 1e-9, "aux_lr": 1e-2})
+    cfg = make_config({**tiny, "rule": "state_bridge", "epochs": 6, "lr": 1e-9, "aux_lr": 1e-2})
     data = load_data(cfg.data)
     torch.manual_seed(0)
     model = build_model(cfg.model, data.in_shape, data.n_classes)
@@ -77,8 +77,8 @@ def test_state_bridges_learn_to_predict_h_L(tiny):
 def test_learned_rules_train_on_synthetic(rule):
     base = dict(dataset="synthetic", d=64, L=4, epochs=3, n_train=2000, n_test=500, probe_size=64, rho_dirs=4,
                 diag_every=3, device="cpu")
-    final = train(Config.from_dict({**base, "rule": rule}))["final"]
-    frozen = train(Config.from_dict({**base, "rule": "frozen"}))["final"]
+    final = train(make_config({**base, "rule": rule}))["final"]
+    frozen = train(make_config({**base, "rule": "frozen"}))["final"]
     assert final["test_acc"] > frozen["test_acc"] and final["deep_cos"] > 0.5, (final, frozen)
 
 
@@ -101,7 +101,7 @@ def test_vector_field_learns_the_gradient_and_the_shuffle_control_does_not():
     base = dict(dataset="synthetic", d=64, L=3, epochs=4, n_train=2000, n_test=500, probe_size=128, rho_dirs=8,
                 diag_every=4, rule="vector_field", lr=1e-9, warmup_ratio=0.0, aux_lr=1e-2, device="cpu")
     learned = train(Config.from_dict(base))["final"]
-    control = train(Config.from_dict({**base, "shuffle_control": True}))["final"]
+    control = train(make_config({**base, "shuffle_control": True}))["final"]
     assert learned["deep_cos"] > 0.8 and learned["deep_rho"] > 0.8, learned
     assert abs(control["deep_cos"]) < 0.2 and abs(control["deep_rho"]) < 0.2, control
 
@@ -123,7 +123,7 @@ def test_credit_bridge_learns_only_with_terminal_gradient_matching():
     base = dict(dataset="synthetic", d=64, L=3, epochs=4, n_train=2000, n_test=500, probe_size=128, rho_dirs=8,
                 diag_every=4, rule="credit_bridge", lr=1e-9, warmup_ratio=0.0, aux_lr=1e-2, device="cpu")
     matched = train(Config.from_dict(base))["final"]
-    unmatched = train(Config.from_dict({**base, "tgw": 0.0}))["final"]
+    unmatched = train(make_config({**base, "tgw": 0.0}))["final"]
     assert matched["deep_cos"] > 0.5 and matched["deep_rho"] > 0.5, matched
     assert unmatched["deep_cos"] < matched["deep_cos"] - 0.3, (matched, unmatched)
 
@@ -145,7 +145,7 @@ def test_a_checkpoint_is_enough_to_recompute_the_diagnostics(tiny, rule):
 
     from raycredit.diagnostics import diagnose
 
-    cfg = Config.from_dict({**tiny, "rule": rule, "epochs": 3, "warmup_ratio": 0.0, "aux_lr": 1e-2})
+    cfg = make_config({**tiny, "rule": rule, "epochs": 3, "warmup_ratio": 0.0, "aux_lr": 1e-2})
     saved = {}
     out = train(cfg, on_epoch=lambda e, m, fn: saved.update({e: copy.deepcopy(fn())}))
     ckpt = saved[3]

@@ -12,6 +12,7 @@ from raycredit.data import load_data
 from raycredit.errors import ConfigError, UserError
 from raycredit.lineage import branch_start, check_branch, fetch_parent
 from raycredit.population import train_population
+from raycredit.rules import make_config
 from raycredit.search import Branch, Preset, check_lineage, expand, lineage_levels
 from raycredit.snapshot import exploitability, measure
 from raycredit.train import restore, train
@@ -33,7 +34,7 @@ def branch(cfg: Config, parent: dict, data, **changes) -> Config:
 
 @pytest.fixture(scope="module")
 def dfa_trunk():
-    cfg = Config.from_dict({**SMALL, "rule": "dfa", "credit_norm": True, "keep_epochs": "2"})
+    cfg = make_config({**SMALL, "rule": "dfa", "credit_norm": True, "keep_epochs": "2"})
     data = load_data(cfg.data)
     history, ckpts = run(cfg, data)
     return cfg, data, history, ckpts
@@ -104,7 +105,7 @@ def test_a_branch_may_not_change_the_model_the_data_or_the_seed(dfa_trunk):
 ])
 def test_lineage_knobs_are_validated(knobs, message):
     with pytest.raises(ConfigError, match=message):
-        Config.from_dict({**SMALL, **knobs})
+        make_config({**SMALL, **knobs})
 
 
 def test_a_parent_on_disk_is_found_by_folder_and_epoch(tmp_path, dfa_trunk):
@@ -125,7 +126,7 @@ def test_a_parent_on_disk_is_found_by_folder_and_epoch(tmp_path, dfa_trunk):
 
 @pytest.fixture(scope="module")
 def bp_snapshot():
-    cfg = Config.from_dict({**SMALL, "rule": "bp", "d": 64, "L": 4, "alpha": 1.0, "n_train": 2000, "n_test": 500,
+    cfg = make_config({**SMALL, "rule": "bp", "d": 64, "L": 4, "alpha": 1.0, "n_train": 2000, "n_test": 500,
                             "epochs": 6, "batch_size": 128, "probe_size": 128, "rho_dirs": 8})
     data = load_data(cfg.data)
     _, ckpts = run(cfg, data)

@@ -1,13 +1,13 @@
 import torch
 from torch import nn
 
-from raycredit.config import Config
 from raycredit.models import build_model
+from raycredit.rules import make_config
 
 
 def model(**kw):
     torch.manual_seed(0)
-    return build_model(Config.from_dict({"d": 16, "L": 3, **kw}).model, in_shape=12, n_classes=5)
+    return build_model(make_config({"d": 16, "L": 3, **kw}).model, in_shape=12, n_classes=5)
 
 
 def test_shapes_and_layer_indexing():
@@ -55,11 +55,11 @@ def test_plain_mlp_is_input_then_dense_layers_then_readout():
 
 
 def test_student_activation_follows_the_teacher_alpha():
-    cfg = Config.from_dict({"d": 16, "L": 2, "student_activation": "teacher"}).model
+    cfg = make_config({"d": 16, "L": 2, "student_activation": "teacher"}).model
     z = torch.linspace(-3, 3, 13)
     linear = build_model(cfg, in_shape=12, n_classes=5, alpha=0.0)
     torch.testing.assert_close(linear.blocks[0].act(z), z)
     half = build_model(cfg, in_shape=12, n_classes=5, alpha=0.5)
     torch.testing.assert_close(half.blocks[1].act(z), 0.5 * z + 0.5 * torch.tanh(z))
-    own = build_model(Config.from_dict({"d": 16, "L": 2}).model, in_shape=12, n_classes=5, alpha=0.0)
+    own = build_model(make_config({"d": 16, "L": 2}).model, in_shape=12, n_classes=5, alpha=0.0)
     assert isinstance(own.blocks[0].act, nn.GELU)

@@ -5,7 +5,7 @@ import pytest
 
 from analysis import plots
 from raycredit import tracking
-from raycredit.config import Config
+from raycredit.rules import make_config
 
 EPOCHS = 3
 
@@ -14,7 +14,7 @@ def log_runs(uri: str, experiment: str, grid: list[dict]) -> None:
     """One finished run per dict, with made-up but plausible per-epoch metrics."""
     exp = tracking.ensure_experiment(uri, experiment)
     for i, knobs in enumerate(grid):
-        cfg = Config.from_dict({"dataset": "synthetic", "epochs": EPOCHS, **knobs})
+        cfg = make_config({"dataset": "synthetic", "epochs": EPOCHS, **knobs})
         run = tracking.TrialRun(uri, exp, cfg.key(), run_name=f"r{i}", params=cfg.flat(),
                                 tags={"rule": cfg.rule.rule, "n_classes": 10})
         L, acc = cfg.model.L, {"bp": 0.6, "fa": 0.3, "dfa": 0.25, "frozen": 0.35}[cfg.rule.rule]

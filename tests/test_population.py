@@ -12,7 +12,7 @@ from raycredit.config import Config
 from raycredit.errors import ConfigError
 from raycredit.population import check_members, group_members, shared_key, train_population
 from raycredit.posthoc import rediagnose
-from raycredit.rules import RULES
+from raycredit.rules import RULES, make_config
 from raycredit.train import train
 
 # members differ in every population key; clip_norm is small so that per-member clipping really clips
@@ -52,7 +52,7 @@ def cfg_rule_params(cfg: Config):
 
 @pytest.mark.parametrize("rule", sorted(RULES))
 def test_members_equal_separate_runs(tiny, rule):
-    cfgs = [Config.from_dict({**tiny, "rule": rule, "clip_norm": 0.05, **RULE_KNOBS.get(rule, {}), **m})
+    cfgs = [make_config({**tiny, "rule": rule, "clip_norm": 0.05, **RULE_KNOBS.get(rule, {}), **m})
             for m in MEMBERS]
     pop, pop_ckpts = final_states(cfgs, lambda cb: train_population(cfgs, on_epoch=cb))
     assert len(pop) == len(cfgs)
@@ -80,17 +80,17 @@ def test_members_equal_separate_runs(tiny, rule):
 
 def test_members_on_different_data_and_random_targets(tiny):
     """alpha changes the synthetic task: each member trains and is evaluated on its own data."""
-    cfgs = [Config.from_dict({**tiny, "rule": "dfa", "alpha": a, "seed": s}) for a, s in ((0.0, 0), (1.0, 1))]
+    cfgs = [make_config({**tiny, "rule": "dfa", "alpha": a, "seed": s}) for a, s in ((0.0, 0), (1.0, 1))]
     for got, cfg in zip(train_population(cfgs), cfgs, strict=True):
         assert_same_history(got["history"], train(cfg)["history"])
-    cfgs = [Config.from_dict({**tiny, "rule": "bp", "random_targets": True, "seed": s}) for s in (0, 1)]
+    cfgs = [make_config({**tiny, "rule": "bp", "random_targets": True, "seed": s}) for s in (0, 1)]
     for got, cfg in zip(train_population(cfgs), cfgs, strict=True):
         assert_same_history(got["history"], train(cfg)["history"])
 
 
 def test_a_diverging_member_stops_alone(tiny):
     base = {**tiny, "rule": "bp", "optimizer": "sgd", "clip_norm": 0.0, "epochs": 3}
-    cfgs = [Config.from_dict({**base, "lr": lr}) for lr in (1e-2, 10.0)]
+    cfgs = [make_config({**base, "lr": lr}) for lr in (1e-2, 10.0)]
     reported = []
 
     def record(epoch, results, checkpoint_fn):
@@ -109,7 +109,7 @@ def test_a_diverging_member_stops_alone(tiny):
 
 
 def test_resume_is_bit_identical_and_member_checkpoints_are_separate_runs_checkpoints(tiny):
-    cfgs = [Config.from_dict({**tiny, "rule": "fa", "epochs": 3, **m}) for m in MEMBERS[:2]]
+    cfgs = [make_config({**tiny, "rule": "fa", "epochs": 3, **m}) for m in MEMBERS[:2]]
     at = {}
     full = train_population(cfgs, on_epoch=lambda e, r, fn: at.setdefault(e, copy.deepcopy(fn())))
     resumed = train_population(cfgs, checkpoints=at[1])
@@ -125,7 +125,7 @@ def test_resume_is_bit_identical_and_member_checkpoints_are_separate_runs_checkp
 
 
 def test_members_that_cannot_share_a_population_are_refused(tiny):
-    fa = Config.from_dict({**tiny, "rule": "fa"})
+    fa = make_config({**tiny, "rule": "fa"})
     with pytest.raises(ConfigError, match="differ only in seed, lr"):
         check_members([fa, fa.replace(d=16)])
     with pytest.raises(ConfigError, match="distinct"):
@@ -139,7 +139,7 @@ def test_members_that_cannot_share_a_population_are_refused(tiny):
 
 
 def test_grouping_keeps_order_chunks_and_leaves_other_rules_alone(tiny):
-    cfgs = [Config.from_dict({**tiny, "rule": r, "d": d, "seed": s, "compile": r == "bp"})
+    cfgs = [make_config({**tiny, "rule": r, "d": d, "seed": s, "compile": r == "bp"})
             for r in ("fa", "bp") for d in (16, 32) for s in range(3)]
     groups = group_members(cfgs, 2)  # compiled configs train alone
     assert [[(c.rule.rule, c.model.d, c.train.seed) for c in g] for g in groups] == [
@@ -151,7 +151,7 @@ def test_grouping_keeps_order_chunks_and_leaves_other_rules_alone(tiny):
 
 
 def test_population_checkpoints_handed_out_are_snapshots(tiny):
-    cfgs = [Config.from_dict({**tiny, "rule": "dfa", "epochs": 3, "seed": s}) for s in (0, 1)]
+    cfgs = [make_config({**tiny, "rule": "dfa", "epochs": 3, "seed": s}) for s in (0, 1)]
     kept, once = [], []
     train_population(cfgs, on_epoch=lambda e, r, fn: kept.append(fn()))
     train_population([c.replace(epochs=1) for c in cfgs], on_epoch=lambda e, r, fn: once.append(fn()))

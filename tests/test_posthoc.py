@@ -6,6 +6,7 @@ import pytest
 from raycredit import posthoc, tracking
 from raycredit.cli import main
 from raycredit.config import Config
+from raycredit.rules import make_config
 from raycredit.train import train
 
 from mlflow_checks import logged_run as logged_trial_run
@@ -19,7 +20,7 @@ def logged_run(tmp_path, cfg: Config) -> tuple[str, str]:
 
 @pytest.mark.parametrize("rule, null", [("dfa", True), ("fa", True), ("state_bridge", False)])
 def test_diagnose_reproduces_every_logged_diagnostic(tmp_path, tiny, capsys, rule, null):
-    cfg = Config.from_dict({**tiny, "rule": rule, "warmup_ratio": 0.0})
+    cfg = make_config({**tiny, "rule": rule, "warmup_ratio": 0.0})
     uri, run_id = logged_run(tmp_path, cfg)
     code = main(["diagnose", "--run-id", run_id, "--tracking-uri", uri, "--null-draws", "3"])
     out = capsys.readouterr().out
@@ -35,7 +36,7 @@ def test_null_calibration_swaps_only_the_feedback_matrices(tmp_path, tiny, monke
     other draws give other values."""
     from raycredit.checkpoint import load_checkpoint
 
-    cfg = Config.from_dict({**tiny, "rule": "dfa", "seed": 3})
+    cfg = make_config({**tiny, "rule": "dfa", "seed": 3})
     uri, run_id = logged_run(tmp_path, cfg)
     _, path = tracking.run_checkpoint(uri, run_id, tmp_path / "dl")
     ckpt = load_checkpoint(path)
@@ -50,7 +51,7 @@ def test_null_calibration_of_a_rule_whose_credit_ignores_its_feedback_matrices(t
     draws must leave deep_cos exactly as it was."""
     from raycredit.checkpoint import load_checkpoint
 
-    uri, run_id = logged_run(tmp_path, Config.from_dict({**tiny, "rule": "credit_bridge", "warmup_ratio": 0.0}))
+    uri, run_id = logged_run(tmp_path, make_config({**tiny, "rule": "credit_bridge", "warmup_ratio": 0.0}))
     metrics, null = posthoc.rediagnose(load_checkpoint(tracking.run_checkpoint(uri, run_id, tmp_path / "dl")[1]),
                                        null_draws=2)
     assert null == [metrics["deep_cos"]] * 2
@@ -59,7 +60,7 @@ def test_null_calibration_of_a_rule_whose_credit_ignores_its_feedback_matrices(t
 def test_diagnose_flags_a_logged_value_it_cannot_reproduce(tmp_path, tiny, capsys):
     from mlflow.tracking import MlflowClient
 
-    cfg = Config.from_dict({**tiny, "rule": "dfa"})
+    cfg = make_config({**tiny, "rule": "dfa"})
     uri, run_id = logged_run(tmp_path, cfg)
     MlflowClient(uri).log_metric(run_id, "deep_rho", 0.5, step=cfg.train.epochs)  # tampered with
     assert main(["diagnose", "--run-id", run_id, "--tracking-uri", uri, "--null-draws", "0"]) == 1
@@ -83,7 +84,7 @@ def test_a_checkpoint_naming_a_download_folder_creates_nothing(tiny, tmp_path):
     from raycredit.posthoc import rediagnose
 
     state = {}
-    train(Config.from_dict({**tiny, "rule": "dfa", "epochs": 1}), on_epoch=lambda e, m, fn: state.update(fn()))
+    train(make_config({**tiny, "rule": "dfa", "epochs": 1}), on_epoch=lambda e, m, fn: state.update(fn()))
     target = tmp_path / "elsewhere" / "cifar"
     state["config"]["data"].update(dataset="cifar10", data_dir=str(target), download=True)
     with pytest.raises(DataError, match="not found or corrupted"):

@@ -20,6 +20,7 @@ from raycredit.protocol import (
     protocol_table,
     run_verdicts,
 )
+from raycredit.rules import make_config
 from raycredit.tracking.results import results
 
 from mlflow_checks import logged_run
@@ -158,7 +159,7 @@ def test_verdicts_of_a_scratch_store(tmp_path, tiny, capsys):
     for lr, rules in ((1e-3, ("bp", "frozen", "fa", "dfa")), (0.1, ("bp", "frozen", "dfa"))):
         for rule in rules:
             for seed in (0, 1):
-                cfg = Config.from_dict({**tiny, "rule": rule, "seed": seed, "lr": lr})
+                cfg = make_config({**tiny, "rule": rule, "seed": seed, "lr": lr})
                 ids[lr, rule, seed] = logged_run(uri, "proto", cfg, tmp_path)
     df = results("proto", uri)
     by_hand = {}

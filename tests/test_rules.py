@@ -4,17 +4,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from raycredit.config import Config
 from raycredit.data import load_data
 from raycredit.diagnostics import diagnose, probe_forward
 from raycredit.models import build_model
-from raycredit.rules import RULES, build_rule
+from raycredit.rules import RULES, build_rule, make_config
 from raycredit.rules.base import LocalRule, rms_normalize
 from raycredit.train import train
 
 
 def setup(tiny, **over):
-    cfg = Config.from_dict({**tiny, **over})
+    cfg = make_config({**tiny, **over})
     data = load_data(cfg.data)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, data.in_shape, data.n_classes)
@@ -174,7 +173,7 @@ def test_frozen_keeps_blocks_and_embedding_bit_identical(tiny):
     def grab(epoch, metrics, checkpoint_fn):
         result.update(checkpoint_fn()["model"])
 
-    train(Config.from_dict({**tiny, "rule": "frozen", "epochs": 2}), on_epoch=grab)
+    train(make_config({**tiny, "rule": "frozen", "epochs": 2}), on_epoch=grab)
     for n, p in start.items():
         if n.startswith(("blocks.", "embed.")):
             assert torch.equal(result[n], p), n
@@ -183,7 +182,7 @@ def test_frozen_keeps_blocks_and_embedding_bit_identical(tiny):
 
 def test_frozen_train_embedding_moves_only_the_embedding(tiny):
     result = {}
-    train(Config.from_dict({**tiny, "rule": "frozen", "train_embedding": True}),
+    train(make_config({**tiny, "rule": "frozen", "train_embedding": True}),
           on_epoch=lambda e, m, fn: result.update(fn()["model"]))
     _, _, model, _ = setup(tiny, rule="frozen")
     start = dict(model.named_parameters())
@@ -192,7 +191,7 @@ def test_frozen_train_embedding_moves_only_the_embedding(tiny):
 
 
 def block_output_norm(tiny, lam):
-    cfg = Config.from_dict({**tiny, "rule": "dfa", "penalty_lam": lam, "epochs": 3, "lr": 1e-2})
+    cfg = make_config({**tiny, "rule": "dfa", "penalty_lam": lam, "epochs": 3, "lr": 1e-2})
     state = {}
     train(cfg, on_epoch=lambda e, m, fn: state.update(fn()["model"]))
     data = load_data(cfg.data)

@@ -5,8 +5,8 @@ import copy
 import pytest
 import torch
 
-from raycredit.config import Config
 from raycredit.errors import ConfigError
+from raycredit.rules import make_config
 from raycredit.rules.dfa import dfa_credits
 from raycredit.train import train
 
@@ -26,9 +26,9 @@ def aux_params(rule_state):
 
 @pytest.mark.parametrize("kind", ["vector_field", "gaussian_noise"])
 def test_alpha_zero_trains_exactly_like_dfa(tiny, kind):
-    scaffold = states(Config.from_dict({**tiny, "rule": "scaffold", "blend_alpha": 0.0, "aux_kind": kind,
+    scaffold = states(make_config({**tiny, "rule": "scaffold", "blend_alpha": 0.0, "aux_kind": kind,
                                         "warmup_ratio": 0.0, "epochs": 3}))
-    dfa = states(Config.from_dict({**tiny, "rule": "dfa", "epochs": 3}))
+    dfa = states(make_config({**tiny, "rule": "dfa", "epochs": 3}))
     for k, v in dfa[3]["model"].items():
         assert torch.equal(v, scaffold[3]["model"][k]), k
     assert [h["test_loss"] for h in dfa[3]["history"]] == [h["test_loss"] for h in scaffold[3]["history"]]
@@ -62,7 +62,7 @@ def test_schedule_warmup_prefit_blend_freeze_decay(tiny):
 
 
 def test_prefit_moves_only_the_aux_and_freeze_after_stops_it(tiny):
-    ck = states(Config.from_dict({**tiny, "rule": "scaffold", "epochs": 5, "warmup_ratio": 0.2, "prefit_epochs": 1,
+    ck = states(make_config({**tiny, "rule": "scaffold", "epochs": 5, "warmup_ratio": 0.2, "prefit_epochs": 1,
                                   "aux_kind": "vector_field", "freeze_after": 1}))
     model = {e: c["model"] for e, c in ck.items()}
     aux = {e: aux_params(c["rule"]) for e, c in ck.items()}
@@ -74,13 +74,13 @@ def test_prefit_moves_only_the_aux_and_freeze_after_stops_it(tiny):
 
 
 def test_scaffold_resumes_exactly(tiny):
-    cfg = Config.from_dict({**tiny, "rule": "scaffold", "epochs": 4, "warmup_ratio": 0.25,
+    cfg = make_config({**tiny, "rule": "scaffold", "epochs": 4, "warmup_ratio": 0.25,
                             "aux_kind": "gaussian_noise"})
     whole = states(cfg)
     resumed = states(cfg, checkpoint=whole[2])
     for k, v in whole[4]["model"].items():
         assert torch.equal(v, resumed[4]["model"][k]), k
-    vf = Config.from_dict({**tiny, "rule": "scaffold", "epochs": 3, "warmup_ratio": 0.0,
+    vf = make_config({**tiny, "rule": "scaffold", "epochs": 3, "warmup_ratio": 0.0,
                            "aux_kind": "shuffled_trainable"})
     whole = states(vf)
     resumed = states(vf, checkpoint=whole[1])
@@ -102,4 +102,4 @@ def test_scaffold_resumes_exactly(tiny):
 ])
 def test_bad_scaffold_knobs_are_rejected(tiny, bad, msg):
     with pytest.raises(ConfigError, match=msg):
-        Config.from_dict({**tiny, "rule": "scaffold", **bad})
+        make_config({**tiny, "rule": "scaffold", **bad})

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from raycredit.flags import overrides_from, search_parser
+from raycredit.rules import make_config
 from raycredit.search import expand
 
 from mlflow_checks import assert_one_complete_run_per_trial
@@ -184,10 +185,9 @@ def test_noise_notes_call_a_best_near_chance_noise_and_count_ties():
 def test_optuna_space_draws_valid_conditional_configs():
     import optuna
 
-    from raycredit.config import Config
 
     mod = load_search("optuna_scaffold")
-    base = Config.from_dict({**mod.PRESETS["paper"].fixed, "data_dir": "/data"})
+    base = make_config({**mod.PRESETS["paper"].fixed, "data_dir": "/data"})
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = set()
     for _ in range(200):

@@ -8,6 +8,7 @@ from raycredit.data import load_data
 from raycredit.diagnostics import diagnose
 from raycredit.models import build_model
 from raycredit.population import train_population
+from raycredit.rules import make_config
 from raycredit.rules.base import n_correct, output_error, task_loss
 from raycredit.train import restore, train
 
@@ -17,7 +18,7 @@ LQ = dict(dataset="toy_lq", input_dim=16, n_classes=6, d=16, L=3, mlp_ratio=1.0,
 
 
 def test_targets_are_a_noisy_linear_map_of_the_states():
-    data = load_data(Config.from_dict({**LQ, "lq_noise": 0.3}).data)
+    data = load_data(make_config({**LQ, "lq_noise": 0.3}).data)
     assert data.y_train.shape == (1000, 6) and data.y_train.is_floating_point()
     x, y = data.x_train, data.y_train
     fit = torch.linalg.lstsq(x, y).solution
@@ -49,7 +50,7 @@ def test_the_student_is_linear():
 
 
 def test_bp_costate_cosine_is_one_and_accuracy_is_not_reported():
-    cfg = Config.from_dict({**LQ, "rule": "bp", "epochs": 2})
+    cfg = make_config({**LQ, "rule": "bp", "epochs": 2})
     h = train(cfg)["history"]
     assert h[-1]["deep_cos"] == pytest.approx(1.0, abs=1e-6) and h[-1]["deep_rho"] > 0.99
     assert h[-1]["test_acc"] != h[-1]["test_acc"] and h[-1]["test_loss"] < h[0]["train_loss"]
@@ -59,14 +60,14 @@ def test_bp_costate_cosine_is_one_and_accuracy_is_not_reported():
 def test_state_bridge_recovers_the_costate_and_dfa_does_not():
     """The seeds' toy LQ finding (state bridge 0.945, DFA 0.001): after 160 steps the state bridge's costate
     cosine is far above DFA's."""
-    sb = train(Config.from_dict({**LQ, "rule": "state_bridge"}))["final"]
-    dfa = train(Config.from_dict({**LQ, "rule": "dfa"}))["final"]
+    sb = train(make_config({**LQ, "rule": "state_bridge"}))["final"]
+    dfa = train(make_config({**LQ, "rule": "dfa"}))["final"]
     assert sb["deep_cos"] > 0.6 and sb["deep_cos"] > dfa["deep_cos"] + 0.3
     assert sb["deep_nudge"] < 0
 
 
 def test_diagnostics_of_the_quadratic_cost_agree_in_float32_and_float64():
-    cfg = Config.from_dict({**LQ, "rule": "dfa", "epochs": 3})
+    cfg = make_config({**LQ, "rule": "dfa", "epochs": 3})
     box = {}
     train(cfg, on_epoch=lambda e, m, fn: box.update(ckpt=fn()) if fn else None)
     cfg, model, rule, data = restore(box["ckpt"])
@@ -78,7 +79,7 @@ def test_diagnostics_of_the_quadratic_cost_agree_in_float32_and_float64():
 
 
 def test_a_population_on_toy_lq_equals_separate_runs():
-    cfgs = [Config.from_dict({**LQ, "rule": "dfa", "epochs": 2, "n_train": 500, "seed": s}) for s in (0, 1)]
+    cfgs = [make_config({**LQ, "rule": "dfa", "epochs": 2, "n_train": 500, "seed": s}) for s in (0, 1)]
     for cfg, member in zip(cfgs, train_population(cfgs), strict=True):
         alone = train(cfg)["final"]
         for k in ("test_loss", "train_loss", "deep_cos", "deep_rho"):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from raycredit.checkpoint import load_checkpoint, save_checkpoint
-from raycredit.config import Config
+from raycredit.rules import make_config
 from raycredit.train import train
 
 
@@ -29,7 +29,7 @@ def assert_histories_equal(h1, h2):
 
 
 def test_same_seed_same_metrics_and_other_seed_differs(tiny):
-    cfg = Config.from_dict({**tiny, "rule": "fa"})
+    cfg = make_config({**tiny, "rule": "fa"})
     assert_histories_equal(train(cfg)["history"], train(cfg)["history"])
     other = train(cfg.replace(seed=1))["history"]
     assert other[-1]["test_loss"] != train(cfg)["history"][-1]["test_loss"]
@@ -38,7 +38,7 @@ def test_same_seed_same_metrics_and_other_seed_differs(tiny):
 @pytest.mark.parametrize("rule", ["dfa", "fa", "bp", "ep", "state_bridge", "vector_field", "credit_bridge"])
 def test_resume_is_bit_identical(tiny, tmp_path, rule):
     """4 epochs in one go == 2 epochs + checkpoint file + restore + 2 epochs, exactly."""
-    cfg = Config.from_dict({**tiny, "rule": rule, "epochs": 4, "diag_every": 1})
+    cfg = make_config({**tiny, "rule": rule, "epochs": 4, "diag_every": 1})
     states, resumed_states = {}, {}
     full = train(cfg, on_epoch=lambda e, m, fn: states.__setitem__(e, fn()))
     path = tmp_path / "half.pt"
@@ -53,7 +53,7 @@ def test_resume_is_bit_identical(tiny, tmp_path, rule):
 
 
 def test_checkpoint_holds_feedback_and_loads_weights_only(tiny, tmp_path):
-    cfg = Config.from_dict({**tiny, "rule": "dfa", "epochs": 1})
+    cfg = make_config({**tiny, "rule": "dfa", "epochs": 1})
     path = tmp_path / "c.pt"
     train(cfg, on_epoch=lambda e, m, fn: save_checkpoint(fn(), path))
     ckpt = torch.load(path, weights_only=True)
@@ -67,13 +67,13 @@ def test_bp_clearly_beats_frozen_and_reference_dfa_on_synthetic():
     study's DFA (with credit normalization) falls well below BP there."""
     base = dict(dataset="synthetic", alpha=1.0, d=64, L=2, n_train=4000, n_test=1000, epochs=8,
                 probe_size=64, rho_dirs=4, diag_every=8, device="cpu")
-    acc = {r: train(Config.from_dict({**base, "rule": r, **kw}))["final"]["test_acc"]
+    acc = {r: train(make_config({**base, "rule": r, **kw}))["final"]["test_acc"]
            for r, kw in (("bp", {}), ("frozen", {}), ("dfa", {"credit_norm": True}))}
     assert acc["bp"] >= acc["frozen"] + 0.05 and acc["bp"] > acc["dfa"] + 0.05, acc
 
 
 def test_divergence_stops_cleanly_and_withholds_the_checkpoint(tiny):
-    cfg = Config.from_dict({**tiny, "rule": "bp", "optimizer": "sgd", "lr": 1e6, "clip_norm": 0.0, "epochs": 5})
+    cfg = make_config({**tiny, "rule": "bp", "optimizer": "sgd", "lr": 1e6, "clip_norm": 0.0, "epochs": 5})
     seen = []
     result = train(cfg, on_epoch=lambda e, m, fn: seen.append((e, m["diverged"], fn is None)))
     assert result["final"]["diverged"] == 1.0
@@ -83,12 +83,12 @@ def test_divergence_stops_cleanly_and_withholds_the_checkpoint(tiny):
 
 
 def test_random_targets_give_chance_accuracy(tiny):
-    cfg = Config.from_dict({**tiny, "rule": "bp", "random_targets": True, "epochs": 3})
+    cfg = make_config({**tiny, "rule": "bp", "random_targets": True, "epochs": 3})
     assert abs(train(cfg)["final"]["train_acc"] - 0.1) < 0.06
 
 
 def test_history_has_every_diagnostic(tiny):
-    cfg = Config.from_dict({**tiny, "rule": "fa", "epochs": 2, "diag_every": 2})
+    cfg = make_config({**tiny, "rule": "fa", "epochs": 2, "diag_every": 2})
     h = train(cfg)["history"]
     assert "deep_cos" not in h[0] and "test_acc" in h[0]
     L = cfg.model.L
@@ -122,7 +122,7 @@ BF16_ACC_TOL = 0.02  # |test_acc(bf16) - test_acc(fp32)| for bp; README and docs
 
 
 def test_bf16_autocast_agrees_with_fp32_on_bp_accuracy(tiny):
-    cfg = Config.from_dict({**tiny, "rule": "bp", "epochs": 3, "n_train": 1024})
+    cfg = make_config({**tiny, "rule": "bp", "epochs": 3, "n_train": 1024})
     fp32, bf16 = train(cfg)["final"], train(cfg.replace(precision="bf16"))["final"]
     assert fp32["train_loss"] != bf16["train_loss"], "the bf16 path did not run"
     assert abs(fp32["test_acc"] - bf16["test_acc"]) <= BF16_ACC_TOL, (fp32["test_acc"], bf16["test_acc"])
@@ -134,7 +134,7 @@ def test_compile_flag_compiles_the_training_step_and_changes_nothing_else(tiny, 
     identity compile the run equals the eager one. benchmarks/throughput.py compares real compiled runs."""
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(fn) or fn)
-    cfg = Config.from_dict({**tiny, "rule": "dfa"})
+    cfg = make_config({**tiny, "rule": "dfa"})
     eager = train(cfg)["history"]
     again = train(cfg.replace(compile=True))["history"]
     assert [c.__name__ for c in compiled] == ["loss"] and compiled[0].__self__.__class__.__name__ == "DFA"
@@ -147,7 +147,7 @@ def test_checkpoints_handed_out_are_snapshots(tiny, rule):
     """Checkpoints kept from every epoch hold their own epoch's state, not the live weights: epoch 1's equals
     the checkpoint of a 1-epoch run exactly (model, rule, optimizer, history)."""
     kept = []
-    cfg = Config.from_dict({**tiny, "rule": rule, "epochs": 3})
+    cfg = make_config({**tiny, "rule": rule, "epochs": 3})
     train(cfg, on_epoch=lambda e, m, fn: kept.append(fn()))
     once = []
     train(cfg.replace(epochs=1), on_epoch=lambda e, m, fn: once.append(fn()))
@@ -163,6 +163,6 @@ def test_checkpoints_handed_out_are_snapshots(tiny, rule):
 
 def test_accuracies_are_exact_fractions_not_float32_noise(tiny):
     """534/1000 is logged as 0.534 (float64 sums), not float32's 0.53399997."""
-    h = train(Config.from_dict({**tiny, "rule": "dfa", "n_test": 250}))["history"][-1]
+    h = train(make_config({**tiny, "rule": "dfa", "n_test": 250}))["history"][-1]
     assert h["test_acc"] == round(h["test_acc"] * 250) / 250
     assert h["train_acc"] == round(h["train_acc"] * 512) / 512

@@ -336,7 +336,7 @@ def trial_device() -> str:
 def open_run(s: SweepSettings, cfg: Config, key: str, name: str, data, tags: dict | None = None):
     """The trial's MLflow run for cfg (found by its key, or created) with its params, tags and its dataset as
     an MLflow input (name, digest of the data config and shapes, shapes as its profile)."""
-    from raycredit.config import stable_hash
+    from raycredit.knobs import stable_hash
     from raycredit.tracking import SWEEP_TAG, TrialRun
 
     run = TrialRun(s.tracking_uri, s.experiment_id, key, run_name=name, params=cfg.flat(),

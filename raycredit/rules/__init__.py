@@ -1,6 +1,10 @@
-"""The learning-rule registry: one file per rule, all behind `raycredit.rules.base.Rule`."""
+"""The learning-rule registry: one file per rule, all behind `raycredit.rules.base.Rule`.
 
-from raycredit.config import Config, register_check, register_rule_defaults
+Where a config meets its rule: `make_config` builds a Config with the rule's own defaults and checks it
+against the rule; `build_rule` checks again (a config built by `Config.from_dict` or `replace` has not been).
+"""
+
+from raycredit.config import SECTIONS, Config
 from raycredit.errors import ConfigError
 from raycredit.rules.base import LocalRule, Rule
 from raycredit.rules.bp import BP
@@ -36,9 +40,21 @@ def get_rule_class(name: str) -> type[Rule]:
     return RULES[name]
 
 
+def make_config(d: dict) -> Config:
+    """The Config of a flat or nested dict (`Config.from_dict`) with its rule's own `defaults` for the knobs the
+    dict does not give (Kolen-Pollack brings the weight decay that aligns its feedback), checked against the
+    rule (`validate`). The constructor of every config a user describes: flags, presets, Python."""
+    cfg = Config.from_dict(d)
+    given = {k for key, v in d.items() for k in (v if key in SECTIONS and isinstance(v, dict) else (key,))}
+    defaults = {k: v for k, v in get_rule_class(cfg.rule.rule).defaults.items() if k not in given}
+    cfg = cfg.replace(**defaults) if defaults else cfg
+    validate(cfg)
+    return cfg
+
+
 def validate(cfg: Config) -> None:
     """ConfigError when cfg's rule is unknown, does not support its architecture, or refuses its knobs (each
-    rule's `check_config`). Every Config.from_dict runs it (registered below)."""
+    rule's `check_config`)."""
     rule_cls = get_rule_class(cfg.rule.rule)
     if cfg.model.arch not in rule_cls.architectures:
         raise ConfigError(f"rule: {cfg.rule.rule!r} supports architectures {', '.join(rule_cls.architectures)}, "
@@ -51,10 +67,6 @@ def validate(cfg: Config) -> None:
     rule_cls.check_config(cfg)
 
 
-register_check(validate)
-for _name, _cls in RULES.items():
-    register_rule_defaults(_name, _cls.defaults)
-
-
-def build_rule(cfg, model, n_classes: int) -> Rule:
+def build_rule(cfg: Config, model, n_classes: int) -> Rule:
+    validate(cfg)
     return get_rule_class(cfg.rule.rule)(cfg, model, n_classes)

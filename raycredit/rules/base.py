@@ -98,7 +98,7 @@ class Rule(nn.Module):
     """
 
     architectures: ClassVar[tuple[str, ...]] = ("resmlp",)  # rules with per-layer d-vector nets are ResMLP-only
-    # the rule's own defaults for knobs of any section (config.RULE_DEFAULTS); an explicit value wins
+    # the rule's own defaults for knobs of any section (`raycredit.rules.make_config`); an explicit value wins
     defaults: ClassVar[dict] = {}
 
     def __init__(self, cfg: Config, model: nn.Module, n_classes: int):

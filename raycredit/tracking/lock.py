@@ -7,8 +7,8 @@ import contextlib
 import time
 from collections.abc import Callable
 
-from raycredit.config import stable_hash
 from raycredit.errors import UserError
+from raycredit.knobs import stable_hash
 from raycredit.locks import dead_here
 from raycredit.tracking.client import get_client, retry
 
