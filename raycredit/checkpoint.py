@@ -18,8 +18,17 @@ from raycredit.config import Config
 from raycredit.errors import UserError
 
 CHECKPOINT_FORMAT = 1
+CHECKPOINT_FILE = "checkpoint.pt"
 # config keys that may differ between a checkpoint and the run resuming from it
 RESUMABLE_CHANGES = {"epochs", "device", "checkpoint_every"}
+
+
+def run_checkpoint_path(folder: str | os.PathLike, epoch: int | None = None) -> Path:
+    """Where a run's folder holds its checkpoint: the last at <folder>/checkpoint.pt, a kept epoch at
+    <folder>/epoch-<e>/checkpoint.pt. The one layout of a `raycredit train --out` folder, of a trial's member
+    folder and of a run's `checkpoint` artifact in MLflow."""
+    folder = Path(folder)
+    return folder / CHECKPOINT_FILE if epoch is None else folder / f"epoch-{epoch}" / CHECKPOINT_FILE
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

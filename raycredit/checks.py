@@ -1,10 +1,11 @@
-"""Checks a search makes before anything starts, beyond each value's own range (`raycredit.config`): the
-experiment's name, the device, and the tracking store against the sweep's record of it."""
+"""Checks a search makes before anything starts, beyond each value's own range (`raycredit.config`): its
+flags, the experiment's name, the device, and the tracking store against the sweep's record of it."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,6 +115,47 @@ def record_runs(sweep: Path, uri: str, experiment_id: str) -> None:
 
 EXPERIMENT_NAME_MAX = 100  # characters
 EXPERIMENT_NAME_BYTES = 200  # the Tune experiment folder "<experiment>-<8 hex>" stays within a name's 255 bytes
+
+
+def sweep_flags(args, min_hang_after_s: float) -> None:
+    """UserError for a search's resource, retry and watch flags out of range."""
+    if not (math.isfinite(args.gpus_per_trial) and math.isfinite(args.cpus_per_trial)) \
+            or args.gpus_per_trial < 0 or args.cpus_per_trial <= 0:
+        raise UserError("--gpus-per-trial must be a finite number >= 0 and --cpus-per-trial a finite number > 0")
+    if args.max_failures < 0:
+        raise UserError("--max-failures must be >= 0")
+    for flag, value in (("--trial-timeout", args.trial_timeout), ("--hang-after", args.hang_after),
+                        ("--system-metrics", args.system_metrics)):
+        if not math.isfinite(value) or value < 0:
+            raise UserError(f"{flag} {value}: must be a finite number >= 0")
+    if 0 < args.hang_after < min_hang_after_s:
+        raise UserError(f"--hang-after {args.hang_after}: below {min_hang_after_s:g} s a busy machine's "
+                        "scheduling delays count as a hang")
+
+
+def devices(configs: list, args) -> list[str]:
+    """The CUDA devices the configs name explicitly (sorted), checked against the machine and the flags."""
+    wants_cuda = sorted({c.train.device for c in configs if c.train.device not in ("auto", "cpu")})
+    for device in wants_cuda:
+        device_name(device, local=args.address in (None, "", "local"))
+    if wants_cuda and args.gpus_per_trial == 0:
+        raise UserError(f"device {wants_cuda[0]}: trials get no GPU with --gpus-per-trial 0")
+    return wants_cuda
+
+
+def store_writable(uri: str, experiment: str) -> None:
+    """UserError unless the tracking store's files (a SQLite database, its journal files and folder) and the
+    experiment's artifact folder, where every trial uploads its checkpoint at its end, can be written."""
+    from raycredit import disk, tracking
+
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        disk.check_writable(db.parent, "--tracking-uri")
+        for f in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+            disk.check_writable_file(f, "--tracking-uri")
+    artifacts = tracking.artifact_folder(uri, experiment)
+    if artifacts is not None:
+        disk.check_writable(artifacts, f"the artifact folder of experiment {experiment!r}")
 
 
 def experiment_name(name: str) -> None:

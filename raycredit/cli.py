@@ -133,25 +133,24 @@ def _json_safe(x):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import tempfile
-
-    from raycredit import lineage
-    from raycredit.checkpoint import checkpoint_due, load_checkpoint, save_checkpoint
+    from raycredit.checkpoint import checkpoint_due, load_checkpoint, run_checkpoint_path, save_checkpoint
     from raycredit.config import Config, field_docs
     from raycredit.data import load_data
+    from raycredit.lineage import kept_epochs
     from raycredit.rules import make_config
+    from raycredit.start import resolve_start
     from raycredit.train import resolve_device, train
 
     knobs = {key: getattr(args, key) for _, key, _ in field_docs() if getattr(args, key) is not None}
     out = Path(args.out)
-    ckpt_path = out / "checkpoint.pt"
-    ckpt = None
+    ckpt_path = run_checkpoint_path(out)
+    saved = None
     if args.resume:
         if not ckpt_path.exists():
             raise UserError(f"--resume: no checkpoint at {ckpt_path}")
-        ckpt = load_checkpoint(ckpt_path)
+        saved = load_checkpoint(ckpt_path)
         # the run's own config; flags given override it (e.g. --epochs to train longer)
-        knobs = {**Config.from_dict(ckpt["config"]).flat(), **knobs}
+        knobs = {**Config.from_dict(saved["config"]).flat(), **knobs}
     elif ckpt_path.exists():
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     cfg = make_config(knobs)
@@ -159,24 +158,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError("exploitability: `raycredit train` trains; snapshot analyses run as search trials "
                         "(searches/exploitability.py)")
     data = load_data(cfg.data, resolve_device(cfg.train.device))
-    if ckpt is None and cfg.lineage.parent_run:
-        with tempfile.TemporaryDirectory(prefix="raycredit-parent-") as tmp:
-            parent_id, parent = lineage.fetch_parent(cfg, tmp, args.tracking_uri)
-        ckpt = lineage.branch_start(cfg, parent, data.in_shape, data.n_classes)
-        print(f"branch of {parent_id or cfg.lineage.parent_run} at epoch {cfg.lineage.parent_epoch}")
-    kept = set(lineage.kept_epochs(cfg)) - {cfg.train.epochs}
+    start = resolve_start(cfg, saved, data, uri=args.tracking_uri)
+    if start.kind == "branch":
+        print(f"branch of {start.parent_id or cfg.lineage.parent_run} at epoch {cfg.lineage.parent_epoch}")
+    kept = set(kept_epochs(cfg)) - {cfg.train.epochs}
     out.mkdir(parents=True, exist_ok=True)
 
     def on_epoch(epoch, metrics, checkpoint_fn):
         if checkpoint_fn is not None and (checkpoint_due(cfg, epoch) or epoch in kept):
             ckpt = checkpoint_fn()
             if epoch in kept:
-                (out / lineage.KEPT_DIR).mkdir(exist_ok=True)
-                save_checkpoint(ckpt, out / lineage.KEPT_DIR / f"epoch-{epoch}.pt")
+                run_checkpoint_path(out, epoch).parent.mkdir(exist_ok=True)
+                save_checkpoint(ckpt, run_checkpoint_path(out, epoch))
             if checkpoint_due(cfg, epoch):
                 save_checkpoint(ckpt, ckpt_path)
 
-    result = train(cfg, checkpoint=ckpt, on_epoch=on_epoch, progress=not args.no_progress, data=data)
+    result = train(cfg, checkpoint=start.checkpoint, on_epoch=on_epoch, progress=not args.no_progress, data=data)
     (out / "result.json").write_text(json.dumps(_json_safe(result), indent=1))
     final = result["final"]
     print(f"test_acc={final['test_acc']:.4f} train_loss={final['train_loss']:.4f}"

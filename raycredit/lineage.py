@@ -1,10 +1,13 @@
 """Branches: a run that starts from another run's checkpoint at a chosen epoch (SPEC §6, "Lineage").
 
-A branch is a config with `parent_run` and `parent_epoch` set. It starts from exactly the parent's state
-at that epoch and trains on to its own `epochs` (which count from the trunk's start, so a branch that
-changes nothing is the uninterrupted run, bit for bit). A branch start is a resume: `branch_start` turns
-the parent's checkpoint into a checkpoint of the branch's config at the parent's epoch, and the one
-training loop (`train.fit`) continues from it.
+A branch is a config with `parent_run` and `parent_epoch` set (`Parent.of` reads them as a typed value). It
+starts from exactly the parent's state at that epoch and trains on to its own `epochs` (which count from the
+trunk's start, so a branch that changes nothing is the uninterrupted run, bit for bit). A branch start is a
+resume: `raycredit.start.branch_start` turns the parent's checkpoint into a checkpoint of the branch's config
+at the parent's epoch, and the one training loop (`train.fit`) continues from it.
+
+This module plans: which branches a search has (`Branch`, `with_branches`), in which order they run
+(`lineage_levels`) and whether they may branch from their parents (`check_branch`, `check_lineage`).
 
 What a branch takes from its parent:
 - the model's weights, the batch-order generator (so the data order continues), the history (a branch's
@@ -23,22 +26,53 @@ the seed are the parent's: `check_branch` refuses a branch that changes them.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from raycredit.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, snapshot
 from raycredit.config import Config
 from raycredit.errors import ConfigError, UserError
 from raycredit.knobs import number_list
+from raycredit.rules import make_config
 
 FIXED_SECTIONS = ("model", "data")
 FIXED_KEYS = ("seed",)
-KEPT_DIR = "keep"  # beside a run's checkpoint: its kept epochs, epoch-<e>.pt
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 RUN_KEY = re.compile(r"[0-9a-f]{16}")
+# a planned branch's parent_run until every config of the search is final (`with_branches`): tells a later
+# Branch's `of` that it is a branch, never reaches a trial
+PLANNED = "<planned branch>"
+
+
+@dataclass(frozen=True)
+class Parent:
+    """A branch's parent, read once from the config's parent_run: `kind` is 'run_id' (an MLflow run), 'run_key'
+    (a config of the same experiment) or 'path' (a checkpoint file or a `raycredit train --out` folder); `ref`
+    is parent_run as given, `epoch` the parent's epoch the branch starts from."""
+
+    kind: str
+    ref: str
+    epoch: int
+
+    @classmethod
+    def of(cls, cfg: Config) -> Parent | None:
+        """cfg's parent, or None for a run that starts from scratch."""
+        ref = cfg.lineage.parent_run
+        return cls(kind_of_parent(ref), ref, cfg.lineage.parent_epoch) if ref else None
+
+
+def kind_of_parent(ref: str) -> str:
+    """'path' (a checkpoint file or a `raycredit train --out` folder), 'run_id' or 'run_key'."""
+    if os.sep in ref or ref.endswith(".pt") or Path(ref).exists():
+        return "path"
+    if RUN_ID.fullmatch(ref):
+        return "run_id"
+    if RUN_KEY.fullmatch(ref):
+        return "run_key"
+    raise UserError(f"parent_run {ref!r}: not an MLflow run id (32 hex digits), a run key (16 hex digits), "
+                    "a checkpoint file or a `raycredit train --out` folder")
 
 
 def check_branch(cfg: Config, parent: Config) -> None:
@@ -56,108 +90,88 @@ def kept_epochs(cfg: Config) -> list[int]:
     return sorted({*number_list("keep_epochs", cfg.train.keep_epochs, int, lo=1), cfg.train.epochs})
 
 
-def kind_of_parent(ref: str) -> str:
-    """'path' (a checkpoint file or a `raycredit train --out` folder), 'run_id' or 'run_key'."""
-    if os.sep in ref or ref.endswith(".pt") or Path(ref).exists():
-        return "path"
-    if RUN_ID.fullmatch(ref):
-        return "run_id"
-    if RUN_KEY.fullmatch(ref):
-        return "run_key"
-    raise UserError(f"parent_run {ref!r}: not an MLflow run id (32 hex digits), a run key (16 hex digits), "
-                    "a checkpoint file or a `raycredit train --out` folder")
+@dataclass(frozen=True)
+class Branch:
+    """Branches (`raycredit.lineage`) of every config generated so far whose values match `of` (key -> allowed
+    values): for each parent epoch in `at` (empty: the parent's last epoch) and each point of `grid`, a config
+    that is its parent with `fixed` and the grid point applied, starting from the parent's checkpoint at that
+    epoch. A value of `fixed` may be a function of the branch's flat config (parent_epoch and the grid point
+    already set), e.g. {"epochs": lambda c: c["parent_epoch"] + 4}; they are applied in order. The parents
+    keep the epochs their branches start from (keep_epochs). Branches of branches: a later Branch whose `of`
+    matches an earlier one's configs."""
+
+    grid: dict[str, list] = field(default_factory=dict)
+    of: dict[str, list] = field(default_factory=dict)
+    at: tuple[int, ...] = ()
+    fixed: dict = field(default_factory=dict)
 
 
-def local_parent(ref: str, epoch: int) -> dict:
-    """The checkpoint at `epoch` of a parent on disk: a checkpoint file, or a `raycredit train --out` folder
-    (its checkpoint.pt, or keep/epoch-<epoch>.pt)."""
-    path = Path(ref).expanduser()
-    if path.is_dir():
-        kept = path / KEPT_DIR / f"epoch-{epoch}.pt"
-        path = kept if kept.exists() else path / "checkpoint.pt"
-    if not path.exists():
-        raise UserError(f"parent_run {ref!r}: no checkpoint at {path}")
-    return at_epoch(load_checkpoint(path), epoch, str(path))
+def with_branches(trunks: list[dict], branches: tuple[Branch, ...]) -> list[Config]:
+    """The configs of `trunks` (flat dicts) and of their `branches`, parents first, each parent keeping the
+    epochs its branches start from."""
+    nodes: list[tuple[dict, int | None, int]] = [(t, None, 0) for t in trunks]  # (flat, parent index, epoch)
+    for b in branches:
+        for p in range(len(nodes)):
+            flat = nodes[p][0]
+            if any(flat[k] not in allowed for k, allowed in b.of.items()):
+                continue
+            for t in b.at or (flat["epochs"],):
+                for combo in itertools.product(*b.grid.values()):
+                    # parent_run: the parent's key once every config is final (keep_epochs changes it)
+                    child = {**flat, "keep_epochs": "", "parent_run": PLANNED, "parent_epoch": t,
+                             **dict(zip(b.grid, combo, strict=True))}
+                    for k, v in b.fixed.items():
+                        child[k] = v(child) if callable(v) else v
+                    nodes.append((child, p, t))
+    keep: dict[int, set[int]] = {}
+    for _, p, t in nodes:
+        if p is not None and t != nodes[p][0]["epochs"]:
+            keep.setdefault(p, set()).add(t)
+    out: list[Config] = []
+    for i, (flat, p, _) in enumerate(nodes):
+        if i in keep:
+            flat = {**flat, "keep_epochs": ",".join(map(str, sorted(keep[i] | set(_epochs(flat)))))}
+        if p is not None:
+            flat = {**flat, "parent_run": out[p].key()}
+        out.append(make_config(flat))
+    return out
 
 
-def at_epoch(ckpt: dict, epoch: int, where: str) -> dict:
-    if ckpt["epoch"] != epoch:
-        raise UserError(f"parent_run: {where} holds epoch {ckpt['epoch']}, not parent_epoch={epoch} (a parent "
-                        "keeps the epochs of its keep_epochs and its last)")
-    return ckpt
+def _epochs(flat: dict) -> list[int]:
+    return [int(e) for e in flat["keep_epochs"].split(",") if e.strip()]
 
 
-def fetch_parent(cfg: Config, dst: str | os.PathLike, uri: str | None = None,
-                 experiment_id: str | None = None) -> tuple[str, dict]:
-    """(the parent's MLflow run id, or '' for a parent on disk; its checkpoint at cfg's parent_epoch). A run key
-    is looked up in `experiment_id`; MLflow parents are downloaded into dst."""
-    from raycredit import tracking
+def lineage_levels(configs: list[Config]) -> list[list[Config]]:
+    """The configs in stages: those whose parent is not among them first, then their branches, and so on
+    (a stage's trials start once the stage before it has ended)."""
+    by_key = {c.key(): c for c in configs}
+    level: dict[str, int] = {}
 
-    ref, epoch = cfg.lineage.parent_run, cfg.lineage.parent_epoch
-    kind = kind_of_parent(ref)
-    if kind == "path":
-        return "", local_parent(ref, epoch)
-    if kind == "run_key" and experiment_id is None:
-        raise UserError(f"parent_run {ref!r} is a run key, which names a run within a search's experiment; "
-                        "pass the parent's MLflow run id")
-    run_id, path = tracking.kept_checkpoint(uri, ref, epoch, dst, experiment_id if kind == "run_key" else None)
-    try:
-        ckpt = load_checkpoint(path)
-    except UserError as e:  # named by the parent, not by the download's temporary path
-        raise UserError(str(e).replace(str(path), f"the epoch-{epoch} checkpoint of parent run {run_id}")) from None
-    return run_id, at_epoch(ckpt, epoch, f"run {run_id}")
+    def depth(c: Config) -> int:
+        if c.key() not in level:
+            parent = by_key.get(c.lineage.parent_run)
+            level[c.key()] = 0 if parent is None else depth(parent) + 1
+        return level[c.key()]
 
-
-def _names(cfg: Config, in_shape, n_classes: int) -> tuple[torch.nn.Module, object, list[list[str]]]:
-    """(model, rule, the names of each optimizer group's parameters) of cfg, built as a run builds them."""
-    from raycredit.models import build_model
-    from raycredit.rules import build_rule
-
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, in_shape, n_classes, cfg.data.alpha)
-    rule = build_rule(cfg, model, n_classes)
-    trainable = {id(p) for p in rule.trainable_params(model)}
-    groups = [[f"model.{k}" for k, p in model.named_parameters() if id(p) in trainable]]
-    aux = [f"rule.{k}" for k, _ in rule.named_parameters()]
-    return model, rule, groups + ([aux] if aux else [])
+    stages: list[list[Config]] = []
+    for c in configs:
+        d = depth(c)
+        stages += [[] for _ in range(d + 1 - len(stages))]
+        stages[d].append(c)
+    return stages
 
 
-def branch_start(cfg: Config, parent: dict, in_shape, n_classes: int) -> dict:
-    """The checkpoint from which `cfg` (a branch) trains on: the parent's state at its epoch, carried over as
-    the module docstring says. `parent` is the parent's checkpoint at cfg's parent_epoch."""
-    from raycredit.train import make_optimizer
+def check_lineage(configs: list[Config]) -> None:
+    """UserError for a branch whose parent in this search cannot be branched from: it changes the parent's
+    model, data or seed, or the parent does not keep the epoch it starts from."""
+    by_key = {c.key(): c for c in configs}
+    for c in configs:
+        parent = by_key.get(c.lineage.parent_run)
+        if parent is None:
+            continue
+        check_branch(c, parent)
+        if c.lineage.parent_epoch not in kept_epochs(parent):
+            raise UserError(f"parent_epoch: {c.lineage.parent_epoch} is not kept by its parent in this search "
+                            f"(keeps {', '.join(map(str, kept_epochs(parent)))}; add it to the parent's keep_epochs)")
 
-    pcfg = Config.from_dict(parent["config"])
-    check_branch(cfg, pcfg)
-    at_epoch(parent, cfg.lineage.parent_epoch, "its checkpoint")
-    model, rule, groups = _names(cfg, in_shape, n_classes)
-    _, _, parent_groups = _names(pcfg, in_shape, n_classes)
-    model.load_state_dict(parent["model"])
-    state = rule.state_dict()
-    for k, v in parent["rule"].items():
-        if k in state and (not torch.is_tensor(v) or v.shape == state[k].shape):
-            state[k] = v
-    params = dict(model.named_parameters(prefix="model")) | dict(rule.named_parameters(prefix="rule"))
-    aux = groups[1] if len(groups) > 1 else []
-    opt = make_optimizer(cfg, [params[n] for n in groups[0]], [params[n] for n in aux],
-                         torch.device("cpu")).state_dict()
-    if pcfg.train.optimizer == cfg.train.optimizer:
-        index = {n: i for i, n in enumerate(n for g in groups for n in g)}
-        old = [n for g in parent_groups for n in g]
-        for j, name in enumerate(old):
-            st = parent["optimizer"]["state"].get(j)
-            if st is not None and name in index and all(
-                    not torch.is_tensor(v) or v.dim() == 0 or v.shape == params[name].shape for v in st.values()):
-                opt["state"][index[name]] = st
-    return snapshot({
-        "format": CHECKPOINT_FORMAT,
-        "config": cfg.to_dict(),
-        "epoch": parent["epoch"],
-        "model": parent["model"],
-        "rule": state,
-        "optimizer": opt,
-        "generator": parent["generator"],
-        "history": parent["history"],
-        "h_norm_init": parent["h_norm_init"],
-        "elapsed_s": parent["elapsed_s"],
-    })
+

@@ -12,41 +12,23 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import math
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from raycredit import __version__
 from raycredit.config import Config
 from raycredit.errors import UserError
 from raycredit.flags import overrides_from, search_parser
 from raycredit.knobs import stable_hash
-from raycredit.rules import make_config, validate
+from raycredit.lineage import Branch, check_lineage, lineage_levels, with_branches
+from raycredit.rules import make_config
 
 # The reference study's design choices, off by default (the defaults are the published algorithms): every
 # preset that replicates the reference study sets them explicitly.
 REFERENCE = {"credit_norm": True, "fa_mode": "reference"}
-
-
-@dataclass(frozen=True)
-class Branch:
-    """Branches (`raycredit.lineage`) of every config generated so far whose values match `of` (key -> allowed
-    values): for each parent epoch in `at` (empty: the parent's last epoch) and each point of `grid`, a config
-    that is its parent with `fixed` and the grid point applied, starting from the parent's checkpoint at that
-    epoch. A value of `fixed` may be a function of the branch's flat config (parent_epoch and the grid point
-    already set), e.g. {"epochs": lambda c: c["parent_epoch"] + 4}; they are applied in order. The parents
-    keep the epochs their branches start from (keep_epochs). Branches of branches: a later Branch whose `of`
-    matches an earlier one's configs."""
-
-    grid: dict[str, list] = field(default_factory=dict)
-    of: dict[str, list] = field(default_factory=dict)
-    at: tuple[int, ...] = ()
-    fixed: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -71,44 +53,6 @@ class Preset:
         return out
 
 
-def code_version() -> str:
-    """Package version plus the git commit of the checkout (with -dirty for uncommitted changes)."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        sha = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"],
-                             capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{__version__}+{sha}" if sha else __version__
-
-
-def source_tags(name: str) -> dict[str, str]:
-    """MLflow's standard source tags for this driver's runs (the UI's Source column): the search script, the user,
-    and the checkout's git commit, branch and remote where there are any (credentials in the remote's URL
-    masked)."""
-    import getpass
-
-    from mlflow.entities import SourceType
-    from mlflow.utils import mlflow_tags as t
-
-    from raycredit.tracking.store import redact
-
-    root = Path(__file__).resolve().parents[1]
-    script = root / "searches" / f"{name}.py"
-    tags = {t.MLFLOW_SOURCE_NAME: f"searches/{name}.py" if script.exists() else name,
-            t.MLFLOW_SOURCE_TYPE: SourceType.to_string(SourceType.LOCAL), t.MLFLOW_USER: getpass.getuser()}
-    for tag, argv in ((t.MLFLOW_GIT_COMMIT, ["rev-parse", "HEAD"]), (t.MLFLOW_GIT_BRANCH, ["branch", "--show-current"]),
-                      (t.MLFLOW_GIT_REPO_URL, ["config", "--get", "remote.origin.url"])):
-        try:
-            value = subprocess.run(["git", "-C", str(root), *argv], capture_output=True, text=True,
-                                   timeout=5).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            value = ""
-        if value:
-            tags[tag] = redact(value)  # a remote such as https://user:token@host/repo.git keeps its token here
-    return tags
-
-
 def expand(preset: Preset, ov: dict) -> list[Config]:
     seeds = ov.pop("seed", None)
     spaces = [dict(space) for space in (preset.grid, *preset.also)]
@@ -122,101 +66,6 @@ def expand(preset: Preset, ov: dict) -> list[Config]:
             seen.add(cfg.key())
             configs.append(cfg)
     return configs
-
-
-def with_branches(trunks: list[dict], branches: tuple[Branch, ...]) -> list[Config]:
-    """The configs of `trunks` (flat dicts) and of their `branches`, parents first, each parent keeping the
-    epochs its branches start from."""
-    nodes: list[tuple[dict, int | None, int]] = [(t, None, 0) for t in trunks]  # (flat, parent index, epoch)
-    for b in branches:
-        for p in range(len(nodes)):
-            flat = nodes[p][0]
-            if any(flat[k] not in allowed for k, allowed in b.of.items()):
-                continue
-            for t in b.at or (flat["epochs"],):
-                for combo in itertools.product(*b.grid.values()):
-                    # parent_run: the parent's key once every config is final (keep_epochs changes it); until
-                    # then a placeholder, so that a later Branch's `of` tells branches from trunks
-                    child = {**flat, "keep_epochs": "", "parent_run": f"branch-of-{p}", "parent_epoch": t,
-                             **dict(zip(b.grid, combo, strict=True))}
-                    for k, v in b.fixed.items():
-                        child[k] = v(child) if callable(v) else v
-                    nodes.append((child, p, t))
-    keep: dict[int, set[int]] = {}
-    for _, p, t in nodes:
-        if p is not None and t != nodes[p][0]["epochs"]:
-            keep.setdefault(p, set()).add(t)
-    out: list[Config] = []
-    for i, (flat, p, _) in enumerate(nodes):
-        if i in keep:
-            flat = {**flat, "keep_epochs": ",".join(map(str, sorted(keep[i] | set(_epochs(flat)))))}
-        if p is not None:
-            flat = {**flat, "parent_run": out[p].key()}
-        out.append(make_config(flat))
-    return out
-
-
-def _epochs(flat: dict) -> list[int]:
-    return [int(e) for e in flat["keep_epochs"].split(",") if e.strip()]
-
-
-def lineage_levels(configs: list[Config]) -> list[list[Config]]:
-    """The configs in stages: those whose parent is not among them first, then their branches, and so on
-    (a stage's trials start once the stage before it has ended)."""
-    by_key = {c.key(): c for c in configs}
-    level: dict[str, int] = {}
-
-    def depth(c: Config) -> int:
-        if c.key() not in level:
-            parent = by_key.get(c.lineage.parent_run)
-            level[c.key()] = 0 if parent is None else depth(parent) + 1
-        return level[c.key()]
-
-    stages: list[list[Config]] = []
-    for c in configs:
-        d = depth(c)
-        stages += [[] for _ in range(d + 1 - len(stages))]
-        stages[d].append(c)
-    return stages
-
-
-def check_lineage(configs: list[Config]) -> None:
-    """UserError for a branch whose parent in this search cannot be branched from: it changes the parent's
-    model, data or seed, or the parent does not keep the epoch it starts from."""
-    from raycredit.lineage import check_branch, kept_epochs
-
-    by_key = {c.key(): c for c in configs}
-    for c in configs:
-        parent = by_key.get(c.lineage.parent_run)
-        if parent is None:
-            continue
-        check_branch(c, parent)
-        if c.lineage.parent_epoch not in kept_epochs(parent):
-            raise UserError(f"parent_epoch: {c.lineage.parent_epoch} is not kept by its parent in this search "
-                            f"(keeps {', '.join(map(str, kept_epochs(parent)))}; add it to the parent's keep_epochs)")
-
-
-def check_outside_parents(configs: list[Config], uri: str, experiment: str) -> None:
-    """UserError for a branch whose parent is not in this search and cannot be read or branched from (each
-    parent's checkpoint is fetched once, before any trial starts; nothing is written)."""
-    import tempfile
-
-    from raycredit import tracking
-    from raycredit.lineage import check_branch, fetch_parent, kind_of_parent
-
-    inside = {c.key() for c in configs}
-    checked: dict[tuple[str, int], Config] = {}
-    for c in configs:
-        ref = (c.lineage.parent_run, c.lineage.parent_epoch)
-        if not ref[0] or ref[0] in inside:
-            continue
-        if ref not in checked:
-            found = tracking.existing_experiment(uri, experiment)
-            if kind_of_parent(ref[0]) == "run_key" and found is None:
-                raise UserError(f"parent_run {ref[0]!r}: no run with that key in experiment {experiment!r}")
-            with tempfile.TemporaryDirectory(prefix="raycredit-parent-") as tmp:
-                checked[ref] = Config.from_dict(fetch_parent(c, tmp, uri, found and found[0])[1]["config"])
-        check_branch(c, checked[ref])
 
 
 Analysis = Callable[[str, str, str], object]  # (tracking uri, experiment, output folder) -> anything
@@ -304,43 +153,22 @@ def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack,
     """Checks shared by every search, then take the experiment's lock (held until `held` closes), check the
     store against the sweep's record (`keys`: its run keys) and connect: (tracking uri, storage, experiment,
     SweepSettings, the sweep's Tune name)."""
-    from raycredit import checks, disk, engine, locks, tracking
+    from raycredit import checks, disk, engine, locks, start, tracking
     from raycredit.data import check_data
+    from raycredit.tracking import provenance
 
-    if not (math.isfinite(args.gpus_per_trial) and math.isfinite(args.cpus_per_trial)) \
-            or args.gpus_per_trial < 0 or args.cpus_per_trial <= 0:
-        raise UserError("--gpus-per-trial must be a finite number >= 0 and --cpus-per-trial a finite number > 0")
-    if args.max_failures < 0:
-        raise UserError("--max-failures must be >= 0")
-    for flag, value in (("--trial-timeout", args.trial_timeout), ("--hang-after", args.hang_after),
-                        ("--system-metrics", args.system_metrics)):
-        if not math.isfinite(value) or value < 0:
-            raise UserError(f"{flag} {value}: must be a finite number >= 0")
-    if 0 < args.hang_after < engine.MIN_HANG_AFTER_S:
-        raise UserError(f"--hang-after {args.hang_after}: below {engine.MIN_HANG_AFTER_S:g} s a busy machine's "
-                        "scheduling delays count as a hang")
+    checks.sweep_flags(args, engine.MIN_HANG_AFTER_S)
     experiment = args.experiment or f"{name}-{args.preset}"
     checks.experiment_name(experiment)
     disk.check_writable(Path(args.out or Path("reports") / experiment), "--out")
-    wants_cuda = sorted({c.train.device for c in configs if c.train.device not in ("auto", "cpu")})
-    for device in wants_cuda:
-        checks.device_name(device, local=args.address in (None, "", "local"))
-    if wants_cuda and args.gpus_per_trial == 0:
-        raise UserError(f"device {wants_cuda[0]}: trials get no GPU with --gpus-per-trial 0")
+    wants_cuda = checks.devices(configs, args)
     classes = {data_cfg: check_data(data_cfg) for data_cfg in {c.data for c in configs}}
     for c in configs:  # an npz file's labels say how many outputs the model has
         c.check_model_size(classes[c.data])
     uri = tracking.normalize_uri(args.tracking_uri)
     tracking.check_tracking_uri(uri)
-    check_outside_parents(configs, uri, experiment)
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
-        disk.check_writable(db.parent, "--tracking-uri")
-        for f in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
-            disk.check_writable_file(f, "--tracking-uri")
-    artifacts = tracking.artifact_folder(uri, experiment)
-    if artifacts is not None:  # every trial uploads its checkpoint there at its end
-        disk.check_writable(artifacts, f"the artifact folder of experiment {experiment!r}")
+    start.check_outside_parents(configs, uri, experiment)
+    checks.store_writable(uri, experiment)
     if "://" in args.storage:
         raise UserError(f"--storage {args.storage!r}: trial checkpoints need a filesystem path "
                         "(on a multi-node cluster, a folder every node mounts)")
@@ -378,8 +206,8 @@ def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack,
         held.enter_context(tracking.server_lock(uri, experiment, locks.owner(), on_lost=_lock_lost))
     settings = engine.SweepSettings(
         search=name, experiment_id=experiment_id, tracking_uri=uri,
-        code_version=code_version(), cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus,
-        source_tags=source_tags(name), sweep=sweep, system_metrics_s=args.system_metrics)
+        code_version=provenance.code_version(), cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus,
+        source_tags=provenance.source_tags(name), sweep=sweep, system_metrics_s=args.system_metrics)
     checks.record_store(Path(storage) / sweep, uri, settings.experiment_id)
     return uri, storage, experiment, settings, sweep
 
@@ -461,10 +289,11 @@ def _run_optuna(name: str, preset: Preset, args, analysis, space: Callable, held
     samples = args.num_samples if args.num_samples is not None else preset.samples
     if samples < 1:
         raise UserError("--num-samples must be >= 1")
-    probe = space_check(space, base)
+    probe = engine.space_check(space, base)
     # named after the base config and the sample count: the same command resumes the same search
     sweep_id = stable_hash([base.key(), samples])[:8]
-    opt = engine.OptunaSettings(space=BoundSpace(space, base.to_dict()), num_samples=samples, seed=base.train.seed)
+    opt = engine.OptunaSettings(space=engine.BoundSpace(space, base.to_dict()), num_samples=samples,
+                                seed=base.train.seed)
     if args.export_study:
         return _export_only(name, args, base, space, opt, sweep_id)
     uri, storage, experiment, settings, sweep = _prepare(name, args, [base, probe], held, sweep_id, [])
@@ -509,52 +338,12 @@ def _export_only(name: str, args, base: Config, space: Callable, opt, sweep_id: 
 
 def _export(name: str, uri: str, experiment_id: str, sweep: str, space: Callable, base: Config, opt,
             report: Path):
-    """Export the search's study (`raycredit.study`) under report/optuna and print what it holds: the best
-    trial's run and drawn knobs, and whether the best stands out from chance and from the other trials."""
+    """Export the search's study (`raycredit.study`) under report/optuna and print what it holds."""
     from raycredit import tracking
-    from raycredit.study import export_study, files, noise_notes
+    from raycredit.study import export_study, summary_lines
 
     study = export_study(uri, experiment_id, sweep, space, base, opt.metric, opt.mode, report / "optuna")
-    unfinished = f"; {study.n_unfinished} unfinished trials left out" if study.n_unfinished else ""
-    print(f"{name}: {study.n_trials} trials, {study.n_stopped} stopped early by ASHA (their value: the last epoch "
-          f"they ran), {study.n_failed} failed{unfinished}")
-    print(f"{name}: Optuna study {study.study_name!r} in {study.folder}: {', '.join(files(study))}; open it with "
-          f"optuna.load_study(study_name={study.study_name!r}, storage={study.storage!r}) or optuna-dashboard")
-    if study.best is not None:
-        best = study.best
-        drawn = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
-        early = " (stopped early)" if best.user_attrs["stopped_early"] else ""
-        print(f"{name}: best {opt.metric} {best.value:.4f}{early} from {drawn or 'no drawn knob'}, every other "
-              f"knob at the preset's value; run {best.user_attrs['run_name']} ({best.user_attrs['run_id']}): "
-              f"{tracking.run_link(uri, experiment_id, best.user_attrs['run_id'])}")
-        for note in noise_notes(study, opt.metric):
-            print(f"{name}: note: {note}")
+    link = tracking.run_link(uri, experiment_id, study.best.user_attrs["run_id"]) if study.best else ""
+    for line in summary_lines(study, opt.metric, link):
+        print(f"{name}: {line}")
     return study
-
-
-@dataclass(frozen=True)
-class BoundSpace:
-    """space(trial, base) as the define-by-run function(trial) OptunaSearch wants. Tune pickles the
-    searcher into its experiment checkpoint, so this is a module-level class around a module-level
-    function, never a closure."""
-
-    space: Callable
-    base: dict
-
-    def __call__(self, trial):
-        from raycredit.engine.trainable import SEARCHED
-
-        constants = self.space(trial, Config.from_dict(self.base)) or {}
-        return {**constants, SEARCHED: list(trial.params)}  # the run's name and tags show the drawn knobs
-
-
-def space_check(space: Callable, base: Config) -> Config:
-    """Draw once from the space with a throwaway Optuna study and validate the result (bad spaces fail early)."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
-    constants = space(trial, base) or {}
-    drawn = base.replace(**trial.params, **constants)
-    validate(drawn)
-    return drawn

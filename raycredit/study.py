@@ -186,3 +186,23 @@ def noise_notes(out: StudyExport, metric: str) -> list[str]:
         notes.append(f"{ties} other trial{'s' if ties > 1 else ''} within one standard error ({se_best:.4f}) of the "
                      "best: they tie with it")
     return notes
+
+
+def summary_lines(out: StudyExport, metric: str, best_link: str) -> list[str]:
+    """What an exported study holds, in lines: its trials, where it is and how to open it, the best trial's run
+    (`best_link`: its address) and drawn knobs, and whether the best stands out from chance and from the
+    other trials (`noise_notes`)."""
+    unfinished = f"; {out.n_unfinished} unfinished trials left out" if out.n_unfinished else ""
+    lines = [f"{out.n_trials} trials, {out.n_stopped} stopped early by ASHA (their value: the last epoch they ran), "
+             f"{out.n_failed} failed{unfinished}",
+             f"Optuna study {out.study_name!r} in {out.folder}: {', '.join(files(out))}; open it with "
+             f"optuna.load_study(study_name={out.study_name!r}, storage={out.storage!r}) or optuna-dashboard"]
+    if out.best is not None:
+        best = out.best
+        drawn = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
+        early = " (stopped early)" if best.user_attrs["stopped_early"] else ""
+        lines.append(f"best {metric} {best.value:.4f}{early} from {drawn or 'no drawn knob'}, every other knob at "
+                     f"the preset's value; run {best.user_attrs['run_name']} ({best.user_attrs['run_id']}): "
+                     f"{best_link}")
+        lines += [f"note: {note}" for note in noise_notes(out, metric)]
+    return lines

@@ -78,7 +78,6 @@ def test_diagnose_from_a_folder_without_a_store_creates_nothing(tmp_path):
 def test_train_branches_from_an_mlflow_runs_kept_epoch(tmp_path, capsys):
     """`raycredit train --from-run RUN_ID --from-epoch E`: the branch downloads the run's kept checkpoint; one
     that changes nothing reproduces the parent's later epochs; an epoch the run did not keep is named."""
-    import shutil
 
     from mlflow.tracking import MlflowClient
 
@@ -90,9 +89,8 @@ def test_train_branches_from_an_mlflow_runs_kept_epoch(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     client = MlflowClient(uri)
     run_id = client.create_run(client.create_experiment("trunks", (tmp_path / "artifacts").as_uri())).info.run_id
-    (tmp_path / "art").mkdir()
-    shutil.copy(trunk / "keep" / "epoch-2.pt", tmp_path / "art" / "checkpoint.pt")
-    client.log_artifact(run_id, str(tmp_path / "art" / "checkpoint.pt"), "checkpoint/epoch-2")
+    # the --out folder's layout is the run artifact's: it uploads as it is
+    client.log_artifact(run_id, str(trunk / "epoch-2" / "checkpoint.pt"), "checkpoint/epoch-2")
     client.log_artifact(run_id, str(trunk / "checkpoint.pt"), "checkpoint")
     capsys.readouterr()
 
@@ -119,7 +117,7 @@ def test_resume_needs_no_flags(tmp_path, capsys):
                  *TINY_FLAGS]) == 0
     cut = tmp_path / "cut"  # a run stopped after its second epoch
     cut.mkdir()
-    shutil.copy(full / "keep" / "epoch-2.pt", cut / "checkpoint.pt")
+    shutil.copy(full / "epoch-2" / "checkpoint.pt", cut / "checkpoint.pt")
     assert main(["train", "--out", str(cut), "--resume", "--no-progress"]) == 0
     drop = lambda h: {k: v for k, v in h.items() if k != "time_s"}  # noqa: E731
     want, got = (json.loads((d / "result.json").read_text()) for d in (full, cut))

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from raycredit import engine, tracking
+from raycredit.checkpoint import CHECKPOINT_FILE
 from raycredit.config import Config
 from raycredit.data import load_data
 from raycredit.errors import UserError
@@ -188,7 +189,7 @@ def test_trial_killed_after_its_last_checkpoint_finishes_on_resume(ray_session, 
 
     def log_and_save(epoch, metrics, fn):
         run.log_epoch(epoch, metrics)
-        save_checkpoint(fn(), folder / engine.CHECKPOINT_FILE)
+        save_checkpoint(fn(), folder / CHECKPOINT_FILE)
 
     expected = train(cfg, on_epoch=log_and_save)["final"]
     status = engine.run_trials([cfg], settings, name="late", storage=str(tmp_path / "ray"), max_failures=0)
@@ -318,7 +319,7 @@ def test_a_population_trial_resumes_from_its_checkpoint(ray_session, tmp_path):
     expected = train_population(configs, on_epoch=first_attempt)
     folder = tmp_path / "ray" / "popres" / "checkpoints" / population_key(configs)
     folder.mkdir(parents=True)
-    save_checkpoint({"format": CHECKPOINT_FORMAT, "population": at_1}, folder / engine.CHECKPOINT_FILE)
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "population": at_1}, folder / CHECKPOINT_FILE)
     status = engine.run_trials(configs, settings, name="popres", storage=str(tmp_path / "ray"), max_failures=0,
                                population=2)
     assert status == {c.key(): "FINISHED" for c in configs}
@@ -455,7 +456,7 @@ def test_a_truncated_trial_checkpoint_is_set_aside_and_the_trial_starts_over(ray
     from raycredit.train import train
 
     uri, cfg, settings, run, folder = interrupted_trial(tmp_path, "cut", 3)
-    path = folder / engine.CHECKPOINT_FILE
+    path = folder / CHECKPOINT_FILE
     expected = {}
 
     def log_and_save(epoch, metrics, fn):

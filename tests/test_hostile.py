@@ -37,14 +37,14 @@ def test_a_lock_records_its_command_without_the_uri_password(monkeypatch):
 
 
 def test_the_git_remote_tag_carries_no_token(monkeypatch):
-    from raycredit import search
+    from raycredit.tracking import provenance
 
     def fake_git(argv, **kw):
         out = "https://bob:ghp_TOKEN123@github.example/lab/raycredit.git" if "remote.origin.url" in argv else "x"
         return subprocess.CompletedProcess(argv, 0, stdout=out, stderr="")
 
-    monkeypatch.setattr(search.subprocess, "run", fake_git)
-    tags = search.source_tags("both_fail_scan")
+    monkeypatch.setattr(provenance.subprocess, "run", fake_git)
+    tags = provenance.source_tags("both_fail_scan")
     url = tags["mlflow.source.git.repoURL"]
     assert "ghp_TOKEN123" not in url and "bob" not in url and url.endswith("@github.example/lab/raycredit.git")
 
@@ -78,7 +78,7 @@ def test_writing_a_checkpoint_never_goes_through_a_planted_symlink(tmp_path):
 def test_a_symlinked_checkpoint_or_trial_folder_is_set_aside_not_used(tmp_path, capsys):
     import os
 
-    from raycredit.engine.trainable import own_folder, read_checkpoint
+    from raycredit.engine.bookkeeper import own_folder, read_checkpoint
 
     v = victim(tmp_path)
     root = tmp_path / "checkpoints"

@@ -7,14 +7,16 @@ import math
 import pytest
 import torch
 
+from raycredit.checkpoint import run_checkpoint_path
 from raycredit.config import Config
 from raycredit.data import load_data
 from raycredit.errors import ConfigError, UserError
-from raycredit.lineage import branch_start, check_branch, fetch_parent
+from raycredit.lineage import Branch, Parent, check_branch, check_lineage, lineage_levels
 from raycredit.population import train_population
 from raycredit.rules import make_config
-from raycredit.search import Branch, Preset, check_lineage, expand, lineage_levels
+from raycredit.search import Preset, expand
 from raycredit.snapshot import exploitability, measure
+from raycredit.start import branch_start, fetch_parent
 from raycredit.train import restore, train
 
 SMALL = dict(d=16, L=2, n_train=256, n_test=128, epochs=5, batch_size=64, probe_size=32, rho_dirs=2, device="cpu")
@@ -112,16 +114,16 @@ def test_a_parent_on_disk_is_found_by_folder_and_epoch(tmp_path, dfa_trunk):
     from raycredit.checkpoint import save_checkpoint
 
     cfg, _, _, ckpts = dfa_trunk
-    (tmp_path / "keep").mkdir()
-    save_checkpoint(ckpts[2], tmp_path / "keep" / "epoch-2.pt")
-    save_checkpoint(ckpts[5], tmp_path / "checkpoint.pt")
+    (tmp_path / "epoch-2").mkdir()
+    save_checkpoint(ckpts[2], run_checkpoint_path(tmp_path, 2))
+    save_checkpoint(ckpts[5], run_checkpoint_path(tmp_path))
     for epoch in (2, 5):
-        _, got = fetch_parent(cfg.replace(parent_run=str(tmp_path), parent_epoch=epoch, epochs=6), tmp_path)
+        _, got = fetch_parent(Parent.of(cfg.replace(parent_run=str(tmp_path), parent_epoch=epoch, epochs=6)), tmp_path)
         assert got["epoch"] == epoch
     with pytest.raises(UserError, match="holds epoch 5, not parent_epoch=3"):
-        fetch_parent(cfg.replace(parent_run=str(tmp_path), parent_epoch=3), tmp_path)
+        fetch_parent(Parent.of(cfg.replace(parent_run=str(tmp_path), parent_epoch=3)), tmp_path)
     with pytest.raises(UserError, match="run key"):
-        fetch_parent(cfg.replace(parent_run="0123456789abcdef", parent_epoch=3), tmp_path)
+        fetch_parent(Parent.of(cfg.replace(parent_run="0123456789abcdef", parent_epoch=3)), tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ from raycredit.config import Config
 from raycredit.engine.hang import HANG_LIMITS, HangWatch, heartbeat_actor
 from raycredit.engine.trainable import (
     FAILED_MEMBERS,
+    SEARCHED,
     TRIAL_DONE,
     SweepSettings,
     item_members,
@@ -217,6 +218,34 @@ class OptunaSettings:
 
 
 @dataclass
+@dataclass(frozen=True)
+class BoundSpace:
+    """space(trial, base) as the define-by-run function(trial) OptunaSearch wants. Tune pickles the
+    searcher into its experiment checkpoint, so this is a module-level class around a module-level
+    function, never a closure."""
+
+    space: Callable
+    base: dict
+
+    def __call__(self, trial):
+        constants = self.space(trial, Config.from_dict(self.base)) or {}
+        return {**constants, SEARCHED: list(trial.params)}  # the run's name and tags show the drawn knobs
+
+
+def space_check(space: Callable, base: Config) -> Config:
+    """Draw once from the space with a throwaway Optuna study and validate the result (bad spaces fail early)."""
+    import optuna
+
+    from raycredit.rules import validate
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    constants = space(trial, base) or {}
+    drawn = base.replace(**trial.params, **constants)
+    validate(drawn)
+    return drawn
+
+
 class SearchOutcome:
     status: dict[str, str]  # run key -> FINISHED / FAILED / KILLED
     early: set[str]  # run keys of trials the scheduler stopped before their last epoch

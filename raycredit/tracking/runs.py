@@ -19,6 +19,10 @@ NODE_TAG = "raycredit.node"  # the Ray node id of the latest attempt
 PID_TAG = "raycredit.pid"  # the process id of the latest attempt, on that node
 DEVICE_TAG = "raycredit.device"  # the device the latest attempt trained on (cpu, cuda); params.device is the request
 POPULATION_TAG = "raycredit.population"  # runs trained together in one population trial share this key
+# a run's checkpoint folder among its artifacts, in the layout of `checkpoint.run_checkpoint_path`: the last
+# epoch's checkpoint.pt, and each kept epoch's (train.keep_epochs) in epoch-<e>/
+CHECKPOINT_ARTIFACT = "checkpoint"
+KEPT_ARTIFACT = CHECKPOINT_ARTIFACT + "/epoch-{epoch}"
 PARENT_RUN_TAG = "raycredit.parent_run"  # a branch's parent: its MLflow run id, or the checkpoint it started from
 PARENT_EPOCH_TAG = "raycredit.parent_epoch"  # the parent's epoch the branch started from
 SUMMARY_TAG = "raycredit.summary"  # runs that summarize a search (not trials); analyses skip them
@@ -124,7 +128,7 @@ class TrialRun:
 
         retry(lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
 
-    def log_checkpoint(self, path: str | Path, artifact_path: str = "checkpoint") -> None:
+    def log_checkpoint(self, path: str | Path, artifact_path: str = CHECKPOINT_ARTIFACT) -> None:
         retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path=artifact_path))
 
     def stop_monitor(self) -> None:
@@ -247,7 +251,6 @@ def run_experiment_name(uri: str, run_id: str) -> str:
     return client.get_experiment(client.get_run(run_id).info.experiment_id).name
 
 
-KEPT_ARTIFACT = "checkpoint/epoch-{epoch}"  # where a run's kept epochs go (train.keep_epochs)
 
 
 def parent_run_id(uri: str, ref: str, experiment_id: str | None = None) -> str:
@@ -274,9 +277,9 @@ def kept_checkpoint(uri: str, ref: str, epoch: int, dst: str | Path, experiment_
     run has kept when it has neither."""
     client = get_client(existing_store(uri))
     run_id = parent_run_id(uri, ref, experiment_id)
-    listed = {a.path for a in client.list_artifacts(run_id, "checkpoint")}
+    listed = {a.path for a in client.list_artifacts(run_id, CHECKPOINT_ARTIFACT)}
     kept = KEPT_ARTIFACT.format(epoch=epoch)
-    for where in (kept, "checkpoint"):
+    for where in (kept, CHECKPOINT_ARTIFACT):
         if where in listed or f"{where}/checkpoint.pt" in listed:
             return run_id, Path(client.download_artifacts(run_id, f"{where}/checkpoint.pt", str(dst)))
     epochs = sorted(int(p.rsplit("-", 1)[1]) for p in listed if p.startswith("checkpoint/epoch-"))
