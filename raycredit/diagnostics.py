@@ -275,32 +275,15 @@ def measure(model, rule: Rule, x: torch.Tensor, y: torch.Tensor, cfg: DiagConfig
         hs, logits, g = probe_forward(m, x, y)
         if own:
             credits = r.credits(m, hs, logits, y)
-        angles = {}
-        pairs = {} if check_only else r.jacobian_feedback()
-        if pairs:
-            layers = sorted({i for i, _ in pairs.values()})
-            # one backward per output: averaged over the probe's first JACOBIAN_SAMPLES samples, on their own graph
-            sub, sub_logits, _ = probe_forward(m, x[:JACOBIAN_SAMPLES], y[:JACOBIAN_SAMPLES])
-            jac = dict(zip(layers, mean_jacobians(sub_logits, [sub[i] for i in layers]), strict=True))
-            for name, (i, b) in pairs.items():
-                if jac[i].shape == b.shape:  # not per-token feedback (vit_mini), which stands for no one Jacobian
-                    angles[f"wb_angle/{name}"] = angle_degrees(b, jac[i])
+        angles = {} if check_only else jacobian_angles(m, r, x, y)
     hs, logits = [h.detach() for h in hs], logits.detach()
     base = task_loss(logits, y, reduction="none")
     out: dict[str, torch.Tensor] = {"diag_float64": torch.tensor(float(float64))}
-    L = m.L
-    deep = summary_layers(L, r.exact_layers())
-    qs = torch.tensor([q / 100 for q in QUANTILES], dtype=dtype, device=x.device)
+    deep = summary_layers(m.L, r.exact_layers())
     active_cos: dict[str, list[torch.Tensor]] = {tau: [] for tau in SUPPORT_TAUS}
     rests = []
-    for i in range(L + 1):
-        g_norms = per_sample(g[i]).norm(dim=-1)
-        out[f"h_norm/l{i}"] = per_sample(hs[i]).norm(dim=-1).mean()
-        out[f"g_norm/l{i}"] = g_norms.mean()
-        for q, v in zip(QUANTILES, torch.quantile(g_norms, qs), strict=True):
-            out[f"g_p{q}/l{i}"] = v
-        for tau in SUPPORT_TAUS:
-            out[f"support/l{i}/{tau}"] = (g_norms > float(tau)).to(dtype).mean()
+    for i in range(m.L + 1):
+        g_norms = stream_norms(out, i, hs[i], g[i])
         if credits is None:
             continue
         a = credits[i].to(dtype)
@@ -323,14 +306,44 @@ def measure(model, rule: Rule, x: torch.Tensor, y: torch.Tensor, cfg: DiagConfig
     if not float64 and rests and not bool(torch.stack(rests).max() <= FLOAT32_REST):  # a NaN rest fails too
         return None
     if credits is not None:
-        for name in ("cos", "rho", "nudge"):
-            out[f"deep_{name}"] = torch.stack([out[f"{name}/l{i}"] for i in deep]).mean()
-        for tau, vals in active_cos.items():
-            if vals:
-                out[f"deep_cos_active/{tau}"] = torch.stack(vals).mean()
+        out.update(deep_means(out, deep, active_cos))
         if own:
             out.update(update_alignment(m, r, x, y, deep))
     angles.update({f"wb_angle/{name}": angle_degrees(b, w) for name, (b, w) in r.feedback_pairs(m).items()})
     if angles:
         out.update(angles, wb_angle=torch.stack(list(angles.values())).mean())
     return out
+
+
+def jacobian_angles(m, r: Rule, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{wb_angle/<name>: angle} between each of the rule's Jacobian-standing feedback matrices and the mean
+    Jacobian it stands for: one backward per output, averaged over the probe's first JACOBIAN_SAMPLES samples,
+    on their own graph."""
+    pairs = r.jacobian_feedback()
+    if not pairs:
+        return {}
+    layers = sorted({i for i, _ in pairs.values()})
+    sub, sub_logits, _ = probe_forward(m, x[:JACOBIAN_SAMPLES], y[:JACOBIAN_SAMPLES])
+    jac = dict(zip(layers, mean_jacobians(sub_logits, [sub[i] for i in layers]), strict=True))
+    # not per-token feedback (vit_mini), which stands for no one Jacobian
+    return {f"wb_angle/{name}": angle_degrees(b, jac[i]) for name, (i, b) in pairs.items() if jac[i].shape == b.shape}
+
+
+def stream_norms(out: dict[str, torch.Tensor], i: int, h: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Layer i's residual-stream and gradient norms into `out` (means, the gradient's quantiles and its support
+    above each SUPPORT_TAUS); returns the per-sample gradient norms."""
+    g_norms = per_sample(g).norm(dim=-1)
+    out[f"h_norm/l{i}"] = per_sample(h).norm(dim=-1).mean()
+    out[f"g_norm/l{i}"] = g_norms.mean()
+    qs = torch.tensor([q / 100 for q in QUANTILES], dtype=g.dtype, device=g.device)
+    out.update({f"g_p{q}/l{i}": v for q, v in zip(QUANTILES, torch.quantile(g_norms, qs), strict=True)})
+    out.update({f"support/l{i}/{tau}": (g_norms > float(tau)).to(g.dtype).mean() for tau in SUPPORT_TAUS})
+    return g_norms
+
+
+def deep_means(out: dict, deep: list[int], active_cos: dict[str, list]) -> dict[str, torch.Tensor]:
+    """The summaries over the deep layers: deep_cos, deep_rho, deep_nudge and deep_cos_active/<tau>."""
+    means = {f"deep_{name}": torch.stack([out[f"{name}/l{i}"] for i in deep]).mean()
+             for name in ("cos", "rho", "nudge")}
+    means.update({f"deep_cos_active/{tau}": torch.stack(vals).mean() for tau, vals in active_cos.items() if vals})
+    return means

@@ -141,39 +141,57 @@ def run_verdicts(df, threshold_pp: float = THRESHOLD_PP, growth: float = GROWTH,
     df = df.assign(margin_pp=100 * (df["test_acc"] - df["baseline_acc"]),
                    bp_margin_pp=100 * (df["bp_acc"] - df["baseline_acc"]),
                    h_ratio=df["h_norm/last"] / df["bp_h"], g_ratio=df["g_norm/last"] / df["bp_g"])
-    a, b, d, why_a, why_b, why_d = [], [], [], [], [], []
-    for _, r in df.iterrows():
-        if r["bp_h"] != r["bp_h"]:
-            a.append(None), why_a.append("no BP run in the setting")
-        elif r["h_ratio"] != r["h_ratio"]:
-            a.append(None), why_a.append("no ||h_L|| logged")
-        else:
-            a.append(bool(r["h_ratio"] >= growth)), why_a.append("")
-        if r["mode1b"] != r["mode1b"]:
-            b.append(None), why_b.append("no ||g_L|| logged")
-        elif r["bp_g"] != r["bp_g"]:
-            b.append(None), why_b.append("no BP run in the setting")
-        else:
-            b.append(bool(r["mode1b"] >= 0.5 and r["g_ratio"] <= floor_ratio)), why_b.append("")
-        if r["rule"] == "frozen":
-            d.append(None), why_d.append("the baseline itself")
-        elif r["baseline_acc"] != r["baseline_acc"]:
-            d.append(None), why_d.append("no frozen run in the setting")
-        elif r["bp_acc"] != r["bp_acc"]:
-            d.append(None), why_d.append("no BP run in the setting")
-        elif r["bp_margin_pp"] < threshold_pp:
-            d.append(None), why_d.append(f"invalid setting: BP {r['bp_margin_pp']:+.1f} pp over the baseline, "
-                                         f"< {threshold_pp:g}")
-        elif r["margin_pp"] != r["margin_pp"]:
-            d.append(None), why_d.append("no test_acc")
-        else:
-            d.append(bool(r["margin_pp"] < threshold_pp)), why_d.append("")
-    extra = {"(a)": a, "(b)": b, "(d)": d, "why_(a)": why_a, "why_(b)": why_b, "why_(d)": why_d,
+    judged = {v: [fn(r) for _, r in df.iterrows()] for v, fn in (
+        ("(a)", lambda r: verdict_a(r, growth)), ("(b)", lambda r: verdict_b(r, floor_ratio)),
+        ("(d)", lambda r: verdict_d(r, threshold_pp)))}
+    extra = {**{v: [f for f, _ in js] for v, js in judged.items()},
+             **{f"why_{v}": [why for _, why in js] for v, js in judged.items()},
              "(c)": [None] * len(df),
              "why_(c)": ["bp is the reference" if r == "bp" else "no credit" if r == "frozen" else
                          "no other audited rule at this setting and seed" for r in df["rule"]],
              **{f"tau_{m}": float("nan") for m in (*FUNCTIONAL, "consensus")}, "consensus_rank": float("nan")}
     df = pd.concat([df, pd.DataFrame(extra, index=df.index)], axis=1)
+    return functional_agreement(df, setting)
+
+
+def verdict_a(r, growth: float) -> tuple[bool | None, str]:
+    """(a) residual-stream growth: ||h_L|| at least `growth` x the setting's BP's; (verdict, why not judged)."""
+    if r["bp_h"] != r["bp_h"]:
+        return None, "no BP run in the setting"
+    if r["h_ratio"] != r["h_ratio"]:
+        return None, "no ||h_L|| logged"
+    return bool(r["h_ratio"] >= growth), ""
+
+
+def verdict_b(r, floor_ratio: float) -> tuple[bool | None, str]:
+    """(b) gradient-floor collapse: mode1b, and ||g_L|| at most `floor_ratio` x BP's."""
+    if r["mode1b"] != r["mode1b"]:
+        return None, "no ||g_L|| logged"
+    if r["bp_g"] != r["bp_g"]:
+        return None, "no BP run in the setting"
+    return bool(r["mode1b"] >= 0.5 and r["g_ratio"] <= floor_ratio), ""
+
+
+def verdict_d(r, threshold_pp: float) -> tuple[bool | None, str]:
+    """(d) depth utilization: test_acc less than `threshold_pp` over the frozen baseline, judged only in a
+    setting where BP clears it."""
+    for missing, why in ((r["rule"] == "frozen", "the baseline itself"),
+                         (r["baseline_acc"] != r["baseline_acc"], "no frozen run in the setting"),
+                         (r["bp_acc"] != r["bp_acc"], "no BP run in the setting")):
+        if missing:
+            return None, why
+    if r["bp_margin_pp"] < threshold_pp:
+        return None, f"invalid setting: BP {r['bp_margin_pp']:+.1f} pp over the baseline, < {threshold_pp:g}"
+    if r["margin_pp"] != r["margin_pp"]:
+        return None, "no test_acc"
+    return bool(r["margin_pp"] < threshold_pp), ""
+
+
+def functional_agreement(df, setting: list[str]):
+    """Verdict (c) per (setting, seed) with two or more audited rules: deep_cos crowns a rule that the consensus
+    of the functional metrics does not rank best; with the Kendall tau of deep_cos's order against each."""
+    import pandas as pd
+
     audited = df["deep_cos"].notna() & ~df["rule"].isin(UNAUDITED)
     label = [c for c in row_columns(df) if c not in setting]
     for _, group in df[audited].groupby(setting + ["seed"], dropna=False):
