@@ -299,19 +299,16 @@ class PopulationStepper:
 
 def train_population(cfgs: list[Config], *, checkpoints: list[dict] | None = None,
                      on_epoch: PopulationCallback | None = None, data: list[Data] | None = None) -> list[dict]:
-    """Train the members `cfgs` together; returns one `train(cfg)`-style result per member.
+    """Train the members `cfgs` together (`train_members`); returns one `train(cfg)`-style result per member.
 
     on_epoch(epoch, results, checkpoint_fn) is called after every epoch (`train.fit`).
     `checkpoints`, one per member and all of one epoch, resume a population.
     `data`, one per member, may repeat one object (members then share it on the device).
     """
-    check_members(cfgs)
-    stepper = PopulationStepper(cfgs, data, resolve_device(cfgs[0].train.device))
-    probes = [(d.x_test[: c.diag.probe_size], d.y_test[: c.diag.probe_size])
-              for c, d in zip(cfgs, stepper.datas, strict=True)]
-    histories = fit(stepper, cfgs, probes, checkpoints=checkpoints, on_epoch=on_epoch)
-    return [{"config": c.to_dict(), "final": h[-1] if h else {}, "history": h, "n_classes": stepper.C}
-            for c, h in zip(cfgs, histories, strict=True)]
+    data = member_data(cfgs, data)
+    histories = train_members(cfgs, checkpoints=checkpoints, on_epoch=on_epoch, data=data)
+    return [{"config": c.to_dict(), "final": h[-1] if h else {}, "history": h, "n_classes": d.n_classes}
+            for c, h, d in zip(cfgs, histories, data, strict=True)]
 
 
 def train_members(cfgs: list[Config], *, checkpoints: list[dict] | None = None,
@@ -322,10 +319,7 @@ def train_members(cfgs: list[Config], *, checkpoints: list[dict] | None = None,
     if len(cfgs) == 1:
         [d] = member_data(cfgs, data)
         stepper = EagerStepper(cfgs[0], d.to(device), device)
-        datas = [stepper.data]
     else:
         check_members(cfgs)
         stepper = PopulationStepper(cfgs, data, device)
-        datas = stepper.datas
-    probes = [(d.x_test[: c.diag.probe_size], d.y_test[: c.diag.probe_size]) for c, d in zip(cfgs, datas, strict=True)]
-    return fit(stepper, cfgs, probes, checkpoints=checkpoints, on_epoch=on_epoch)
+    return fit(stepper, cfgs, checkpoints=checkpoints, on_epoch=on_epoch)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -20,7 +22,7 @@ from raycredit.diagnostics import diagnose, to_floats
 from raycredit.errors import UserError
 from raycredit.models import build_model
 from raycredit.rules import build_rule
-from raycredit.rules.base import n_correct, per_sample, task_loss
+from raycredit.rules.base import Rule, n_correct, per_sample, task_loss
 
 DIVERGENCE_NORM = 1e30
 
@@ -107,19 +109,57 @@ def loss_decrease(cfg: Config, epoch: int, train_loss: float, history: list[dict
     return {"loss_decrease": train_loss - earlier[0]} if earlier and then < epoch else {}
 
 
-def epoch_metrics(cfg: Config, epoch: int, dev_metrics: dict[str, torch.Tensor], model, rule, px: torch.Tensor,
-                  py: torch.Tensor, h_norm_init: float, t0: float, history: list[dict]) -> dict[str, float]:
-    """An epoch's record from its on-device metrics: one host sync, the divergence check, diagnostics when due.
-    history: the earlier epochs' records."""
+@dataclass
+class Member:
+    """What `fit` carries across epochs for one member: its config, diagnostics probe (x, y), ||h_L|| at init
+    and its history of epoch records."""
+
+    cfg: Config
+    probe: tuple[torch.Tensor, torch.Tensor]
+    h_init: float
+    history: list[dict]
+
+
+def epoch_metrics(member: Member, epoch: int, dev_metrics: dict[str, torch.Tensor], model, rule,
+                  t0: float) -> dict[str, float]:
+    """An epoch's record from its on-device metrics: one host sync, the divergence check, diagnostics when due."""
+    cfg, (px, py) = member.cfg, member.probe
     metrics = to_floats({**dev_metrics, "_h_max": last_hidden_norm(model, px)})
     h_max = metrics.pop("_h_max")
     diverged = not (math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["test_loss"])
                     and math.isfinite(h_max) and h_max < DIVERGENCE_NORM)
-    metrics.update(loss_decrease(cfg, epoch, metrics["train_loss"], history))
+    metrics.update(loss_decrease(cfg, epoch, metrics["train_loss"], member.history))
     if not diverged and (epoch % cfg.diag.diag_every == 0 or epoch == cfg.train.epochs):
-        metrics.update(diagnose(model, rule, px, py, cfg.diag, seed=diag_seed(cfg, epoch), h_norm_init=h_norm_init))
+        metrics.update(diagnose(model, rule, px, py, cfg.diag, seed=diag_seed(cfg, epoch), h_norm_init=member.h_init))
     metrics.update(epoch=epoch, diverged=float(diverged), time_s=time.perf_counter() - t0)
     return metrics
+
+
+class Stepper(Protocol):
+    """What `fit` needs of a stepper to step, evaluate, checkpoint and resume its members (one model eagerly,
+    `EagerStepper`; P stacked members, `raycredit.population.PopulationStepper`). Every list is indexed by
+    member."""
+
+    members: list[tuple[torch.nn.Module, Rule]]  # each member's (model, rule), holding its current weights
+    datas: list[Data]  # each member's data, on `device`
+    gens: list[torch.Generator]  # each member's batch-order generator, checkpointed with it
+    n: int  # training examples per epoch (every member has as many)
+    device: torch.device
+
+    def load(self, checkpoints: list[dict]) -> None:
+        """Take up every member's state from its checkpoint (all of one epoch)."""
+
+    def start_epoch(self, epoch: int, epochs: int) -> torch.Tensor:
+        """Schedules and train mode; returns the epoch's batch order, (members, n)."""
+
+    def step(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on the batches idx (members, b); returns (summed CE, correct), each (members,)."""
+
+    def end_epoch(self) -> dict[str, torch.Tensor]:
+        """Eval mode and the test metrics, each (members,)."""
+
+    def optimizer_state(self, i: int) -> dict:
+        """Member i's optimizer state, as `torch.optim.Optimizer.state_dict` gives one model's."""
 
 
 class EagerStepper:
@@ -179,8 +219,8 @@ class EagerStepper:
         return self.opt.state_dict()
 
 
-def fit(stepper, cfgs: list[Config], probes: list[tuple[torch.Tensor, torch.Tensor]], *,
-        checkpoints: list[dict] | None, on_epoch: Callable | None, bar=None) -> list[list[dict]]:
+def fit(stepper: Stepper, cfgs: list[Config], *, checkpoints: list[dict] | None, on_epoch: Callable | None,
+        bar=None) -> list[list[dict]]:
     """The training loop, for one run or a population (`stepper`, one member per config): batch order,
     steps, metrics, divergence, diagnostics cadence, checkpoints and resume. Returns each member's history.
 
@@ -189,6 +229,8 @@ def fit(stepper, cfgs: list[Config], probes: list[tuple[torch.Tensor, torch.Tens
     is None when no member is training.
     """
     P, cfg0 = len(cfgs), cfgs[0]
+    probes = [(d.x_test[: c.diag.probe_size], d.y_test[: c.diag.probe_size])
+              for c, d in zip(cfgs, stepper.datas, strict=True)]
     if checkpoints is not None:
         if len(checkpoints) != P or len({c["epoch"] for c in checkpoints}) != 1:
             raise UserError("a population resumes from one checkpoint per member, all of the same epoch")
@@ -198,19 +240,20 @@ def fit(stepper, cfgs: list[Config], probes: list[tuple[torch.Tensor, torch.Tens
         # place, which would change the caller's checkpoint (a branch's start, reused by another branch)
         stepper.load([snapshot(c) for c in checkpoints])
         start, elapsed = checkpoints[0]["epoch"], checkpoints[0]["elapsed_s"]
-        histories = [list(c["history"]) for c in checkpoints]
-        h_init = [c["h_norm_init"] for c in checkpoints]
+        members = [Member(cfg, probe, c["h_norm_init"], list(c["history"]))
+                   for cfg, probe, c in zip(cfgs, probes, checkpoints, strict=True)]
     else:
-        start, histories, elapsed = 0, [[] for _ in cfgs], 0.0
-        h_init = [initial_h_norm(model, px) for (model, _), (px, _) in zip(stepper.members, probes, strict=True)]
+        start, elapsed = 0, 0.0
+        members = [Member(cfg, probe, initial_h_norm(model, probe[0]), [])
+                   for cfg, probe, (model, _) in zip(cfgs, probes, stepper.members, strict=True)]
     t0 = time.perf_counter() - elapsed
 
     def make_checkpoint(epoch: int, live: tuple[int, ...]) -> list[dict | None]:
         out: list[dict | None] = [None] * P
         for i in live:
-            model, rule = stepper.members[i]
-            out[i] = checkpoint_dict(cfgs[i], epoch, model, rule, stepper.optimizer_state(i), stepper.gens[i],
-                                     histories[i], h_init[i], time.perf_counter() - t0)
+            (model, rule), m = stepper.members[i], members[i]
+            out[i] = checkpoint_dict(m.cfg, epoch, model, rule, stepper.optimizer_state(i), stepper.gens[i],
+                                     m.history, m.h_init, time.perf_counter() - t0)
         return out
 
     n, bs, E = stepper.n, cfg0.train.batch_size, cfg0.train.epochs
@@ -229,12 +272,11 @@ def fit(stepper, cfgs: list[Config], probes: list[tuple[torch.Tensor, torch.Tens
         results: list[dict | None] = [None] * P
         for i in live:
             model, rule = stepper.members[i]
-            results[i] = epoch_metrics(cfgs[i], epoch, {"train_loss": loss_sum[i] / n, "train_acc": correct[i] / n,
-                                                        **{k: v[i] for k, v in test.items()}},
-                                       model, rule, *probes[i], h_init[i], t0, histories[i])
+            results[i] = epoch_metrics(members[i], epoch, {"train_loss": loss_sum[i] / n, "train_acc": correct[i] / n,
+                                                           **{k: v[i] for k, v in test.items()}}, model, rule, t0)
             if epoch == E and not results[i]["diverged"]:
                 results[i].update(rule.final_metrics(model, stepper.datas[i]))
-            histories[i].append(results[i])
+            members[i].history.append(results[i])
         live = [i for i in live if not results[i]["diverged"]]
         if bar is not None:
             bar.set_postfix(epoch=f"{epoch}/{E}", test_acc=f"{results[0]['test_acc']:.3f}",
@@ -243,7 +285,7 @@ def fit(stepper, cfgs: list[Config], probes: list[tuple[torch.Tensor, torch.Tens
             on_epoch(epoch, results, (lambda e=epoch, lv=tuple(live): make_checkpoint(e, lv)) if live else None)
         if not live:
             break
-    return histories
+    return [m.history for m in members]
 
 
 def train(cfg: Config, *, checkpoint: dict | None = None, on_epoch: EpochCallback | None = None,
@@ -257,7 +299,6 @@ def train(cfg: Config, *, checkpoint: dict | None = None, on_epoch: EpochCallbac
     device = resolve_device(cfg.train.device)
     data = load_data(cfg.data, device) if data is None else data.to(device)
     stepper = EagerStepper(cfg, data, device)
-    probe = (data.x_test[: cfg.diag.probe_size], data.y_test[: cfg.diag.probe_size])
 
     def each_epoch(epoch: int, results: list[dict | None], checkpoint_fn) -> None:
         if on_epoch is not None:
@@ -273,7 +314,7 @@ def train(cfg: Config, *, checkpoint: dict | None = None, on_epoch: EpochCallbac
         bar = tqdm(total=cfg.train.epochs * steps, initial=start * steps, unit="step",
                    desc=f"{cfg.rule.rule} seed={cfg.train.seed}")
     try:
-        [history] = fit(stepper, [cfg], [probe], checkpoints=None if checkpoint is None else [checkpoint],
+        [history] = fit(stepper, [cfg], checkpoints=None if checkpoint is None else [checkpoint],
                         on_epoch=each_epoch, bar=bar)
     finally:
         if bar is not None:
