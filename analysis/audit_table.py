@@ -9,7 +9,7 @@ that varies (e.g. penalty_lam).
 so their means are the fraction of seeds flagged. `frozen_margin` = mean test_acc - the frozen baseline
 (the better of the frozen runs' trained and fitted readouts, each a mean over the setting's seeds); it is empty
 where the setting has no frozen runs. Columns (a), (b), (d) are the evaluation protocol's verdicts over seeds
-(PASS / FIRE / MIXED / – (why); `raycredit.protocol`, whose defaults they use: `analysis/protocol.py` has the
+(PASS / FIRE / MIXED / – (why); `raycredit.verdicts`, whose defaults they use: `analysis/protocol.py` has the
 thresholds as flags, and (c), a verdict per setting rather than per rule, in its functional table). Prints
 markdown, writes audit_table.csv (numbers) and audit_table.md. Reads MLflow only; never re-trains.
 
@@ -25,8 +25,8 @@ import pandas as pd
 
 from analysis.summary import load_finished, mean_std
 from analysis.tables import cli_main, markdown_table, write_report
-from raycredit.protocol import METRICS as PROTOCOL_METRICS
-from raycredit.protocol import RULE_VERDICTS, VARIANTS, protocol_table, row_columns
+from raycredit.verdicts import METRICS as PROTOCOL_METRICS
+from raycredit.verdicts import RULE_VERDICTS, VARIANTS, protocol_table, row_columns
 
 METRICS = ("test_acc", "deep_cos", "h_norm_L", "g_norm_L", "mode1a", "mode1b", "diverged")
 FLAGS = ("mode1a", "mode1b", "diverged")
@@ -72,7 +72,7 @@ def report(df: pd.DataFrame, out_dir: str | Path, title: str) -> str:
     lines += ["mean ± sample std (ddof=1) over seeds of the final epoch; mode1a, mode1b and diverged: seeds "
               "flagged; vs frozen: mean test_acc minus the frozen-blocks baseline of the same setting (the better "
               "of its trained and fitted readouts); (a), (b), (d): the evaluation protocol's verdicts over seeds "
-              "(`raycredit.protocol`; (c), one per setting, in `analysis/protocol.py`)", "",
+              "(`raycredit.verdicts`; (c), one per setting, in `analysis/protocol.py`)", "",
               markdown_table(shown, "g")]
     return write_report(lines, table, out_dir, "audit_table")
 

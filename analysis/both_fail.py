@@ -33,8 +33,8 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.tables import cli_main, finished_runs, markdown_table, write_report
-from raycredit.protocol import VARIANTS, setting_columns
 from raycredit.tracking import load_runs
+from raycredit.verdicts import VARIANTS, setting_columns
 
 CHANCE_FACTOR = 1.5
 BP_MARGIN = 0.02

@@ -1,7 +1,7 @@
 """The 4-diagnostic evaluation protocol of the reference study (seeds 001 §6, 004) on an experiment's runs:
 (a) residual-stream growth and (b) gradient-floor collapse against the setting's BP runs, (c) functional
 agreement of deep_cos with accuracy, nudging and training loss, (d) depth utilization over the fitted
-frozen-blocks baseline; definitions, and where they differ from the seeds', in `raycredit.protocol`.
+frozen-blocks baseline; definitions, and where they differ from the seeds', in `raycredit.verdicts`.
 
 Two tables: the verdicts (a), (b), (d) per setting and row (rule and varying rule knobs) over seeds, PASS /
 FIRE / MIXED / – (why), with the depth-utilization margin in percentage points (mean ± ddof=1 std); and, per
@@ -22,7 +22,8 @@ import pandas as pd
 
 from analysis.summary import mean_std
 from analysis.tables import cli_main, markdown_table, write_report
-from raycredit.protocol import (
+from raycredit.tracking.results import results
+from raycredit.verdicts import (
     FLOOR_RATIO,
     FUNCTIONAL,
     GROWTH,
@@ -32,7 +33,6 @@ from raycredit.protocol import (
     protocol_table,
     row_columns,
 )
-from raycredit.tracking.results import results
 
 DESCRIBED = {"test_acc": "test_acc", "deep_nudge": "nudge", "train_loss": "train loss", "deep_cos": "deep cos",
              "consensus": "consensus"}
@@ -62,7 +62,7 @@ def report(df: pd.DataFrame, out_dir: str | Path, title: str, threshold_pp: floa
               f"judged, and why). (a) ||h_L|| >= {growth:g} x the setting's BP; (b) mode1b and ||g_L|| <= "
               f"{floor_ratio:g} x BP's; (d) margin over the frozen-blocks baseline (the better of the trained and "
               f"the fitted readout) below {threshold_pp:g} pp, judged where BP beats that baseline by "
-              f"{threshold_pp:g} pp. Definitions and how they differ from the seeds': raycredit/protocol.py.", "",
+              f"{threshold_pp:g} pp. Definitions and how they differ from the seeds': raycredit/verdicts.py.", "",
               markdown_table(shown, "g"), ""]
     func = functional_table(df, threshold_pp)
     if func.empty:

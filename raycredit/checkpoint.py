@@ -72,7 +72,7 @@ def checkpoint_dict(cfg: Config, epoch: int, model, rule, optimizer_state: dict,
                     history: list, h_norm_init: float, elapsed_s: float) -> dict:
     """The checkpoint of one run (module docstring); a population member's has exactly this form. A snapshot:
     it keeps the state of `epoch` however the run goes on (state_dict() alone would follow the live weights)."""
-    return snapshot({
+    return copy_state({
         "format": CHECKPOINT_FORMAT,
         "config": cfg.to_dict(),
         "epoch": epoch,
@@ -86,14 +86,14 @@ def checkpoint_dict(cfg: Config, epoch: int, model, rule, optimizer_state: dict,
     })
 
 
-def snapshot(obj):
+def copy_state(obj):
     """A copy of `obj`'s tensors, dicts, lists and tuples (other values are shared: they are immutable)."""
     if torch.is_tensor(obj):
         return obj.detach().clone()
     if isinstance(obj, dict):
-        return {k: snapshot(v) for k, v in obj.items()}
+        return {k: copy_state(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(snapshot(v) for v in obj)
+        return type(obj)(copy_state(v) for v in obj)
     return obj
 
 

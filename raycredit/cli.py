@@ -41,10 +41,10 @@ DIAGNOSE_RTOL = {"float64": 1e-6, "float32": 1e-4}
 
 
 def print_verdicts(uri: str | None, run_id: str) -> None:
-    """The run's evaluation-protocol verdicts (raycredit.protocol) among its experiment's finished runs."""
+    """The run's evaluation-protocol verdicts (raycredit.verdicts) among its experiment's finished runs."""
     from raycredit import tracking
-    from raycredit.protocol import FLOOR_RATIO, GROWTH, THRESHOLD_PP, run_verdicts
     from raycredit.tracking.results import results
+    from raycredit.verdicts import FLOOR_RATIO, GROWTH, THRESHOLD_PP, run_verdicts
 
     experiment = tracking.run_experiment_name(uri, run_id)
     table = run_verdicts(results(experiment, uri))
@@ -58,7 +58,7 @@ def print_verdicts(uri: str | None, run_id: str) -> None:
         fired = r[v]
         return f"– ({r[f'why_{v}']})" if fired is None or fired != fired else "FIRE" if fired else "PASS"
 
-    print(f"\nevaluation protocol (raycredit.protocol) at the run's final epoch, among the finished runs of "
+    print(f"\nevaluation protocol (raycredit.verdicts) at the run's final epoch, among the finished runs of "
           f"experiment {experiment!r}:")
     detail_a = f"; ||h_L|| {r['h_ratio']:.3g} x the setting's BP, fires at {GROWTH:g}" if r["(a)"] is not None else ""
     print(f"  (a) residual-stream growth: {word('(a)')} (mode1a = {r['mode1a']:g}{detail_a})")

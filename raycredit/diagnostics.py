@@ -64,7 +64,7 @@ explicit trade for speed, kept only where it is shown to resolve what it measure
 recomputes every layer's credit cosine, nudge and support, and if any differs from float32's by more than
 `FLOAT32_TOL` (or float32 cannot resolve rho's loss changes, below), everything is measured again in float64.
 `diag_float64` logs the dtype every diagnostics epoch actually used; the analyses refuse to average seeds that
-used different ones (`raycredit.protocol.mixed_dtypes`).
+used different ones (`raycredit.verdicts.mixed_dtypes`).
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ def population_key(cfgs: list[Config]) -> str:
     return "pop-" + stable_hash(sorted(c.key() for c in cfgs))
 
 
-class Member(nn.Module):
+class ModelAndRule(nn.Module):
     """A model and its rule as one module: functional_call swaps both sets of weights and buffers."""
 
     def __init__(self, model: nn.Module, rule: nn.Module):
@@ -190,7 +190,7 @@ class PopulationStepper:
             torch.manual_seed(cfg.train.seed)
             model = build_model(cfg.model, d.in_shape, C, cfg.data.alpha).to(device)
             model.eval()  # members only evaluate and diagnose; the vmapped template trains
-            member = Member(model, build_rule(cfg, model, C).to(device))
+            member = ModelAndRule(model, build_rule(cfg, model, C).to(device))
             member.rule.generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
             self.gens.append(member.rule.generator)
             members.append(member)
@@ -210,7 +210,7 @@ class PopulationStepper:
 
         # weights-free twin of a member: functional_call supplies the stacked weights
         template_model = build_model(cfg0.model, self.datas[0].in_shape, C, cfg0.data.alpha)
-        self.template = template = Member(template_model, build_rule(cfg0, template_model, C)).to("meta")
+        self.template = template = ModelAndRule(template_model, build_rule(cfg0, template_model, C)).to("meta")
         template.rule.functional = True
         low_precision = cfg0.train.precision == "bf16"
 

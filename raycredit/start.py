@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from raycredit.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, run_checkpoint_path, snapshot
+from raycredit.checkpoint import CHECKPOINT_FORMAT, copy_state, load_checkpoint, run_checkpoint_path
 from raycredit.config import Config
 from raycredit.errors import UserError
 from raycredit.lineage import Parent, check_branch
@@ -131,7 +131,7 @@ def branch_start(cfg: Config, parent: dict, in_shape, n_classes: int) -> dict:
             if st is not None and name in index and all(
                     not torch.is_tensor(v) or v.dim() == 0 or v.shape == params[name].shape for v in st.values()):
                 opt["state"][index[name]] = st
-    return snapshot({
+    return copy_state({
         "format": CHECKPOINT_FORMAT,
         "config": cfg.to_dict(),
         "epoch": parent["epoch"],

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import torch
 
-from raycredit.checkpoint import check_resumable, checkpoint_dict, snapshot
+from raycredit.checkpoint import check_resumable, checkpoint_dict, copy_state
 from raycredit.config import Config
 from raycredit.data import Data, load_data
 from raycredit.diagnostics import diagnose, to_floats
@@ -110,7 +110,7 @@ def loss_decrease(cfg: Config, epoch: int, train_loss: float, history: list[dict
 
 
 @dataclass
-class Member:
+class MemberState:
     """What `fit` carries across epochs for one member: its config, diagnostics probe (x, y), ||h_L|| at init
     and its history of epoch records."""
 
@@ -120,7 +120,7 @@ class Member:
     history: list[dict]
 
 
-def epoch_metrics(member: Member, epoch: int, dev_metrics: dict[str, torch.Tensor], model, rule,
+def epoch_metrics(member: MemberState, epoch: int, dev_metrics: dict[str, torch.Tensor], model, rule,
                   t0: float) -> dict[str, float]:
     """An epoch's record from its on-device metrics: one host sync, the divergence check, diagnostics when due."""
     cfg, (px, py) = member.cfg, member.probe
@@ -238,13 +238,13 @@ def fit(stepper: Stepper, cfgs: list[Config], *, checkpoints: list[dict] | None,
             check_resumable(cfg, ckpt)
         # copies: torch's Optimizer.load_state_dict keeps the tensors it is given, and Adam then updates them in
         # place, which would change the caller's checkpoint (a branch's start, reused by another branch)
-        stepper.load([snapshot(c) for c in checkpoints])
+        stepper.load([copy_state(c) for c in checkpoints])
         start, elapsed = checkpoints[0]["epoch"], checkpoints[0]["elapsed_s"]
-        members = [Member(cfg, probe, c["h_norm_init"], list(c["history"]))
+        members = [MemberState(cfg, probe, c["h_norm_init"], list(c["history"]))
                    for cfg, probe, c in zip(cfgs, probes, checkpoints, strict=True)]
     else:
         start, elapsed = 0, 0.0
-        members = [Member(cfg, probe, initial_h_norm(model, probe[0]), [])
+        members = [MemberState(cfg, probe, initial_h_norm(model, probe[0]), [])
                    for cfg, probe, (model, _) in zip(cfgs, probes, stepper.members, strict=True)]
     t0 = time.perf_counter() - elapsed
 

@@ -1,5 +1,5 @@
 """Branches, frozen-snapshot credit recovery and snapshot exploitability, without Ray (raycredit.lineage,
-raycredit.snapshot, the scaffold's hand-off knobs, the searches' Branch expansion)."""
+raycredit.exploitability, the scaffold's hand-off knobs, the searches' Branch expansion)."""
 
 import copy
 import math
@@ -11,11 +11,11 @@ from raycredit.checkpoint import run_checkpoint_path
 from raycredit.config import Config
 from raycredit.data import load_data
 from raycredit.errors import ConfigError, UserError
+from raycredit.exploitability import exploitability, measure
 from raycredit.lineage import Branch, Parent, check_branch, check_lineage, lineage_levels
 from raycredit.population import train_population
 from raycredit.rules import make_config
 from raycredit.search import Preset, expand
-from raycredit.snapshot import exploitability, measure
 from raycredit.start import branch_start, fetch_parent
 from raycredit.train import restore, train
 

@@ -56,7 +56,7 @@ def train_all(book: Bookkeeper, starts: list[Start]) -> None:
 
 def measure(book: Bookkeeper, starts: list[Start]) -> None:
     """A snapshot measurement (`snapshot.exploitability`): its parent's state, measured once, never trained."""
-    from raycredit.snapshot import exploitability
+    from raycredit.exploitability import exploitability
 
     device = trial_device()
     book.begin(starts, device)

@@ -14,7 +14,7 @@ by L-BFGS until no gradient element exceeds `FIT_TOL` (cross-entropy: multinomia
 closed form for the quadratic cost (ridge regression). Its test accuracy and loss (`fit_test_acc`,
 `fit_test_loss`), its training loss and largest final gradient element (`fit_train_loss`, `fit_grad_max`) are
 logged beside the trained readout's; the analyses take the better of the two as the frozen-blocks baseline
-(`raycredit.protocol`).
+(`raycredit.verdicts`).
 """
 
 import torch

@@ -20,7 +20,7 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 # a branch downloads its parent's checkpoint inside its trial: no progress bar in the sweep's output
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-from raycredit.tracking.lock import LOCK_MODEL_PREFIX, lock_prefix, server_lock  # noqa: E402
+from raycredit.tracking.claim import LOCK_MODEL_PREFIX, lock_prefix, server_lock  # noqa: E402
 from raycredit.tracking.runs import (  # noqa: E402
     ATTEMPT_TAG,
     DEVICE_TAG,

@@ -1,4 +1,4 @@
-"""The evaluation protocol's verdicts (raycredit.protocol, analysis/protocol.py, the audit table's columns and
+"""The evaluation protocol's verdicts (raycredit.verdicts, analysis/protocol.py, the audit table's columns and
 `raycredit diagnose`): on hand-made run tables, and on a scratch MLflow store filled by tiny runs."""
 
 import pandas as pd
@@ -8,7 +8,9 @@ from analysis import audit_table
 from analysis import protocol as protocol_report
 from raycredit.cli import main
 from raycredit.config import Config
-from raycredit.protocol import (
+from raycredit.rules import make_config
+from raycredit.tracking.results import results
+from raycredit.verdicts import (
     FIRE,
     MIXED,
     NONE,
@@ -20,8 +22,6 @@ from raycredit.protocol import (
     protocol_table,
     run_verdicts,
 )
-from raycredit.rules import make_config
-from raycredit.tracking.results import results
 
 from mlflow_checks import logged_run
 
