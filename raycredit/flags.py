@@ -1,6 +1,6 @@
 """The command-line flags of `raycredit` (cli.py) and of the search scripts (search.py), declared once.
 
-Config knobs become flags from their declarations in `raycredit.config` (`knobs.knob`) (`add_knob_flags`), never re-typed.
+Config knobs become flags (`add_knob_flags`) from their declarations in `raycredit.config`, never re-typed.
 """
 
 from __future__ import annotations
