@@ -1,12 +1,12 @@
 """Are single runs bit-identical to another commit's? A check for refactors of the training loop.
 
-Trains a 2-epoch run of every rule (a small synthetic config) with this checkout and with the code of
-`--ref` (a git commit, checked out into a temporary worktree), each in its own process, and compares the
-final metrics (time_s aside) and every tensor of the final checkpoint exactly.
+Trains a 2-epoch run of every rule (a small synthetic config), and a population of two seeds of it, with this
+checkout and with the code of `--ref` (a git commit, checked out into a temporary worktree), each in its own
+process, and compares the final metrics (time_s aside) and every tensor of the final checkpoints exactly.
 
     python benchmarks/bit_identity.py --ref HEAD~1
 
-Prints one line per rule and exits 1 when any rule differs.
+Prints one line per rule and population and exits 1 when any differs.
 """
 
 from __future__ import annotations
@@ -21,20 +21,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = dict(dataset="synthetic", n_train=384, n_test=128, input_dim=8, d=16, L=2, epochs=2, batch_size=64,
               probe_size=32, rho_dirs=4, device="cpu")
-RULES = ("bp", "fa", "dfa", "frozen", "ep", "state_bridge", "vector_field", "credit_bridge", "scaffold")
+RULES = ("bp", "fa", "dfa", "frozen", "ep", "state_bridge", "vector_field", "credit_bridge", "scaffold",
+         "sign_symmetry", "kolen_pollack")
 
 # Run inside the code under test: trains each rule, saves its final checkpoint and metrics under argv[1].
 CHILD = """
 import json, sys, torch
-from raycredit.config import Config
-from raycredit.rules import make_config
-from raycredit.train import train
+try:
+    from raycredit.rules import make_config
+except ImportError:  # code from before make_config, whose Config.from_dict applied the rules' defaults
+    from raycredit.config import Config
+    make_config = Config.from_dict
+from raycredit.population import train_members
 out, cfg, rules = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3].split(",")
 for rule in rules:
-    kept = []
-    result = train(make_config({**cfg, "rule": rule}), on_epoch=lambda e, m, fn: kept.append(fn and fn()))
-    torch.save({"final": {k: v for k, v in result["final"].items() if k != "time_s"},
-                "model": kept[-1]["model"], "rule": kept[-1]["rule"]}, f"{out}/{rule}.pt")
+    for seeds, name in (((0,), rule), ((0, 1), rule + "-population")):
+        kept = []
+        histories = train_members([make_config({**cfg, "rule": rule, "seed": s}) for s in seeds],
+                                  on_epoch=lambda e, m, fn: kept.append(fn and fn()))
+        torch.save({"final": {f"{i}/{k}": v for i, h in enumerate(histories) for k, v in h[-1].items()
+                              if k != "time_s"},
+                    "model": {f"{i}/{k}": v for i, c in enumerate(kept[-1]) for k, v in c["model"].items()},
+                    "rule": {f"{i}/{k}": v for i, c in enumerate(kept[-1]) for k, v in c["rule"].items()}},
+                   f"{out}/{name}.pt")
 """
 
 
@@ -85,11 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(ref)], check=True)
         bad = 0
-        for rule in rules:
-            a, b = (torch.load(tmp / f"out-{n}" / f"{rule}.pt", weights_only=True) for n in ("here", "ref"))
+        for name in (n for rule in rules for n in (rule, f"{rule}-population")):
+            a, b = (torch.load(tmp / f"out-{n}" / f"{name}.pt", weights_only=True) for n in ("here", "ref"))
             diff = differences(a, b)
             bad += bool(diff)
-            print(f"{rule:14s} {'identical' if not diff else 'DIFFERS: ' + ', '.join(diff[:6])}")
+            print(f"{name:25s} {'identical' if not diff else 'DIFFERS: ' + ', '.join(diff[:6])}")
     return 1 if bad else 0
 
 
