@@ -40,6 +40,7 @@ from raycredit.engine.trainable import (
     trial_name,
 )
 from raycredit.errors import UserError
+from raycredit.rules import validate
 
 
 def progress_reporter():
@@ -217,7 +218,6 @@ class OptunaSettings:
     seed: int = 0
 
 
-@dataclass
 @dataclass(frozen=True)
 class BoundSpace:
     """space(trial, base) as the define-by-run function(trial) OptunaSearch wants. Tune pickles the
@@ -236,8 +236,6 @@ def space_check(space: Callable, base: Config) -> Config:
     """Draw once from the space with a throwaway Optuna study and validate the result (bad spaces fail early)."""
     import optuna
 
-    from raycredit.rules import validate
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
     constants = space(trial, base) or {}
@@ -246,6 +244,7 @@ def space_check(space: Callable, base: Config) -> Config:
     return drawn
 
 
+@dataclass
 class SearchOutcome:
     status: dict[str, str]  # run key -> FINISHED / FAILED / KILLED
     early: set[str]  # run keys of trials the scheduler stopped before their last epoch
