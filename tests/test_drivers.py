@@ -238,7 +238,7 @@ def test_a_store_rolled_back_to_an_older_copy_is_refused_naming_what_is_missing(
 
     def logged() -> int:
         try:
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
                 return int(con.execute("SELECT MAX(value) FROM metrics WHERE key = 'epoch'").fetchone()[0] or 0)
         except sqlite3.Error:
             return 0
@@ -246,7 +246,7 @@ def test_a_store_rolled_back_to_an_older_copy_is_refused_naming_what_is_missing(
     def copy(src: Path, dst: Path) -> None:
         for f in dst.parent.glob(dst.name + "*"):
             f.unlink()
-        with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
+        with contextlib.closing(sqlite3.connect(src)) as a, contextlib.closing(sqlite3.connect(dst)) as b:
             a.backup(b)
 
     def refused() -> str:
@@ -268,6 +268,9 @@ def test_a_store_rolled_back_to_an_older_copy_is_refused_naming_what_is_missing(
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()
+    # the driver's Ray workers are not in its process group: they end on their own once its raylet is gone, and
+    # one may log an epoch and save its checkpoint meanwhile; "current" is the store once nothing writes to it
+    wait_closed(db)
     copy(db, tmp_path / "current.db")
     copy(tmp_path / "backup.db", db)
     line = refused()
@@ -279,6 +282,25 @@ def test_a_store_rolled_back_to_an_older_copy_is_refused_naming_what_is_missing(
     assert not list((tmp_path / "ray").glob("*/checkpoints/*/checkpoint.pt"))  # only the record is left
     copy(tmp_path / "backup.db", db)
     refused()
+
+
+def wait_closed(path: Path, timeout: float = 120) -> None:
+    """Wait until no other process has `path` (or its SQLite journal files) open."""
+    import os
+
+    names = {str(path), f"{path}-wal", f"{path}-shm"}
+    deadline = time.time() + timeout
+    while True:
+        holders = set()
+        for fd in Path("/proc").glob("[0-9]*/fd/*"):
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) in names:
+                    holders.add(fd.parts[2])
+        holders.discard(str(os.getpid()))
+        if not holders:
+            return
+        assert time.time() < deadline, f"processes {sorted(holders)} still hold {path}"
+        time.sleep(0.5)
 
 
 def test_ctrl_c_while_ray_starts_and_while_it_stops_ends_in_one_line():
