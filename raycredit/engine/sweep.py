@@ -26,11 +26,10 @@ import ray
 from ray import tune
 
 from raycredit.config import Config
+from raycredit.engine.bookkeeper import FAILED_MEMBERS, TRIAL_DONE
 from raycredit.engine.hang import HANG_LIMITS, HangWatch, heartbeat_actor
 from raycredit.engine.trainable import (
-    FAILED_MEMBERS,
     SEARCHED,
-    TRIAL_DONE,
     SweepSettings,
     item_members,
     run_label,

@@ -11,23 +11,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from ray import tune
 
 from raycredit.config import Config
-from raycredit.engine.bookkeeper import FAILED_MEMBERS, TRIAL_DONE, Bookkeeper
+from raycredit.engine.bookkeeper import Bookkeeper
 from raycredit.population import population_key, train_members
 from raycredit.rules import RULES
 from raycredit.rules.base import LocalRule
 from raycredit.start import Start
 
-__all__ = ["FAILED_MEMBERS", "SEARCHED", "TRIAL_DONE", "SweepSettings", "trainable"]
-
 
 def trainable(config: dict, settings: dict, base: dict | None = None) -> None:
     """One trial. A grid passes its members as config["cfg"] (`trial_item`); a searcher passes the knobs it
     drew, applied on top of `base`, and the run key then includes the trial id (two draws may coincide)."""
-    import torch
-
     s = SweepSettings(**settings)
     torch.set_num_threads(max(1, int(s.cpus_per_trial)))
     book = Bookkeeper(s, *trial_members(config, base))
