@@ -29,13 +29,15 @@ MAX_TENSOR_BYTES = 32 * 2**30  # a dataset or model larger than this is a typo, 
 @dataclass(frozen=True)
 class ModelConfig:
     arch: str = knob("resmlp", "architecture: resmlp, vit_mini and small_cnn (image data) are residual; mlp is a "
-                               "plain MLP of L hidden layers of width d (no residual, no LayerNorm)",
-                     choices=("resmlp", "vit_mini", "small_cnn", "mlp"))
+                               "plain MLP of L hidden layers of width d, cnn1d a plain 1-D CNN of L convolutions of d "
+                               "channels (signals, e.g. mnist1d; no residual, no LayerNorm in either)",
+                     choices=("resmlp", "vit_mini", "small_cnn", "mlp", "cnn1d"))
     d: int = knob(256, "residual-stream width", lo=1)
     L: int = knob(4, "number of residual blocks", lo=1)
     mlp_ratio: float = knob(4.0, "block hidden width as a multiple of d", lo=0, lo_open=True)
-    residual_add: bool = knob(True, "h_{l+1} = h_l + f_l(h_l); off gives h_{l+1} = f_l(h_l) (not mlp: never residual)")
-    out_ln: bool = knob(True, "terminal LayerNorm before the readout (not mlp: no LayerNorm)")
+    residual_add: bool = knob(True, "h_{l+1} = h_l + f_l(h_l); off gives h_{l+1} = f_l(h_l) (not mlp, cnn1d: never "
+                                    "residual)")
+    out_ln: bool = knob(True, "terminal LayerNorm before the readout (not mlp, cnn1d: no LayerNorm)")
     block_ln: bool = knob(True, "resmlp: LayerNorm at the input of every block; off, with student_activation=teacher "
                                 "at alpha=0 and out_ln off, the network is linear (the toy_lq student)")
     w2_std: float = knob(0.02, "init std of each block's second linear W2 (0 = zero-init blocks; not mlp)", lo=0)
@@ -45,14 +47,17 @@ class ModelConfig:
                                    choices=("own", "teacher"))
     patch_size: int = knob(4, "vit_mini: side of the square patches", lo=1)
     heads: int = knob(4, "vit_mini: attention heads (must divide d)", lo=1)
+    kernel: int = knob(5, "cnn1d: width of every convolution, in positions (stride 1, zero 'same' padding)", lo=1)
 
 
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = knob("synthetic", "dataset (digits: scikit-learn's 8x8 handwritten digits, shipped with it; "
-                                     "toy_lq: the linear-quadratic toy, target vectors and a quadratic cost)",
-                        choices=("synthetic", "digits", "cifar10", "cifar100", "npz", "toy_lq"))
-    data_dir: str = knob("", "cifar: folder holding the torchvision files; npz: path of the .npz file")
+                                     "mnist1d: MNIST-1D, made by its package's generator; toy_lq: the "
+                                     "linear-quadratic toy, target vectors and a quadratic cost)",
+                        choices=("synthetic", "digits", "mnist1d", "cifar10", "cifar100", "npz", "toy_lq"))
+    data_dir: str = knob("", "cifar: folder holding the torchvision files; npz: path of the .npz file; mnist1d: "
+                             "folder of the generated sets (default $XDG_CACHE_HOME/raycredit, ~/.cache/raycredit)")
     download: bool = knob(False, "cifar: download into data_dir when missing")
     alpha: float = knob(1.0, "synthetic: teacher nonlinearity phi(z) = (1-alpha) z + alpha tanh(z)", lo=0, hi=1)
     input_dim: int = knob(8, "synthetic: input dimension", lo=1)
@@ -63,10 +68,12 @@ class DataConfig:
     n_classes: int = knob(10, "synthetic: number of classes C; toy_lq: dimension of the target vectors", lo=2)
     lq_noise: float = knob(0.5, "toy_lq: std of Gaussian noise on the targets, the cost's irreducible part (the "
                                 "per-sample costate stays away from 0 at the optimum)", lo=0)
-    n_train: int = knob(0, "training examples (0 = synthetic 10000 / all of digits or the file)", lo=0)
-    n_test: int = knob(0, "test examples (0 = synthetic 2000 / all of digits or the file)", lo=0)
-    data_seed: int = knob(0, "synthetic: seed of the teacher and inputs; digits: of the train/test split (fixed "
-                             "across training seeds)", lo=0, hi=SEED_MAX)
+    n_train: int = knob(0, "training examples (0 = synthetic 10000 / mnist1d 4000 / all of digits or the file)",
+                        lo=0)
+    n_test: int = knob(0, "test examples (0 = synthetic 2000 / mnist1d 1000 / all of digits or the file)", lo=0)
+    data_seed: int = knob(0, "synthetic: seed of the teacher and inputs; digits: of the train/test split; mnist1d: "
+                             "the generator's seed (42: its package's default set); fixed across training seeds",
+                          lo=0, hi=SEED_MAX)
     random_targets: bool = knob(False, "fresh uniformly random labels for every training mini-batch (negative control)")
 
 
@@ -259,6 +266,9 @@ class Config:
         if self.model.arch in ("vit_mini", "small_cnn") and self.data.dataset == "synthetic":
             raise ConfigError(f"arch: {self.model.arch} needs image data (digits, cifar10, cifar100 or an npz of "
                               "images); synthetic gives vectors")
+        if self.model.arch == "cnn1d" and self.data.dataset in ("digits", "cifar10", "cifar100"):
+            raise ConfigError(f"arch: cnn1d needs signals (mnist1d, synthetic or an npz of (C, T) examples); "
+                              f"{self.data.dataset} gives images")
         if self.model.arch == "vit_mini" and self.model.d % self.model.heads:
             raise ConfigError(f"heads: {self.model.heads} does not divide d={self.model.d}")
         if not self.model.block_ln and self.model.arch != "resmlp":

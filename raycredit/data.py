@@ -109,6 +109,101 @@ def digits(cfg: DataConfig) -> Data:
     return _subset(Data(x[:n_train], y[:n_train], x[n_train:], y[n_train:], 10, (1, 8, 8)), cfg)
 
 
+MNIST1D_SIZES = (4000, 1000)  # the package's default set: 5000 examples, 80 % for training
+CACHE_FORMAT = 1  # bump when the cached file's layout changes
+
+
+def mnist1d(cfg: DataConfig) -> Data:
+    """MNIST-1D (Greydanus & Kobak, "Scaling down deep learning with MNIST-1D", ICML 2024): 40-sample 1-D signals
+    of 10 classes, shaped (1, 40), made by the `mnist1d` package's own generator from the templates shipped in it
+    (never its download path) with its default arguments except the number of examples (n_train + n_test; 0 = its
+    4000 + 1000), the seed (`data_seed`; 42 is the package's default set) and the split, taken here: the first
+    n_train examples of its shuffled set train, the next n_test test (with the defaults exactly its own split).
+    Generated once per argument set and package version into a cache file (`mnist1d_cached`)."""
+    n_train, n_test = cfg.n_train or MNIST1D_SIZES[0], cfg.n_test or MNIST1D_SIZES[1]
+    x, y = mnist1d_cached(n_train + n_test, cfg.data_seed, cache_dir(cfg))
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    return Data(x[:n_train], y[:n_train], x[n_train:n_train + n_test], y[n_train:n_train + n_test], 10, (1, 40))
+
+
+def cache_dir(cfg: DataConfig) -> Path:
+    """Where generated datasets are kept: data_dir, else $XDG_CACHE_HOME/raycredit (~/.cache/raycredit)."""
+    if cfg.data_dir:
+        return Path(cfg.data_dir).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "raycredit"
+
+
+def mnist1d_args(n: int, seed: int):
+    """The generator's arguments: its defaults, n examples (rounded up to a multiple of the 10 classes, its
+    unit), one split holding all of them, and `seed`."""
+    try:
+        from mnist1d.data import get_dataset_args
+    except ImportError:
+        raise DataError("dataset 'mnist1d' needs the mnist1d package: pip install mnist1d") from None
+    args = get_dataset_args()
+    args.num_samples, args.train_split, args.seed = -(-n // 10) * 10, 1.0, seed
+    return args
+
+
+def mnist1d_cached(n: int, seed: int, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(x float32 (n', 40), y int64 (n',)) of the generator, read from folder/mnist1d-<hash>.npz, the hash of
+    the generator's arguments, the package's version and CACHE_FORMAT. The first process to need a file makes
+    it under an exclusive `flock` (others wait for it, then read it) and renames it into place whole; a file
+    that is not the arrays it should be is made again."""
+    import fcntl
+    from importlib.metadata import version
+
+    from raycredit.knobs import stable_hash
+
+    args = mnist1d_args(n, seed)
+    fields = {k: v for k, v in vars(args).items() if k != "url"}
+    path = folder / f"mnist1d-{stable_hash([fields, version('mnist1d'), CACHE_FORMAT])}.npz"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / f"{path.name}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        raise DataError(f"cannot write the mnist1d cache in {folder} ({e.strerror}): set --data-dir to a "
+                        "writable folder") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        arrays = _read_mnist1d(path, args.num_samples)
+        if arrays is None:
+            arrays = _generate_mnist1d(args)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            with open(tmp, "wb") as f:
+                np.savez(f, x=arrays[0], y=arrays[1])
+            os.replace(tmp, path)
+        return arrays
+    finally:
+        os.close(fd)
+
+
+def _read_mnist1d(path: Path, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            x, y = f["x"], f["y"]
+    except (OSError, KeyError, ValueError):
+        return None
+    ok = (x.shape == (n, 40) and x.dtype == np.float32 and y.shape == (n,) and y.dtype == np.int64
+          and np.isfinite(x).all() and y.min() >= 0 and y.max() < 10)
+    return (x, y) if ok else None
+
+
+def _generate_mnist1d(args) -> tuple[np.ndarray, np.ndarray]:
+    """The generator's set; it seeds NumPy's and Python's global generators, whose states are put back."""
+    import random
+
+    from mnist1d.data import make_dataset
+
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        d = make_dataset(args)
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    return d["x"].astype(np.float32), d["y"].astype(np.int64)
+
+
 def _subset(d: Data, cfg: DataConfig) -> Data:
     n_tr = cfg.n_train or len(d.y_train)
     n_te = cfg.n_test or len(d.y_test)
@@ -186,8 +281,8 @@ def npz(cfg: DataConfig) -> Data:
     return _subset(Data(xtr, ytr, xte, yte, n_classes, tuple(arrays["x_train"].shape[1:])), cfg)
 
 
-LOADERS = {"synthetic": synthetic, "digits": digits, "cifar10": cifar, "cifar100": cifar, "npz": npz,
-           "toy_lq": toy_lq}
+LOADERS = {"synthetic": synthetic, "digits": digits, "mnist1d": mnist1d, "cifar10": cifar, "cifar100": cifar,
+           "npz": npz, "toy_lq": toy_lq}
 
 
 def load_data(cfg: DataConfig, device: torch.device | str = "cpu") -> Data:

@@ -1,4 +1,5 @@
-"""The architectures: ResMLP (SPEC §2), ViT-Mini and SmallCNN, behind one layered interface.
+"""The architectures: ResMLP (SPEC §2), ViT-Mini, SmallCNN, a plain MLP and a plain 1-D CNN, behind one layered
+interface.
 
 Layer indices follow SPEC §2: h_0 is the embedding output, h_l (l = 1..L) the
 output of block l. Block l (1-based) maps h_{l-1} to h_l = h_{l-1} + f_l(h_{l-1})
@@ -11,164 +12,32 @@ after h_L. Every h_l of a model has the shape (N, *h_shape) with the width d las
 | vit_mini | (tokens, d), patches of `patch_size` | attention + MLP of a pre-LN transformer block |
 | small_cnn | (H/2, W/2, d), channels last | W2 act(W1 dwconv3x3(LN(h))), a ConvNeXt-style block |
 | mlp | h_0 = the input, h_l (d,) | act(W_l h + b_l): a plain MLP, no residual, no LayerNorm |
+| cnn1d | (T, d), channels last | act(conv_l(h)): a plain 1-D CNN, no residual, no LayerNorm |
 
 Inputs arrive flattened; the image architectures reshape them to the dataset's
 (C, H, W). `mlp` is the canonical network of the FA and DFA papers: h_0 is the
 input itself (no embedding parameters), L hidden layers of width d, then the
-readout; `residual_add`, `out_ln`, `mlp_ratio` and `w2_std` do not apply to it.
+readout; `residual_add`, `out_ln`, `mlp_ratio` and `w2_std` do not apply to it. `cnn1d` is the CNN of the
+MNIST-1D paper made layered: a linear convolution embeds the (C, T) signal into d channels (h_0), then L layers
+act(conv(h)) of d channels, all of width `kernel`, stride 1 and zero "same" padding, then the mean over the T
+positions and the readout; the same knobs do not apply to it.
 
-Every linear layer inside the blocks and the head is a `Linear`, whose
-backward to its input can use a fixed feedback matrix in place of its weight
-(`Linear.feedback`): the mechanism of feedback-alignment rules.
+Every linear layer inside the blocks and the head is a `raycredit.layers.Linear`, whose backward to its input can
+use a fixed feedback matrix in place of its weight: the mechanism of feedback-alignment rules.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from raycredit.config import ModelConfig
-from raycredit.data import phi
 from raycredit.errors import DataError
-
-
-class FeedbackLinear(torch.autograd.Function):
-    """y = x W^T + b whose backward to x is g B (B has W's shape) instead of g W; W and b get their true
-    gradients, and B, when it requires one, W's gradient. With B = W it is exactly a linear layer. Written in
-    the functorch form (setup_context, generated vmap rule) so that population mode can vmap and
-    torch.func.grad it."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x, weight, bias, feedback):
-        return F.linear(x, weight, bias)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, weight, bias, feedback = inputs
-        ctx.save_for_backward(x, feedback)
-        ctx.has_bias = bias is not None
-
-    @staticmethod
-    def backward(ctx, g):
-        x, feedback = ctx.saved_tensors
-        g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
-        grad_x = g @ feedback.to(g.dtype)
-        grad_w = g2.T @ x2.to(g.dtype)
-        # a learned feedback (kolen_pollack) gets the forward weight's own gradient: the same update as W
-        return grad_x, grad_w, g2.sum(0) if ctx.has_bias else None, grad_w if ctx.needs_input_grad[3] else None
-
-
-class Linear(nn.Linear):
-    """nn.Linear whose backward to its input uses `feedback` (a tensor of the weight's shape) while one is set."""
-
-    feedback: torch.Tensor | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.feedback is None:
-            return F.linear(x, self.weight, self.bias)
-        return FeedbackLinear.apply(x, self.weight, self.bias, self.feedback)
-
-
-class PhiAlpha(nn.Module):
-    """The synthetic teacher's nonlinearity (1 - alpha) z + alpha tanh(z)."""
-
-    def __init__(self, alpha: float):
-        super().__init__()
-        self.alpha = alpha
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return phi(z, self.alpha)
-
-
-ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
-
-
-def activation(cfg: ModelConfig, alpha: float) -> Callable[[], nn.Module]:
-    """The blocks' nonlinearity: `activation`, or with student_activation=teacher phi_alpha at the data's alpha."""
-    return partial(PhiAlpha, alpha) if cfg.student_activation == "teacher" else ACTIVATIONS[cfg.activation]
-
-
-class Block(nn.Module):
-    def __init__(self, d: int, hidden: int, act: Callable[[], nn.Module], w2_std: float, ln: bool = True):
-        super().__init__()
-        self.ln = nn.LayerNorm(d) if ln else nn.Identity()
-        self.w1 = Linear(d, hidden)
-        self.w2 = Linear(hidden, d)
-        self.act = act()
-        nn.init.normal_(self.w2.weight, std=w2_std)
-        nn.init.zeros_(self.w2.bias)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.w2(self.act(self.w1(self.ln(h))))
-
-
-class Layered(nn.Module):
-    """embed -> blocks -> head. Subclasses build embed and blocks, then call make_head (init order = RNG order)."""
-
-    def __init__(self, cfg: ModelConfig, alpha: float):
-        super().__init__()
-        self.make_act = activation(cfg, alpha)
-        self.residual_add = cfg.residual_add
-        self.L = cfg.L
-        self.hidden = max(1, round(cfg.mlp_ratio * cfg.d))
-        self.h_shape: tuple[int, ...] = (cfg.d,)  # of h_1..h_L
-
-    @property
-    def h_shapes(self) -> list[tuple[int, ...]]:
-        """Shape of each h_i, i = 0..L (without the batch axis)."""
-        return [self.h0_shape] + [self.h_shape] * self.L
-
-    @property
-    def h0_shape(self) -> tuple[int, ...]:
-        return self.h_shape
-
-    def make_head(self, cfg: ModelConfig, n_classes: int) -> None:
-        self.out_ln = nn.LayerNorm(cfg.d) if cfg.out_ln else nn.Identity()
-        self.readout = Linear(cfg.d, n_classes)
-
-    def pool(self, h: torch.Tensor) -> torch.Tensor:
-        """(N, *h_shape) -> (N, d)."""
-        return h.flatten(1, -2).mean(1) if h.dim() > 2 else h
-
-    def f(self, l: int, h: torch.Tensor) -> torch.Tensor:
-        """f_l(h) of block l (1-based)."""
-        return self.blocks[l - 1](h)
-
-    def step(self, l: int, h: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-        """h_l from h_{l-1} and f_l(h_{l-1})."""
-        return h + f if self.residual_add else f
-
-    def head(self, h: torch.Tensor) -> torch.Tensor:
-        return self.readout(self.pool(self.out_ln(h)))
-
-    def forward_from(self, i: int, h: torch.Tensor) -> torch.Tensor:
-        """Logits from h_i, through blocks i+1..L and the head."""
-        for l in range(i + 1, self.L + 1):
-            h = self.step(l, h, self.f(l, h))
-        return self.head(h)
-
-    def hiddens(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Connected forward: ([h_0, ..., h_L], logits)."""
-        hs = [self.embed(x)]
-        for l in range(1, self.L + 1):
-            hs.append(self.step(l, hs[-1], self.f(l, hs[-1])))
-        return hs, self.head(hs[-1])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_from(0, self.embed(x))
-
-    def block_params(self) -> list[nn.Parameter]:
-        return list(self.blocks.parameters())
-
-    def head_params(self) -> list[nn.Parameter]:
-        return list(self.out_ln.parameters()) + list(self.readout.parameters())
+from raycredit.layers import Block, Layered, Linear
 
 
 class ResMLP(Layered):
@@ -278,6 +147,61 @@ class Dense(nn.Module):
         return self.act(self.w(h))
 
 
+class Conv1d(nn.Module):
+    """A 1-D convolution of channels-last (N, T, C) maps (stride 1, zero "same" padding) written as a `Linear` on
+    each position's window of `kernel` positions: its backward to its input can use a feedback matrix like every
+    other Linear (B applied to each window's gradient, summed over the overlapping windows: the random
+    transposed kernel of feedback alignment for convolutions). Same init as nn.Conv1d (fan_in = C * kernel)."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int):
+        super().__init__()
+        self.kernel = kernel
+        self.w = Linear(c_in * kernel, c_out)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        left = (self.kernel - 1) // 2
+        windows = F.pad(h, (0, 0, left, self.kernel - 1 - left)).unfold(-2, self.kernel, 1)  # (N, T, C, kernel)
+        return self.w(windows.flatten(-2))
+
+
+class SignalStem(nn.Module):
+    """(N, C * T) flattened signals -> (N, T, d): a linear convolution of the (C, T) signal."""
+
+    def __init__(self, signal: tuple[int, int], d: int, kernel: int):
+        super().__init__()
+        self.signal = signal
+        self.conv = Conv1d(signal[0], d, kernel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.view(-1, *self.signal).transpose(1, 2))
+
+
+class ConvLayer(nn.Module):
+    def __init__(self, d: int, kernel: int, act: Callable[[], nn.Module]):
+        super().__init__()
+        self.conv = Conv1d(d, d, kernel)
+        self.act = act()
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv(h))
+
+
+class CNN1d(Layered):
+    """The module docstring's plain 1-D CNN for signals of shape (T,) or (C, T)."""
+
+    def __init__(self, cfg: ModelConfig, in_shape: tuple[int, ...], n_classes: int, alpha: float):
+        super().__init__(cfg, alpha)
+        if len(in_shape) > 2:
+            raise DataError(f"arch cnn1d needs signals of shape (T,) or (C, T), got examples of shape {in_shape}")
+        signal = (1, *in_shape) if len(in_shape) == 1 else in_shape
+        self.residual_add = False
+        self.embed = SignalStem(signal, cfg.d, cfg.kernel)
+        self.blocks = nn.ModuleList(ConvLayer(cfg.d, cfg.kernel, self.make_act) for _ in range(cfg.L))
+        self.h_shape = (signal[1], cfg.d)
+        self.out_ln = nn.Identity()
+        self.readout = Linear(cfg.d, n_classes)
+
+
 class MLP(Layered):
     """x -> L hidden layers act(W_l h + b_l) of width d -> readout: no residual, no LayerNorm (Lillicrap et al.
     2016; Nokland 2016). h_0 is the (flattened) input."""
@@ -297,7 +221,7 @@ class MLP(Layered):
         return (self.in_dim,)
 
 
-ARCHITECTURES = {"resmlp": ResMLP, "vit_mini": ViTMini, "small_cnn": SmallCNN, "mlp": MLP}
+ARCHITECTURES = {"resmlp": ResMLP, "vit_mini": ViTMini, "small_cnn": SmallCNN, "mlp": MLP, "cnn1d": CNN1d}
 
 
 def build_model(cfg: ModelConfig, in_shape: tuple[int, ...] | int, n_classes: int, alpha: float = 1.0) -> Layered:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 
@@ -29,6 +30,24 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.system)
         else:
             item.add_marker(pytest.mark.unit)
+
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Nothing in a test's own process connects beyond 127.0.0.1: datasets are made or shipped, never fetched
+    (README). Stream connections only; a UDP connect sends nothing (Ray uses one to find this host's address)."""
+    real = socket.socket.connect
+
+    def connect(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6) and self.type == socket.SOCK_STREAM \
+                and address[0] not in LOOPBACK:
+            raise OSError(f"this test tried to connect to {address[0]}: tests reach 127.0.0.1 only")
+        return real(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
 
 
 @pytest.fixture

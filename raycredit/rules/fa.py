@@ -3,14 +3,14 @@
 lillicrap (default): Lillicrap, Cownden, Tweed & Akerman 2016, "Random synaptic feedback weights support
 error backpropagation for deep learning". The error travels back through the network's own backward
 pass, except that every linear layer inside the blocks and the head sends it to its input through a
-fixed random matrix B of its weight's shape instead of W (g B in place of g W; `models.FeedbackLinear`);
+fixed random matrix B of its weight's shape instead of W (g B in place of g W; `layers.FeedbackLinear`);
 nonlinearities, LayerNorms and residual paths use their own derivatives. The credit at h_l is that
 signal, and each block's parameters follow it through the block's own (feedback) backward. On a plain
 MLP (arch=mlp) with credit_norm off this is the published rule: delta_L = e, delta_l =
 (B_{l+1} delta_{l+1}) * act'(z_l), grad W_l = delta_l h_{l-1}^T; with B = W it is backprop exactly.
 B's entries ~ N(0, feedback_scale^2 / out_features) (a variance-preserving backward). The embedding's
-own input gradient is never needed, so it has no B. Supports resmlp, mlp and vit_mini: small_cnn's
-depthwise convolution has no feedback path.
+own input gradient is never needed, so it has no B. Supports resmlp, mlp, vit_mini and cnn1d (whose
+convolutions are Linears on windows, `models.Conv1d`): small_cnn's depthwise convolution has no feedback path.
 
 reference: the reference study's block-level variant. a_L is the exact output-local gradient and
 a_l = B_l a_{l+1} with a fixed random d x d B_l (entries ~ N(0, feedback_scale^2 / d)): no local
@@ -23,7 +23,8 @@ from contextlib import contextmanager
 import torch
 
 from raycredit.errors import ConfigError
-from raycredit.models import ARCHITECTURES, Linear
+from raycredit.layers import Linear
+from raycredit.models import ARCHITECTURES
 from raycredit.rules.base import Feedback, LocalRule, dot
 
 

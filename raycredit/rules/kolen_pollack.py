@@ -5,7 +5,7 @@ without weight transport").
 fa's layer-wise form (`fa_mode` lillicrap, rules/fa.py): every linear layer inside the blocks and the head sends
 the error to its input through a matrix B of its weight's shape, which starts as fa's fixed random draw. B is
 not fixed: it receives exactly the gradient its forward weight W receives (dL/dW = delta h^T, which is local to
-the layer: `models.FeedbackLinear`), and the optimizer's `weight_decay` shrinks both alike. So B and W take the
+the layer: `layers.FeedbackLinear`), and the optimizer's `weight_decay` shrinks both alike. So B and W take the
 same steps, and what told them apart at the start decays by (1 - lr weight_decay) a step: B aligns with W (the
 W-B angle shrinks) and the credit approaches BP's. Without a decay the initial difference would stay, so the
 rule needs weight_decay > 0 (Akrout et al. train with it; `adamw` or `sgd` decay both exactly alike). B learns
@@ -42,7 +42,7 @@ class LearnedFeedback(nn.Module):
 
 
 class KolenPollack(FA):
-    architectures = ("resmlp", "mlp", "vit_mini")  # small_cnn's depthwise convolution has no feedback path
+    architectures = ("resmlp", "mlp", "vit_mini", "cnn1d")  # small_cnn's depthwise convolution has no feedback path
     defaults = {"optimizer": "adamw", "weight_decay": 5.0, "feedback_scale": 0.1}
 
     def __init__(self, cfg, model, n_classes):

@@ -20,7 +20,7 @@ from raycredit.rules.fa import FA, feedback_linears
 
 
 class SignSymmetry(FA):
-    architectures = ("resmlp", "mlp", "vit_mini")  # small_cnn's depthwise convolution has no feedback path
+    architectures = ("resmlp", "mlp", "vit_mini", "cnn1d")  # small_cnn's depthwise convolution has no feedback path
 
     def __init__(self, cfg, model, n_classes):
         LocalRule.__init__(self, cfg, model, n_classes)  # no fixed random matrices: the feedback is sign(W)
