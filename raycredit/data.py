@@ -34,6 +34,7 @@ class Data:
     y_test: torch.Tensor
     n_classes: int
     shape: tuple[int, ...] | None = None  # per-example input shape before flattening, e.g. (3, 32, 32)
+    provenance: dict | None = None  # what made the data besides its config (a generator's version), for its record
 
     @property
     def in_dim(self) -> int:
@@ -45,7 +46,7 @@ class Data:
 
     def to(self, device) -> Data:
         return Data(*(t.to(device) for t in (self.x_train, self.y_train, self.x_test, self.y_test)), self.n_classes,
-                    self.shape)
+                    self.shape, self.provenance)
 
 
 def phi(z: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -121,9 +122,12 @@ def mnist1d(cfg: DataConfig) -> Data:
     n_train examples of its shuffled set train, the next n_test test (with the defaults exactly its own split).
     Generated once per argument set and package version into a cache file (`mnist1d_cached`)."""
     n_train, n_test = cfg.n_train or MNIST1D_SIZES[0], cfg.n_test or MNIST1D_SIZES[1]
+    from importlib.metadata import version
+
     x, y = mnist1d_cached(n_train + n_test, cfg.data_seed, cache_dir(cfg))
     x, y = torch.from_numpy(x), torch.from_numpy(y)
-    return Data(x[:n_train], y[:n_train], x[n_train:n_train + n_test], y[n_train:n_train + n_test], 10, (1, 40))
+    return Data(x[:n_train], y[:n_train], x[n_train:n_train + n_test], y[n_train:n_train + n_test], 10, (1, 40),
+                {"generator": f"mnist1d {version('mnist1d')}"})
 
 
 def cache_dir(cfg: DataConfig) -> Path:

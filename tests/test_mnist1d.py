@@ -103,3 +103,23 @@ def test_an_unwritable_cache_folder_is_one_clear_line(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(DataError, match="cannot write the mnist1d cache in .*set --data-dir"):
         load_data(cfg(tmp_path / "file" / "sub"))
+
+
+def test_a_runs_dataset_input_names_the_generator_and_its_version(tmp_path):
+    import json
+    from importlib.metadata import version
+
+    from mlflow.tracking import MlflowClient
+
+    from raycredit import tracking
+    from raycredit.engine.bookkeeper import open_run
+    from raycredit.engine.trainable import SweepSettings
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    settings = SweepSettings(search="t", experiment_id=tracking.ensure_experiment(uri, "e"), tracking_uri=uri,
+                             code_version="x", cpus_per_trial=1, gpus_per_trial=0)
+    c = make_config({"dataset": "mnist1d", "data_dir": str(tmp_path), "n_train": 400, "n_test": 100})
+    run = open_run(settings, c, c.key(), "n", load_data(c.data))
+    [given] = MlflowClient(uri).get_run(run.run_id).inputs.dataset_inputs
+    assert given.dataset.name == "mnist1d"
+    assert json.loads(given.dataset.source)["generator"] == f"mnist1d {version('mnist1d')}"

@@ -258,7 +258,8 @@ def open_run(s, cfg: Config, key: str, name: str, data, tags: dict | None = None
                          **({SWEEP_TAG: s.sweep} if s.sweep else {}), **s.source_tags, **(tags or {})})
     profile = {"train": list(data.x_train.shape), "test": list(data.x_test.shape), "input_shape": list(data.in_shape),
                "targets": list(data.y_train.shape[1:]) or "class labels", "n_classes": data.n_classes}
-    source = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "random_targets"}
+    source = {**{k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "random_targets"},
+              **(data.provenance or {})}
     run.log_dataset(cfg.data.dataset, stable_hash([source, profile])[:10], source, profile)
     return run
 
