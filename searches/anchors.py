@@ -14,10 +14,20 @@ analysis/anchors.py (accuracy, deep cos, the gap to BP, the published anchors be
     python searches/anchors.py --preset paper                       # digits, seeds 0-4, 30 epochs
     python searches/anchors.py --preset paper --dataset cifar10 --data-dir ~/data/cifar10 \\
         --set d=1000 --seeds 0,1,2                                  # CIFAR-10 (the MLP gets L=2 of width 1000)
+    python searches/anchors.py --preset mnist1d                     # MNIST-1D, three architectures, seeds 0-4
+
+The mnist1d preset sets the MNIST-1D paper's baselines beside each other (Greydanus & Kobak 2024: its MLP, 40-100-
+100-10 with ReLU, and its CNN, three ReLU convolutions of 25 channels; Adam, lr 1e-2, batches of 100) on the
+package's default set (data_seed 42, 4000/1000): arch mlp (d=100, L=2, relu), cnn1d (d=25, L=2, kernel 5, relu:
+an embedding convolution and two layers; stride 1 and mean pooling where the paper's CNN strides and flattens)
+and resmlp (d=128, L=4), each with bp, frozen and fa, dfa, sign_symmetry, kolen_pollack x credit_norm {off, on},
+the reference FA on resmlp and cnn1d; 30 epochs, lr 1e-2 for every rule (kolen_pollack keeps its own adamw and
+weight_decay).
 
 Needs scikit-learn for digits (pip install 'raycredit[digits]'). Cost: smoke is 14 trials
 (docs/results/anchors.md has the measured wall time of the command that produced its table); paper
-is 70 trials of 30 digits epochs.
+is 70 trials of 30 digits epochs; mnist1d is 170 trials of 30 epochs (docs/results/anchors_mnist1d.md has the
+measured wall time).
 """
 
 import sys
@@ -37,6 +47,22 @@ def spaces(seeds: list[int]) -> dict:
                                              {**RESMLP, **reference_fa}))
 
 
+MNIST1D = {"dataset": "mnist1d", "data_seed": 42, "epochs": 30, "lr": 1e-2, "batch_size": 100, "probe_size": 256,
+           "rho_dirs": 8, "diag_every": 10, "checkpoint_every": 10}
+
+
+def mnist1d_spaces(seeds: list[int]) -> dict:
+    archs = [{"arch": ["mlp"], "d": [100], "L": [2], "activation": ["relu"]},
+             {"arch": ["cnn1d"], "d": [25], "L": [2], "kernel": [5], "activation": ["relu"]},
+             {"arch": ["resmlp"], "d": [128], "L": [4]}]
+    local = {"rule": ["fa", "dfa", "sign_symmetry", "kolen_pollack"], "credit_norm": [False, True], "seed": seeds}
+    controls = {"rule": ["bp", "frozen"], "seed": seeds}
+    reference_fa = {"rule": ["fa"], "fa_mode": ["reference"], "credit_norm": [False, True], "seed": seeds}
+    spaces = [{**a, **local} for a in archs] + [{**a, **controls} for a in archs]
+    spaces += [{**a, **reference_fa} for a in archs if a["arch"] != ["mlp"]]
+    return dict(grid=spaces[0], also=tuple(spaces[1:]))
+
+
 PRESETS = {
     "smoke": Preset(
         doc="digits, mlp d=256 L=2 tanh and resmlp d=256 L=4, fa/dfa x credit_norm + reference fa + bp/frozen, "
@@ -49,6 +75,12 @@ PRESETS = {
         doc="digits, the smoke grid over seeds 0-4, 30 epochs",
         **spaces([0, 1, 2, 3, 4]),
         fixed={"dataset": "digits", "epochs": 30, "probe_size": 256, "diag_every": 10, "checkpoint_every": 10},
+    ),
+    "mnist1d": Preset(
+        doc="MNIST-1D's default set, mlp d=100 L=2 / cnn1d d=25 L=2 / resmlp d=128 L=4: bp, frozen, fa (both modes), "
+            "dfa, sign_symmetry, kolen_pollack x credit_norm, seeds 0-4, 30 epochs at lr 1e-2",
+        **mnist1d_spaces([0, 1, 2, 3, 4]),
+        fixed=MNIST1D,
     ),
 }
 
