@@ -10,13 +10,15 @@ Sweep: 7 rules x seeds, then analysis/audit_table.py (per rule: accuracy, deep c
 Mode 1 flags, margin to the frozen baseline).
 
     python searches/audit.py --preset smoke
+    python searches/audit.py --preset mnist1d     # the same question on MNIST-1D, on 2 CPU cores
     python searches/audit.py --address auto --data-dir ~/data/cifar10
     python searches/audit.py --address auto --data-dir ~/data/cifar10 --set arch=small_cnn --set d=64 \\
         --set rule=bp   # the cross-architecture rows, one supported rule at a time
 
 Cost: smoke is 7 trials; with `--seeds 0,1` (14 trials) it took 64 s on 2 CPU cores, measured by
 `python -m pytest tests/test_searches.py -k audit_smoke --durations=3` in one local Ray instance while
-the full test suite ran beside it; paper is 21 trials of 100 CIFAR-10 epochs, not
+the full test suite ran beside it; mnist1d is 21 trials of 30 epochs (docs/results/audit_mnist1d.md has
+the measured wall time); paper is 21 trials of 100 CIFAR-10 epochs, not
 timed here (EP's relaxation adds about ep_steps forward/backward passes a step).
 """
 
@@ -35,6 +37,13 @@ PRESETS = {
                "dataset": "synthetic", "alpha": 1.0, "d": 64, "L": 4, "n_train": 1000, "n_test": 500,
                "epochs": 3, "ep_steps": 5, "probe_size": 128, "rho_dirs": 8, "diag_every": 3,
                "checkpoint_every": 2},
+    ),
+    "mnist1d": Preset(
+        doc="mnist1d (the package's default set) d=128 L=4, 7 rules x seeds 0-2, 30 epochs",
+        grid={"rule": RULES, "seed": [0, 1, 2]},
+        fixed={**REFERENCE,
+               "dataset": "mnist1d", "data_seed": 42, "d": 128, "L": 4, "epochs": 30, "batch_size": 100,
+               "probe_size": 256, "rho_dirs": 8, "diag_every": 10, "checkpoint_every": 10},
     ),
     "paper": Preset(
         doc="cifar10 d=256 L=4, 7 rules x seeds 0-2, 100 epochs",

@@ -11,12 +11,14 @@ The credit-normalization axis shows every both-fail claim with and without the r
 normalization; BP is each setting's control (a setting where BP does not beat frozen is invalid).
 
     python searches/both_fail_scan.py --preset smoke              # local Ray, synthetic data
+    python searches/both_fail_scan.py --preset mnist1d            # real data where depth matters, 2 CPU cores
     python searches/both_fail_scan.py --address auto --data-dir ~/data/cifar10   # the paper scan
     python searches/both_fail_scan.py --address auto --data-dir ~/data/cifar10 --population 10
         # the same runs, each setting's 10 seeds trained together in one trial (GPU; README)
 
 Cost: smoke is 48 trials of about 3 s of training each on the synthetic task
-(docs/PERFORMANCE.md has the measured wall time); paper is 480 trials of 100
+(docs/PERFORMANCE.md has the measured wall time); mnist1d is 108 trials of 30 MNIST-1D epochs
+(docs/results/both_fail_mnist1d.md has the measured wall time); paper is 480 trials of 100
 CIFAR-10 epochs (the reference study needed about 3 GPU-minutes a run).
 """
 
@@ -38,6 +40,13 @@ PRESETS = {
         **scan([64, 128], [2, 4], [0, 1]),
         fixed={**REFERENCE, "dataset": "synthetic", "alpha": 1.0, "n_train": 4000, "n_test": 1000, "epochs": 8,
                "probe_size": 128, "rho_dirs": 8, "diag_every": 4, "checkpoint_every": 4},
+    ),
+    "mnist1d": Preset(
+        doc="mnist1d (the package's default set), d {64,128} x L {2,4,8} x seeds 0-2, credit_norm {on,off}, "
+            "30 epochs",
+        **scan([64, 128], [2, 4, 8], [0, 1, 2]),
+        fixed={**REFERENCE, "dataset": "mnist1d", "data_seed": 42, "epochs": 30, "batch_size": 100,
+               "probe_size": 256, "rho_dirs": 8, "diag_every": 10, "checkpoint_every": 10},
     ),
     "paper": Preset(
         doc="cifar10, d {256,512} x L {2,4,8,12} x seeds 0-9, credit_norm {on,off}, 100 epochs",

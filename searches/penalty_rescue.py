@@ -8,11 +8,13 @@ Sweep: penalty_lam {0, 1e-4, 1e-3, 1e-2} x rules {dfa, fa, state_bridge, credit_
 then analysis/summary.py (accuracy, deep cos and rho per rule and lam).
 
     python searches/penalty_rescue.py --preset smoke
+    python searches/penalty_rescue.py --preset mnist1d     # the same question on MNIST-1D, on 2 CPU cores
     python searches/penalty_rescue.py --address auto --data-dir ~/data/cifar10
 
 Cost: smoke is 10 trials, 30 s on 2 CPU cores (measured by `python -m pytest
 tests/test_searches.py -k smoke_preset --durations=5` in one running local Ray
-instance, on a contended host); paper is 60 trials of 30 CIFAR-10 epochs, not
+instance, on a contended host); mnist1d is 60 trials of 30 epochs (docs/results/penalty_rescue_mnist1d.md
+has the measured wall time); paper is 60 trials of 30 CIFAR-10 epochs, not
 timed here (credit_bridge's value net makes it the slowest rule).
 """
 
@@ -30,6 +32,14 @@ PRESETS = {
         fixed={**REFERENCE,
                "dataset": "synthetic", "alpha": 1.0, "d": 64, "L": 4, "n_train": 1000, "n_test": 500,
                "epochs": 3, "probe_size": 128, "rho_dirs": 8, "diag_every": 3, "checkpoint_every": 2},
+    ),
+    "mnist1d": Preset(
+        doc="mnist1d (the package's default set) d=128 L=4, lam {0, 1e-4, 1e-3, 1e-2} x 5 rules x seeds 0-2, "
+            "30 epochs",
+        grid={"rule": RULES, "penalty_lam": [0.0, 1e-4, 1e-3, 1e-2], "seed": [0, 1, 2]},
+        fixed={**REFERENCE,
+               "dataset": "mnist1d", "data_seed": 42, "d": 128, "L": 4, "epochs": 30, "batch_size": 100,
+               "probe_size": 256, "rho_dirs": 8, "diag_every": 10, "checkpoint_every": 10},
     ),
     "paper": Preset(
         doc="cifar10 d=256 L=4, lam {0, 1e-4, 1e-3, 1e-2} x 5 rules x seeds 0-2, 30 epochs",
