@@ -10,9 +10,11 @@ from raycredit.data import load_data
 from raycredit.diagnostics import diagnose
 from raycredit.errors import ConfigError, DataError
 from raycredit.models import Conv1d, build_model
+from raycredit.population import train_population
 from raycredit.rules import RULES, build_rule, make_config
 from raycredit.train import train
 
+from test_population import MEMBERS, RULE_KNOBS, assert_same_history, final_states
 from test_rules import grads_of, hidden_backprop
 
 # vectors of 16 values are signals of one channel and 16 positions
@@ -148,3 +150,17 @@ def test_trains_with_every_supported_rule_and_the_learned_rules_refuse_it(shapes
             make_config({**SIGNALS, "rule": name})
     assert {n for n, r in RULES.items() if "cnn1d" in r.architectures} == {
         "bp", "fa", "dfa", "ep", "frozen", "sign_symmetry", "kolen_pollack"}
+
+
+@pytest.mark.parametrize("name", ["fa", "dfa", "kolen_pollack"])
+def test_a_population_of_cnn1d_members_equals_their_separate_runs(name):
+    """The vmapped population stepper handles the windowed convolutions: each member's history and weights are
+    those of its own run."""
+    cfgs = [make_config({**SIGNALS, "rule": name, **RULE_KNOBS.get(name, {}), **m}) for m in MEMBERS]
+    pop, pop_ckpts = final_states(cfgs, lambda cb: train_population(cfgs, on_epoch=cb))
+    for cfg, got, ckpt in zip(cfgs, pop, pop_ckpts, strict=True):
+        want, [want_ckpt] = final_states([cfg], lambda cb, cfg=cfg: train(
+            cfg, on_epoch=lambda e, m, fn: cb(e, [m], (lambda: [fn()]) if fn else None)))
+        assert_same_history(got["history"], want["history"])
+        for k, w in want_ckpt["model"].items():
+            torch.testing.assert_close(ckpt["model"][k], w, rtol=1e-4, atol=3e-5)
