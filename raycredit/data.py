@@ -121,9 +121,9 @@ def mnist1d(cfg: DataConfig) -> Data:
     4000 + 1000), the seed (`data_seed`; 42 is the package's default set) and the split, taken here: the first
     n_train examples of its shuffled set train, the next n_test test (with the defaults exactly its own split).
     Generated once per argument set and package version into a cache file (`mnist1d_cached`)."""
-    n_train, n_test = cfg.n_train or MNIST1D_SIZES[0], cfg.n_test or MNIST1D_SIZES[1]
     from importlib.metadata import version
 
+    n_train, n_test = cfg.n_train or MNIST1D_SIZES[0], cfg.n_test or MNIST1D_SIZES[1]
     x, y = mnist1d_cached(n_train + n_test, cfg.data_seed, cache_dir(cfg))
     x, y = torch.from_numpy(x), torch.from_numpy(y)
     return Data(x[:n_train], y[:n_train], x[n_train:n_train + n_test], y[n_train:n_train + n_test], 10, (1, 40),
@@ -174,9 +174,14 @@ def mnist1d_cached(n: int, seed: int, folder: Path) -> tuple[np.ndarray, np.ndar
         if arrays is None:
             arrays = _generate_mnist1d(args)
             tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            with open(tmp, "wb") as f:
-                np.savez(f, x=arrays[0], y=arrays[1])
-            os.replace(tmp, path)
+            try:
+                with open(tmp, "wb") as f:
+                    np.savez(f, x=arrays[0], y=arrays[1])
+                os.replace(tmp, path)
+            except OSError as e:
+                tmp.unlink(missing_ok=True)
+                raise DataError(f"cannot write the mnist1d cache in {folder} ({e.strerror}): free space there or "
+                                "set --data-dir to another folder") from None
         return arrays
     finally:
         os.close(fd)

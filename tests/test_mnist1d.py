@@ -123,3 +123,15 @@ def test_a_runs_dataset_input_names_the_generator_and_its_version(tmp_path):
     [given] = MlflowClient(uri).get_run(run.run_id).inputs.dataset_inputs
     assert given.dataset.name == "mnist1d"
     assert json.loads(given.dataset.source)["generator"] == f"mnist1d {version('mnist1d')}"
+
+
+def test_a_cache_write_that_fails_is_one_clear_line_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(data_mod.np, "savez", full)
+    with pytest.raises(DataError, match="cannot write the mnist1d cache in .*No space left on device.*free space"):
+        load_data(cfg(tmp_path))
+    assert not [p for p in tmp_path.iterdir() if p.suffix in (".npz", ".tmp")]
