@@ -89,7 +89,7 @@ def fitted_readout(x_tr: torch.Tensor, y_tr: torch.Tensor, x_te: torch.Tensor, y
         w, b = solve(x_tr, y_tr, classes, l2)
     with torch.enable_grad():
         w, b = w.detach().requires_grad_(), b.detach().requires_grad_()
-        train = task_loss(x_tr @ w + b, y_tr.double() if y_tr.is_floating_point() else y_tr) + 0.5 * l2 * w.pow(2).sum()
+        train = objective(x_tr, y_tr.double() if y_tr.is_floating_point() else y_tr, w, b, l2)
         grad = torch.cat([g.flatten() for g in torch.autograd.grad(train, [w, b])]).abs().max()
     with torch.no_grad():
         z = x_te @ w + b
@@ -98,9 +98,9 @@ def fitted_readout(x_tr: torch.Tensor, y_tr: torch.Tensor, x_te: torch.Tensor, y
                 "fit_train_loss": train.item(), "fit_grad_max": grad.item()}
 
 
-def penalized_loss(xb: torch.Tensor, y: torch.Tensor, theta: torch.Tensor, l2: float) -> torch.Tensor:
-    """The cross-entropy objective at theta = [W; b] (features + 1, classes) on xb = [x, 1]."""
-    return task_loss(xb @ theta, y) + 0.5 * l2 * theta[:-1].pow(2).sum()
+def objective(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, l2: float) -> torch.Tensor:
+    """The module docstring's objective: mean task loss of the readout (W, b) + l2 / 2 ||W||^2."""
+    return task_loss(x @ w + b, y) + 0.5 * l2 * w.pow(2).sum()
 
 
 def newton(x: torch.Tensor, y: torch.Tensor, classes: int, l2: float,
@@ -130,11 +130,12 @@ def newton(x: torch.Tensor, y: torch.Tensor, classes: int, l2: float,
         hess = torch.block_diag(*torch.einsum("na,ni,nj->aij", p, sub, sub)) - z.T @ z
         hess = hess / len(sub) + torch.diag(pen.flatten().repeat(classes)) + shift
         step = -torch.linalg.solve(hess, grad.T.flatten()).reshape(classes, p_dim).T
-        value, slope, t = penalized_loss(xb, y, theta, l2), (grad * step).sum(), 1.0
+        value, slope, t = objective(x, y, theta[:-1], theta[-1], l2), (grad * step).sum(), 1.0
         # Armijo backtracking; once the predicted decrease is below float64's resolution of the loss, the full
         # step (the quadratic regime)
         while (-slope > 1e-15 * value.abs() and t > 1e-10
-               and penalized_loss(xb, y, theta + t * step, l2) > value + 1e-4 * t * slope):
+               and objective(x, y, theta[:-1] + t * step[:-1], theta[-1] + t * step[-1], l2)
+               > value + 1e-4 * t * slope):
             t /= 2
         theta = theta + t * step
     return theta[:-1].clone(), theta[-1].clone()
@@ -148,12 +149,12 @@ def lbfgs(x: torch.Tensor, y: torch.Tensor, classes: int, l2: float) -> tuple[to
     opt = torch.optim.LBFGS([w, b], lr=1, max_iter=FIT_ITERS, tolerance_grad=FIT_TOL, tolerance_change=0,
                             history_size=20, line_search_fn="strong_wolfe")
 
-    def objective():
+    def closure():
         opt.zero_grad()
-        value = task_loss(x @ w + b, y) + 0.5 * l2 * w.pow(2).sum()
+        value = objective(x, y, w, b, l2)
         value.backward()
         return value
 
     with torch.enable_grad():
-        opt.step(objective)
+        opt.step(closure)
     return w.detach(), b.detach()
