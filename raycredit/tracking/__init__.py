@@ -39,6 +39,7 @@ from raycredit.tracking.runs import (  # noqa: E402
     TERMINAL,
     TrialRun,
     close_stale_runs,
+    experiment_facts,
     finished_keys,
     kept_checkpoint,
     metric_history,
@@ -76,7 +77,8 @@ __all__ = ["ATTEMPT_TAG", "DEVICE_TAG", "KEPT_ARTIFACT", "LOCK_MODEL_PREFIX", "N
            "SEARCHED_TAG", "STOPPED_EARLY_TAG", "STORE_TOKEN_TAG", "SUMMARY_TAG", "SWEEP_TAG", "TERMINAL",
            "TRACKING_SCHEMES", "TrialRun", "artifact_folder", "check_tracking_uri", "close_stale_runs",
            "create_sqlite_store", "default_tracking_uri", "ensure_experiment", "existing_experiment",
-           "existing_store", "experiment_id", "finished_keys", "full_store_error", "kept_checkpoint", "load_runs",
+           "existing_store", "experiment_facts", "experiment_id", "finished_keys", "full_store_error",
+           "kept_checkpoint", "load_runs",
            "lock_prefix", "metric_history", "metrics_at", "normalize_uri", "parent_run_id", "record_summary",
            "redact", "run_checkpoint", "run_epochs", "run_experiment_name", "run_link", "running_keys",
            "server_lock", "store_token", "sweep_runs"]

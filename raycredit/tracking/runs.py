@@ -144,9 +144,10 @@ class TrialRun:
 
 
 def record_summary(uri: str, experiment_id: str, *, key: str, name: str, params: dict, metrics: dict,
-                   tags: dict, note: str | None = None, files: tuple[Path, ...] = ()) -> str:
+                   tags: dict, note: str | None = None, files: tuple[Path, ...] = (), update: bool = False) -> str:
     """Create (once per key) a FINISHED run that records a search's result, with `files` as artifacts under
-    results/ (replaced when the run exists already); returns its run id."""
+    results/ (replaced when the run exists already); returns its run id. `update`: an existing run gets the
+    metrics (as a new step), tags and note again."""
     from mlflow.entities import Metric, Param, RunTag
 
     client = get_client(uri)
@@ -156,12 +157,17 @@ def record_summary(uri: str, experiment_id: str, *, key: str, name: str, params:
         run_id = found[0].info.run_id if found else retry(lambda: client.create_run(
             experiment_id, run_name=name,
             tags={**{k: str(v) for k, v in tags.items()}, RUN_KEY_TAG: key, SUMMARY_TAG: "1"})).info.run_id
+    ts = int(time.time() * 1000)
     if not found:
-        ts = int(time.time() * 1000)
         retry(lambda: client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()],
                                         metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()],
                                         tags=[RunTag("mlflow.note.content", note or f"best config of {name}")]))
         retry(lambda: client.set_terminated(run_id, "FINISHED"))
+    elif update:
+        step = len(client.get_metric_history(run_id, next(iter(metrics)))) if metrics else 0
+        retry(lambda: client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()],
+                                        tags=[RunTag(k, str(v)) for k, v in tags.items()]
+                                        + [RunTag("mlflow.note.content", note or "")]))
     for f in files:
         retry(lambda f=f: client.log_artifact(run_id, str(f), artifact_path="results"))
     return run_id
@@ -296,3 +302,17 @@ def metrics_at(uri: str, run_id: str, step: int) -> dict[str, float]:
         if values:
             out[key] = values[-1]
     return out
+
+
+def experiment_facts(uri: str, experiment_id: str) -> dict[str, set[str]]:
+    """What an experiment's finished runs were made of, for a manifest: their code versions, devices, nodes and
+    training datasets (name@digest)."""
+    facts: dict[str, set[str]] = {"code": set(), "device": set(), "node": set(), "data": set()}
+    for r in _runs(uri, experiment_id, "FINISHED"):
+        if SUMMARY_TAG in r.data.tags:
+            continue
+        for key, tag in (("code", "code_version"), ("device", DEVICE_TAG), ("node", NODE_TAG)):
+            if tag in r.data.tags:
+                facts[key].add(r.data.tags[tag])
+        facts["data"] |= {f"{d.dataset.name}@{d.dataset.digest}" for d in (r.inputs.dataset_inputs if r.inputs else [])}
+    return facts

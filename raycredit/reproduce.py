@@ -1,0 +1,208 @@
+"""One command reproduces the reference study: its searches as the stages of one resumable driver, then the
+verdicts (analysis/verify.py) over what they logged.
+
+A stage is one search script run with one of its presets into the experiment `<prefix>-<stage>` (prefix:
+`reproduce-<preset>`); stages run in the preset's order, and each search runs its own lineage stages (trunks
+before branches). Re-running the same command skips the stages whose every run has finished and resumes the
+others (each search's own guarantees: nothing trains twice); Ctrl-C or a killed driver at any point loses
+nothing. The driver starts no Ray itself: each stage's search does, as it would alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from raycredit.errors import UserError
+from raycredit.flags import OneLineParser, add_tracking_uri
+
+SEARCHES = Path(__file__).resolve().parents[1] / "searches"
+INTERRUPTED = 130
+SMOKE_LABEL = "smoke scale — checks the machinery, not the science"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A search (searches/<search>.py) run with its `preset` and extra flags (`args`, e.g. more seeds)."""
+
+    search: str
+    preset: str
+    args: tuple[str, ...] = ()
+
+
+def load_search(name: str):
+    path = SEARCHES / f"{name}.py"
+    if not path.is_file():
+        raise UserError(f"stage {name!r}: no search script {path} (raycredit reproduce needs the repository's "
+                        "searches/ folder: an editable install, `pip install -e .`)")
+    spec = importlib.util.spec_from_file_location(f"search_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def parser(doc: str, presets: dict[str, list[Stage]]) -> argparse.ArgumentParser:
+    p = OneLineParser(prog="reproduce.py", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=list(presets), default="smoke", help="the stages' size (default smoke)")
+    p.add_argument("--list", action="store_true", help="print the stages with their trial counts and exit")
+    p.add_argument("--only", help="comma-separated stages to run (default: all)")
+    p.add_argument("--skip", help="comma-separated stages not to run")
+    p.add_argument("--experiment", help="prefix of the stages' MLflow experiments (default reproduce-<preset>)")
+    add_tracking_uri(p)
+    p.add_argument("--storage", default="ray_results", help="Ray Tune storage path (shared on multi-node clusters)")
+    p.add_argument("--out", help="report folder (default reports/<prefix>)")
+    p.add_argument("--address", help="Ray cluster: host:port or 'auto' (default: a new local instance per stage)")
+    p.add_argument("--data-dir", help="dataset folder (cifar) for the stages that read one")
+    p.add_argument("--gpus-per-trial", type=float, default=0.25, help="fractional GPUs per trial (default 0.25)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a claim is CONTRADICTED")
+    p.add_argument("-v", "--verbose", action="store_true", help="the searches' verbose output")
+    return p
+
+
+@dataclass(frozen=True)
+class Planned:
+    name: str
+    stage: Stage
+    module: object
+    configs: list
+    argv: list[str]
+
+    def epochs(self) -> int:
+        """Epochs trained: a branch trains from its parent's epoch on."""
+        return sum(max(0, c.train.epochs - (c.lineage.parent_epoch if c.lineage.parent_run else 0))
+                   for c in self.configs)
+
+
+def chosen(names: list[str], only: str | None, skip: str | None) -> list[str]:
+    picked = names
+    for flag, value in (("--only", only), ("--skip", skip)):
+        if value is None:
+            continue
+        given = [s.strip() for s in value.split(",") if s.strip()]
+        unknown = [s for s in given if s not in names]
+        if unknown or not given:
+            raise UserError(f"{flag} {value!r}: unknown stage {unknown[0] if unknown else '(none)'}; the stages: "
+                            + ", ".join(names))
+        picked = [s for s in picked if (s in given) == (flag == "--only")]
+    return picked
+
+
+def plan(args, presets: dict[str, list[Stage]], prefix: str, out: Path) -> list[Planned]:
+    """Every chosen stage's configs, validated (bad input: UserError before anything runs)."""
+    from raycredit.data import check_data
+    from raycredit.flags import overrides_from, search_parser
+    from raycredit.search import expand
+
+    stages = {s.search: s for s in presets[args.preset]}
+    out_plan = []
+    for name in chosen(list(stages), args.only, args.skip):
+        stage = stages[name]
+        module = load_search(name)
+        argv = ["--preset", stage.preset, *stage.args, "--experiment", f"{prefix}-{name}",
+                "--storage", args.storage, "--out", str(out / name), "--gpus-per-trial", str(args.gpus_per_trial),
+                "--cpus-per-trial", str(args.cpus_per_trial)]
+        for flag, value in (("--tracking-uri", args.tracking_uri), ("--address", args.address),
+                            ("--data-dir", args.data_dir)):
+            if value is not None:
+                argv += [flag, value]
+        if args.verbose:
+            argv.append("-v")
+        parsed = search_parser(name, module.__doc__, module.PRESETS, stage.preset).parse_args(argv)
+        configs = expand(module.PRESETS[stage.preset], overrides_from(parsed))
+        for data_cfg in {c.data for c in configs}:
+            check_data(data_cfg)
+        out_plan.append(Planned(name, stage, module, configs, argv))
+    return out_plan
+
+
+def epoch_cost(p: Planned, uri: str, prefix: str) -> tuple[float, str]:
+    """Seconds per trained epoch of a stage: from its finished runs in the store when there are any, else one
+    epoch of its first trunk config trained here."""
+    from raycredit import tracking
+    from raycredit.tracking.results import results
+
+    if tracking.existing_experiment(uri, f"{prefix}-{p.name}") is not None:
+        done = results(f"{prefix}-{p.name}", uri)
+        if not done.empty and "time_s" in done:
+            start = done["parent_epoch"].where(done["parent_run"].astype(str) != "", 0).fillna(0)
+            trained = (done["epoch"] - start).clip(lower=1)
+            return float((done["time_s"] / trained).mean()), f"measured on {len(done)} finished runs"
+    from raycredit.rules import make_config
+    from raycredit.train import train
+
+    first = next(c for c in p.configs if not c.lineage.parent_run)
+    cfg = make_config({**first.flat(), "epochs": 1})
+    t0 = time.perf_counter()
+    train(cfg)
+    return time.perf_counter() - t0, f"one epoch of {first.rule.rule} timed here"
+
+
+def print_plan(planned: list[Planned], uri: str, prefix: str, estimate: bool) -> None:
+    total = 0.0
+    print(f"{'stage':<22}{'search preset':<16}{'trials':>7}{'epochs':>8}" + ("   estimate" if estimate else ""))
+    for p in planned:
+        line = f"{p.name:<22}{p.stage.preset:<16}{len(p.configs):>7}{p.epochs():>8}"
+        if estimate:
+            per_epoch, how = epoch_cost(p, uri, prefix)
+            total += per_epoch * p.epochs()
+            line += f"   {per_epoch * p.epochs() / 60:6.1f} trial-min ({per_epoch:.2f} s/epoch, {how})"
+        print(line, flush=True)
+    if estimate:
+        print(f"estimated cost: {total / 3600:.2f} trial-hours on this machine (an estimate: per-epoch costs "
+              "differ between rules; trials run side by side as Ray's resources allow)", flush=True)
+
+
+def run_stage(p: Planned, uri: str, prefix: str) -> int:
+    """Run one stage's search (or skip it when every run has finished); its exit code."""
+    from raycredit import tracking
+
+    found = tracking.existing_experiment(uri, f"{prefix}-{p.name}")
+    if found is not None and {c.key() for c in p.configs} <= tracking.finished_keys(uri, found[0]):
+        print(f"stage {p.name}: all {len(p.configs)} runs finished; not run again", flush=True)
+        return 0
+    print(f"stage {p.name}: searches/{p.name}.py {' '.join(p.argv)}", flush=True)
+    return p.module.main(p.argv)
+
+
+def main(doc: str, presets: dict[str, list[Stage]], argv: list[str] | None = None) -> int:
+    args = parser(doc, presets).parse_args(argv)
+    from raycredit import tracking
+
+    prefix = args.experiment or f"reproduce-{args.preset}"
+    out = Path(args.out or Path("reports") / prefix)
+    try:
+        uri = tracking.normalize_uri(args.tracking_uri)
+        planned = plan(args, presets, prefix, out)
+        if args.list:
+            print_plan(planned, uri, prefix, estimate=False)
+            return 0
+        print(f"reproduce: preset {args.preset}, {len(planned)} stages into experiments {prefix}-<stage> at "
+              f"{tracking.redact(uri)}", flush=True)
+        print_plan(planned, uri, prefix, estimate=True)
+        failed = 0
+        for p in planned:
+            code = run_stage(p, uri, prefix)
+            if code in (2, INTERRUPTED):
+                if code == INTERRUPTED:
+                    print("reproduce: interrupted; re-run the same command to finish what is missing",
+                          file=sys.stderr)
+                return code
+            failed += code != 0
+        from analysis import verify
+
+        counts = verify.run(uri, prefix, str(out), preset=args.preset, stages=[p.name for p in planned])
+    except UserError as e:
+        print(f"reproduce: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("reproduce: interrupted; re-run the same command to finish what is missing", file=sys.stderr)
+        return INTERRUPTED
+    if failed:
+        print(f"reproduce: {failed} stages had failed trials (their tables miss those runs)")
+        return 1
+    return 1 if args.strict and counts.get("CONTRADICTED") else 0

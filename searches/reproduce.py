@@ -1,0 +1,36 @@
+"""Reproduce the reference study: do its findings hold here, with these rules?
+
+Every search that re-runs one of the study's tables is a stage (raycredit/reproduce.py): the audit, the
+both-fail scan, penalty rescue, the toy LQ problem, the synthetic ladder, the credit-bridge boundary ablation,
+credit recovery on a frozen snapshot, snapshot exploitability, schedules, hand-offs and scaffold blends. Then
+analysis/verify.py sets each of the study's tables (raycredit/reference/study.toml) beside ours and decides
+each of its claims: REPRODUCED, CONTRADICTED or INCONCLUSIVE by a stated test over seeds, with a manifest and
+the run ids behind every number (reports/<prefix>/reproduction_<preset>.md, also logged to MLflow).
+
+    python searches/reproduce.py --preset smoke            # every stage at toy size, 2 seeds, on CPU
+    python searches/reproduce.py --preset smoke --list     # the stages and their trial counts
+    python searches/reproduce.py --preset smoke --only audit,toy_lq
+    python searches/reproduce.py --preset paper --address auto --data-dir ~/data/cifar10
+
+Re-running the same command finishes only what is missing (stages whose runs all finished are skipped; the
+others resume). Cost: smoke is 11 stages, 2 seeds each (docs/results/reproduction_smoke.md states the
+measured wall time); paper runs every search's paper preset (CIFAR-10, the seeds' d, L, epochs and seeds)
+for a GPU cluster, not timed here.
+"""
+
+import sys
+
+from raycredit.reproduce import Stage, main
+
+# in dependency order; within a stage, its search runs trunks before branches
+SEARCHES = ["audit", "both_fail_scan", "penalty_rescue", "toy_lq", "synthetic_ladder", "warmup_tgw_ablation",
+            "snapshot_recovery", "exploitability", "schedules", "handoff", "scaffold_blend"]
+ONE_SEED_SMOKE = {"audit", "penalty_rescue", "toy_lq", "synthetic_ladder", "warmup_tgw_ablation", "scaffold_blend"}
+
+PRESETS = {
+    "smoke": [Stage(s, "smoke", ("--seeds", "0,1") if s in ONE_SEED_SMOKE else ()) for s in SEARCHES],
+    "paper": [Stage(s, "paper") for s in SEARCHES],
+}
+
+if __name__ == "__main__":
+    sys.exit(main(__doc__, PRESETS))
