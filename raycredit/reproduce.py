@@ -136,7 +136,7 @@ def epoch_cost(p: Planned, uri: str, prefix: str) -> tuple[float, str]:
     from raycredit.train import train
 
     first = next(c for c in p.configs if not c.lineage.parent_run)
-    cfg = make_config({**first.flat(), "epochs": 1})
+    cfg = make_config({**first.flat(), "epochs": 1, "keep_epochs": ""})
     t0 = time.perf_counter()
     train(cfg)
     return time.perf_counter() - t0, f"one epoch of {first.rule.rule} timed here"
@@ -169,7 +169,8 @@ def run_stage(p: Planned, uri: str, prefix: str) -> int:
     return p.module.main(p.argv)
 
 
-def main(doc: str, presets: dict[str, list[Stage]], argv: list[str] | None = None) -> int:
+def run(doc: str, presets: dict[str, list[Stage]], argv: list[str] | None = None) -> int:
+    """Entry point of searches/reproduce.py (`raycredit reproduce`); returns the exit code."""
     args = parser(doc, presets).parse_args(argv)
     from raycredit import tracking
 

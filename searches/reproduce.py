@@ -20,7 +20,7 @@ for a GPU cluster, not timed here.
 
 import sys
 
-from raycredit.reproduce import Stage, main
+from raycredit.reproduce import Stage, run
 
 # in dependency order; within a stage, its search runs trunks before branches
 SEARCHES = ["audit", "both_fail_scan", "penalty_rescue", "toy_lq", "synthetic_ladder", "warmup_tgw_ablation",
@@ -32,5 +32,11 @@ PRESETS = {
     "paper": [Stage(s, "paper") for s in SEARCHES],
 }
 
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(__doc__, PRESETS, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main(__doc__, PRESETS))
+    sys.exit(main())
