@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_tracking_uri(dg)
     dg.add_argument("--data-dir", help="where the run's dataset is on this machine (cifar, npz), if moved")
     dg.add_argument("--null-draws", type=int, default=5, help="fresh feedback draws for the null calibration")
+    for name, what in (("reproduce", "reproduce the reference study: searches/reproduce.py (its flags: --help)"),
+                       ("verify", "the reproduction's report and verdicts from the store: analysis/verify.py")):
+        sub.add_parser(name, help=what)
     return p
 
 
@@ -181,7 +184,30 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(argv: list[str]) -> int:
+    from raycredit.reproduce import load_search
+
+    try:
+        return load_search("reproduce").main(argv)
+    except UserError as e:
+        print(f"raycredit: error: {e}", file=sys.stderr)
+        return 2
+
+
+def cmd_verify(argv: list[str]) -> int:
+    from analysis import verify
+
+    return verify.main(argv)
+
+
+# their flags are their scripts' own: everything after the command's name is passed on unparsed
+PASSED_ON = {"reproduce": cmd_reproduce, "verify": cmd_verify}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in PASSED_ON:
+        return PASSED_ON[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return {"train": cmd_train, "diagnose": cmd_diagnose}[args.command](args)

@@ -169,8 +169,10 @@ def run_stage(p: Planned, uri: str, prefix: str) -> int:
     return p.module.main(p.argv)
 
 
-def run(doc: str, presets: dict[str, list[Stage]], argv: list[str] | None = None) -> int:
-    """Entry point of searches/reproduce.py (`raycredit reproduce`); returns the exit code."""
+def run(doc: str, presets: dict[str, list[Stage]], verify, argv: list[str] | None = None) -> int:
+    """Entry point of searches/reproduce.py (`raycredit reproduce`); returns the exit code. `verify(tracking uri,
+    prefix, report folder, preset=, stages=)` writes the report once every stage has run and returns the count of
+    each verdict (analysis/verify.py's `run`)."""
     args = parser(doc, presets).parse_args(argv)
     from raycredit import tracking
 
@@ -185,7 +187,7 @@ def run(doc: str, presets: dict[str, list[Stage]], argv: list[str] | None = None
         print(f"reproduce: preset {args.preset}, {len(planned)} stages into experiments {prefix}-<stage> at "
               f"{tracking.redact(uri)}", flush=True)
         print_plan(planned, uri, prefix, estimate=True)
-        failed = 0
+        failed, t0 = 0, time.perf_counter()
         for p in planned:
             code = run_stage(p, uri, prefix)
             if code in (2, INTERRUPTED):
@@ -194,9 +196,9 @@ def run(doc: str, presets: dict[str, list[Stage]], argv: list[str] | None = None
                           file=sys.stderr)
                 return code
             failed += code != 0
-        from analysis import verify
-
-        counts = verify.run(uri, prefix, str(out), preset=args.preset, stages=[p.name for p in planned])
+        counts = verify(uri, prefix, str(out), preset=args.preset, stages=[p.name for p in planned])
+        print(f"reproduce: {len(planned)} stages and the verdicts in {(time.perf_counter() - t0) / 60:.1f} min "
+              "(this command's wall time)")
     except UserError as e:
         print(f"reproduce: error: {e}", file=sys.stderr)
         return 2

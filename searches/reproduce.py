@@ -20,6 +20,7 @@ for a GPU cluster, not timed here.
 
 import sys
 
+from analysis import verify
 from raycredit.reproduce import Stage, run
 
 # in dependency order; within a stage, its search runs trunks before branches
@@ -33,9 +34,8 @@ PRESETS = {
 }
 
 
-
 def main(argv: list[str] | None = None) -> int:
-    return run(__doc__, PRESETS, argv)
+    return run(__doc__, PRESETS, verify.run, argv)
 
 
 if __name__ == "__main__":

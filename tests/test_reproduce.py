@@ -1,0 +1,115 @@
+"""searches/reproduce.py: its plan and bad input (no Ray), and a shrunk reproduction killed twice at random
+points that finishes every run once, with the numbers of an uninterrupted run and one report."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mlflow_checks import assert_one_complete_run_per_trial, runs_of
+from searches_loader import ROOT, load_search
+
+
+def test_list_prints_every_stage_with_its_trials_and_starts_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_search("reproduce").main(["--preset", "smoke", "--list"]) == 0
+    out = capsys.readouterr().out
+    for stage, trials in (("audit", 14), ("both_fail_scan", 48), ("toy_lq", 8), ("handoff", 26)):
+        line = next(x for x in out.splitlines() if x.startswith(stage + " "))
+        assert line.split()[1:3] == ["smoke", str(trials)], line
+    assert not list(tmp_path.iterdir())  # no store, no storage, no report
+
+
+@pytest.mark.parametrize("flag", ["--only", "--skip"])
+def test_an_unknown_stage_exits_2_naming_the_stages(flag, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_search("reproduce").main(["--preset", "smoke", flag, "audit,nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown stage nope; the stages: audit, both_fail_scan," in err[0], err
+    assert not list(tmp_path.iterdir())
+
+
+DRIVER = '''
+import sys
+from analysis import verify
+from raycredit.reproduce import Stage, run
+PRESETS = {"smoke": [Stage("toy_lq", "smoke", ("--seeds", "0,1", "--epochs", "4")),
+                     Stage("scaffold_blend", "smoke", ("--seeds", "0,1", "--epochs", "3", "--set", "n_train=500"))]}
+sys.exit(run("a shrunk reproduction", PRESETS, verify.run))
+'''
+
+
+def finished(uri: str, experiment: str) -> int:
+    try:
+        _, runs = runs_of(uri, experiment)
+    except Exception:  # the store or the experiment may not exist yet
+        return 0
+    return sum(r.info.status == "FINISHED" for r in runs)
+
+
+@pytest.mark.system
+def test_a_reproduction_killed_twice_at_random_points_finishes_every_run_once(tmp_path):
+    """SIGKILL of the driver once k1 runs of the first stage have finished and once k2 of the second have (k1,
+    k2 drawn at random); the same command then skips the finished stage, finishes the other, and writes the
+    report. Every run exists once with every epoch once, their numbers are those of uninterrupted training,
+    and the report's tables are what verify.py derives from the store again."""
+    import torch
+
+    from analysis import verify
+    from raycredit.search import expand
+    from raycredit.tracking import RUN_KEY_TAG
+    from raycredit.train import train
+
+    (tmp_path / "driver.py").write_text(DRIVER)
+    uri = f"sqlite:///{tmp_path / 'mlflow_runs' / 'mlflow.db'}"
+    cmd = [sys.executable, str(tmp_path / "driver.py"), "--preset", "smoke", "--tracking-uri", uri,
+           "--gpus-per-trial", "0"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    seed = time.time_ns()
+    rng = random.Random(seed)
+    for experiment, k in (("reproduce-smoke-toy_lq", rng.randint(1, 6)), ("reproduce-smoke-scaffold_blend",
+                                                                          rng.randint(1, 8))):
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+        deadline = time.time() + 300
+        while finished(uri, experiment) < k:
+            assert proc.poll() is None and time.time() < deadline, (seed, k, proc.communicate()[1][-3000:])
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (seed, done.stdout[-3000:], done.stderr[-3000:])
+    assert "stage toy_lq: all 8 runs finished; not run again" in done.stdout, (seed, done.stdout[-3000:])
+    assert_one_complete_run_per_trial(uri, "reproduce-smoke-toy_lq", 8, 4)
+    assert_one_complete_run_per_trial(uri, "reproduce-smoke-scaffold_blend", 10, 3)
+
+    _, runs = runs_of(uri, "reproduce-smoke-toy_lq")
+    by_key = {r.data.tags[RUN_KEY_TAG]: r for r in runs}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the trials (cpus_per_trial=1)
+    try:
+        for cfg in expand(load_search("toy_lq").PRESETS["smoke"], {"seed": [0, 1], "epochs": 4})[:3]:
+            expected = train(cfg)["final"]
+            assert expected["train_loss"] == expected["train_loss"]  # toy_lq has a loss, no accuracy (NaN)
+            for name in ("train_loss", "test_loss", "deep_cos", "deep_rho"):
+                assert by_key[cfg.key()].data.metrics[name] == pytest.approx(expected[name], rel=1e-9, abs=1e-12,
+                                                                                  nan_ok=True)
+    finally:
+        torch.set_num_threads(threads)
+
+    report = (tmp_path / "reports" / "reproduce-smoke" / "reproduction_smoke.md").read_text()
+    assert "claims reproduced" in report and "smoke scale — checks the machinery, not the science" in report
+    assert "## 001-5: Toy LQ" in report and "| State Bridge | Costate Cosine | 0.945 ± 0.002 |" in report
+    verify.run(uri, "reproduce-smoke", str(tmp_path / "again"), preset="smoke", stages=["toy_lq", "scaffold_blend"])
+    again = (tmp_path / "again" / "reproduction_smoke.md").read_text()
+    assert again.split("## Manifest")[0] == report.split("## Manifest")[0]
+    client, parent = runs_of(uri, "reproduce-smoke")
+    [summary] = parent
+    assert [a.path for a in client.list_artifacts(summary.info.run_id, "results")] == [
+        "results/reproduction_smoke.csv", "results/reproduction_smoke.md"]
+    assert not list(Path(tmp_path / "ray_results").glob("*/checkpoints/*/checkpoint.pt"))
