@@ -66,7 +66,8 @@ def setting(runs: pd.DataFrame) -> str:
     return ", ".join(parts)
 
 
-def table_section(t: Table, runs: pd.DataFrame, s: Study, cells: dict, verdicts: dict, label: str) -> list[str]:
+def table_section(t: Table, runs: pd.DataFrame, s: Study, cells: dict, verdicts: dict, label: str,
+                  folder: Path) -> list[str]:
     lines = [f"## {t.id}: {t.title}", "", f"Seeds ({t.seed}): {t.setting}.  "]
     ids = {r for key in t.measured() for rs in cells[(t.id, *key)].runs.values() for r in rs}
     used = runs[runs["run_id"].isin(ids)] if not runs.empty else runs
@@ -78,6 +79,9 @@ def table_section(t: Table, runs: pd.DataFrame, s: Study, cells: dict, verdicts:
         mean, _, n = m.summary()
         delta = fmt(mean - ref.value) if n and ref.value is not None else "–"
         lines.append(f"| {row} | {column} | {ref.text()} | {ours(m)} | {delta} |")
+    plots = sorted((folder / t.stage).glob("*.png"))  # what the stage's search drew (the driver's --out/<stage>)
+    if plots:
+        lines += ["", f"Plots of the stage, beside this report in `{t.stage}/`: " + ", ".join(p.name for p in plots)]
     lines.append("")
     for c in s.claims_of(t.id):
         v = verdicts[c.id]
@@ -144,7 +148,8 @@ def run(tracking_uri: str | None, prefix: str, out: str, *, preset: str = "",
             "the claim says so; TOST for ≈; each pair of an ordering), without correction across claims; fewer than "
             "2 seeds on a side leave a claim INCONCLUSIVE. \"seeds\" is the reference study's number, \"ours\" the "
             "mean ± sample std (ddof=1) over our seeds, Δ = ours − seeds.", ""]
-    body = [line for t in tables for line in table_section(t, runs[t.stage], s, cells, verdicts, label)]
+    folder = Path(out)
+    body = [line for t in tables for line in table_section(t, runs[t.stage], s, cells, verdicts, label, folder)]
     rest = [f"- {t.id} ({t.seed}) {t.title}: {t.note or 'its stage was not run'}" for t in s.tables.values()
             if t not in tables]
     sources = ["## Source map", "", "| table | cell | seed: run ids |", "|---|---|---|"]
@@ -153,7 +158,6 @@ def run(tracking_uri: str | None, prefix: str, out: str, *, preset: str = "",
                 for (tid, row, col), m in cells.items() if m.runs]
     text = "\n".join([*head, *body, "## Tables not measured here", "", *rest, "",
                       *manifest(uri, prefix, stages, runs), *sources]) + "\n"
-    folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     name = f"reproduction_{preset or prefix}"
     (folder / f"{name}.md").write_text(text)

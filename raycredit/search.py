@@ -26,9 +26,10 @@ from raycredit.knobs import stable_hash
 from raycredit.lineage import Branch, check_lineage, lineage_levels, with_branches
 from raycredit.rules import make_config
 
-# The reference study's design choices, off by default (the defaults are the published algorithms): every
-# preset that replicates the reference study sets them explicitly.
+# the reference study's design choices, off by default (the published algorithms): replicating presets set them
 REFERENCE = {"credit_norm": True, "fa_mode": "reference"}
+# the study's CIFAR-10 setting (d=256 L=4) scaled to MNIST-1D (the package's default set) on 2 CPU cores
+MNIST1D = dict(dataset="mnist1d", data_seed=42, d=128, L=4, batch_size=100, probe_size=256, rho_dirs=8)
 
 
 @dataclass(frozen=True)

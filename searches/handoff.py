@@ -18,16 +18,17 @@ alpha decayed to 0). Branches with a prefit train P more epochs, so that every m
 analysis/lineage.py handoff.
 
     python searches/handoff.py --preset smoke
+    python searches/handoff.py --preset mnist1d   # MNIST-1D, 2 CPU cores
     python searches/handoff.py --address auto --data-dir ~/data/cifar10
 
-Cost: smoke is 2 trunks and 24 branches of 8-10 epochs on synthetic data (docs/PERFORMANCE.md); paper is 3
-trunks and 3 x (3 x 4 + 9) branches of 100 (+60 prefit) CIFAR-10 epochs, not timed here.
-"""
+Cost: mnist1d is 39 trials (a stage of reproduce.py --preset mnist1d, not yet timed); smoke is 2 trunks and 24
+branches of 8-10 epochs on synthetic data (docs/PERFORMANCE.md); paper is 3 trunks and 3 x (3 x 4 + 9) branches of
+100 (+60 prefit) CIFAR-10 epochs, not timed here."""
 
 import sys
 
 from analysis import lineage
-from raycredit.search import REFERENCE, Branch, Preset, run_search
+from raycredit.search import MNIST1D, REFERENCE, Branch, Preset, run_search
 
 DISSECTION = [{"aux_kind": k} for k in ("random_trainable", "shuffled_trainable", "zero_target", "time_only",
                                         "constant_input", "gaussian_noise", "perlayer_vector")] + [
@@ -60,6 +61,13 @@ PRESETS = {
                "n_test": 500, "epochs": 8, "probe_size": 128, "rho_dirs": 8, "diag_every": 4,
                "checkpoint_every": 4},
         branches=handoff([2], [0.5, 0.75, 1.0], prefit=2, dissect_at=[2]),
+    ),
+    "mnist1d": Preset(
+        doc="mnist1d d=128 L=4, dfa trunk 20 epochs, seeds 0-2, t0=2: Vec prefit 10 epochs then alpha {0.5, 0.75, "
+            "1}, and the 9 auxiliaries of 10A at alpha 0.75",
+        grid={"rule": ["dfa"], "seed": [0, 1, 2]},
+        fixed={**REFERENCE, **MNIST1D, "epochs": 20, "diag_every": 10, "checkpoint_every": 2},
+        branches=handoff([2], [0.5, 0.75, 1.0], prefit=10, dissect_at=[2]),
     ),
     "paper": Preset(
         doc="cifar10 d=256 L=4, dfa trunk 100 epochs, seeds 0-2, t0 {1,5,10}: Vec prefit 60 epochs then alpha "

@@ -28,8 +28,13 @@ SEARCHES = ["audit", "both_fail_scan", "penalty_rescue", "toy_lq", "synthetic_la
             "snapshot_recovery", "exploitability", "schedules", "handoff", "scaffold_blend"]
 ONE_SEED_SMOKE = {"audit", "penalty_rescue", "toy_lq", "synthetic_ladder", "warmup_tgw_ablation", "scaffold_blend"}
 
+# mnist1d: the study's CIFAR-10 stages on MNIST-1D, the synthetic ones at the "cpu" size, the toy LQ as the seeds ran it
+MNIST1D = {"audit": "mnist1d", "both_fail_scan": "mnist1d", "penalty_rescue": "mnist1d", "toy_lq": "paper",
+           "synthetic_ladder": "cpu", "warmup_tgw_ablation": "cpu"}
+
 PRESETS = {
     "smoke": [Stage(s, "smoke", ("--seeds", "0,1") if s in ONE_SEED_SMOKE else ()) for s in SEARCHES],
+    "mnist1d": [Stage(s, MNIST1D.get(s, "mnist1d")) for s in SEARCHES],
     "paper": [Stage(s, "paper") for s in SEARCHES],
 }
 

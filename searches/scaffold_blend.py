@@ -12,19 +12,19 @@ same seeds, then analysis/summary.py. Scaffold runs hand over from DFA after
 5% of the epochs (the seeds' t0=5 of 100).
 
     python searches/scaffold_blend.py --preset smoke
+    python searches/scaffold_blend.py --preset mnist1d   # MNIST-1D, 2 CPU cores
     python searches/scaffold_blend.py --address auto --data-dir ~/data/cifar10
 
-Cost: smoke is 5 trials, 22 s on 2 CPU cores (measured by `python -m pytest
-tests/test_searches.py -k smoke_preset --durations=5` in one running local Ray
-instance, on a contended host); paper is 99 trials of 100 CIFAR-10 epochs, not
-timed here (the vector-field kinds add about (L+1) x 2 M forward passes a step).
-"""
+Cost: mnist1d is 27 trials (a stage of reproduce.py --preset mnist1d, not yet timed); smoke is 5 trials, 22 s on 2
+CPU cores (measured by `python -m pytest tests/test_searches.py -k smoke_preset --durations=5` in one running local
+Ray instance, on a contended host); paper is 99 trials of 100 CIFAR-10 epochs, not timed here (the vector-field
+kinds add about (L+1) x 2 M forward passes a step)."""
 
 import sys
 
 from analysis import plots, summary
 from raycredit.rules.scaffold import aux_kinds
-from raycredit.search import REFERENCE, Preset, run_search
+from raycredit.search import MNIST1D, REFERENCE, Preset, run_search
 
 AUX_KINDS = list(aux_kinds())
 
@@ -39,6 +39,14 @@ PRESETS = {
                "dataset": "synthetic", "alpha": 1.0, "d": 64, "L": 4, "n_train": 1000, "n_test": 500,
                "epochs": 5, "warmup_ratio": 0.2, "probe_size": 128, "rho_dirs": 8, "diag_every": 5,
                "checkpoint_every": 2},
+    ),
+    "mnist1d": Preset(
+        doc="mnist1d d=128 L=4, blend {0.25, 0.5, 0.75, 0.9} x aux {random_trainable, perlayer_vector} + dfa, "
+            "seeds 0-2, 20 epochs",
+        grid={"rule": ["scaffold"], "blend_alpha": [0.25, 0.5, 0.75, 0.9],
+              "aux_kind": ["random_trainable", "perlayer_vector"], "seed": [0, 1, 2]},
+        also=({"rule": ["dfa"], "seed": [0, 1, 2]},),
+        fixed={**REFERENCE, **MNIST1D, "epochs": 20, "warmup_ratio": 0.05, "diag_every": 10, "checkpoint_every": 10},
     ),
     "paper": Preset(
         doc="cifar10 d=256 L=4, blend {0.25, 0.5, 0.75, 0.9} x 8 aux kinds + dfa, seeds 0-2, 100 epochs",

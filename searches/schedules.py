@@ -13,16 +13,17 @@ vector field refit for R epochs every K blended epochs (9B), and of a continuous
 the last 1 and 2 blocks only (9C). Then analysis/lineage.py schedules: accuracy at a, at b and at the end.
 
     python searches/schedules.py --preset smoke
+    python searches/schedules.py --preset mnist1d   # MNIST-1D, 2 CPU cores
     python searches/schedules.py --address auto --data-dir ~/data/cifar10
 
-Cost: smoke is 4 trunks and 10 branches of 8 epochs on synthetic data (docs/PERFORMANCE.md); paper is 2
-trunks and 5 branches of 100 CIFAR-10 epochs per seed, not timed here.
-"""
+Cost: mnist1d is 21 trials (a stage of reproduce.py --preset mnist1d, not yet timed); smoke is 4 trunks and 10
+branches of 8 epochs on synthetic data (docs/PERFORMANCE.md); paper is 2 trunks and 5 branches of 100 CIFAR-10
+epochs per seed, not timed here."""
 
 import sys
 
 from analysis import lineage
-from raycredit.search import REFERENCE, Branch, Preset, run_search
+from raycredit.search import MNIST1D, REFERENCE, Branch, Preset, run_search
 
 
 def schedules(a: int, b: int, refit_every: int) -> tuple[Branch, ...]:
@@ -46,6 +47,13 @@ PRESETS = {
                "n_test": 500, "epochs": 8, "warmup_ratio": 0.0, "probe_size": 128, "rho_dirs": 8,
                "diag_every": 4, "checkpoint_every": 4},
         branches=schedules(2, 4, refit_every=2),
+    ),
+    "mnist1d": Preset(
+        doc="mnist1d d=128 L=4, 30 epochs, seeds 0-2: the seeds' schedules at the same fractions of training (T2, "
+            "T6; refit 1 epoch every 2 from 2; last 1/2 blocks from 2)",
+        grid={"rule": ["dfa", "vector_field"], "seed": [0, 1, 2]},
+        fixed={**REFERENCE, **MNIST1D, "epochs": 30, "warmup_ratio": 0.0, "diag_every": 10, "checkpoint_every": 2},
+        branches=schedules(2, 6, refit_every=2),
     ),
     "paper": Preset(
         doc="cifar10 d=256 L=4, 100 epochs, seed 0: the seeds' schedules (T5, T20; refit 1 epoch every 5 from 5; "

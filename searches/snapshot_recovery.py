@@ -13,16 +13,17 @@ diagnostics every epoch: dfa, state_bridge, credit_bridge (eT, deltaL) and vecto
 ones without DFA warm-up. Then analysis/lineage.py recovery: final deep_cos (Gamma), deep_rho, nudge.
 
     python searches/snapshot_recovery.py --preset smoke
+    python searches/snapshot_recovery.py --preset mnist1d   # MNIST-1D, 2 CPU cores
     python searches/snapshot_recovery.py --address auto --data-dir ~/data/cifar10
 
-Cost: smoke is 2 trunks of 6 epochs and 10 fits of 6 epochs on synthetic data (docs/PERFORMANCE.md); paper is
-9 trunks of 100 CIFAR-10 epochs and 45 fits of 100 epochs, not timed here.
-"""
+Cost: mnist1d is 18 trials (a stage of reproduce.py --preset mnist1d, not yet timed); smoke is 2 trunks of 6 epochs
+and 10 fits of 6 epochs on synthetic data (docs/PERFORMANCE.md); paper is 9 trunks of 100 CIFAR-10 epochs and 45
+fits of 100 epochs, not timed here."""
 
 import sys
 
 from analysis import lineage
-from raycredit.search import Branch, Preset, run_search
+from raycredit.search import MNIST1D, Branch, Preset, run_search
 
 ESTIMATORS = [{"rule": "dfa"}, {"rule": "state_bridge"}, {"rule": "credit_bridge", "s_type": "eT"},
               {"rule": "credit_bridge", "s_type": "deltaL"}, {"rule": "vector_field", "s_type": "eT", "vf_dirs": 4}]
@@ -41,6 +42,12 @@ PRESETS = {
         fixed={"dataset": "synthetic", "alpha": 1.0, "d": 64, "L": 4, "n_train": 2000, "n_test": 500, "epochs": 6,
                "probe_size": 128, "rho_dirs": 8, "diag_every": 6, "checkpoint_every": 6},
         branches=fits(6),
+    ),
+    "mnist1d": Preset(
+        doc="mnist1d d=128 L=4: bp 30 epochs, seeds 0-2; 5 estimators fitted 10 epochs on the frozen net",
+        grid={"rule": ["bp"], "seed": [0, 1, 2]},
+        fixed={**MNIST1D, "epochs": 30, "diag_every": 10, "checkpoint_every": 10},
+        branches=fits(10),
     ),
     "paper": Preset(
         doc="cifar10, bp 100 epochs at (d, L) in {(256, 4), (256, 6), (512, 4)}, seeds 0-2; 5 estimators fitted "

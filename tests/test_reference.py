@@ -105,3 +105,35 @@ def test_log_scale_compares_orders_of_magnitude():
 def test_seeds_that_agree_exactly_decide_by_the_sign():
     assert decide(claim("greater"), [{0: 1.0, 1: 1.0}, {0: 0.0, 1: 0.0}]).verdict == REPRODUCED
     assert decide(claim("greater"), [{0: 0.0, 1: 0.0}, {0: 1.0, 1: 1.0}]).verdict == CONTRADICTED
+
+
+@pytest.mark.parametrize("preset", ["smoke", "mnist1d", "paper"])
+def test_every_measured_cell_picks_one_configuration_per_seed_of_its_stage(preset, tmp_path):
+    """The study file's selectors against the configs each stage of searches/reproduce.py runs (no training:
+    one row per config, as the stage's finished runs would be): a cell matches one run per seed (two would
+    mix configurations), and every cell a claim reads matches at least one (smoke's grids skip a few: their
+    claims stay INCONCLUSIVE there)."""
+    import pandas as pd
+
+    from raycredit.reference.measure import measure
+    from raycredit.search import expand
+
+    from searches_loader import load_search
+
+    s = study()
+    stages = {st.search: st for st in load_search("reproduce").PRESETS[preset]}
+    assert set(stages) == set(s.stages())
+    overrides = {"data_dir": str(tmp_path)} if preset == "paper" else {}
+    for name, stage in stages.items():
+        extra = dict(zip(stage.args[::2], stage.args[1::2], strict=True))
+        ov = {**overrides, **({"seed": [int(x) for x in extra["--seeds"].split(",")]} if "--seeds" in extra else {})}
+        configs = expand(load_search(name).PRESETS[stage.preset], ov)
+        runs = pd.DataFrame([{**c.flat(), "run_id": c.key()} for c in configs])
+        for metric in {spec["metric"] for t in s.tables.values() if t.stage == name
+                       for spec in (t.spec(*cell) for cell in t.measured())}:
+            runs[metric] = 0.5
+        for t in (t for t in s.tables.values() if t.stage == name):
+            claimed = {c.cell(i) for c in s.claims_of(t.id) for i in range(len(c.cells))}
+            for row, column in t.measured():
+                cell = measure(t, runs, row, column)  # UserError: a seed matched twice
+                assert cell.values or (row, column) not in claimed or preset == "smoke", (preset, t.id, row, column)

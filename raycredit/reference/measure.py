@@ -11,7 +11,7 @@ import pandas as pd
 from raycredit.errors import UserError
 from raycredit.reference import SELECTOR_KEYS, Table
 
-RANKED = ("max", "min")
+RANKED = ("max", "min", "mid")  # "mid": the middle one of the distinct values (the lower of two)
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,9 @@ def select(runs: pd.DataFrame, spec: dict) -> pd.DataFrame:
     for knob, want in ranked:
         col = pd.to_numeric(runs[knob], errors="coerce")
         if want in RANKED:
-            runs = runs[col == (col.max() if want == "max" else col.min())]
+            values = sorted(col.dropna().unique())
+            pick = {"max": values[-1:], "min": values[:1], "mid": values[(len(values) - 1) // 2:][:1]}[want]
+            runs = runs[col.isin(pick)]
         else:
             runs = runs[col > float(want[1:])] if want[0] == ">" else runs[col < float(want[1:])]
     return runs
