@@ -34,6 +34,14 @@ class Stage:
     args: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Plan:
+    """A reproduction preset: its stages in order, and what it is."""
+
+    doc: str
+    stages: tuple[Stage, ...]
+
+
 def load_search(name: str):
     path = SEARCHES / f"{name}.py"
     if not path.is_file():
@@ -45,9 +53,10 @@ def load_search(name: str):
     return mod
 
 
-def parser(doc: str, presets: dict[str, list[Stage]]) -> argparse.ArgumentParser:
+def parser(doc: str, presets: dict[str, Plan]) -> argparse.ArgumentParser:
     p = OneLineParser(prog="reproduce.py", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=list(presets), default="smoke", help="the stages' size (default smoke)")
+    p.add_argument("--preset", choices=list(presets), default="smoke",
+                   help="the stages' size (default smoke): " + "; ".join(f"{k}: {v.doc}" for k, v in presets.items()))
     p.add_argument("--list", action="store_true", help="print the stages with their trial counts and exit")
     p.add_argument("--only", help="comma-separated stages to run (default: all)")
     p.add_argument("--skip", help="comma-separated stages not to run")
@@ -92,13 +101,13 @@ def chosen(names: list[str], only: str | None, skip: str | None) -> list[str]:
     return picked
 
 
-def plan(args, presets: dict[str, list[Stage]], prefix: str, out: Path) -> list[Planned]:
+def plan(args, presets: dict[str, Plan], prefix: str, out: Path) -> list[Planned]:
     """Every chosen stage's configs, validated (bad input: UserError before anything runs)."""
     from raycredit.data import check_data
     from raycredit.flags import overrides_from, search_parser
     from raycredit.search import expand
 
-    stages = {s.search: s for s in presets[args.preset]}
+    stages = {s.search: s for s in presets[args.preset].stages}
     out_plan = []
     for name in chosen(list(stages), args.only, args.skip):
         stage = stages[name]
@@ -169,7 +178,7 @@ def run_stage(p: Planned, uri: str, prefix: str) -> int:
     return p.module.main(p.argv)
 
 
-def run(doc: str, presets: dict[str, list[Stage]], verify, argv: list[str] | None = None) -> int:
+def run(doc: str, presets: dict[str, Plan], verify, argv: list[str] | None = None) -> int:
     """Entry point of searches/reproduce.py (`raycredit reproduce`); returns the exit code. `verify(tracking uri,
     prefix, report folder, preset=, stages=)` writes the report once every stage has run and returns the count of
     each verdict (analysis/verify.py's `run`)."""

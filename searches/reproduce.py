@@ -1,4 +1,6 @@
-"""Reproduce the reference study: do its findings hold here, with these rules?
+"""Reproduce the reference study.
+
+Question: do the study's findings hold here, with these rules?
 
 Every search that re-runs one of the study's tables is a stage (raycredit/reproduce.py): the audit, the
 both-fail scan, penalty rescue, the toy LQ problem, the synthetic ladder, the credit-bridge boundary ablation,
@@ -21,7 +23,7 @@ for a GPU cluster, not timed here.
 import sys
 
 from analysis import verify
-from raycredit.reproduce import Stage, run
+from raycredit.reproduce import Plan, Stage, run
 
 # in dependency order; within a stage, its search runs trunks before branches
 SEARCHES = ["audit", "both_fail_scan", "penalty_rescue", "toy_lq", "synthetic_ladder", "warmup_tgw_ablation",
@@ -33,9 +35,12 @@ MNIST1D = {"audit": "mnist1d", "both_fail_scan": "mnist1d", "penalty_rescue": "m
            "synthetic_ladder": "cpu", "warmup_tgw_ablation": "cpu"}
 
 PRESETS = {
-    "smoke": [Stage(s, "smoke", ("--seeds", "0,1") if s in ONE_SEED_SMOKE else ()) for s in SEARCHES],
-    "mnist1d": [Stage(s, MNIST1D.get(s, "mnist1d")) for s in SEARCHES],
-    "paper": [Stage(s, "paper") for s in SEARCHES],
+    "smoke": Plan("every stage's smoke preset, 2 seeds (synthetic data, toy size)",
+                  tuple(Stage(s, "smoke", ("--seeds", "0,1") if s in ONE_SEED_SMOKE else ()) for s in SEARCHES)),
+    "mnist1d": Plan("the CIFAR-10 stages on MNIST-1D, the synthetic ones at their cpu size, the toy LQ as the seeds "
+                    "ran it; 3 seeds", tuple(Stage(s, MNIST1D.get(s, "mnist1d")) for s in SEARCHES)),
+    "paper": Plan("every stage's paper preset: CIFAR-10, the seeds' d, L, epochs and seeds (a GPU cluster)",
+                  tuple(Stage(s, "paper") for s in SEARCHES)),
 }
 
 

@@ -121,7 +121,7 @@ def test_every_measured_cell_picks_one_configuration_per_seed_of_its_stage(prese
     from searches_loader import load_search
 
     s = study()
-    stages = {st.search: st for st in load_search("reproduce").PRESETS[preset]}
+    stages = {st.search: st for st in load_search("reproduce").PRESETS[preset].stages}
     assert set(stages) == set(s.stages())
     overrides = {"data_dir": str(tmp_path)} if preset == "paper" else {}
     for name, stage in stages.items():

@@ -37,9 +37,10 @@ def test_an_unknown_stage_exits_2_naming_the_stages(flag, tmp_path, capsys, monk
 DRIVER = '''
 import sys
 from analysis import verify
-from raycredit.reproduce import Stage, run
-PRESETS = {"smoke": [Stage("toy_lq", "smoke", ("--seeds", "0,1", "--epochs", "4")),
-                     Stage("scaffold_blend", "smoke", ("--seeds", "0,1", "--epochs", "3", "--set", "n_train=500"))]}
+from raycredit.reproduce import Plan, Stage, run
+PRESETS = {"smoke": Plan("two stages", (Stage("toy_lq", "smoke", ("--seeds", "0,1", "--epochs", "4")),
+                                        Stage("scaffold_blend", "smoke", ("--seeds", "0,1", "--epochs", "3",
+                                                                          "--set", "n_train=500"))))}
 sys.exit(run("a shrunk reproduction", PRESETS, verify.run))
 '''
 
