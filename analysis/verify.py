@@ -91,11 +91,13 @@ def table_section(t: Table, runs: pd.DataFrame, s: Study, cells: dict, verdicts:
 
 def manifest(uri: str, prefix: str, stages: list[str], runs: dict[str, pd.DataFrame]) -> list[str]:
     from raycredit import tracking
+    from raycredit.tracking.provenance import code_version
 
     lines = ["## Manifest", "", f"- store: {tracking.redact(uri)}, experiments `{prefix}-<stage>`",
-             f"- verified on {platform.node()} ({platform.platform()}), Python {platform.python_version()}",
+             f"- verified by code {code_version()} (`-dirty`: uncommitted changes) on {platform.node()} "
+             f"({platform.platform()}), Python {platform.python_version()}",
              "- packages: " + ", ".join(f"{p} {version(p)}" for p in PACKAGES)]
-    lines += ["", "| stage | runs | wall (first start to last end) | code | devices | data |",
+    lines += ["", "| stage | runs | wall (first start to last end) | code that trained it | devices | data |",
               "|---|---|---|---|---|---|"]
     for stage in stages:
         found = tracking.existing_experiment(uri, f"{prefix}-{stage}")
