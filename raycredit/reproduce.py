@@ -58,6 +58,8 @@ def parser(doc: str, presets: dict[str, Plan]) -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=list(presets), default="smoke",
                    help="the stages' size (default smoke): " + "; ".join(f"{k}: {v.doc}" for k, v in presets.items()))
     p.add_argument("--list", action="store_true", help="print the stages with their trial counts and exit")
+    p.add_argument("--estimate", action="store_true",
+                   help="print the plan with its estimated cost (one epoch of each stage timed here) and exit")
     p.add_argument("--only", help="comma-separated stages to run (default: all)")
     p.add_argument("--skip", help="comma-separated stages not to run")
     p.add_argument("--experiment", help="prefix of the stages' MLflow experiments (default reproduce-<preset>)")
@@ -81,10 +83,16 @@ class Planned:
     configs: list
     argv: list[str]
 
-    def epochs(self) -> int:
-        """Epochs trained: a branch trains from its parent's epoch on."""
-        return sum(max(0, c.train.epochs - (c.lineage.parent_epoch if c.lineage.parent_run else 0))
-                   for c in self.configs)
+    def epochs(self, rule: str | None = None) -> int:
+        """Epochs trained (by `rule`'s configs): a branch trains from its parent's epoch on, a measurement of a
+        snapshot trains none."""
+        return sum(trained_epochs(c) for c in self.configs if rule is None or c.rule.rule == rule)
+
+
+def trained_epochs(c) -> int:
+    if c.exploit.exploitability:
+        return 0
+    return max(0, c.train.epochs - (c.lineage.parent_epoch if c.lineage.parent_run else 0))
 
 
 def chosen(names: list[str], only: str | None, skip: str | None) -> list[str]:
@@ -129,9 +137,10 @@ def plan(args, presets: dict[str, Plan], prefix: str, out: Path) -> list[Planned
     return out_plan
 
 
-def epoch_cost(p: Planned, uri: str, prefix: str) -> tuple[float, str]:
-    """Seconds per trained epoch of a stage: from its finished runs in the store when there are any, else one
-    epoch of its first trunk config trained here."""
+def stage_cost(p: Planned, uri: str, prefix: str) -> tuple[float, str]:
+    """Trial-seconds of a stage's training: from its finished runs in the store when there are any, else each of
+    its rules timed here for 3 epochs from scratch (a plain epoch, plus the diagnostics of the last one spread
+    over diag_every epochs) times that rule's epochs."""
     from raycredit import tracking
     from raycredit.tracking.results import results
 
@@ -140,15 +149,22 @@ def epoch_cost(p: Planned, uri: str, prefix: str) -> tuple[float, str]:
         if not done.empty and "time_s" in done:
             start = done["parent_epoch"].where(done["parent_run"].astype(str) != "", 0).fillna(0)
             trained = (done["epoch"] - start).clip(lower=1)
-            return float((done["time_s"] / trained).mean()), f"measured on {len(done)} finished runs"
+            per_epoch = float((done["time_s"] / trained).mean())
+            return per_epoch * p.epochs(), f"{per_epoch:.2f} s/epoch measured on {len(done)} finished runs"
     from raycredit.rules import make_config
     from raycredit.train import train
 
-    first = next(c for c in p.configs if not c.lineage.parent_run)
-    cfg = make_config({**first.flat(), "epochs": 1, "keep_epochs": ""})
-    t0 = time.perf_counter()
-    train(cfg)
-    return time.perf_counter() - t0, f"one epoch of {first.rule.rule} timed here"
+    total, timed = 0.0, []
+    for rule in dict.fromkeys(c.rule.rule for c in p.configs if trained_epochs(c)):
+        first = next(c for c in p.configs if c.rule.rule == rule and trained_epochs(c))
+        cfg = make_config({**first.flat(), "epochs": 3, "keep_epochs": "", "parent_run": "", "parent_epoch": 0,
+                           "prefit_epochs": 0})
+        t = [m["time_s"] for m in train(cfg)["history"]]
+        plain = t[1] - t[0]
+        per_epoch = plain + max(0.0, t[2] - t[1] - plain) / cfg.diag.diag_every
+        total += per_epoch * p.epochs(rule)
+        timed.append(f"{rule} {per_epoch:.2f}")
+    return total, "s/epoch timed here: " + ", ".join(timed)
 
 
 def print_plan(planned: list[Planned], uri: str, prefix: str, estimate: bool) -> None:
@@ -157,9 +173,9 @@ def print_plan(planned: list[Planned], uri: str, prefix: str, estimate: bool) ->
     for p in planned:
         line = f"{p.name:<22}{p.stage.preset:<16}{len(p.configs):>7}{p.epochs():>8}"
         if estimate:
-            per_epoch, how = epoch_cost(p, uri, prefix)
-            total += per_epoch * p.epochs()
-            line += f"   {per_epoch * p.epochs() / 60:6.1f} trial-min ({per_epoch:.2f} s/epoch, {how})"
+            seconds, how = stage_cost(p, uri, prefix)
+            total += seconds
+            line += f"   {seconds / 60:6.1f} trial-min ({how})"
         print(line, flush=True)
     if estimate:
         print(f"estimated cost: {total / 3600:.2f} trial-hours on this machine (an estimate: per-epoch costs "
@@ -190,8 +206,8 @@ def run(doc: str, presets: dict[str, Plan], verify, argv: list[str] | None = Non
     try:
         uri = tracking.normalize_uri(args.tracking_uri)
         planned = plan(args, presets, prefix, out)
-        if args.list:
-            print_plan(planned, uri, prefix, estimate=False)
+        if args.list or args.estimate:
+            print_plan(planned, uri, prefix, estimate=args.estimate)
             return 0
         print(f"reproduce: preset {args.preset}, {len(planned)} stages into experiments {prefix}-<stage> at "
               f"{tracking.redact(uri)}", flush=True)

@@ -42,11 +42,11 @@ PRESETS = {
     ),
     "mnist1d": Preset(
         doc="mnist1d d=128 L=4, blend {0.25, 0.5, 0.75, 0.9} x aux {random_trainable, perlayer_vector} + dfa, "
-            "seeds 0-2, 20 epochs",
+            "seeds 0-2, 15 epochs",
         grid={"rule": ["scaffold"], "blend_alpha": [0.25, 0.5, 0.75, 0.9],
               "aux_kind": ["random_trainable", "perlayer_vector"], "seed": [0, 1, 2]},
         also=({"rule": ["dfa"], "seed": [0, 1, 2]},),
-        fixed={**REFERENCE, **MNIST1D, "epochs": 20, "warmup_ratio": 0.05, "diag_every": 10, "checkpoint_every": 10},
+        fixed={**REFERENCE, **MNIST1D, "epochs": 15, "warmup_ratio": 0.05, "diag_every": 5, "checkpoint_every": 5},
     ),
     "paper": Preset(
         doc="cifar10 d=256 L=4, blend {0.25, 0.5, 0.75, 0.9} x 8 aux kinds + dfa, seeds 0-2, 100 epochs",

@@ -22,12 +22,12 @@ model outruns its credit net and vector_field / credit_bridge lose the gradient 
     python searches/synthetic_ladder.py --preset paper --set alpha=1 --set L=4   # the row of the seeds' table
     python searches/synthetic_ladder.py --address auto --preset paper            # the whole ladder
 
-Cost: cpu is 30 trials of 30 epochs; smoke is 9 trials; before the student axis its 5 trials took 32 s on 2 CPU
-cores (measured by `python -m pytest tests/test_searches.py -k smoke_preset --durations=5` in one running local Ray
-instance, on a contended host); paper is 432 trials of 80 epochs at d=128. The vector field, 2 M (L+1) extra
-forward passes a step, is the slowest: 72 s for 20 epochs on 4000 examples on one CPU core (the mean time_s its
-runs logged in the command of docs/results/synthetic_ladder.md; dfa's: 20 s), so about 12 minutes for a paper
-trial."""
+Cost: cpu is 30 trials of 30 epochs on 4000 examples; smoke is 9 trials; before the student axis its 5 trials took
+32 s on 2 CPU cores (measured by `python -m pytest tests/test_searches.py -k smoke_preset --durations=5` in one
+running local Ray instance, on a contended host); paper is 432 trials of 80 epochs at d=128. The vector field, 2 M
+(L+1) extra forward passes a step, is the slowest: 72 s for 20 epochs on 4000 examples on one CPU core (the mean
+time_s its runs logged in the command of docs/results/synthetic_ladder.md; dfa's: 20 s), so about 12 minutes for a
+paper trial."""
 
 import sys
 
@@ -48,10 +48,11 @@ PRESETS = {
     ),
     "cpu": Preset(
         doc="the paper's alpha=1 column at L {4, 8}: 4 rules (own activation) + shuffle control, d=128, seeds 0-2, "
-            "30 epochs",
+            "30 epochs on 4000 examples",
         grid={"alpha": [1.0], "L": [4, 8], "rule": RULES, "student_activation": ["own"], "seed": [0, 1, 2]},
         also=({"alpha": [1.0], "L": [4, 8], "rule": ["vector_field"], "shuffle_control": [True], "seed": [0, 1, 2]},),
-        fixed={**COMMON, "d": 128, "epochs": 30, "probe_size": 256, "diag_every": 10, "checkpoint_every": 10},
+        fixed={**COMMON, "d": 128, "n_train": 4000, "n_test": 1000, "epochs": 30, "probe_size": 256,
+               "diag_every": 10, "checkpoint_every": 10},
     ),
     "paper": Preset(
         doc="alpha {0,.25,.5,1} x L {2,4,8,12} x 4 rules x student {own, teacher} + shuffle control, d=128, "
