@@ -19,10 +19,9 @@ from pathlib import Path
 
 from raycredit.errors import UserError
 from raycredit.flags import OneLineParser, add_tracking_uri
+from raycredit.search import INTERRUPTED
 
 SEARCHES = Path(__file__).resolve().parents[1] / "searches"
-INTERRUPTED = 130
-SMOKE_LABEL = "smoke scale — checks the machinery, not the science"
 
 
 @dataclass(frozen=True)
@@ -138,19 +137,18 @@ def plan(args, presets: dict[str, Plan], prefix: str, out: Path) -> list[Planned
 
 
 def stage_cost(p: Planned, uri: str, prefix: str) -> tuple[float, str]:
-    """Trial-seconds of a stage's training: from its finished runs in the store when there are any, else each of
-    its rules timed here for 3 epochs from scratch (a plain epoch, plus the diagnostics of the last one spread
-    over diag_every epochs) times that rule's epochs."""
+    """Trial-seconds a stage has left to train: from its finished runs in the store when there are any (their
+    mean time per run, for the runs not finished), else each of its rules timed here for 3 epochs from scratch
+    (a plain epoch, plus the diagnostics of the last one spread over diag_every epochs) times its epochs."""
     from raycredit import tracking
     from raycredit.tracking.results import results
 
     if tracking.existing_experiment(uri, f"{prefix}-{p.name}") is not None:
         done = results(f"{prefix}-{p.name}", uri)
         if not done.empty and "time_s" in done:
-            start = done["parent_epoch"].where(done["parent_run"].astype(str) != "", 0).fillna(0)
-            trained = (done["epoch"] - start).clip(lower=1)
-            per_epoch = float((done["time_s"] / trained).mean())
-            return per_epoch * p.epochs(), f"{per_epoch:.2f} s/epoch measured on {len(done)} finished runs"
+            left = len({c.key() for c in p.configs} - set(done["run_key"]))
+            per_run = float(done["time_s"].mean())
+            return per_run * left, f"{left} runs left at {per_run:.1f} s each, measured on {len(done)} finished runs"
     from raycredit.rules import make_config
     from raycredit.train import train
 
