@@ -54,7 +54,7 @@ def ours(m: Measured) -> str:
 
 
 def setting(runs: pd.DataFrame) -> str:
-    """The knobs that make our runs of a table differ from the seeds' (dataset, size, epochs, seeds)."""
+    """The knobs that make our runs of a table differ from the reference study's (dataset, size, epochs, seeds)."""
     parts = []
     for knob in ("dataset", "arch", "d", "L", "epochs", "credit_norm", "fa_mode"):
         if knob in runs:
@@ -68,12 +68,12 @@ def setting(runs: pd.DataFrame) -> str:
 
 def table_section(t: Table, runs: pd.DataFrame, s: Study, cells: dict, verdicts: dict, label: str,
                   folder: Path) -> list[str]:
-    lines = [f"## {t.id}: {t.title}", "", f"Seeds ({t.seed}): {t.setting}.  "]
+    lines = [f"## {t.id}: {t.title}", "", f"Reference (its note {t.seed}): {t.setting}.  "]
     ids = {r for key in t.measured() for rs in cells[(t.id, *key)].runs.values() for r in rs}
     used = runs[runs["run_id"].isin(ids)] if not runs.empty else runs
     lines.append(f"Here: stage `{t.stage}`, {setting(used) or 'no finished runs'}." + (f" Note: {t.note}." if t.note
                                                                                         else ""))
-    lines += ["", "| row | column | seeds | ours: mean ± std (n) | Δ |", "|---|---|---|---|---|"]
+    lines += ["", "| row | column | reference | ours: mean ± std (n seeds) | Δ |", "|---|---|---|---|---|"]
     for row, column in t.measured():
         ref, m = t.value(row, column), cells[t.id, row, column]
         mean, _, n = m.summary()
@@ -148,8 +148,8 @@ def run(tracking_uri: str | None, prefix: str, out: str, *, preset: str = "",
             f"{counts[INCONCLUSIVE]} inconclusive{f' at preset {preset}' if preset else ''}**{label}.", "",
             f"Each claim is decided by one-sided t-tests at α = {ALPHA} over seeds (Welch's, or paired by seed where "
             "the claim says so; TOST for ≈; each pair of an ordering), without correction across claims; fewer than "
-            "2 seeds on a side leave a claim INCONCLUSIVE. \"seeds\" is the reference study's number, \"ours\" the "
-            "mean ± sample std (ddof=1) over our seeds, Δ = ours − seeds.", ""]
+            "2 seeds on a side leave a claim INCONCLUSIVE. \"reference\" is the reference study's number, \"ours\" the "
+            "mean ± sample std (ddof=1) over our seeds, Δ = ours − reference.", ""]
     folder = Path(out)
     body = [line for t in tables for line in table_section(t, runs[t.stage], s, cells, verdicts, label, folder)]
     rest = [f"- {t.id} ({t.seed}) {t.title}: {t.note or 'its stage was not run'}" for t in s.tables.values()
@@ -163,7 +163,7 @@ def run(tracking_uri: str | None, prefix: str, out: str, *, preset: str = "",
     folder.mkdir(parents=True, exist_ok=True)
     name = f"reproduction_{preset or prefix}"
     (folder / f"{name}.md").write_text(text)
-    pd.DataFrame([{"table": tid, "row": row, "column": col, "seeds": s.tables[tid].value(row, col).value,
+    pd.DataFrame([{"table": tid, "row": row, "column": col, "reference": s.tables[tid].value(row, col).value,
                    "mean": m.summary()[0], "std": m.summary()[1], "n": m.summary()[2]}
                   for (tid, row, col), m in cells.items()]).to_csv(folder / f"{name}.csv", index=False)
     experiment_id = tracking.ensure_experiment(uri, prefix)

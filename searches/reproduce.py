@@ -16,7 +16,7 @@ the run ids behind every number (reports/<prefix>/reproduction_<preset>.md, also
 
 Re-running the same command finishes only what is missing (stages whose runs all finished are skipped; the
 others resume). Cost: smoke is 11 stages, 2 seeds each (docs/results/reproduction_smoke.md states the
-measured wall time); paper runs every search's paper preset (CIFAR-10, the seeds' d, L, epochs and seeds)
+measured wall time); paper runs every search's paper preset (CIFAR-10, the study's d, L, epochs and seeds)
 for a GPU cluster, not timed here.
 """
 
@@ -30,7 +30,7 @@ SEARCHES = ["audit", "both_fail_scan", "penalty_rescue", "toy_lq", "synthetic_la
             "snapshot_recovery", "exploitability", "schedules", "handoff", "scaffold_blend"]
 ONE_SEED_SMOKE = {"audit", "penalty_rescue", "toy_lq", "synthetic_ladder", "warmup_tgw_ablation", "scaffold_blend"}
 
-# mnist1d: the study's CIFAR-10 stages on MNIST-1D, the synthetic ones at the "cpu" size, the toy LQ as the seeds ran it
+# mnist1d: the study's CIFAR-10 stages on MNIST-1D, the synthetic ones at the "cpu" size, the toy LQ as the study ran it
 MNIST1D = {"audit": "mnist1d", "both_fail_scan": "mnist1d", "penalty_rescue": "mnist1d", "toy_lq": "paper",
            "synthetic_ladder": "cpu", "warmup_tgw_ablation": "cpu"}
 
@@ -39,7 +39,7 @@ PRESETS = {
                   tuple(Stage(s, "smoke", ("--seeds", "0,1") if s in ONE_SEED_SMOKE else ()) for s in SEARCHES)),
     "mnist1d": Plan("the CIFAR-10 stages on MNIST-1D, the synthetic ones at their cpu size, the toy LQ as the seeds "
                     "ran it; 3 seeds", tuple(Stage(s, MNIST1D.get(s, "mnist1d")) for s in SEARCHES)),
-    "paper": Plan("every stage's paper preset: CIFAR-10, the seeds' d, L, epochs and seeds (a GPU cluster)",
+    "paper": Plan("every stage's paper preset: CIFAR-10, the study's d, L, epochs and seeds (a GPU cluster)",
                   tuple(Stage(s, "paper") for s in SEARCHES)),
 }
 

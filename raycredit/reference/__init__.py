@@ -25,7 +25,7 @@ FLAGS = {"no": 0.0, "yes": 1.0}
 
 @dataclass(frozen=True)
 class Value:
-    """A cell of the seeds' notes as a number: `value`, its ± `spread` where given, `approx` for "~" and "≈"."""
+    """A cell of the study's notes as a number: `value`, its ± `spread` where given, `approx` for "~" and "≈"."""
 
     value: float | None
     spread: float | None = None
@@ -80,7 +80,7 @@ class Table:
         return " ".join(clean(c) for c in row[:self.labels])
 
     def value(self, row_key: str, column: str) -> Value:
-        """The seeds' number in a cell."""
+        """The study's number in a cell."""
         for row in self.rows:
             if self.row_key(row) == row_key:
                 return parse_value(row[self.header.index(column)])

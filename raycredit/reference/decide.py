@@ -96,7 +96,7 @@ def decide(claim: Claim, cells: list[Seeds]) -> Verdict:
 
 
 def holds(claim: Claim, values: list[float]) -> bool:
-    """Whether the claim holds on single numbers (the seeds' own table: means, no test)."""
+    """Whether the claim holds on single numbers (the study's own table: means, no test)."""
     if claim.log:
         values = [math.log10(v) for v in values]
     if claim.test == "above":
