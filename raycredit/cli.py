@@ -21,7 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt with the run's own config "
                    "(flags given override it: --epochs N trains on to epoch N)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_knob_flags(t)
+    from raycredit.rules import RULES  # the registry: the rules are known once they are imported
+
+    add_knob_flags(t, listed={"rule": list(RULES)})
     t.add_argument("--from-run", dest="parent_run", metavar="RUN", help="the same as --parent-run")
     t.add_argument("--from-epoch", dest="parent_epoch", type=int, metavar="E", help="the same as --parent-epoch")
     add_tracking_uri(t)

@@ -7,16 +7,31 @@ from __future__ import annotations
 
 import argparse
 
-from raycredit.config import check_key, field_docs
+from raycredit.config import KEY_SECTION, check_key, field_docs
 from raycredit.errors import UserError
 
 TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports bad flags as one line (and exit 2), without the usage block."""
+    """argparse that reports bad flags as one line (and exit 2), without the usage block. `knob_hint`: the
+    parser sets knobs with --set, so an unknown flag that names a knob gets the --set spelling of it."""
+
+    knob_hint = False
 
     def error(self, message: str):
+        prefix = "unrecognized arguments: "
+        if self.knob_hint and message.startswith(prefix):
+            words = message[len(prefix):].split()
+            for i, word in enumerate(words):
+                key, _, value = word[2:].partition("=")
+                key = key.replace("-", "_")
+                if word.startswith("--") and key in KEY_SECTION:
+                    value = value or (words[i + 1] if i + 1 < len(words) and not words[i + 1].startswith("-")
+                                      else "VALUE")
+                    message += (f" (a search sets a config knob with --set: --set {key}={value}; an axis of its own "
+                                "is a preset in the search's file)")
+                    break
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
@@ -34,12 +49,15 @@ def add_tracking_uri(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///$PWD/mlflow_runs/mlflow.db)")
 
 
-def add_knob_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per config knob (--lr, --credit-norm/--no-credit-norm, ...), default None (the knob's own)."""
+def add_knob_flags(p: argparse.ArgumentParser, listed: dict[str, list[str]] | None = None) -> None:
+    """One flag per config knob (--lr, --credit-norm/--no-credit-norm, ...), default None (the knob's own).
+    `listed`: the valid values of knobs whose choices a registry holds (the rules), for their help."""
     for section, key, f in field_docs():
         flag = "--" + key.replace("_", "-")
         kind = TYPES[f.type] if isinstance(f.type, str) else f.type
-        helptext = f"[{section}] {f.metadata['doc']} (default {f.default!r})"
+        values = (listed or {}).get(key)
+        listing = ": " + ", ".join(values) if values else ""
+        helptext = f"[{section}] {f.metadata['doc']}{listing} (default {f.default!r})"
         if kind is bool:
             p.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, default=None, help=helptext)
         else:
@@ -47,15 +65,21 @@ def add_knob_flags(p: argparse.ArgumentParser) -> None:
                            choices=f.metadata["choices"], help=helptext)
 
 
+def knob_choices(key: str) -> tuple:
+    """A knob's declared choices."""
+    return next(f.metadata["choices"] for _, k, f in field_docs() if k == key)
+
+
 def search_parser(name: str, doc: str, presets: dict, default_preset: str,
                  optuna: bool = False) -> argparse.ArgumentParser:
     """The flags every search script takes (SPEC §7); presets: {name: Preset}."""
     p = OneLineParser(prog=f"{name}.py", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.knob_hint = True
     p.add_argument("--preset", choices=list(presets), default=default_preset,
                    help=f"parameter space (default {default_preset}): "
                         + "; ".join(f"{k}: {v.doc}" for k, v in presets.items()))
     p.add_argument("--address", help="Ray cluster: host:port or 'auto' (default: a new local instance)")
-    p.add_argument("--dataset", help="override the preset's dataset (synthetic, cifar10, cifar100, npz)")
+    p.add_argument("--dataset", help="override the preset's dataset (" + ", ".join(knob_choices("dataset")) + ")")
     p.add_argument("--data-dir", help="dataset folder (cifar) or .npz file")
     p.add_argument("--download", action="store_true", help="cifar: download into --data-dir when missing")
     p.add_argument("--seeds", help="comma-separated training seeds, e.g. 0,1,2 (overrides the preset)")

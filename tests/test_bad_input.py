@@ -116,6 +116,10 @@ CASES = [
     (SEARCH, "", ["--set", "alpha=1.5"], "alpha"),
     (SEARCH, "", ["--set", "lr=fast"], "lr"),
     (SEARCH, "", ["--set", "d"], "expected KEY=VALUE"),
+    # a knob given as a search flag: the hint spells it with --set
+    (SEARCH, "", ["--lr", "0.01"], "unrecognized arguments: --lr 0.01 (a search sets a config knob with --set: "
+                                   "--set lr=0.01;"),
+    (SEARCH, "", ["--credit-norm"], "--set credit_norm=VALUE"),
     (SEARCH, "", ["--set", "arch=vit_mini"], "synthetic"),
     (SEARCH, "", ["--set", "rule=vector_field", "--set", "arch=small_cnn", "--dataset", "cifar10",
                   "--data-dir", "{tmp}/cifar"], "supports architectures resmlp"),

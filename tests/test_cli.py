@@ -54,13 +54,16 @@ def test_cuda_request_without_cuda_exits_2(tmp_path):
     assert p.returncode == 2 and "CUDA is not available" in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
 
-def test_help_lists_every_knob():
+def test_help_lists_every_knob_and_every_rule():
     from raycredit.config import field_docs
+    from raycredit.rules import RULES
 
     p = cli("train", "--help")
     assert p.returncode == 0
     for _, key, _ in field_docs():
         assert "--" + key.replace("_", "-") in p.stdout, key
+    listed = " ".join(p.stdout[p.stdout.index("--rule STR"):].split("(default 'bp')")[0].split())
+    assert all(f" {rule}," in listed or listed.endswith(f" {rule}") for rule in RULES), listed
 
 
 @pytest.mark.system
