@@ -167,11 +167,16 @@ def run(tracking_uri: str | None, prefix: str, out: str, *, preset: str = "",
                    "mean": m.summary()[0], "std": m.summary()[1], "n": m.summary()[2]}
                   for (tid, row, col), m in cells.items()]).to_csv(folder / f"{name}.csv", index=False)
     experiment_id = tracking.ensure_experiment(uri, prefix)
-    tracking.record_summary(uri, experiment_id, key=f"reproduction-{prefix}", name=prefix,
+    parent = tracking.record_summary(uri, experiment_id, key=f"reproduction-{prefix}", name=prefix,
                             params={"preset": preset},
                             metrics={k.lower(): counts[k] for k in (REPRODUCED, CONTRADICTED, INCONCLUSIVE)},
                             tags={"search": "reproduce", "stages": ",".join(stages)}, note=head[2], update=True,
                             files=(folder / f"{name}.md", folder / f"{name}.csv"))
+    for stage in stages:  # each stage's experiment names the reproduction it belongs to
+        found = tracking.existing_experiment(uri, f"{prefix}-{stage}")
+        if found is not None:
+            tracking.tag_experiment(uri, found[0], {"raycredit.reproduction": prefix,
+                                                    "raycredit.reproduction_run": parent})
     print(head[2])
     print(f"wrote {folder / f'{name}.md'} and {folder / f'{name}.csv'}")
     return counts

@@ -113,4 +113,8 @@ def test_a_reproduction_killed_twice_at_random_points_finishes_every_run_once(tm
     [summary] = parent
     assert [a.path for a in client.list_artifacts(summary.info.run_id, "results")] == [
         "results/reproduction_smoke.csv", "results/reproduction_smoke.md"]
+    for stage in ("toy_lq", "scaffold_blend"):  # under the reproduction's run
+        tags = client.get_experiment_by_name(f"reproduce-smoke-{stage}").tags
+        assert tags["raycredit.reproduction"] == "reproduce-smoke"
+        assert tags["raycredit.reproduction_run"] == summary.info.run_id
     assert not list(Path(tmp_path / "ray_results").glob("*/checkpoints/*/checkpoint.pt"))

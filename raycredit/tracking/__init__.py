@@ -70,6 +70,7 @@ from raycredit.tracking.store import (  # noqa: E402
     normalize_uri,
     redact,
     store_token,
+    tag_experiment,
 )
 
 __all__ = ["ATTEMPT_TAG", "DEVICE_TAG", "KEPT_ARTIFACT", "LOCK_MODEL_PREFIX", "NODE_TAG", "PARENT_EPOCH_TAG",
@@ -81,4 +82,4 @@ __all__ = ["ATTEMPT_TAG", "DEVICE_TAG", "KEPT_ARTIFACT", "LOCK_MODEL_PREFIX", "N
            "kept_checkpoint", "load_runs",
            "lock_prefix", "metric_history", "metrics_at", "normalize_uri", "parent_run_id", "record_summary",
            "redact", "run_checkpoint", "run_epochs", "run_experiment_name", "run_link", "running_keys",
-           "server_lock", "store_token", "sweep_runs"]
+           "server_lock", "store_token", "sweep_runs", "tag_experiment"]

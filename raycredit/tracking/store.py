@@ -104,6 +104,13 @@ def ensure_experiment(uri: str, name: str) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
+def tag_experiment(uri: str, experiment_id: str, tags: dict[str, str]) -> None:
+    """Set tags on an experiment (the UI shows them on its page)."""
+    client = get_client(uri)
+    for key, value in tags.items():
+        retry(lambda k=key, v=value: client.set_experiment_tag(experiment_id, k, v))
+
+
 def artifact_folder(uri: str, name: str) -> Path | None:
     """The local folder experiment `name` keeps its artifacts (checkpoints) in: its artifact location where that
     is a path on this machine, or, for a SQLite store that does not hold it yet, the folder `ensure_experiment`
