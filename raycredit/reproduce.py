@@ -136,10 +136,11 @@ def plan(args, presets: dict[str, Plan], prefix: str, out: Path) -> list[Planned
     return out_plan
 
 
-def stage_cost(p: Planned, uri: str, prefix: str) -> tuple[float, str]:
+def stage_cost(p: Planned, uri: str, prefix: str, threads: int) -> tuple[float, str]:
     """Trial-seconds a stage has left to train: from its finished runs in the store when there are any (their
     mean time per run, for the runs not finished), else each of its rules timed here for 3 epochs from scratch
-    (a plain epoch, plus the diagnostics of the last one spread over diag_every epochs) times its epochs."""
+    (a plain epoch, plus the diagnostics of the last one spread over diag_every epochs) times its epochs, on
+    `threads` torch threads (a trial's)."""
     from raycredit import tracking
     from raycredit.tracking.results import results
 
@@ -149,29 +150,35 @@ def stage_cost(p: Planned, uri: str, prefix: str) -> tuple[float, str]:
             left = len({c.key() for c in p.configs} - set(done["run_key"]))
             per_run = float(done["time_s"].mean())
             return per_run * left, f"{left} runs left at {per_run:.1f} s each, measured on {len(done)} finished runs"
+    import torch
+
     from raycredit.rules import make_config
     from raycredit.train import train
 
-    total, timed = 0.0, []
-    for rule in dict.fromkeys(c.rule.rule for c in p.configs if trained_epochs(c)):
-        first = next(c for c in p.configs if c.rule.rule == rule and trained_epochs(c))
-        cfg = make_config({**first.flat(), "epochs": 3, "keep_epochs": "", "parent_run": "", "parent_epoch": 0,
-                           "prefit_epochs": 0})
-        t = [m["time_s"] for m in train(cfg)["history"]]
-        plain = t[1] - t[0]
-        per_epoch = plain + max(0.0, t[2] - t[1] - plain) / cfg.diag.diag_every
-        total += per_epoch * p.epochs(rule)
-        timed.append(f"{rule} {per_epoch:.2f}")
+    total, timed, before = 0.0, [], torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for rule in dict.fromkeys(c.rule.rule for c in p.configs if trained_epochs(c)):
+            first = next(c for c in p.configs if c.rule.rule == rule and trained_epochs(c))
+            cfg = make_config({**first.flat(), "epochs": 3, "keep_epochs": "", "parent_run": "", "parent_epoch": 0,
+                               "prefit_epochs": 0})
+            t = [m["time_s"] for m in train(cfg)["history"]]
+            plain = t[1] - t[0]
+            per_epoch = plain + max(0.0, t[2] - t[1] - plain) / cfg.diag.diag_every
+            total += per_epoch * p.epochs(rule)
+            timed.append(f"{rule} {per_epoch:.2f}")
+    finally:
+        torch.set_num_threads(before)
     return total, "s/epoch timed here: " + ", ".join(timed)
 
 
-def print_plan(planned: list[Planned], uri: str, prefix: str, estimate: bool) -> None:
+def print_plan(planned: list[Planned], uri: str, prefix: str, estimate: bool, threads: int = 1) -> None:
     total = 0.0
     print(f"{'stage':<22}{'search preset':<16}{'trials':>7}{'epochs':>8}" + ("   estimate" if estimate else ""))
     for p in planned:
         line = f"{p.name:<22}{p.stage.preset:<16}{len(p.configs):>7}{p.epochs():>8}"
         if estimate:
-            seconds, how = stage_cost(p, uri, prefix)
+            seconds, how = stage_cost(p, uri, prefix, threads)
             total += seconds
             line += f"   {seconds / 60:6.1f} trial-min ({how})"
         print(line, flush=True)
@@ -205,11 +212,11 @@ def run(doc: str, presets: dict[str, Plan], verify, argv: list[str] | None = Non
         uri = tracking.normalize_uri(args.tracking_uri)
         planned = plan(args, presets, prefix, out)
         if args.list or args.estimate:
-            print_plan(planned, uri, prefix, estimate=args.estimate)
+            print_plan(planned, uri, prefix, estimate=args.estimate, threads=max(1, int(args.cpus_per_trial)))
             return 0
         print(f"reproduce: preset {args.preset}, {len(planned)} stages into experiments {prefix}-<stage> at "
               f"{tracking.redact(uri)}", flush=True)
-        print_plan(planned, uri, prefix, estimate=True)
+        print_plan(planned, uri, prefix, estimate=True, threads=max(1, int(args.cpus_per_trial)))
         failed, t0 = 0, time.perf_counter()
         for p in planned:
             code = run_stage(p, uri, prefix)

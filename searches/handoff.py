@@ -63,11 +63,11 @@ PRESETS = {
         branches=handoff([2], [0.5, 0.75, 1.0], prefit=2, dissect_at=[2]),
     ),
     "mnist1d": Preset(
-        doc="mnist1d d=128 L=4, dfa trunk 20 epochs, seeds 0-2, t0=2: Vec prefit 10 epochs then alpha {0.5, 0.75, "
+        doc="mnist1d d=128 L=4, dfa trunk 15 epochs, seeds 0-2, t0=2: Vec prefit 5 epochs then alpha {0.5, 0.75, "
             "1}, and the 9 auxiliaries of 10A at alpha 0.75",
         grid={"rule": ["dfa"], "seed": [0, 1, 2]},
-        fixed={**REFERENCE, **MNIST1D, "epochs": 20, "diag_every": 10, "checkpoint_every": 2},
-        branches=handoff([2], [0.5, 0.75, 1.0], prefit=10, dissect_at=[2]),
+        fixed={**REFERENCE, **MNIST1D, "epochs": 15, "diag_every": 5, "checkpoint_every": 2},
+        branches=handoff([2], [0.5, 0.75, 1.0], prefit=5, dissect_at=[2]),
     ),
     "paper": Preset(
         doc="cifar10 d=256 L=4, dfa trunk 100 epochs, seeds 0-2, t0 {1,5,10}: Vec prefit 60 epochs then alpha "

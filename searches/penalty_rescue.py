@@ -21,9 +21,11 @@ timed here (credit_bridge's value net makes it the slowest rule).
 import sys
 
 from analysis import plots, summary
-from raycredit.search import REFERENCE, Preset, run_search
+from raycredit.search import MNIST1D, REFERENCE, Preset, run_search
 
 RULES = ["dfa", "fa", "state_bridge", "credit_bridge", "bp"]
+
+MNIST1D_FIXED = {**REFERENCE, **MNIST1D, "epochs": 30, "diag_every": 10, "checkpoint_every": 10}
 
 PRESETS = {
     "smoke": Preset(
@@ -37,9 +39,13 @@ PRESETS = {
         doc="mnist1d (the package's default set) d=128 L=4, lam {0, 1e-4, 1e-3, 1e-2} x 5 rules x seeds 0-2, "
             "30 epochs",
         grid={"rule": RULES, "penalty_lam": [0.0, 1e-4, 1e-3, 1e-2], "seed": [0, 1, 2]},
-        fixed={**REFERENCE,
-               "dataset": "mnist1d", "data_seed": 42, "d": 128, "L": 4, "epochs": 30, "batch_size": 100,
-               "probe_size": 256, "rho_dirs": 8, "diag_every": 10, "checkpoint_every": 10},
+        fixed=MNIST1D_FIXED,
+    ),
+    "mnist1d_ends": Preset(
+        doc="mnist1d's two ends of lam, {0, 1e-2} x 5 rules x seeds 0-2, 30 epochs (the study's comparison; a stage "
+            "of reproduce.py)",
+        grid={"rule": RULES, "penalty_lam": [0.0, 1e-2], "seed": [0, 1, 2]},
+        fixed=MNIST1D_FIXED,
     ),
     "paper": Preset(
         doc="cifar10 d=256 L=4, lam {0, 1e-4, 1e-3, 1e-2} x 5 rules x seeds 0-2, 30 epochs",

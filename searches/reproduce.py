@@ -31,7 +31,7 @@ SEARCHES = ["audit", "both_fail_scan", "penalty_rescue", "toy_lq", "synthetic_la
 ONE_SEED_SMOKE = {"audit", "penalty_rescue", "toy_lq", "synthetic_ladder", "warmup_tgw_ablation", "scaffold_blend"}
 
 # mnist1d: the study's CIFAR-10 stages on MNIST-1D, the synthetic ones at the "cpu" size, the toy LQ as the study ran it
-MNIST1D = {"audit": "mnist1d", "both_fail_scan": "mnist1d", "penalty_rescue": "mnist1d", "toy_lq": "paper",
+MNIST1D = {"audit": "mnist1d", "both_fail_scan": "mnist1d", "penalty_rescue": "mnist1d_ends", "toy_lq": "paper",
            "synthetic_ladder": "cpu", "warmup_tgw_ablation": "cpu"}
 
 PRESETS = {

@@ -13,7 +13,7 @@ x seeds, credit_bridge only, then analysis/summary.py.
     python searches/warmup_tgw_ablation.py --preset cpu   # 3 seeds, 2 CPU cores
     python searches/warmup_tgw_ablation.py --address auto --gpus-per-trial 0.125
 
-Cost: cpu is 39 trials of 30 epochs on 4000 examples; smoke is 8 trials, 30 s on 2 CPU cores (measured by `python
+Cost: cpu is 39 trials of 20 epochs on 4000 examples; smoke is 8 trials, 30 s on 2 CPU cores (measured by `python
 -m pytest tests/test_searches.py -k smoke_preset --durations=5` in one running local Ray instance, on a contended
 host); paper is 192 trials of 80 synthetic epochs at d=128, not timed here."""
 
@@ -32,14 +32,14 @@ PRESETS = {
     ),
     "cpu": Preset(
         doc="the paper's three one-knob slices through (eT, tgw 1, warmup 0.2): the 4 codes, tgw {0,.25,1,4}, warmup "
-            "{0,.05,.2,.5} for eT and deltaL; d=128, seeds 0-2, 30 epochs on 4000 examples",
+            "{0,.05,.2,.5} for eT and deltaL; d=128, seeds 0-2, 20 epochs on 4000 examples",
         grid={"s_type": ["eT", "deltaL", "eT_hL", "deltaL_hL"], "tgw": [1.0], "warmup_ratio": [0.2],
               "seed": [0, 1, 2]},
         also=({"s_type": ["eT"], "tgw": [0.0, 0.25, 4.0], "warmup_ratio": [0.2], "seed": [0, 1, 2]},
               {"s_type": ["eT", "deltaL"], "tgw": [1.0], "warmup_ratio": [0.0, 0.05, 0.5], "seed": [0, 1, 2]}),
         fixed={**REFERENCE,
                "rule": "credit_bridge", "dataset": "synthetic", "alpha": 1.0, "d": 128, "L": 4, "n_train": 4000,
-               "n_test": 1000, "epochs": 30, "diag_every": 10, "checkpoint_every": 10},
+               "n_test": 1000, "epochs": 20, "diag_every": 10, "checkpoint_every": 10},
     ),
     "paper": Preset(
         doc="synthetic alpha=1 d=128 L=4, warmup {0,.05,.2,.5} x tgw {0,.25,1,4} x 4 codes x seeds 0-2, 80 epochs",
