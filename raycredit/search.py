@@ -266,8 +266,8 @@ def run_stages(configs: list[Config], settings, sweep: str, storage: str, args) 
         if "KILLED" in status.values():
             status.update({c.key(): "KILLED" for s in stages[n:] for c in s})
             break
-        if n:
-            print(f"lineage stage {n + 1} of {len(stages)}: {len(stage)} branches", flush=True)
+        if len(stages) > 1:
+            print(f"lineage stage {n + 1} of {len(stages)}: {len(stage)} {'branches' if n else 'trunks'}", flush=True)
         blocked = [c for c in stage if status.get(c.lineage.parent_run, "FINISHED") != "FINISHED"]
         if blocked:
             print(f"{len(blocked)} branches not started: their parent failed", flush=True)
