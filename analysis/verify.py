@@ -164,7 +164,7 @@ def run(tracking_uri: str | None, prefix: str, out: str, *, preset: str = "",
     name = f"reproduction_{preset or prefix}"
     (folder / f"{name}.md").write_text(text)
     pd.DataFrame([{"table": tid, "row": row, "column": col, "reference": s.tables[tid].value(row, col).value,
-                   "mean": m.summary()[0], "std": m.summary()[1], "n": m.summary()[2]}
+                   **dict(zip(("mean", "std", "n"), m.summary(), strict=True))}
                   for (tid, row, col), m in cells.items()]).to_csv(folder / f"{name}.csv", index=False)
     experiment_id = tracking.ensure_experiment(uri, prefix)
     parent = tracking.record_summary(uri, experiment_id, key=f"reproduction-{prefix}", name=prefix,
