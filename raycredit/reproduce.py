@@ -19,7 +19,7 @@ from pathlib import Path
 
 from raycredit.errors import UserError
 from raycredit.flags import OneLineParser, add_tracking_uri
-from raycredit.search import INTERRUPTED
+from raycredit.interrupts import INTERRUPTED
 
 SEARCHES = Path(__file__).resolve().parents[1] / "searches"
 
@@ -187,14 +187,9 @@ def print_plan(planned: list[Planned], uri: str, prefix: str, estimate: bool, th
               "differ between rules; trials run side by side as Ray's resources allow)", flush=True)
 
 
-def run_stage(p: Planned, uri: str, prefix: str) -> int:
-    """Run one stage's search (or skip it when every run has finished); its exit code."""
-    from raycredit import tracking
-
-    found = tracking.existing_experiment(uri, f"{prefix}-{p.name}")
-    if found is not None and {c.key() for c in p.configs} <= tracking.finished_keys(uri, found[0]):
-        print(f"stage {p.name}: all {len(p.configs)} runs finished; not run again", flush=True)
-        return 0
+def run_stage(p: Planned) -> int:
+    """Run one stage's search; its exit code. A stage whose runs have all finished trains nothing: its search
+    only draws its analysis again (it may have been cut short by a kill)."""
     print(f"stage {p.name}: searches/{p.name}.py {' '.join(p.argv)}", flush=True)
     return p.module.main(p.argv)
 
@@ -219,7 +214,7 @@ def run(doc: str, presets: dict[str, Plan], verify, argv: list[str] | None = Non
         print_plan(planned, uri, prefix, estimate=True, threads=max(1, int(args.cpus_per_trial)))
         failed, t0 = 0, time.perf_counter()
         for p in planned:
-            code = run_stage(p, uri, prefix)
+            code = run_stage(p)
             if code in (2, INTERRUPTED):
                 if code == INTERRUPTED:
                     print("reproduce: interrupted; re-run the same command to finish what is missing",

@@ -22,6 +22,7 @@ from pathlib import Path
 from raycredit.config import Config
 from raycredit.errors import UserError
 from raycredit.flags import overrides_from, search_parser
+from raycredit.interrupts import INTERRUPTED, sweep_interrupts
 from raycredit.knobs import stable_hash
 from raycredit.lineage import Branch, check_lineage, lineage_levels, with_branches
 from raycredit.rules import make_config
@@ -117,32 +118,6 @@ def run_search(name: str, doc: str, presets: dict[str, Preset], *, default_prese
             engine.disconnect()
 
 
-INTERRUPTED = 130  # the shell's code for a Ctrl-C
-
-
-@contextlib.contextmanager
-def sweep_interrupts(uri: str, experiment_id: str, keys: list[str] | None):
-    """Run a sweep so that any number of Ctrl-C presses ends it cleanly.
-
-    Tune takes the first Ctrl-C (it saves its state and returns); a second one raises KeyboardInterrupt out
-    of Tuner.fit. Then the runs of this sweep left RUNNING are marked KILLED, further Ctrl-C presses are
-    ignored while that happens, and the search exits 130 with the resume hint instead of a traceback.
-    keys: the sweep's run keys, or None for an Optuna search (whose trials are drawn: its RUNNING runs).
-    """
-    try:
-        yield
-    except KeyboardInterrupt:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            from raycredit import tracking
-
-            keys = tracking.running_keys(uri, experiment_id) if keys is None else keys
-            tracking.close_stale_runs(uri, experiment_id, dict.fromkeys(keys, "KILLED"))
-        finally:
-            signal.signal(signal.SIGINT, previous)
-        raise
-
-
 def run_analyses(analysis: Analysis | tuple[Analysis, ...] | None, uri: str, experiment: str, out: str) -> None:
     fns = analysis if isinstance(analysis, tuple) else (analysis,) if analysis is not None else ()
     for fn in fns:
@@ -227,6 +202,8 @@ def _run(name: str, preset: Preset, args, analysis, held: contextlib.ExitStack) 
         raise UserError(f"--population {args.population}: must be >= 1")
     configs = expand(preset, overrides_from(args))
     check_lineage(configs)
+    if _finished_already(name, args, configs, analysis):
+        return 0
     # the Tune experiment is named after the exact trial set, so re-running the same command resumes it
     sweep_id = stable_hash([c.key() for c in configs] + ([args.population] if args.population > 1 else []))[:8]
     uri, storage, experiment, settings, sweep = _prepare(name, args, configs, held, sweep_id,
@@ -253,6 +230,26 @@ def _run(name: str, preset: Preset, args, analysis, held: contextlib.ExitStack) 
     if not args.no_analysis:
         run_analyses(analysis, uri, experiment, args.out or str(Path("reports") / experiment))
     return 1 if failed else 0
+
+
+def _finished_already(name: str, args, configs: list[Config], analysis) -> bool:
+    """Whether every run of the sweep has finished in its experiment already; then nothing starts (no Ray, no
+    lock) and only the analysis runs again, over the store (so an analysis that a kill cut short is redone)."""
+    from raycredit import checks, tracking
+
+    experiment = args.experiment or f"{name}-{args.preset}"
+    checks.experiment_name(experiment)
+    uri = tracking.normalize_uri(args.tracking_uri)
+    tracking.check_tracking_uri(uri)
+    checks.store_writable(uri, experiment)  # the analysis records its files in the store
+    found = tracking.existing_experiment(uri, experiment)
+    if found is None or not {c.key() for c in configs} <= tracking.finished_keys(uri, found[0]):
+        return False
+    print(f"{name}: all {len(configs)} runs already finished in {experiment!r} at {tracking.redact(uri)}; nothing "
+          "to train (pass a new --experiment to train them again)", flush=True)
+    if not args.no_analysis:
+        run_analyses(analysis, uri, experiment, args.out or str(Path("reports") / experiment))
+    return True
 
 
 def run_stages(configs: list[Config], settings, sweep: str, storage: str, args) -> dict[str, str]:
@@ -328,6 +325,7 @@ def _export_only(name: str, args, base: Config, space: Callable, opt, sweep_id: 
     disk.check_writable(Path(args.out or Path("reports") / experiment), "--out")
     uri = tracking.normalize_uri(args.tracking_uri)
     tracking.check_tracking_uri(uri)
+    checks.store_writable(uri, experiment)  # the analysis records its files in the store
     found = tracking.existing_experiment(uri, experiment)
     sweep = f"{experiment}-{sweep_id}"
     if found is None or not tracking.sweep_runs(uri, found[0], sweep):

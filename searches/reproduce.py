@@ -14,10 +14,11 @@ the run ids behind every number (reports/<prefix>/reproduction_<preset>.md, also
     python searches/reproduce.py --preset smoke --only audit,toy_lq
     python searches/reproduce.py --preset paper --address auto --data-dir ~/data/cifar10
 
-Re-running the same command finishes only what is missing (stages whose runs all finished are skipped; the
-others resume). Cost: smoke is 11 stages, 2 seeds each (docs/results/reproduction_smoke.md states the
-measured wall time); paper runs every search's paper preset (CIFAR-10, the study's d, L, epochs and seeds)
-for a GPU cluster, not timed here.
+Re-running the same command finishes only what is missing (a stage whose runs all finished trains nothing
+and only draws its analysis again; the others resume). Cost: smoke is 11 stages, 2 seeds each, and mnist1d
+348 trials, 3 seeds each, sized for 2 CPU cores (docs/results/reproduction_<preset>.md state their measured
+wall times); paper runs every search's paper preset (CIFAR-10, the study's d, L, epochs and seeds) for a GPU
+cluster, not timed here.
 """
 
 import sys
@@ -33,12 +34,20 @@ ONE_SEED_SMOKE = {"audit", "penalty_rescue", "toy_lq", "synthetic_ladder", "warm
 # mnist1d: the study's CIFAR-10 stages on MNIST-1D, the synthetic ones at the "cpu" size, the toy LQ as the study ran it
 MNIST1D = {"audit": "mnist1d", "both_fail_scan": "mnist1d", "penalty_rescue": "mnist1d_ends", "toy_lq": "paper",
            "synthetic_ladder": "cpu", "warmup_tgw_ablation": "cpu"}
+# ...and within 90 minutes on 2 cores (stage walls measured on MNIST-1D): of the scan, the grid's cells the
+# tables read (its largest d, credit normalization on, as the study ran it); of the blends, alpha 0.75 (the
+# study's replication); the hand-off trunk 10 epochs (branches from t0=2: 8 epochs, 13 with the prefit); the
+# synthetic ladder 20 epochs and the warm-up ablation 12
+MNIST1D_ARGS = {"both_fail_scan": ("--set", "d=128", "--set", "credit_norm=true"),
+                "scaffold_blend": ("--set", "blend_alpha=0.75"), "handoff": ("--epochs", "10"),
+                "synthetic_ladder": ("--epochs", "20"), "warmup_tgw_ablation": ("--epochs", "12")}
 
 PRESETS = {
     "smoke": Plan("every stage's smoke preset, 2 seeds (synthetic data, toy size)",
                   tuple(Stage(s, "smoke", ("--seeds", "0,1") if s in ONE_SEED_SMOKE else ()) for s in SEARCHES)),
     "mnist1d": Plan("the CIFAR-10 stages on MNIST-1D, the synthetic ones at their cpu size, the toy LQ as the seeds "
-                    "ran it; 3 seeds", tuple(Stage(s, MNIST1D.get(s, "mnist1d")) for s in SEARCHES)),
+                    "ran it; 3 seeds",
+                    tuple(Stage(s, MNIST1D.get(s, "mnist1d"), MNIST1D_ARGS.get(s, ())) for s in SEARCHES)),
     "paper": Plan("every stage's paper preset: CIFAR-10, the study's d, L, epochs and seeds (a GPU cluster)",
                   tuple(Stage(s, "paper") for s in SEARCHES)),
 }

@@ -92,6 +92,8 @@ def setup(kind: str, tmp: Path, ckpt: bytes, monkeypatch) -> None:
         (tmp / "m.db").write_bytes(b"")
         if subprocess.run(["chattr", "+i", str(tmp / "m.db")], capture_output=True).returncode:
             pytest.skip("chattr +i is not available here (needs root on ext4-like filesystems)")
+    elif kind == "store_garbage":  # a hostile or truncated file where the store's database should be
+        (tmp / "m.db").write_bytes(b"<html>not a database</html>")
     elif kind == "artifacts_immutable":
         (tmp / "artifacts").mkdir()
         if subprocess.run(["chattr", "+i", str(tmp / "artifacts")], capture_output=True).returncode:
@@ -145,6 +147,7 @@ CASES = [
     (SEARCH, "afile", ["--tracking-uri", "sqlite:///{tmp}/afile/m.db"], "--tracking-uri: cannot create"),
     (SEARCH, "", ["--tracking-uri", "mlruns/m.db"], "is not a URI"),
     (SEARCH, "store_immutable", [], "the file is not"),
+    (SEARCH, "store_garbage", [], "is not a SQLite database"),
     (SEARCH, "artifacts_immutable", [], "the artifact folder of experiment 'both_fail_scan-smoke': cannot write"),
     (SEARCH, "small_disk", ["--storage", "{tmp}/small/ray"], "small has 1.0 MiB free (a sweep needs at least"),
     (SEARCH, "small_disk", ["--tracking-uri", "sqlite:///{tmp}/small/m.db"], "1.0 MiB free"),

@@ -70,7 +70,8 @@ def test_the_same_search_started_twice_at_once_trains_every_config_once(tmp_path
     assert len(lines) == 1 and "another driver is training into experiment 'twice' (pid " in lines[0], lines
     assert_one_complete_run_per_trial(uri, "twice", 4, 3)
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and "4 of these configs already have a finished run" in again.stdout
+    assert again.returncode == 0 and "all 4 runs already finished in 'twice'" in again.stdout
+    assert "Ray" not in again.stdout + again.stderr  # nothing to train: nothing started
     assert_one_complete_run_per_trial(uri, "twice", 4, 3)
 
 

@@ -390,6 +390,8 @@ def test_a_planted_tune_state_file_is_not_unpickled_on_resume(ray_session, tmp_p
     os.chown(state, 12345, 12345)
     capsys.readouterr()
     if words is None:
+        client, runs = runs_of(f"sqlite:///{tmp_path / 'm.db'}", "both_fail_scan-smoke")
+        client.set_terminated(runs[0].info.run_id, "FAILED")  # one run to train again: the sweep resumes in Tune
         assert scan.main(argv) == 0
         assert "configs already have a finished run" in capsys.readouterr().out
     else:

@@ -85,7 +85,7 @@ def test_a_reproduction_killed_twice_at_random_points_finishes_every_run_once(tm
         proc.communicate()
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, (seed, done.stdout[-3000:], done.stderr[-3000:])
-    assert "stage toy_lq: all 8 runs finished; not run again" in done.stdout, (seed, done.stdout[-3000:])
+    assert "toy_lq: all 8 runs already finished" in done.stdout, (seed, done.stdout[-3000:])
     assert_one_complete_run_per_trial(uri, "reproduce-smoke-toy_lq", 8, 4)
     assert_one_complete_run_per_trial(uri, "reproduce-smoke-scaffold_blend", 10, 3)
 
@@ -106,8 +106,10 @@ def test_a_reproduction_killed_twice_at_random_points_finishes_every_run_once(tm
     report = (tmp_path / "reports" / "reproduce-smoke" / "reproduction_smoke.md").read_text()
     assert "claims reproduced" in report and "smoke scale — checks the machinery, not the science" in report
     assert "## 001-5: Toy LQ" in report and "| State Bridge | Costate Cosine | 0.945 ± 0.002 |" in report
-    verify.run(uri, "reproduce-smoke", str(tmp_path / "again"), preset="smoke", stages=["toy_lq", "scaffold_blend"])
-    again = (tmp_path / "again" / "reproduction_smoke.md").read_text()
+    assert "Plots of the stage, beside this report in `scaffold_blend/`: growth.png" in report
+    verify.run(uri, "reproduce-smoke", str(tmp_path / "reports" / "reproduce-smoke"), preset="smoke",
+               stages=["toy_lq", "scaffold_blend"])
+    again = (tmp_path / "reports" / "reproduce-smoke" / "reproduction_smoke.md").read_text()
     assert again.split("## Manifest")[0] == report.split("## Manifest")[0]
     client, parent = runs_of(uri, "reproduce-smoke")
     [summary] = parent

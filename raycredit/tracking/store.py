@@ -32,6 +32,7 @@ def normalize_uri(uri: str | None) -> str:
 
 TRACKING_SCHEMES = ("sqlite", "http", "https")
 REACH_TIMEOUT_S = 5.0
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 
 
 def check_tracking_uri(uri: str) -> None:
@@ -45,6 +46,12 @@ def check_tracking_uri(uri: str) -> None:
         raise UserError(f"--tracking-uri {redact(uri)}: tracking URI scheme {parts.scheme!r} is not supported (use "
                         "sqlite:///path/mlflow.db, or http(s)://host:port of an MLflow server)")
     if parts.scheme == "sqlite":
+        db = Path(uri[len("sqlite:///"):])
+        if db.is_file() and os.access(db, os.R_OK) and db.stat().st_size:
+            with db.open("rb") as f:
+                if f.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+                    raise UserError(f"--tracking-uri {redact(uri)}: {db} is not a SQLite database (a file of "
+                                    "something else is in its place; move it away or pass another store)")
         return
     try:
         port = parts.port
