@@ -134,17 +134,13 @@ def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack,
     from raycredit.tracking import provenance
 
     checks.sweep_flags(args, engine.MIN_HANG_AFTER_S)
-    experiment = args.experiment or f"{name}-{args.preset}"
-    checks.experiment_name(experiment)
+    uri, experiment = _experiment(name, args)
     disk.check_writable(Path(args.out or Path("reports") / experiment), "--out")
     wants_cuda = checks.devices(configs, args)
     classes = {data_cfg: check_data(data_cfg) for data_cfg in {c.data for c in configs}}
     for c in configs:  # an npz file's labels say how many outputs the model has
         c.check_model_size(classes[c.data])
-    uri = tracking.normalize_uri(args.tracking_uri)
-    tracking.check_tracking_uri(uri)
     start.check_outside_parents(configs, uri, experiment)
-    checks.store_writable(uri, experiment)
     if "://" in args.storage:
         raise UserError(f"--storage {args.storage!r}: trial checkpoints need a filesystem path "
                         "(on a multi-node cluster, a folder every node mounts)")
@@ -186,6 +182,20 @@ def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack,
         source_tags=provenance.source_tags(name), sweep=sweep, system_metrics_s=args.system_metrics)
     checks.record_store(Path(storage) / sweep, uri, settings.experiment_id)
     return uri, storage, experiment, settings, sweep
+
+
+def _experiment(name: str, args) -> tuple[str, str]:
+    """(tracking uri, experiment) of the search's flags, checked: a usable name, a supported store that can be
+    written, and an experiment that holds no other search's trials."""
+    from raycredit import checks, tracking
+
+    experiment = args.experiment or f"{name}-{args.preset}"
+    checks.experiment_name(experiment)
+    uri = tracking.normalize_uri(args.tracking_uri)
+    tracking.check_tracking_uri(uri)
+    checks.store_writable(uri, experiment)
+    checks.experiment_owner(uri, experiment, name)
+    return uri, experiment
 
 
 def _lock_lost(message: str) -> None:
@@ -235,13 +245,9 @@ def _run(name: str, preset: Preset, args, analysis, held: contextlib.ExitStack) 
 def _finished_already(name: str, args, configs: list[Config], analysis) -> bool:
     """Whether every run of the sweep has finished in its experiment already; then nothing starts (no Ray, no
     lock) and only the analysis runs again, over the store (so an analysis that a kill cut short is redone)."""
-    from raycredit import checks, tracking
+    from raycredit import tracking
 
-    experiment = args.experiment or f"{name}-{args.preset}"
-    checks.experiment_name(experiment)
-    uri = tracking.normalize_uri(args.tracking_uri)
-    tracking.check_tracking_uri(uri)
-    checks.store_writable(uri, experiment)  # the analysis records its files in the store
+    uri, experiment = _experiment(name, args)
     found = tracking.existing_experiment(uri, experiment)
     if found is None or not {c.key() for c in configs} <= tracking.finished_keys(uri, found[0]):
         return False
@@ -318,14 +324,10 @@ def _run_optuna(name: str, preset: Preset, args, analysis, space: Callable, held
 
 def _export_only(name: str, args, base: Config, space: Callable, opt, sweep_id: str) -> int:
     """--export-study: the search's trials so far as an Optuna study; reads the store, starts nothing."""
-    from raycredit import checks, disk, tracking
+    from raycredit import disk, tracking
 
-    experiment = args.experiment or f"{name}-{args.preset}"
-    checks.experiment_name(experiment)
+    uri, experiment = _experiment(name, args)
     disk.check_writable(Path(args.out or Path("reports") / experiment), "--out")
-    uri = tracking.normalize_uri(args.tracking_uri)
-    tracking.check_tracking_uri(uri)
-    checks.store_writable(uri, experiment)  # the analysis records its files in the store
     found = tracking.existing_experiment(uri, experiment)
     sweep = f"{experiment}-{sweep_id}"
     if found is None or not tracking.sweep_runs(uri, found[0], sweep):

@@ -94,6 +94,13 @@ def setup(kind: str, tmp: Path, ckpt: bytes, monkeypatch) -> None:
             pytest.skip("chattr +i is not available here (needs root on ext4-like filesystems)")
     elif kind == "store_garbage":  # a hostile or truncated file where the store's database should be
         (tmp / "m.db").write_bytes(b"<html>not a database</html>")
+    elif kind == "foreign_experiment":  # the experiment already holds another search's trials
+        from raycredit import tracking
+        from raycredit.tracking.client import get_client
+
+        uri = f"sqlite:///{tmp / 'm.db'}"
+        get_client(uri).create_run(tracking.ensure_experiment(uri, "both_fail_scan-smoke"), run_name="bp-d64-L4",
+                                   tags={"search": "penalty_rescue"})
     elif kind == "artifacts_immutable":
         (tmp / "artifacts").mkdir()
         if subprocess.run(["chattr", "+i", str(tmp / "artifacts")], capture_output=True).returncode:
@@ -148,6 +155,7 @@ CASES = [
     (SEARCH, "", ["--tracking-uri", "mlruns/m.db"], "is not a URI"),
     (SEARCH, "store_immutable", [], "the file is not"),
     (SEARCH, "store_garbage", [], "is not a SQLite database"),
+    (SEARCH, "foreign_experiment", [], "holds the runs of search 'penalty_rescue' (e.g. 'bp-d64-L4')"),
     (SEARCH, "artifacts_immutable", [], "the artifact folder of experiment 'both_fail_scan-smoke': cannot write"),
     (SEARCH, "small_disk", ["--storage", "{tmp}/small/ray"], "small has 1.0 MiB free (a sweep needs at least"),
     (SEARCH, "small_disk", ["--tracking-uri", "sqlite:///{tmp}/small/m.db"], "1.0 MiB free"),

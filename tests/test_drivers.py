@@ -172,7 +172,8 @@ def test_ctrl_c_prints_raycredits_hint_only_and_v_restores_tunes_tables(tmp_path
     out, err = proc.communicate(timeout=180)
     text = out + err
     assert proc.returncode == 130, text[-3000:]
-    for noise in ("Traceback", "Tuner.restore", "FileNotFoundError", "== Status ==", "Result logdir"):
+    for noise in ("Traceback", "Tuner.restore", "FileNotFoundError", "== Status ==", "Result logdir",
+                  "Token authentication"):
         assert noise not in text, (noise, text[-3000:])
     assert "re-run the same command to resume" in text and len(text.splitlines()) <= 12, text
     again = subprocess.run([*cmd, "-v"], cwd=tmp_path, capture_output=True, text=True, timeout=300)

@@ -148,7 +148,8 @@ class Study:
         return [c for c in self.claims if c.table == table_id]
 
     def stages(self) -> list[str]:
-        return sorted({t.stage for t in self.tables.values() if t.stage})
+        """The stages that measure a table, in the order of their first table (the reproduction's order)."""
+        return list(dict.fromkeys(t.stage for t in self.tables.values() if t.stage))
 
 
 @cache
