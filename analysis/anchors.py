@@ -26,8 +26,6 @@ PUBLISHED = [
     "Nøkland 2016, NeurIPS (arXiv:1609.01596): with DFA \"the test performance on MNIST and CIFAR is almost as good "
     "as those obtained with back-propagation for fully connected networks\"; DFA with dropout reaches 1.45% test "
     "error on permutation-invariant MNIST.",
-    "Quoted in raycredit issue #12 (not re-checked here): a 1x1000 MLP on CIFAR-10, best test accuracy BP 52.0, "
-    "FA 49.5.",
     "Greydanus & Kobak 2024, \"Scaling down deep learning with MNIST-1D\", ICML (arXiv:2011.14439): on the default "
     "MNIST-1D set (4000/1000), test accuracy of logistic regression about 32 %, an MLP (40-100-100-10, ReLU) about "
     "68 %, a CNN (three ReLU convolutions of 25 channels) about 94 %, a GRU about 91 %; Adam, lr 1e-2, batches of "

@@ -1,4 +1,4 @@
-"""The audit table (SPEC §8): per rule, mean ± sample std (ddof=1) over seeds of test accuracy, deep_cos,
+"""The audit table: per rule, mean ± sample std (ddof=1) over seeds of test accuracy, deep_cos,
 ||h_L||, ||g_L||, the Mode 1 flags and divergence, and the margin of the mean accuracy to the frozen-blocks
 baseline of the same setting.
 

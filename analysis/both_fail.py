@@ -1,4 +1,4 @@
-"""Settings where FA and DFA both fall below the frozen-blocks baseline (SPEC §8).
+"""Settings where FA and DFA both fall below the frozen-blocks baseline.
 
 A (setting, seed) qualifies when FA and DFA both score below the frozen
 baseline of that setting, both report

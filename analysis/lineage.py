@@ -1,8 +1,8 @@
-"""Tables of the lineage searches (the seeds' phases 4-10), each mean ± sample std (ddof=1) over seeds:
+"""Tables of the lineage searches (the reference study's phases 4-10), each mean ± sample std (ddof=1) over seeds:
 
 - `handoff`: every branch of a trunk against the trunk continued unchanged ("diff vs continue_DFA", paired by
   seed: the branch's final test_acc minus its own trunk's), per branch epoch t0 (searches/handoff.py);
-- `recovery`: credit estimators fitted on a frozen snapshot, their final deep_cos (the seeds' Gamma),
+- `recovery`: credit estimators fitted on a frozen snapshot, their final deep_cos (the reference study's Gamma),
   deep_rho and nudge, per snapshot epoch (searches/snapshot_recovery.py);
 - `exploitability`: the k-step loss changes per credit, normalization, blocks, k and eta, the line search's
   best eta, and PUR (searches/exploitability.py);
@@ -37,7 +37,7 @@ def load(tracking_uri: str, experiment: str) -> pd.DataFrame:
 
 
 def branch_name(row: pd.Series) -> str:
-    """The seeds' names: handoff_to_Vec, blend_<alpha> (a prefit vector field), the auxiliary kind otherwise,
+    """The reference study's names: handoff_to_Vec, blend_<alpha> (a prefit vector field), the auxiliary kind otherwise,
     with the schedule knobs that differ from their defaults; a rule change is old->new."""
     if row["rule"] != "scaffold":
         return str(row["rule"])
@@ -109,9 +109,9 @@ def recovery_table(df: pd.DataFrame) -> pd.DataFrame:
 def report_recovery(tracking_uri: str, experiment: str, out_dir: str | Path) -> str:
     title = f"Credit recovery on frozen snapshots: {experiment}"
     return report(recovery_table(load(tracking_uri, experiment)), title,
-                  "After fitting on the frozen snapshot: deep_cos (the seeds' Gamma), deep_rho and deep_nudge, each "
-                  "over the same deep layers (those whose credit the rule estimates), mean ± sample std (ddof=1) "
-                  "over seeds.", out_dir, "recovery")
+                  "After fitting on the frozen snapshot: deep_cos (the reference study's Gamma), deep_rho and "
+                  "deep_nudge, each over the same deep layers (those whose credit the rule estimates), mean ± sample "
+                  "std (ddof=1) over seeds.", out_dir, "recovery")
 
 
 def exploit_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -145,8 +145,8 @@ def exploit_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def best_etas(g: pd.DataFrame, k: int) -> str:
-    """The seeds' best etas, '!' after one on the grid's edge (the line search did not bracket it), 'none' for a
-    seed whose every eta diverged."""
+    """The best etas (as the reference study lists them), '!' after one on the grid's edge (the line search did not
+    bracket it), 'none' for a seed whose every eta diverged."""
     edge = g.get(f"exploit/best_eta_edge/k{k}", pd.Series(0.0, index=g.index))
     names = {"none" if e != e else f"{e:g}{'!' if x == 1 else ''}" for e, x in
              zip(g[f"exploit/best_eta/k{k}"], edge, strict=True)}
@@ -180,7 +180,7 @@ SHORT = {"dfa": "DFA", "vector_field": "Vec"}
 
 
 def schedule_name(row: pd.Series, parent: pd.Series | None) -> str:
-    """The seeds' phase-8/9 names: DFA_only, Vec_T5_then_DFA, periodic refits and top-down blends."""
+    """The reference study's phase-8/9 names: DFA_only, Vec_T5_then_DFA, periodic refits and top-down blends."""
     rule = row["rule"]
     if parent is None:
         return TRUNK_NAMES.get(rule, rule)

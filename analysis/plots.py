@@ -1,4 +1,4 @@
-"""Plots of a search (SPEC §8), as PNG files and as artifacts of the search's summary run in MLflow.
+"""Plots of a search, as PNG files and as artifacts of the search's summary run in MLflow.
 
 - growth.png: ||h_L|| and ||g_L|| at each diagnostic epoch, a panel per (width d, depth L), one line per rule
   (mean over its runs, ± std band), log axes;

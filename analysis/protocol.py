@@ -1,12 +1,12 @@
 """The 4-diagnostic evaluation protocol of the reference study (seeds 001 §6, 004) on an experiment's runs:
 (a) residual-stream growth and (b) gradient-floor collapse against the setting's BP runs, (c) functional
 agreement of deep_cos with accuracy, nudging and training loss, (d) depth utilization over the fitted
-frozen-blocks baseline; definitions, and where they differ from the seeds', in `raycredit.verdicts`.
+frozen-blocks baseline; definitions, and where they differ from the reference study's, in `raycredit.verdicts`.
 
 Two tables: the verdicts (a), (b), (d) per setting and row (rule and varying rule knobs) over seeds, PASS /
 FIRE / MIXED / – (why), with the depth-utilization margin in percentage points (mean ± ddof=1 std); and, per
 setting, the audited rules' functional metrics and deep_cos with their ranks (1 = best), the consensus rank,
-Kendall's tau of deep_cos's order against each, and (c) once per setting over seeds (the seeds' §4.2 table).
+Kendall's tau of deep_cos's order against each, and (c) once per setting over seeds (the reference study's §4.2 table).
 Writes protocol.csv (the verdicts), protocol_functional.csv and protocol.md. Reads MLflow only; never re-trains.
 
     python analysis/protocol.py --experiment audit-smoke [--tracking-uri URI] [--out DIR] [--threshold-pp 2]
@@ -62,7 +62,8 @@ def report(df: pd.DataFrame, out_dir: str | Path, title: str, threshold_pp: floa
               f"judged, and why). (a) ||h_L|| >= {growth:g} x the setting's BP; (b) mode1b and ||g_L|| <= "
               f"{floor_ratio:g} x BP's; (d) margin over the frozen-blocks baseline (the better of the trained and "
               f"the fitted readout) below {threshold_pp:g} pp, judged where BP beats that baseline by "
-              f"{threshold_pp:g} pp. Definitions and how they differ from the seeds': raycredit/verdicts.py.", "",
+              f"{threshold_pp:g} pp. Definitions and how they differ from the reference study's: "
+              "raycredit/verdicts.py.", "",
               markdown_table(shown, "g"), ""]
     func = functional_table(df, threshold_pp)
     if func.empty:

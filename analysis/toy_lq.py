@@ -1,6 +1,6 @@
-"""The toy linear-quadratic table (the seeds' "Toy LQ"): per rule, mean ± sample std (ddof=1) over seeds of
+"""The toy linear-quadratic table (the reference study's "Toy LQ"): per rule, mean ± sample std (ddof=1) over seeds of
 the costate cosine (deep_cos: on toy_lq's linear student with its quadratic cost, the true gradient dJ/dh_l is
-the costate), rho (deep_rho) and nudging (deep_nudge) at the final epoch, in the seeds' row order (DFA, state
+the costate), rho (deep_rho) and nudging (deep_nudge) at the final epoch, in the reference study's row order (DFA, state
 bridge, credit bridge, then any other rule). Writes toy_lq.csv and toy_lq.md. Reads MLflow only.
 
     python analysis/toy_lq.py --experiment toy_lq-smoke [--tracking-uri URI] [--out DIR]

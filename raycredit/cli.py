@@ -1,4 +1,4 @@
-"""`raycredit train`: one run without Ray (SPEC §10). Every config knob is a flag; see --help."""
+"""`raycredit train`: one run without Ray. Every config knob is a flag; see --help."""
 
 from __future__ import annotations
 

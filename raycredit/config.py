@@ -121,12 +121,12 @@ class RuleConfig:
     decay_to: float = knob(-1.0, "scaffold: after the freeze alpha goes linearly to this by the last epoch "
                                  "(-1 = alpha stays)", lo=-1, hi=1)
     prefit_epochs: int = knob(0, "scaffold: epochs after the warm-up in which only the auxiliary learns", lo=0)
-    refit_every: int = knob(0, "scaffold: periodic refit (the seeds' 9B): after every this many blended epochs, "
-                               "refit_epochs in which only the auxiliary learns, which is frozen in between "
+    refit_every: int = knob(0, "scaffold: periodic refit (the reference study's 9B): after every this many blended "
+                               "epochs, refit_epochs in which only the auxiliary learns, which is frozen in between "
                                "(0 = off: it learns throughout)", lo=0)
     refit_epochs: int = knob(1, "scaffold: epochs of each periodic refit", lo=1)
     blend_layers: int = knob(0, "scaffold: blend only the last this many blocks' credit; the layers below keep "
-                                "DFA's (the seeds' 9C top-down curriculum; 0 = every layer)", lo=0)
+                                "DFA's (the reference study's 9C top-down curriculum; 0 = every layer)", lo=0)
     aux_width: int = knob(0, "hidden width of auxiliary nets (bridges, value/vector nets; 0 = 2 d)", lo=0)
     aux_lr: float = knob(1e-3, "learning rate of auxiliary nets", lo=0, lo_open=True)
 
@@ -148,7 +148,7 @@ class TrainConfig:
     compile: bool = knob(False, "torch.compile the training step's forward and loss (the first steps pay "
                                 "the compilation)")
     freeze_model: bool = knob(False, "train only the rule's auxiliary nets; the model's weights stay as they are "
-                                     "(credit recovery on a frozen snapshot: the seeds' phases 4A/5B)")
+                                     "(credit recovery on a frozen snapshot: the reference study's phases 4A/5B)")
     keep_epochs: str = knob("", "comma-separated epochs whose checkpoints are kept (MLflow artifacts "
                                 "checkpoint/epoch-<e>/checkpoint.pt) for branches to start from; the last epoch's "
                                 "is always kept")
@@ -186,7 +186,8 @@ class LineageConfig:
 class ExploitConfig:
     exploitability: bool = knob(False, "measure the starting snapshot instead of training it: k local steps along "
                                        "the rule's credit (bp: the oracle gradient), raw or credit_norm, and the "
-                                       "loss change on the same batch and held out (seeds' phases 6A/6.5A/7A)")
+                                       "loss change on the same batch and held out (the reference study's phases "
+                                       "6A/6.5A/7A)")
     exploit_steps: str = knob("1,5", "exploitability: comma-separated step counts k")
     exploit_etas: str = knob("0.001,0.01,0.1,1", "exploitability: comma-separated step sizes eta (the line search)")
     exploit_blocks: str = knob("all", "exploitability: the blocks that step (the embedding and head stay)",
@@ -195,7 +196,8 @@ class ExploitConfig:
                                    "variance over them)", lo=2)
     exploit_held_out: int = knob(1024, "exploitability: test examples of the held-out loss", lo=1)
     exploit_clamp: float = knob(0.0, "exploitability: clamp every gradient element of a local step to [-c, c] "
-                                     "(the seeds' phase 6A clamped, value unstated; 0 = off, phase 6.5A)", lo=0)
+                                     "(the reference study's phase 6A clamped, value unstated; 0 = off, phase "
+                                     "6.5A)", lo=0)
 
 
 SECTIONS: dict[str, type] = {

@@ -1,4 +1,4 @@
-"""Datasets, held whole as tensors on the trial's device (SPEC §3).
+"""Datasets, held whole as tensors on the trial's device.
 
 `load_data(cfg, device)` returns a `Data` with flattened float32 inputs (their
 per-example shape kept in `Data.shape`, for the image architectures) and int64
@@ -71,8 +71,8 @@ def synthetic(cfg: DataConfig) -> Data:
 
 
 def toy_lq(cfg: DataConfig) -> Data:
-    """The linear-quadratic toy (seeds' "Toy LQ"): initial states x ~ N(0, I) of input_dim, each to be driven to
-    the target y = T x + noise of n_classes dimensions, T a fixed random linear map (entries ~ N(0, 1 /
+    """The linear-quadratic toy (the reference study's "Toy LQ"): initial states x ~ N(0, I) of input_dim, each to be
+    driven to the target y = T x + noise of n_classes dimensions, T a fixed random linear map (entries ~ N(0, 1 /
     input_dim)), the noise ~ N(0, lq_noise^2) per entry.
     With the quadratic cost 1/2 ||z - y||^2 and a linear student (block_ln and out_ln off, student_activation
     teacher at alpha 0: h_l = h_{l-1} + W2 W1 h_{l-1}) it is a linear-quadratic control problem over the

@@ -1,4 +1,4 @@
-"""Credit diagnostics on a fixed probe batch (SPEC §5).
+"""Credit diagnostics on a fixed probe batch.
 
 Metric names (one table for the whole project; i = 0..L, l0 = embedding output, b{l} = block l = 1..L, τ one
 of `SUPPORT_TAUS`; CE is the task's loss, `rules.base.task_loss`: the cross-entropy, or on toy_lq the quadratic
@@ -38,8 +38,8 @@ parameters on the probe batch (before clipping and the optimizer's own scaling) 
 probe's mean CE with respect to the same parameters. `wb_angle` pairs come from `Rule.feedback_pairs`: fa's
 and its relatives' B against W; and from `Rule.jacobian_feedback`: dfa's B_l against what it stands in for, the
 Jacobian dz/dh_l of the outputs with respect to h_l (the forward product through the blocks, out_ln and the
-readout), averaged over the probe's first `JACOBIAN_SAMPLES` samples. `loss_decrease` is the seeds' training-loss
-decrease: negative when the loss falls.
+readout), averaged over the probe's first `JACOBIAN_SAMPLES` samples. `loss_decrease` is the reference study's
+training-loss decrease: negative when the loss falls.
 
 A rule's exact layers (`Rule.exact_layers`: h_L for fa with fa_mode=reference and for state_bridge,
 whose a_L is the exact output-local gradient) are left out of the deep summaries, so that an exact
@@ -233,7 +233,7 @@ def angle_degrees(b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 def diagnose(model, rule: Rule, x: torch.Tensor, y: torch.Tensor, cfg: DiagConfig, *,
              seed: int, h_norm_init: float | None = None, credits=None) -> dict[str, float]:
-    """All SPEC §5 credit diagnostics of (model, rule) on the probe batch (x, y) (the module's metric table).
+    """All the credit diagnostics of (model, rule) on the probe batch (x, y) (the module's metric table).
 
     `credits` overrides the rule's credit (calibration tests pass a random vector here); the rule's own
     update (upd_cos) is then not measured. In float32 (`diag_dtype`) they are measured again in float64

@@ -72,7 +72,7 @@ def knob_choices(key: str) -> tuple:
 
 def search_parser(name: str, doc: str, presets: dict, default_preset: str,
                  optuna: bool = False) -> argparse.ArgumentParser:
-    """The flags every search script takes (SPEC §7); presets: {name: Preset}."""
+    """The flags every search script takes; presets: {name: Preset}."""
     p = OneLineParser(prog=f"{name}.py", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.knob_hint = True
     p.add_argument("--preset", choices=list(presets), default=default_preset,

@@ -1,4 +1,4 @@
-"""Branches: a run that starts from another run's checkpoint at a chosen epoch (SPEC §6, "Lineage").
+"""Branches: a run that starts from another run's checkpoint at a chosen epoch.
 
 A branch is a config with `parent_run` and `parent_epoch` set (`Parent.of` reads them as a typed value). It
 starts from exactly the parent's state at that epoch and trains on to its own `epochs` (which count from the

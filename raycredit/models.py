@@ -1,7 +1,7 @@
-"""The architectures: ResMLP (SPEC §2), ViT-Mini, SmallCNN, a plain MLP and a plain 1-D CNN, behind one layered
+"""The architectures: ResMLP, ViT-Mini, SmallCNN, a plain MLP and a plain 1-D CNN, behind one layered
 interface.
 
-Layer indices follow SPEC §2: h_0 is the embedding output, h_l (l = 1..L) the
+Layer indices: h_0 is the embedding output, h_l (l = 1..L) the
 output of block l. Block l (1-based) maps h_{l-1} to h_l = h_{l-1} + f_l(h_{l-1})
 (or f_l(h_{l-1}) without `residual_add`). `head` is out_ln + readout, everything
 after h_L. Every h_l of a model has the shape (N, *h_shape) with the width d last:

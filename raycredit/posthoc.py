@@ -1,5 +1,5 @@
-"""Post-hoc diagnostics of a checkpoint (`raycredit diagnose`): every SPEC §5 diagnostic recomputed from
-the saved model and rule state (loss_decrease from its history), and the null calibration of feedback-matrix
+"""Post-hoc diagnostics of a checkpoint (`raycredit diagnose`): every diagnostic of raycredit.diagnostics recomputed
+from the saved model and rule state (loss_decrease from its history), and the null calibration of feedback-matrix
 rules.
 
 Null calibration (as in the reference study): the trained model's deep_cos when the rule's feedback

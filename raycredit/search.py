@@ -1,7 +1,7 @@
 """What every search script shares: its flags, presets, validation and the sweep itself.
 
 A search file declares PRESETS = {"smoke": Preset(...), "paper": Preset(...)};
-`run_search` parses the common flags (SPEC §7), expands the preset's grid into
+`run_search` parses the common flags, expands the preset's grid into
 configs, validates all of them and the data before anything starts, connects
 to Ray, runs the trials, then the search's analysis. Bad input exits 2 with one
 line and touches neither MLflow nor the Tune storage.

@@ -1,7 +1,7 @@
 """An Optuna search's trials as an Optuna study on disk, which optuna-dashboard and notebooks open.
 
 The search keeps its own study inside Tune's searcher state (an in-memory study pickled with the experiment:
-Optuna's RDB storage breaks Tuner.restore, SPEC §11), and `export_study` never reads or writes that state. It
+Optuna's RDB storage breaks Tuner.restore), and `export_study` never reads or writes that state. It
 rebuilds the study from the sweep's MLflow runs, so it can run after the search or at any time on demand:
 
 - each trial's drawn knobs, replayed through the search's space to recover their distributions (knobs a trial

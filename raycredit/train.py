@@ -290,7 +290,7 @@ def fit(stepper: Stepper, cfgs: list[Config], *, checkpoints: list[dict] | None,
 
 def train(cfg: Config, *, checkpoint: dict | None = None, on_epoch: EpochCallback | None = None,
           progress: bool = False, data: Data | None = None) -> dict:
-    """Train one configuration; returns {"config", "final", "history"} (SPEC §10).
+    """Train one configuration; returns {"config", "final", "history"}.
 
     on_epoch(epoch, metrics, checkpoint_fn) is called after every epoch;
     checkpoint_fn() builds the checkpoint dict, and is None for a diverged epoch

@@ -30,7 +30,7 @@ none can fire on BP by construction. A run's verdicts, from its final epoch:
   rule's (d) reads "invalid setting".
 
 Per setting and row (a rule and its varying knobs, as in the audit table), a verdict over seeds is PASS when no
-seed fires, FIRE when every seed does, MIXED when they disagree (seeds' 004: "reports MIXED if seeds
+seed fires, FIRE when every seed does, MIXED when they disagree (the reference study's 004: "reports MIXED if seeds
 disagree"), and "– (why)" when no seed could be judged, with the reason. `analysis/protocol.py` prints these
 tables; `audit_table.py` shows (a), (b) and (d) as columns; `raycredit diagnose` prints a run's own.
 
@@ -234,7 +234,7 @@ def protocol_table(df, threshold_pp: float = THRESHOLD_PP, growth: float = GROWT
 def functional_table(df, threshold_pp: float = THRESHOLD_PP):
     """Per setting and audited row: the seed means of the functional metrics and deep_cos, each with its rank
     among the setting's rows (1 = best), the consensus rank (mean over seeds), and per setting the mean taus and
-    (c) over seeds: the seeds' §4.2 table, with the verdict once per setting."""
+    (c) over seeds: the reference study's §4.2 table, with the verdict once per setting."""
     runs = run_verdicts(df, threshold_pp)
     setting, keys = setting_columns(runs), row_columns(runs)  # the experiment's, before leaving rows out
     runs = runs[runs["(c)"].notna()]

@@ -1,9 +1,9 @@
 """The 6-method audit: accuracy, credit quality and Mode-1 flags of bp, fa, ep, dfa, credit_bridge,
 state_bridge and the frozen-blocks baseline on one architecture.
 
-Question: on CIFAR-10 with a d=256 L=4 ResMLP (SPEC §9), which rules beat the
+Question: on CIFAR-10 with a d=256 L=4 ResMLP, which rules beat the
 frozen-blocks baseline, which have genuine credit (deep cos), and which show
-residual-stream growth / gradient-floor collapse (mode1a / mode1b)? The seeds'
+residual-stream growth / gradient-floor collapse (mode1a / mode1b)? The reference study's
 Table 1: BP 0.615, FA 0.401, frozen 0.349, EP 0.316, DFA 0.306, CB 0.289, SB 0.205.
 
 Sweep: 7 rules x seeds, then analysis/audit_table.py (per rule: accuracy, deep cos, ||h_L||, ||g_L||,

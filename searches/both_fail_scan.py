@@ -3,7 +3,7 @@
 Question: on which (d, L) settings do feedback alignment and direct feedback
 alignment *both* score below the frozen-blocks baseline while still reporting
 positive deep cosine and above-chance accuracy, in settings where BP does use
-depth (SPEC §7-8; the seeds found d=512 L=2 on CIFAR-10 with 3/10 seeds)?
+depth (the reference study found d=512 L=2 on CIFAR-10 with 3/10 seeds)?
 
 Sweep: rules {fa, dfa} x credit_norm {on, off} x d x L x seeds, plus the controls {bp, frozen} x d x L x
 seeds, all with the reference study's block-level FA (fa_mode=reference), then analysis/both_fail.py.

@@ -1,7 +1,7 @@
-"""Hand-offs from one DFA trunk (the seeds' phases 9A and 10A): which auxiliary, blended into DFA's credit
+"""Hand-offs from one DFA trunk (the reference study's phases 9A and 10A): which auxiliary, blended into DFA's credit
 from epoch t0 on, beats DFA continued unchanged?
 
-Question: the seeds checkpointed a DFA trajectory at t0 in {1, 5, 10}, prefit a vector field (Vec) on the
+Question: the reference study checkpointed a DFA trajectory at t0 in {1, 5, 10}, prefit a vector field (Vec) on the
 frozen checkpoint, then branched: continue_DFA, handoff_to_Vec (pure Vec), and blends a = alpha Vec +
 (1 - alpha) DFA. The blend at alpha=0.75 gained +1.5 pp at t0=5 (one seed). The 10A dissection then showed
 the same gain from random, shuffled and time-only trainable auxiliaries, and crashes from zero targets and

@@ -1,6 +1,6 @@
 """Optuna scaffold search: which scaffold schedule gives the best accuracy on top of DFA?
 
-Question: the seeds tuned the DFA + auxiliary blend by hand (alpha 0.75, a
+Question: the reference study tuned the DFA + auxiliary blend by hand (alpha 0.75, a
 hand-over after 5 epochs, no freeze). Tree-structured Parzen estimation
 (Optuna's TPE through Ray Tune's OptunaSearch) searches alpha, the auxiliary
 kind, its learning rate, the freeze / decay schedule and prefit epochs
@@ -10,7 +10,7 @@ ASHA stops trials that lag after `grace_period` epochs. A stopped trial
 reaches TPE as COMPLETE with its value at the last epoch it ran (Tune's
 OptunaSearch reports it so), not as PRUNED: TPE models it like a finished one.
 Re-running the same command resumes the search (Tune checkpoints the in-memory
-study; Optuna's RDB storage would break Tuner.restore, SPEC §11). The best
+study; Optuna's RDB storage would break Tuner.restore). The best
 config is printed and recorded in MLflow as a run tagged raycredit.summary,
 and the trials are exported as an Optuna study with importances and plots
 under <out>/optuna (`raycredit.study`; `--export-study` alone re-exports).

@@ -1,6 +1,6 @@
 """Penalty rescue: does the block-output penalty lam * ||f_l||^2 rescue the rules whose blocks run away?
 
-Question: the seeds found that the penalty lifts DFA by about 6 points on CIFAR-10
+Question: the reference study found that the penalty lifts DFA by about 6 points on CIFAR-10
 (30 epochs, d=256) while FA, which does not need rescuing, barely moves. Which
 rules does a penalty help, and at which strength?
 

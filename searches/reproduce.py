@@ -45,8 +45,8 @@ MNIST1D_ARGS = {"both_fail_scan": ("--set", "d=128", "--set", "credit_norm=true"
 PRESETS = {
     "smoke": Plan("every stage's smoke preset, 2 seeds (synthetic data, toy size)",
                   tuple(Stage(s, "smoke", ("--seeds", "0,1") if s in ONE_SEED_SMOKE else ()) for s in SEARCHES)),
-    "mnist1d": Plan("the CIFAR-10 stages on MNIST-1D, the synthetic ones at their cpu size, the toy LQ as the seeds "
-                    "ran it; 3 seeds",
+    "mnist1d": Plan("the CIFAR-10 stages on MNIST-1D, the synthetic ones at their cpu size, the toy LQ as the "
+                    "reference study ran it; 3 seeds",
                     tuple(Stage(s, MNIST1D.get(s, "mnist1d"), MNIST1D_ARGS.get(s, ())) for s in SEARCHES)),
     "paper": Plan("every stage's paper preset: CIFAR-10, the study's d, L, epochs and seeds (a GPU cluster)",
                   tuple(Stage(s, "paper") for s in SEARCHES)),

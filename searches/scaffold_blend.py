@@ -1,6 +1,6 @@
 """Scaffold blend: which auxiliaries improve DFA when blended in, and at which weight alpha?
 
-Question: the seeds found that blending DFA's credit with a continuously
+Question: the reference study found that blending DFA's credit with a continuously
 trained auxiliary (a = alpha aux + (1 - alpha) DFA) gained about a point on
 CIFAR-10 at alpha=0.75 for one seed, through depth-aware trainable perturbation
 rather than semantic credit (zero targets and frozen auxiliaries crash), and
@@ -9,7 +9,7 @@ auxiliary kind at every alpha against plain DFA on the same seeds.
 
 Sweep: scaffold alpha {0.25, 0.5, 0.75, 0.9} x aux kinds x seeds, plus dfa on the
 same seeds, then analysis/summary.py. Scaffold runs hand over from DFA after
-5% of the epochs (the seeds' t0=5 of 100).
+5% of the epochs (the reference study's t0=5 of 100).
 
     python searches/scaffold_blend.py --preset smoke
     python searches/scaffold_blend.py --preset mnist1d   # MNIST-1D, 2 CPU cores

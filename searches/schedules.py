@@ -1,4 +1,4 @@
-"""Credit schedules (the seeds' phases 8, 9B and 9C): when, and where in depth, should a learned credit take
+"""Credit schedules (the reference study's phases 8, 9B and 9C): when, and where in depth, should a learned credit take
 over from DFA?
 
 Question: 7A suggested credit is most useful early; 8 tested it online. DFA alone reached 0.312 on CIFAR-10,
@@ -49,15 +49,15 @@ PRESETS = {
         branches=schedules(2, 4, refit_every=2),
     ),
     "mnist1d": Preset(
-        doc="mnist1d d=128 L=4, 30 epochs, seeds 0-2: the seeds' schedules at the same fractions of training (T2, "
-            "T6; refit 1 epoch every 2 from 2; last 1/2 blocks from 2)",
+        doc="mnist1d d=128 L=4, 30 epochs, seeds 0-2: the reference study's schedules at the same fractions of "
+            "training (T2, T6; refit 1 epoch every 2 from 2; last 1/2 blocks from 2)",
         grid={"rule": ["dfa", "vector_field"], "seed": [0, 1, 2]},
         fixed={**REFERENCE, **MNIST1D, "epochs": 30, "warmup_ratio": 0.0, "diag_every": 10, "checkpoint_every": 2},
         branches=schedules(2, 6, refit_every=2),
     ),
     "paper": Preset(
-        doc="cifar10 d=256 L=4, 100 epochs, seed 0: the seeds' schedules (T5, T20; refit 1 epoch every 5 from 5; "
-            "last 1/2 blocks from 5)",
+        doc="cifar10 d=256 L=4, 100 epochs, seed 0: the reference study's schedules (T5, T20; refit 1 epoch every 5 "
+            "from 5; last 1/2 blocks from 5)",
         grid={"rule": ["dfa", "vector_field"], "seed": [0]},
         fixed={**REFERENCE, "dataset": "cifar10", "d": 256, "L": 4, "epochs": 100, "warmup_ratio": 0.0,
                "diag_every": 10, "checkpoint_every": 5},

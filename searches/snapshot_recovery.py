@@ -1,4 +1,4 @@
-"""Credit recovery on a frozen snapshot (the seeds' phases 4A and 5B): can a credit estimator recover the
+"""Credit recovery on a frozen snapshot (the reference study's phases 4A and 5B): can a credit estimator recover the
 gradient's direction when the network it estimates for stands still?
 
 Question: online, learned credit estimators lose to DFA; is that the estimator, or the co-adaptation of

@@ -2,7 +2,7 @@
 teacher's nonlinearity alpha and the depth L?
 
 Question: on the teacher-student task (phi_alpha = (1 - alpha) z + alpha tanh z),
-which credit estimator recovers the true gradient (deep cos = the seeds' Gamma,
+which credit estimator recovers the true gradient (deep cos = the reference study's Gamma,
 deep rho) online? The seeds: at alpha=1 credit_bridge beats state_bridge and
 DFA at every depth, and the vector field (M=4) beats them all (L=4: Vec
 0.91/0.96, CB 0.45/0.51, DFA 0.05/0.06 for Gamma/rho). The vector field's
@@ -19,7 +19,7 @@ model outruns its credit net and vector_field / credit_bridge lose the gradient 
 
     python searches/synthetic_ladder.py --preset smoke
     python searches/synthetic_ladder.py --preset cpu   # 3 seeds, 2 CPU cores
-    python searches/synthetic_ladder.py --preset paper --set alpha=1 --set L=4   # the row of the seeds' table
+    python searches/synthetic_ladder.py --preset paper --set alpha=1 --set L=4   # the study's row
     python searches/synthetic_ladder.py --address auto --preset paper            # the whole ladder
 
 Cost: cpu is 15 trials of 30 epochs on 4000 examples; smoke is 9 trials; before the student axis its 5 trials took

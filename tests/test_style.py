@@ -86,3 +86,16 @@ def test_the_readme_layout_names_every_module():
         missing += [f"{package}/{p.name}" for p in sorted((PACKAGE / package).glob("*.py"))
                     if p.name != "__init__.py" and f"`{p.name}`" not in row]
     assert not missing, missing
+
+
+def test_user_facing_texts_cite_nothing_a_user_cannot_open():
+    """The README, the searches' and analyses' texts and the package name the reference study by that name: no
+    "the seeds" (its notes' file names), no "SPEC §" (a development document) and no issue numbers."""
+    import re
+
+    banned = re.compile(r"SPEC §|the seeds'|the seeds (found|ran|tuned|checkpointed)|issue #\d")
+    texts = [ROOT / "README.md", *sorted((ROOT / "searches").glob("*.py")), *sorted((ROOT / "analysis").glob("*.py")),
+             *sorted(PACKAGE.rglob("*.py"))]
+    hits = [f"{p.relative_to(ROOT)}:{i}: {line.strip()[:80]}" for p in texts
+            for i, line in enumerate(p.read_text().splitlines(), 1) if banned.search(line)]
+    assert not hits, hits

@@ -5,7 +5,7 @@ One trial trains one config, or several as a population, each with its own MLflo
 import os
 
 # Set before ray is first imported (by the modules below).
-# Ray binds to the machine's address unless told otherwise; this keeps local instances on 127.0.0.1 (SPEC §11).
+# Ray binds to the machine's address unless told otherwise; this keeps local instances on 127.0.0.1.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # the classic reporter lets the progress table show the trials' labels instead of the whole nested config
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")

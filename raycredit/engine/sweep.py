@@ -255,7 +255,7 @@ def run_optuna(base: Config, opt: OptunaSettings, settings: SweepSettings, *, na
     """Run (or resume) an Optuna search over knobs on top of `base`.
 
     Optuna keeps its study in memory and Tune checkpoints the searcher with the experiment:
-    Optuna's RDB storage breaks Tuner.restore (SPEC §11). Trials that ASHA stopped early count
+    Optuna's RDB storage breaks Tuner.restore. Trials that ASHA stopped early count
     as finished. The best trial is read from the exported study (`raycredit.study`).
     """
     import optuna

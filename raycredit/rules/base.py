@@ -1,4 +1,4 @@
-"""The shared rule interface and the local update form of SPEC §4.
+"""The shared rule interface and the local update form every non-BP rule trains its blocks with.
 
 Credit convention: a_i (i = 0..L) is a per-sample estimate of dCE_n/dh_i, the
 gradient of the sample's cross-entropy with respect to layer i. Block l

@@ -1,9 +1,9 @@
 """scaffold: a_l = alpha * aux_l + (1 - alpha) * DFA_l, aux from a continuously trained auxiliary.
 
-The seeds' blend dissection (phases 9-10) as one rule. Schedule over the E epochs:
+The reference study's blend dissection (phases 9-10) as one rule. Schedule over the E epochs:
 
 1. warm-up: the first `warmup_ratio` of the epochs use DFA's credit alone and the auxiliary does not
-   learn (the seeds' hand-off from a DFA trajectory at t0);
+   learn (the reference study's hand-off from a DFA trajectory at t0);
 2. prefit: the next `prefit_epochs` epochs train only the auxiliary, on the model as it stands
    (frozen; its metrics are still logged), so `epochs = E + prefit_epochs` trains the model as long
    as `dfa` with E epochs;
@@ -11,7 +11,7 @@ The seeds' blend dissection (phases 9-10) as one rule. Schedule over the E epoch
    that alpha mixes directions rather than magnitudes (a net trained on loss slopes outputs vectors
    orders of magnitude smaller than DFA's). The auxiliary learns for `freeze_after` blended epochs
    (-1: throughout); after the freeze alpha goes linearly to `decay_to` at the last epoch (-1: stays).
-   With `refit_every` K > 0 (the seeds' 9B periodic refit) the blended epochs instead cycle through K
+   With `refit_every` K > 0 (the reference study's 9B periodic refit) the blended epochs instead cycle through K
    epochs with the auxiliary frozen and `refit_epochs` R epochs in which only the auxiliary learns.
    With `blend_layers` n > 0 (9C, top-down) only the last n blocks' credit is blended; the layers below
    keep DFA's.
@@ -26,7 +26,7 @@ except where stated:
 | kind | aux_l | learns from |
 |---|---|---|
 | vector_field | MLP(h_l / RMS(h_l), t_l, s) as in the vector_field rule | measured slopes; may be prefit |
-| random_trainable | MLP(h_l, t_l, s) | measured slopes from its random init (never prefit: the seeds' "random Vec") |
+| random_trainable | MLP(h_l, t_l, s) | measured slopes from its random init (never prefit: the study's "random Vec") |
 | shuffled_trainable | MLP(h_l, t_l, s) | slopes shuffled across samples: trainable but semantically empty |
 | perlayer_vector | one trainable vector v_l per layer | measured slopes |
 | time_only | MLP(t_l) | measured slopes: depth but no state |
@@ -35,7 +35,7 @@ except where stated:
 | gaussian_noise | fresh N(0, I) per step | nothing |
 
 With `prefit_epochs` = 0, vector_field and random_trainable train the same net the same way;
-the seeds name them apart by whether the field was prefit, and so do the searches.
+the reference study names them apart by whether the field was prefit, and so do the searches.
 
 The auxiliary's randomness (directions, shuffles, noise) comes from the rule's own generator, saved
 in the checkpoint, so the batch order is DFA's and alpha = 0 trains exactly like `dfa`.

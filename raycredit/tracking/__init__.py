@@ -3,7 +3,7 @@
 Trials log from inside the trial through `TrialRun`, keyed by a stable run
 key (the config hash): a restored or retried trial finds and continues its
 own run instead of creating a second one (the stock MLflowLoggerCallback
-duplicates runs after `Tuner.restore`, SPEC §11), and epochs that were already
+duplicates runs after `Tuner.restore`), and epochs that were already
 logged before an interruption are not logged twice.
 """
 

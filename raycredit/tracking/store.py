@@ -20,7 +20,7 @@ def default_tracking_uri() -> str:
 
 
 def normalize_uri(uri: str | None) -> str:
-    """Absolute tracking URI (trials run in other working directories, SPEC §11)."""
+    """Absolute tracking URI (trials run in other working directories)."""
     if not uri:
         return default_tracking_uri()
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
