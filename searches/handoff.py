@@ -21,9 +21,10 @@ analysis/lineage.py handoff.
     python searches/handoff.py --preset mnist1d   # MNIST-1D, 2 CPU cores
     python searches/handoff.py --address auto --data-dir ~/data/cifar10
 
-Cost: mnist1d is 39 trials (a stage of reproduce.py --preset mnist1d, not yet timed); smoke is 2 trunks and 24
-branches of 8-10 epochs on synthetic data (docs/PERFORMANCE.md); paper is 3 trunks and 3 x (3 x 4 + 9) branches of
-100 (+60 prefit) CIFAR-10 epochs, not timed here."""
+Cost: mnist1d is 39 trials; with --epochs 10, as reproduce.py --preset mnist1d runs it, 7.4 min on 2 CPU cores
+(docs/results/reproduction_mnist1d.md); smoke is 2 trunks and 24 branches of 8-10 epochs on synthetic data
+(docs/PERFORMANCE.md); paper is 3 trunks and 3 x (3 x 4 + 9) branches of 100 (+60 prefit) CIFAR-10 epochs, not timed
+here."""
 
 import sys
 

@@ -15,10 +15,11 @@ same seeds, then analysis/summary.py. Scaffold runs hand over from DFA after
     python searches/scaffold_blend.py --preset mnist1d   # MNIST-1D, 2 CPU cores
     python searches/scaffold_blend.py --address auto --data-dir ~/data/cifar10
 
-Cost: mnist1d is 15 trials (a stage of reproduce.py --preset mnist1d, not yet timed); smoke is 5 trials, 22 s on 2
-CPU cores (measured by `python -m pytest tests/test_searches.py -k smoke_preset --durations=5` in one running local
-Ray instance, on a contended host); paper is 99 trials of 100 CIFAR-10 epochs, not timed here (the vector-field
-kinds add about (L+1) x 2 M forward passes a step)."""
+Cost: mnist1d is 15 trials, not timed (reproduce.py --preset mnist1d runs its alpha 0.75 slice, 6 trials: 1.5 min on
+2 CPU cores, docs/results/reproduction_mnist1d.md); smoke is 5 trials, 22 s on 2 CPU cores (measured by `python -m
+pytest tests/test_searches.py -k smoke_preset --durations=5` in one running local Ray instance, on a contended
+host); paper is 99 trials of 100 CIFAR-10 epochs, not timed here (the vector-field kinds add about (L+1) x 2 M
+forward passes a step)."""
 
 import sys
 

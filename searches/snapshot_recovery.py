@@ -16,9 +16,9 @@ ones without DFA warm-up. Then analysis/lineage.py recovery: final deep_cos (Gam
     python searches/snapshot_recovery.py --preset mnist1d   # MNIST-1D, 2 CPU cores
     python searches/snapshot_recovery.py --address auto --data-dir ~/data/cifar10
 
-Cost: mnist1d is 18 trials (a stage of reproduce.py --preset mnist1d, not yet timed); smoke is 2 trunks of 6 epochs
-and 10 fits of 6 epochs on synthetic data (docs/PERFORMANCE.md); paper is 9 trunks of 100 CIFAR-10 epochs and 45
-fits of 100 epochs, not timed here."""
+Cost: mnist1d is 18 trials, 3.0 min on 2 CPU cores as a stage of reproduce.py --preset mnist1d
+(docs/results/reproduction_mnist1d.md); smoke is 2 trunks of 6 epochs and 10 fits of 6 epochs on synthetic data
+(docs/PERFORMANCE.md); paper is 9 trunks of 100 CIFAR-10 epochs and 45 fits of 100 epochs, not timed here."""
 
 import sys
 

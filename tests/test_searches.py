@@ -200,3 +200,26 @@ def test_optuna_space_draws_valid_conditional_configs():
         seen.add(cfg.rule.aux_kind)
         study.tell(trial, 0.0)
     assert len(seen) == 8
+
+
+def test_the_readmes_own_sweep_runs_as_written(ray_session, tmp_path, monkeypatch):
+    """README's "Your own sweep" block, written to a file and run as a script (shrunk by flags: one seed, one
+    epoch, fewer examples): one finished run per config of its grid, and the summary row of each."""
+    import runpy
+    import sys
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("**Your own sweep.**", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    script = tmp_path / "my_sweep.py"
+    script.write_text(block)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [str(script), "--seeds", "0", "--epochs", "1", "--set", "n_train=256",
+                                      "--tracking-uri", uri, "--gpus-per-trial", "0"])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(script), run_name="__main__")
+    assert done.value.code == 0
+    assert_one_complete_run_per_trial(uri, "my_sweep-small", 6, 1)
+    rows = [line for line in (tmp_path / "reports" / "my_sweep-small" / "summary.md").read_text().splitlines()
+            if line.startswith(("| bp ", "| fa ", "| dfa "))]
+    assert len(rows) == 6, rows
