@@ -130,9 +130,15 @@ def dead_here(holder: dict) -> bool:
         return False
 
 
-def holder(path: Path) -> str:
-    try:
-        owner = json.loads(path.read_text())
-        return f"pid {owner['pid']} on {owner['host']}, since {owner['since']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "holder unknown"
+def holder(path: Path, wait_s: float = 1.0) -> str:
+    """Who holds the lock at `path`, as its holder wrote it. The holder writes itself just after it takes the
+    lock, so an empty or partial record is read again for up to `wait_s` seconds."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            owner = json.loads(path.read_text())
+            return f"pid {owner['pid']} on {owner['host']}, since {owner['since']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            if time.monotonic() >= deadline:
+                return "holder unknown"
+            time.sleep(0.05)

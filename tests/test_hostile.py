@@ -357,3 +357,20 @@ def test_a_local_ray_instance_starts_without_secrets_a_trial_does_not_need(monke
         assert not set(planted) & set(os.environ)
         assert all(os.environ[k] == v for k, v in needed.items())
     assert all(os.environ[k] == v for k, v in {**planted, **needed}.items())
+
+
+def test_a_lock_holder_still_writing_its_record_is_named_not_unknown(tmp_path):
+    """The second of two drivers started at once may find the lock taken and its record not yet written: it
+    reads it again for a moment, so its one line names the holder."""
+    import json
+    import threading
+
+    from raycredit import locks
+
+    path = tmp_path / "x.lock"
+    path.write_text("")
+    record = {"pid": 4242, "host": "h", "since": "2026-01-01 00:00:00"}
+    threading.Timer(0.2, lambda: path.write_text(json.dumps(record))).start()
+    assert locks.holder(path) == "pid 4242 on h, since 2026-01-01 00:00:00"
+    path.write_text("{")
+    assert locks.holder(path, wait_s=0.1) == "holder unknown"
