@@ -125,16 +125,15 @@ def run_analyses(analysis: Analysis | tuple[Analysis, ...] | None, uri: str, exp
 
 
 def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack, sweep_id: str,
-             keys: list[str]):
-    """Checks shared by every search, then take the experiment's lock (held until `held` closes), check the
-    store against the sweep's record (`keys`: its run keys) and connect: (tracking uri, storage, experiment,
-    SweepSettings, the sweep's Tune name)."""
+             keys: list[str], uri: str, experiment: str):
+    """Checks shared by every search beyond `_experiment`'s (which gave `uri` and `experiment`), then take the
+    experiment's lock (held until `held` closes), check the store against the sweep's record (`keys`: its run
+    keys) and connect: (storage, SweepSettings, the sweep's Tune name)."""
     from raycredit import checks, disk, engine, locks, start, tracking
     from raycredit.data import check_data
     from raycredit.tracking import provenance
 
     checks.sweep_flags(args, engine.MIN_HANG_AFTER_S)
-    uri, experiment = _experiment(name, args)
     disk.check_writable(Path(args.out or Path("reports") / experiment), "--out")
     wants_cuda = checks.devices(configs, args)
     classes = {data_cfg: check_data(data_cfg) for data_cfg in {c.data for c in configs}}
@@ -181,7 +180,7 @@ def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack,
         code_version=provenance.code_version(), cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus,
         source_tags=provenance.source_tags(name), sweep=sweep, system_metrics_s=args.system_metrics)
     checks.record_store(Path(storage) / sweep, uri, settings.experiment_id)
-    return uri, storage, experiment, settings, sweep
+    return storage, settings, sweep
 
 
 def _experiment(name: str, args) -> tuple[str, str]:
@@ -212,12 +211,13 @@ def _run(name: str, preset: Preset, args, analysis, held: contextlib.ExitStack) 
         raise UserError(f"--population {args.population}: must be >= 1")
     configs = expand(preset, overrides_from(args))
     check_lineage(configs)
-    if _finished_already(name, args, configs, analysis):
+    uri, experiment = _experiment(name, args)
+    if _finished_already(uri, experiment, name, args, configs, analysis):
         return 0
     # the Tune experiment is named after the exact trial set, so re-running the same command resumes it
     sweep_id = stable_hash([c.key() for c in configs] + ([args.population] if args.population > 1 else []))[:8]
-    uri, storage, experiment, settings, sweep = _prepare(name, args, configs, held, sweep_id,
-                                                         [c.key() for c in configs])
+    storage, settings, sweep = _prepare(name, args, configs, held, sweep_id, [c.key() for c in configs], uri,
+                                        experiment)
     print(f"{name}: {len(configs)} runs, MLflow experiment {experiment!r} at {tracking.redact(uri)}")
     alone = sum(not supports_population(c) for c in configs)
     if args.population > 1 and alone:
@@ -242,12 +242,11 @@ def _run(name: str, preset: Preset, args, analysis, held: contextlib.ExitStack) 
     return 1 if failed else 0
 
 
-def _finished_already(name: str, args, configs: list[Config], analysis) -> bool:
+def _finished_already(uri: str, experiment: str, name: str, args, configs: list[Config], analysis) -> bool:
     """Whether every run of the sweep has finished in its experiment already; then nothing starts (no Ray, no
     lock) and only the analysis runs again, over the store (so an analysis that a kill cut short is redone)."""
     from raycredit import tracking
 
-    uri, experiment = _experiment(name, args)
     found = tracking.existing_experiment(uri, experiment)
     if found is None or not {c.key() for c in configs} <= tracking.finished_keys(uri, found[0]):
         return False
@@ -300,7 +299,8 @@ def _run_optuna(name: str, preset: Preset, args, analysis, space: Callable, held
                                 seed=base.train.seed)
     if args.export_study:
         return _export_only(name, args, base, space, opt, sweep_id)
-    uri, storage, experiment, settings, sweep = _prepare(name, args, [base, probe], held, sweep_id, [])
+    uri, experiment = _experiment(name, args)
+    storage, settings, sweep = _prepare(name, args, [base, probe], held, sweep_id, [], uri, experiment)
     print(f"{name}: Optuna (TPE) + ASHA, {samples} trials on top of {experiment!r} at {tracking.redact(uri)}")
     with sweep_interrupts(uri, settings.experiment_id, None), \
             checks.recording_runs(Path(storage) / sweep, uri, settings.experiment_id):
