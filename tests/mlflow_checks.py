@@ -1,8 +1,31 @@
 """Assertions about what a sweep left in MLflow, and runs logged the way a trial logs them (without Ray)."""
 
+import atexit
+import shutil
+import tempfile
+from pathlib import Path
+
 from mlflow.tracking import MlflowClient
 
 from raycredit.tracking import RUN_KEY_TAG, SUMMARY_TAG
+
+TEMPLATE: list[Path] = []  # this process's empty store, made on first use
+
+
+def new_store(db: Path) -> str:
+    """The sqlite URI of an empty MLflow store at `db`, a copy of one that raycredit's own create_sqlite_store
+    made once in this process: creating a store runs MLflow's schema migrations (seconds of CPU), which tests
+    that are not about creating a store need not repeat (test_disk and test_bad_input create theirs)."""
+    from raycredit.tracking.store import create_sqlite_store
+
+    if not TEMPLATE:
+        folder = Path(tempfile.mkdtemp(prefix="raycredit-store-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        create_sqlite_store(folder / "mlflow.db")
+        TEMPLATE.append(folder / "mlflow.db")
+    db.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(TEMPLATE[0], db)
+    return f"sqlite:///{db}"
 
 
 def logged_run(uri: str, experiment: str, cfg, folder) -> str:

@@ -15,6 +15,8 @@ from pathlib import Path
 from raycredit import engine, tracking  # engine first: it keeps Ray on 127.0.0.1 before ray is imported
 from raycredit.config import Config
 
+from mlflow_checks import new_store
+
 CONFIGS = [Config.from_dict(dict(rule=rule, dataset="synthetic", n_train=2000, n_test=200, input_dim=32, d=32, L=3,
                                  epochs=6, probe_size=32, rho_dirs=2, seed=seed, device="cpu"))
            for rule in ("bp", "dfa") for seed in range(4)]
@@ -27,7 +29,7 @@ def main(out: Path) -> None:
     from mlflow.tracking import MlflowClient
     from ray.cluster_utils import Cluster
 
-    uri, storage = f"sqlite:///{out / 'mlflow.db'}", str(out / "ray")
+    uri, storage = new_store(out / "mlflow.db"), str(out / "ray")
     node = dict(node_ip_address="127.0.0.1", include_dashboard=False)
     cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=1, num_gpus=0, **node))
     try:

@@ -4,6 +4,8 @@ import sys
 
 import pytest
 
+from mlflow_checks import new_store
+
 TINY_FLAGS = ["--n-train", "256", "--n-test", "128", "--input-dim", "16", "--d", "16", "--L", "2",
               "--probe-size", "32", "--rho-dirs", "4", "--device", "cpu", "--no-progress"]
 
@@ -89,7 +91,7 @@ def test_train_branches_from_an_mlflow_runs_kept_epoch(tmp_path, capsys):
     trunk = tmp_path / "trunk"
     assert main(["train", "--rule", "dfa", "--epochs", "4", "--keep-epochs", "2", "--out", str(trunk),
                  *TINY_FLAGS]) == 0
-    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    uri = new_store(tmp_path / "m.db")
     client = MlflowClient(uri)
     run_id = client.create_run(client.create_experiment("trunks", (tmp_path / "artifacts").as_uri())).info.run_id
     # the --out folder's layout is the run artifact's: it uploads as it is

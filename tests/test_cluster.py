@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from raycredit.tracking import ATTEMPT_TAG, NODE_TAG, RESUMED_TAG, RUN_KEY_TAG, SUMMARY_TAG
 from raycredit.train import train
 
-from mlflow_checks import assert_one_complete_run_per_trial, runs_of
+from mlflow_checks import assert_one_complete_run_per_trial, new_store, runs_of
 from node_loss_driver import CONFIGS, EXPERIMENT
 from ports import free_port, wait_for_port
 from searches_loader import load_search
@@ -106,7 +106,7 @@ def interrupt_after(cmd, env, cwd: Path, uri: str, n_finished: int, sig: int) ->
 def test_interrupted_killed_and_restarted_cluster_sweep_completes_once(head, tmp_path):
     """The smoke scan with --address auto: Ctrl-C, re-run, SIGKILL of the driver, the whole cluster
     stopped and started again, re-run: every trial finishes exactly once and the analysis runs."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     cmd = scan_cmd(tmp_path, "killed")
     # Ctrl-C: Tune saves its state, unfinished runs are marked KILLED (not left RUNNING), exit code 130
     assert interrupt_after(cmd, run_env(head.address), tmp_path, uri, 2, signal.SIGINT) == 130
@@ -136,7 +136,7 @@ def test_interrupted_killed_and_restarted_cluster_sweep_completes_once(head, tmp
 
 
 def test_optuna_search_killed_and_rerun_completes_its_trials_once(head, tmp_path, capsys):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     cmd = [sys.executable, str(ROOT / "searches" / "optuna_scaffold.py"), "--preset", "smoke", "--address", "auto",
            "--tracking-uri", uri, "--storage", str(tmp_path / "ray"), "--experiment", "optuna",
            "--out", str(tmp_path / "reports"), "--num-samples", "6"]
@@ -250,7 +250,7 @@ def test_a_lineage_search_killed_after_its_trunk_retrains_nothing_and_finishes_e
     """handoff.py's smoke preset (one seed): SIGKILL of the driver once the trunk has finished and a branch has
     started; the same command again finishes every branch exactly once, from the trunk's kept checkpoint,
     without retraining or modifying the trunk."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     cmd = [sys.executable, str(ROOT / "searches" / "handoff.py"), "--preset", "smoke", "--seeds", "0",
            "--set", "d=16", "--set", "L=2", "--set", "n_train=500", "--epochs", "4", "--address", "auto",
            "--tracking-uri", uri,

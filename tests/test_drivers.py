@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mlflow_checks import runs_of
+from mlflow_checks import new_store, runs_of
 from searches_loader import ROOT
 
 
@@ -29,33 +29,13 @@ def wait_for_runs(uri: str, experiment: str, proc, n: int, timeout: float = 240)
         time.sleep(0.3)
 
 
-def test_double_ctrl_c_exits_130_without_traceback_and_leaves_nothing_running(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cmd = [sys.executable, str(ROOT / "searches" / "both_fail_scan.py"), "--preset", "smoke", "--seeds", "0",
-           "--set", "credit_norm=true", "--epochs", "40", "--tracking-uri", uri, "--storage", str(tmp_path / "ray"),
-           "--experiment", "ctrlc", "--gpus-per-trial", "0"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_runs(uri, "ctrlc", proc, 2)
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=180)
-    assert proc.returncode == 130, out[-2000:] + err[-3000:]
-    assert "Traceback" not in err and "Traceback" not in out, err[-3000:]
-    assert "re-run the same command to resume" in out + err
-    _, runs = runs_of(uri, "ctrlc")
-    assert runs and not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
-
-
 def test_the_same_search_started_twice_at_once_trains_every_config_once(tmp_path):
     """Two identical commands within a second on one store and storage (two terminals, a retrying scheduler):
     one trains, the other refuses with one line and exit 2; every config has one FINISHED run, each epoch
     logged once. Then the same command again finds everything finished."""
     from mlflow_checks import assert_one_complete_run_per_trial
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     cmd = [sys.executable, str(ROOT / "searches" / "both_fail_scan.py"), "--preset", "smoke", "--seeds", "0",
            "--set", "credit_norm=true", "--set", "d=16", "--set", "L=2", "--set", "n_train=500", "--epochs", "3",
            "--tracking-uri", uri, "--storage", str(tmp_path / "ray"), "--experiment", "twice", "--gpus-per-trial",
@@ -83,7 +63,7 @@ def test_storage_filled_mid_sweep_fails_trials_with_the_reason_and_a_rerun_compl
     from mlflow_checks import assert_one_complete_run_per_trial
 
     with small_disk(tmp_path / "disk") as disk:
-        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        uri = new_store(tmp_path / "mlflow.db")
         cmd = small_sweep(uri, disk / "ray", "full")
         proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wait_for_runs(uri, "full", proc, 1)
@@ -109,7 +89,7 @@ def test_the_stores_disk_filled_mid_sweep_fails_trials_in_one_line_each_and_a_re
     from mlflow_checks import assert_one_complete_run_per_trial
 
     with small_disk(tmp_path / "disk") as disk:
-        uri = f"sqlite:///{disk / 'mlflow.db'}"
+        uri = new_store(disk / "mlflow.db")
         cmd = small_sweep(uri, tmp_path / "ray", "storefull")
         proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wait_for_runs(uri, "storefull", proc, 1)
@@ -159,30 +139,6 @@ def fill(path: Path) -> None:
                 f.flush()
         except OSError:
             pass
-
-
-def test_ctrl_c_prints_raycredits_hint_only_and_v_restores_tunes_tables(tmp_path):
-    """The default output is a progress line every 10 s; Ctrl-C ends with raycredit's hint, without Tune's
-    `Tuner.restore` advice or a FileNotFoundError per unstarted trial. Re-run with -v, the sweep resumes and
-    shows Tune's trial tables, still without those lines."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cmd = [sys.executable, str(ROOT / "searches" / "both_fail_scan.py"), "--preset", "smoke", "--seeds", "0",
-           "--set", "rule=dfa", "--set", "d=64", "--epochs", "3", "--tracking-uri", uri,
-           "--storage", str(tmp_path / "ray"), "--experiment", "quiet", "--gpus-per-trial", "0", "--no-analysis"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_runs(uri, "quiet", proc, 1)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=180)
-    text = out + err
-    assert proc.returncode == 130, text[-3000:]
-    for noise in ("Traceback", "Tuner.restore", "FileNotFoundError", "== Status ==", "Result logdir",
-                  "Token authentication"):
-        assert noise not in text, (noise, text[-3000:])
-    assert "re-run the same command to resume" in text and len(text.splitlines()) <= 12, text
-    again = subprocess.run([*cmd, "-v"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
-    assert "== Status ==" in again.stdout and "resuming sweep in" in again.stdout
-    assert "Tuner.restore" not in again.stdout + again.stderr and "FileNotFoundError" not in again.stderr
 
 
 def test_a_store_reached_through_a_server_and_directly_has_one_driver(served_store, tmp_path):
@@ -235,7 +191,7 @@ def test_a_store_rolled_back_to_an_older_copy_is_refused_naming_what_is_missing(
     from mlflow_checks import assert_one_complete_run_per_trial
 
     db = tmp_path / "m.db"
-    uri = f"sqlite:///{db}"
+    uri = new_store(db)
     cmd = [sys.executable, str(ROOT / "searches" / "both_fail_scan.py"), "--preset", "smoke", "--seeds", "0",
            "--set", "credit_norm=true", "--set", "d=16", "--set", "L=2", "--set", "n_train=500", "--epochs", "30",
            "--tracking-uri", uri, "--storage", str(tmp_path / "ray"), "--experiment", "rolled", "--gpus-per-trial",
@@ -308,10 +264,13 @@ def wait_closed(path: Path, timeout: float = 120) -> None:
         time.sleep(0.5)
 
 
-def test_ctrl_c_while_ray_starts_and_while_it_stops_ends_in_one_line():
+def test_ctrl_c_at_any_moment_any_number_of_times_ends_in_a_few_lines_and_v_resumes():
     """Ctrl-C while the local Ray instance is starting: the search stops with the resume hint once Ray is up (an
-    interrupted start would leave processes nothing stops), and none of that instance's processes is left.
-    Ctrl-C twice more while it is being stopped: ignored, no traceback."""
+    interrupted start would leave processes nothing stops). Then, in the running sweep, Ctrl-C twice within
+    0.5 s and twice more once "stopping the local Ray instance" is printed: ignored, no traceback. Each ends
+    with exit 130, raycredit's hint and none of Tune's `Tuner.restore` advice, FileNotFoundError lines or status
+    tables, in at most 12 lines; none of that instance's processes is left and no run is left RUNNING. The
+    same command with -v resumes the sweep, shows Tune's tables, still without those lines, and finishes."""
     import os
     import shutil
     import tempfile
@@ -320,10 +279,11 @@ def test_ctrl_c_while_ray_starts_and_while_it_stops_ends_in_one_line():
     root = Path(tempfile.mkdtemp(prefix="rcc"))  # short: Ray's socket paths live under RAY_TMPDIR
     env = {**os.environ, "RAY_TMPDIR": str(root / "rt")}
     (root / "rt").mkdir()
-    uri = f"sqlite:///{root / 'm.db'}"
+    uri = new_store(root / "m.db")
     cmd = [sys.executable, str(ROOT / "searches" / "both_fail_scan.py"), "--preset", "smoke", "--seeds", "0",
-           "--set", "credit_norm=true", "--epochs", "40", "--tracking-uri", uri, "--storage", str(root / "ray"),
-           "--experiment", "ctrlc-start", "--gpus-per-trial", "0", "--no-analysis"]
+           "--set", "credit_norm=true", "--set", "d=16", "--set", "L=2", "--set", "n_train=500", "--epochs", "3",
+           "--tracking-uri", uri, "--storage", str(root / "ray"), "--experiment",
+           "ctrlc", "--gpus-per-trial", "0", "--no-analysis"]
 
     def ours() -> list[int]:
         """Processes of this test's Ray instances (their command lines name RAY_TMPDIR)."""
@@ -356,8 +316,10 @@ def test_ctrl_c_while_ray_starts_and_while_it_stops_ends_in_one_line():
         time.sleep(0.3)
         proc.send_signal(signal.SIGINT)
 
-    def while_stopping(proc, out):
-        wait_for_runs(uri, "ctrlc-start", proc, 1)
+    def while_running_and_stopping(proc, out):
+        wait_for_runs(uri, "ctrlc", proc, 1)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
         deadline = time.time() + 120
         while not any("stopping the local Ray instance" in line for line in out):
@@ -368,16 +330,27 @@ def test_ctrl_c_while_ray_starts_and_while_it_stops_ends_in_one_line():
             time.sleep(0.3)
 
     try:
-        for press in (while_starting, while_stopping):
+        for press in (while_starting, while_running_and_stopping):
             code, out, err = run(press)
+            text = out + err
             assert code in (130, -signal.SIGINT), (press.__name__, code, err[-3000:])  # -2: a press while exiting
-            assert "Traceback" not in out + err, (press.__name__, err[-3000:])
-            assert "re-run the same command to resume" in out + err, (press.__name__, out, err)
+            for noise in ("Traceback", "Tuner.restore", "FileNotFoundError", "== Status ==", "Result logdir",
+                          "Token authentication"):
+                assert noise not in text, (press.__name__, noise, text[-3000:])
+            assert "re-run the same command to resume" in text and len(text.splitlines()) <= 12, (press.__name__,
+                                                                                                 text)
             deadline = time.time() + 20
             while ours() and time.time() < deadline:
                 time.sleep(0.5)
             assert not ours(), (press.__name__, ours())
-        _, runs = runs_of(uri, "ctrlc-start")
+        _, runs = runs_of(uri, "ctrlc")
         assert runs and not [r for r in runs if r.info.status == "RUNNING"]
+        again = subprocess.run([*cmd, "-v"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+        assert "== Status ==" in again.stdout and "resuming sweep in" in again.stdout
+        assert "Tuner.restore" not in again.stdout + again.stderr and "FileNotFoundError" not in again.stderr
+        from mlflow_checks import assert_one_complete_run_per_trial
+
+        assert_one_complete_run_per_trial(uri, "ctrlc", 4, 3)
     finally:
         shutil.rmtree(root, ignore_errors=True)

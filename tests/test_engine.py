@@ -12,13 +12,13 @@ from raycredit.errors import UserError
 from raycredit.rules import make_config
 from raycredit.search import run_search
 
-from mlflow_checks import assert_one_complete_run_per_trial, runs_of
+from mlflow_checks import assert_one_complete_run_per_trial, new_store, runs_of
 from ports import free_port
 from searches_loader import load_search
 
 
 def test_four_quarter_gpu_trials_share_one_gpu_at_once(ray_session, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     exp_id = tracking.ensure_experiment(uri, "packing")
     configs = [Config.from_dict(dict(rule="bp", dataset="synthetic", n_train=3000, n_test=200, input_dim=32, d=64,
                                      L=2, epochs=3, probe_size=32, rho_dirs=2, diag_every=3, seed=s, device="cpu"))
@@ -37,7 +37,7 @@ def test_four_quarter_gpu_trials_share_one_gpu_at_once(ray_session, tmp_path):
 
 
 def test_resumed_trial_reuses_its_run_and_skips_logged_epochs(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     exp = tracking.ensure_experiment(uri, "dedup")
     kw = dict(run_name="r", params={"a": 1}, tags={"rule": "bp"})
     first = tracking.TrialRun(uri, exp, "key1", **kw)
@@ -68,7 +68,7 @@ def test_run_found_without_params_gets_them(tmp_path):
     """A trial killed right after create_run leaves a keyed run with no params; its retry must add them."""
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     exp = tracking.ensure_experiment(uri, "orphan")
     MlflowClient(uri).create_run(exp, tags={tracking.RUN_KEY_TAG: "k"})
     run = tracking.TrialRun(uri, exp, "k", run_name="r", params={"d": 8, "rule": "fa"}, tags={})
@@ -85,7 +85,7 @@ def test_two_trials_logging_one_dataset_at_once_both_get_it(tmp_path):
     from sqlalchemy import event
     from sqlalchemy.orm import Session
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     exp = tracking.ensure_experiment(uri, "inputs")
     first, second = (tracking.TrialRun(uri, exp, k, run_name=k, params={}, tags={}) for k in ("a", "b"))
     dataset = ("synthetic", "0123456789", {"n_train": 10}, {"x_train": [10, 4]})
@@ -113,7 +113,7 @@ def test_a_diverging_trial_is_recorded_and_the_sweep_finishes(ray_session, tmp_p
     from analysis import summary
     from raycredit.checkpoint import load_checkpoint
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     exp_id = tracking.ensure_experiment(uri, "diverge")
     base = dict(rule="bp", dataset="synthetic", n_train=512, n_test=128, input_dim=16, d=16, L=2, epochs=4,
                 probe_size=32, rho_dirs=2, device="cpu")
@@ -167,7 +167,7 @@ def test_sweep_logs_to_an_mlflow_server_and_prints_no_credential(ray_session, tm
 def interrupted_trial(tmp_path, name: str, epochs: int):
     """A one-trial sweep `name` as a killed driver leaves it: (uri, cfg, settings, the trial's run, the trial's
     checkpoint folder), the run open and the folder empty; the test fills both."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     exp_id = tracking.ensure_experiment(uri, name)
     cfg = Config.from_dict(dict(rule="dfa", dataset="synthetic", n_train=256, n_test=64, input_dim=8, d=8, L=1,
                                 epochs=epochs, probe_size=16, rho_dirs=2, device="cpu"))
@@ -224,7 +224,7 @@ def test_32_trials_log_every_epoch_into_sqlite_without_losing_a_point(ray_sessio
 
     from raycredit.train import train
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     exp_id = tracking.ensure_experiment(uri, "load")
     rules = ("bp", "fa", "dfa", "frozen")
     configs = [Config.from_dict(dict(rule=rules[s % 4], dataset="synthetic", n_train=256, n_test=64, input_dim=8,
@@ -260,7 +260,7 @@ def test_a_population_trial_logs_each_member_as_its_own_run(ray_session, tmp_pat
     from raycredit.checkpoint import load_checkpoint
     from raycredit.train import train
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     exp_id = tracking.ensure_experiment(uri, "pop")
     base = dict(rule="bp", dataset="synthetic", n_train=512, n_test=128, input_dim=16, d=16, L=2, epochs=3,
                 probe_size=32, rho_dirs=2, optimizer="sgd", clip_norm=0.0, device="cpu")
@@ -300,7 +300,7 @@ def test_a_population_trial_resumes_from_its_checkpoint(ray_session, tmp_path):
     from raycredit.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
     from raycredit.population import population_key, train_population
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     exp_id = tracking.ensure_experiment(uri, "popres")
     base = dict(rule="fa", dataset="synthetic", n_train=512, n_test=128, input_dim=16, d=16, L=2, epochs=3,
                 probe_size=32, rho_dirs=2, device="cpu")
@@ -367,6 +367,7 @@ def test_a_planted_tune_state_file_is_not_unpickled_on_resume(ray_session, tmp_p
     import pickle
 
     scan = load_search(search)
+    new_store(tmp_path / "m.db")
     argv = ["--preset", "smoke", "--seeds", "0", "--epochs", "1", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
             "--storage", str(tmp_path / "ray"), "--gpus-per-trial", "0", "--no-analysis"]
     optuna = search == "optuna_scaffold"
@@ -426,6 +427,7 @@ def test_a_sweep_whose_store_was_lost_is_refused_not_resumed_mid_way(ray_session
     from searches_loader import ROOT
 
     db = tmp_path / "m.db"
+    new_store(db)
     scan = load_search("both_fail_scan")
     argv = ["--preset", "smoke", "--seeds", "0", "--set", "d=16", "--set", "L=2", "--epochs", "1",
             "--set", "n_train=200", "--set", "credit_norm=true", "--tracking-uri", f"sqlite:///{db}",
@@ -488,7 +490,7 @@ def test_a_frozen_trial_is_killed_as_hung_and_retried_from_its_checkpoint(ray_se
 
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    uri = new_store(tmp_path / "m.db")
     stopped = []
 
     def freeze_once_epoch_2_is_logged():
@@ -583,7 +585,7 @@ def test_a_branch_whose_parent_checkpoint_is_bad_fails_alone_in_its_population(r
     presets = {"trunks": Preset(grid=trunks, fixed={**fixed, "keep_epochs": "1"}, doc="the trunks"),
                "smoke": Preset(grid=trunks, fixed=fixed, doc="trunks and branches",
                                branches=(Branch(of={"parent_run": [""]}, at=(1,), grid={"rule": ["bp"]}),))}
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     argv = ["--tracking-uri", uri, "--storage", str(tmp_path / "ray"), "--gpus-per-trial", "0", "--experiment",
             "bad_parent", "--population", "2"]
     assert run_search("bad_parent", "", presets, default_preset="smoke", argv=["--preset", "trunks", *argv],

@@ -10,6 +10,8 @@ import pytest
 from raycredit import locks
 from raycredit.errors import UserError
 
+from mlflow_checks import new_store
+
 
 def test_every_spelling_of_a_sqlite_store_takes_one_lock(tmp_path, monkeypatch):
     """The store's folder reached through a symlink, a relative path and an absolute one: one lock file, and a
@@ -139,7 +141,7 @@ def test_two_processes_opening_one_run_key_at_the_same_instant_get_one_run(tmp_p
 
     from mlflow_checks import runs_of
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     exp = tracking.ensure_experiment(uri, "race")
     procs = [subprocess.Popen([sys.executable, "-c", OPEN_KEYS, uri, exp], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
@@ -203,7 +205,7 @@ def test_the_claim_of_a_driver_killed_on_this_machine_is_taken_over_at_once(tmp_
 
     from raycredit import tracking
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     tracking.ensure_experiment(uri, "killed")
     holder = subprocess.Popen([sys.executable, "-c", HOLD_CLAIM, uri], stdout=subprocess.PIPE, text=True)
     try:

@@ -14,6 +14,8 @@ from raycredit.data import load_data
 from raycredit.errors import DataError
 from raycredit.rules import make_config
 
+from mlflow_checks import new_store
+
 
 def cfg(folder, **over):
     return make_config({"dataset": "mnist1d", "data_dir": str(folder), "n_train": 400, "n_test": 100, **over}).data
@@ -115,7 +117,7 @@ def test_a_runs_dataset_input_names_the_generator_and_its_version(tmp_path):
     from raycredit.engine.bookkeeper import open_run
     from raycredit.engine.trainable import SweepSettings
 
-    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    uri = new_store(tmp_path / "m.db")
     settings = SweepSettings(search="t", experiment_id=tracking.ensure_experiment(uri, "e"), tracking_uri=uri,
                              code_version="x", cpus_per_trial=1, gpus_per_trial=0)
     c = make_config({"dataset": "mnist1d", "data_dir": str(tmp_path), "n_train": 400, "n_test": 100})

@@ -7,6 +7,8 @@ from analysis import plots
 from raycredit import tracking
 from raycredit.rules import make_config
 
+from mlflow_checks import new_store
+
 EPOCHS = 3
 
 
@@ -35,7 +37,7 @@ def assert_png(path):
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("plots")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    uri = new_store(tmp / "mlflow.db")
     log_runs(uri, "scan", [dict(rule=r, d=d, L=L, seed=s) for r in ("bp", "fa", "dfa", "frozen")
                            for d in (16, 32) for L in (2, 4) for s in (0, 1)])
     log_runs(uri, "rescue", [dict(rule=r, d=16, L=2, penalty_lam=lam, seed=0) for r in ("fa", "dfa")

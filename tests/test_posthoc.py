@@ -10,11 +10,12 @@ from raycredit.rules import make_config
 from raycredit.train import train
 
 from mlflow_checks import logged_run as logged_trial_run
+from mlflow_checks import new_store
 
 
 def logged_run(tmp_path, cfg: Config) -> tuple[str, str]:
     """(tracking uri, run id) of a finished run of cfg with per-epoch metrics and its final checkpoint."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     return uri, logged_trial_run(uri, "posthoc", cfg, tmp_path)
 
 
@@ -69,7 +70,7 @@ def test_diagnose_flags_a_logged_value_it_cannot_reproduce(tmp_path, tiny, capsy
 
 
 def test_diagnose_an_unknown_run_exits_2(tmp_path, capsys):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     tracking.ensure_experiment(uri, "e")
     capsys.readouterr()
     assert main(["diagnose", "--run-id", "0123456789abcdef", "--tracking-uri", uri]) == 2

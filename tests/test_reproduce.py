@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mlflow_checks import assert_one_complete_run_per_trial, runs_of
+from mlflow_checks import assert_one_complete_run_per_trial, new_store, runs_of
 from searches_loader import ROOT, load_search
 
 
@@ -67,7 +67,7 @@ def test_a_reproduction_killed_twice_at_random_points_finishes_every_run_once(tm
     from raycredit.train import train
 
     (tmp_path / "driver.py").write_text(DRIVER)
-    uri = f"sqlite:///{tmp_path / 'mlflow_runs' / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow_runs" / "mlflow.db")
     cmd = [sys.executable, str(tmp_path / "driver.py"), "--preset", "smoke", "--tracking-uri", uri,
            "--gpus-per-trial", "0"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

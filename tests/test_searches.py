@@ -8,7 +8,7 @@ from raycredit.flags import overrides_from, search_parser
 from raycredit.rules import make_config
 from raycredit.search import expand
 
-from mlflow_checks import assert_one_complete_run_per_trial
+from mlflow_checks import assert_one_complete_run_per_trial, new_store
 from searches_loader import ROOT, load_search
 
 GRID_SEARCHES = ["penalty_rescue", "warmup_tgw_ablation", "scaffold_blend", "synthetic_ladder"]  # and audit, below
@@ -99,7 +99,7 @@ def test_seeds_override_reaches_the_also_grids():
 @pytest.mark.parametrize("name", GRID_SEARCHES)
 def test_smoke_preset_runs_into_a_scratch_store(ray_session, tmp_path, name):
     mod = load_search(name)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     rc = mod.main(["--preset", "smoke", "--tracking-uri", uri, "--storage", str(tmp_path / "ray"),
                    "--out", str(tmp_path / "report"), "--gpus-per-trial", "0"])
     assert rc == 0
@@ -125,7 +125,7 @@ def test_audit_smoke_with_two_seeds_ends_with_one_audit_row_per_rule(ray_session
     from raycredit.tracking import load_runs
 
     mod = load_search("audit")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     rc = mod.main(["--preset", "smoke", "--seeds", "0,1", "--tracking-uri", uri, "--storage", str(tmp_path / "ray"),
                    "--out", str(tmp_path / "report"), "--gpus-per-trial", "0"])
     assert rc == 0
@@ -212,7 +212,7 @@ def test_the_readmes_own_sweep_runs_as_written(ray_session, tmp_path, monkeypatc
     block = readme.split("**Your own sweep.**", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     script = tmp_path / "my_sweep.py"
     script.write_text(block)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", [str(script), "--seeds", "0", "--epochs", "1", "--set", "n_train=256",
                                       "--tracking-uri", uri, "--gpus-per-trial", "0"])

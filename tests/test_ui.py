@@ -16,7 +16,7 @@ import pytest
 
 from raycredit import tracking
 
-from mlflow_checks import runs_of
+from mlflow_checks import new_store, runs_of
 from ports import free_port, server
 from searches_loader import load_search
 
@@ -31,7 +31,7 @@ def mlflow_ui(tmp_path_factory):
     """`mlflow ui` on 127.0.0.1 over a scratch store, in its own process group, for this module's tests (each
     with its own experiment); one worker process (the default 4 take seconds more to start on 2 cores)."""
     tmp_path = tmp_path_factory.mktemp("mlflow_ui")
-    port, uri = free_port(), f"sqlite:///{tmp_path / 'mlflow.db'}"
+    port, uri = free_port(), new_store(tmp_path / "mlflow.db")
     tracking.ensure_experiment(uri, "placeholder")  # the store exists before the UI opens it
     with server([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
                  "--port", str(port), "--workers", "1"], port, tmp_path / "mlflow_ui.log"):

@@ -23,7 +23,7 @@ from raycredit.verdicts import (
     run_verdicts,
 )
 
-from mlflow_checks import logged_run
+from mlflow_checks import logged_run, new_store
 
 BASE = dict(dataset="synthetic", d=64, L=4, epochs=30, credit_norm=False, mode1a=0.0, mode1b=0.0)
 
@@ -154,7 +154,7 @@ def test_verdicts_of_a_scratch_store(tmp_path, tiny, capsys):
     analysis/protocol.py, the audit table's columns and `raycredit diagnose` agree with verdicts recomputed by
     hand from the store's metrics: ||h_L|| against BP's, margins against the better frozen readout where BP
     beats it by 2 pp, PASS/FIRE/MIXED."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     ids = {}
     for lr, rules in ((1e-3, ("bp", "frozen", "fa", "dfa")), (0.1, ("bp", "frozen", "dfa"))):
         for rule in rules:
