@@ -225,15 +225,47 @@ def report_schedules(tracking_uri: str, experiment: str, out_dir: str | Path) ->
 
 REPORTS = {"handoff": report_handoff, "recovery": report_recovery, "exploitability": report_exploitability,
            "schedules": report_schedules}
+SEARCHES = {"handoff": "handoff", "recovery": "snapshot_recovery", "exploitability": "exploitability",
+            "schedules": "schedules"}  # the search whose experiments each table reads
+USAGE = f"usage: lineage.py {{{','.join(REPORTS)}}} --experiment NAME [--tracking-uri URI] [--out DIR]"
+
+
+def check_search(tracking_uri: str | None, experiment: str, kind: str) -> None:
+    """UserError when `experiment` holds trials of a search other than the one table `kind` reads: the table
+    would read them as that search's (a hand-off experiment has no schedules). Reads only."""
+    from raycredit.errors import UserError
+    from raycredit.tracking import SUMMARY_TAG
+    from raycredit.tracking.client import get_client
+    from raycredit.tracking.store import existing_store, experiment_id
+
+    search, uri = SEARCHES[kind], existing_store(tracking_uri)
+    runs = get_client(uri).search_runs([experiment_id(uri, experiment)], max_results=20,
+                                       filter_string=f"tags.search != '{search}'")
+    other = next((r for r in runs if SUMMARY_TAG not in r.data.tags), None)
+    if other is not None:
+        theirs = next((k for k, v in SEARCHES.items() if v == other.data.tags["search"]), None)
+        hint = f"`lineage.py {theirs}` reads it" if theirs else "lineage.py reads no table of that search"
+        raise UserError(f"experiment {experiment!r} holds the runs of search {other.data.tags['search']!r}; "
+                        f"`lineage.py {kind}` reads those of searches/{search}.py ({hint})")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["-h"], ["--help"]):
+        print(f"{USAGE}\n\n{__doc__}")
+        return 0
     if not argv or argv[0] not in REPORTS:
-        print(f"usage: lineage.py {{{','.join(REPORTS)}}} --experiment NAME [--tracking-uri URI] [--out DIR]",
-              file=sys.stderr)
+        print(USAGE, file=sys.stderr)
+        print(f"lineage.py: error: the first argument is one of {', '.join(REPORTS)}"
+              + (f" (not {argv[0]!r})" if argv else ""), file=sys.stderr)
         return 2
-    return cli_main(f"lineage {argv[0]}", __doc__, REPORTS[argv[0]], argv[1:])
+    kind = argv[0]
+
+    def run(tracking_uri: str | None, experiment: str, out_dir: str) -> str:
+        check_search(tracking_uri, experiment, kind)
+        return REPORTS[kind](tracking_uri, experiment, out_dir)
+
+    return cli_main(f"lineage {kind}", __doc__, run, argv[1:])
 
 
 if __name__ == "__main__":

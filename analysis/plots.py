@@ -139,8 +139,8 @@ def both_fail_map(counts: pd.DataFrame):
             qualifying=("qualifying", "sum"), seeds=("seeds", "sum"), valid=("valid", "all"))
         frac = [[grid.loc[(d, L), "qualifying"] / grid.loc[(d, L), "seeds"]
                  if (d, L) in grid.index and grid.loc[(d, L), "valid"] else float("nan") for L in Ls] for d in ds]
-        cmap = plt.get_cmap("viridis").copy()
-        cmap.set_bad("lightgrey")  # invalid settings (BP does not beat frozen) and settings not run
+        # grey: invalid settings (BP does not beat frozen) and settings not run
+        cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
         im = ax.imshow(frac, cmap=cmap, vmin=0, vmax=1, origin="lower", aspect="auto")
         for i, d in enumerate(ds):
             for j, L in enumerate(Ls):

@@ -95,9 +95,9 @@ def search_parser(name: str, doc: str, presets: dict, default_preset: str,
                    help="a trial whose process has stopped (no heartbeat from it) for S seconds is killed as hung "
                         "and retried; a slow epoch or a wait on the tracking server is not a hang (default 60; "
                         "0: off)")
-    p.add_argument("--system-metrics", type=float, default=10.0, metavar="S",
-                   help="every S seconds, sample each trial's machine (CPU, memory, disk, network, NVIDIA GPUs) "
-                        "into its MLflow run's system/* metrics (default 10; 0: off)")
+    p.add_argument("--system-metrics", type=float, default=2.0, metavar="S",
+                   help="every S seconds and at its end, sample each trial's machine (CPU, memory, disk, network, "
+                        "NVIDIA GPUs) into its MLflow run's system/* metrics (default 2; 0: off)")
     add_tracking_uri(p)
     p.add_argument("--experiment", help=f"MLflow experiment (default {name}-<preset>)")
     p.add_argument("--storage", default="ray_results", help="Ray Tune storage path (shared on multi-node clusters)")

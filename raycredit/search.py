@@ -119,8 +119,7 @@ def run_search(name: str, doc: str, presets: dict[str, Preset], *, default_prese
 
 
 def run_analyses(analysis: Analysis | tuple[Analysis, ...] | None, uri: str, experiment: str, out: str) -> None:
-    fns = analysis if isinstance(analysis, tuple) else (analysis,) if analysis is not None else ()
-    for fn in fns:
+    for fn in analysis if isinstance(analysis, tuple) else (analysis,) if analysis is not None else ():
         fn(uri, experiment, out)
 
 
@@ -146,9 +145,8 @@ def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack,
     storage = str(Path(args.storage).expanduser().resolve())
     disk.check_writable(Path(storage), "--storage")
     address = engine.resolve_address(args.address)
-    # one driver per experiment: a second launch of this sweep, or of another that shares its configs, refuses
-    # with one line (a SQLite store's file lock: before Ray starts)
-    # and a claim in the store's database, which a driver reaching a SQLite file through a server also sees
+    # one driver per experiment: a second launch refuses in one line, by a SQLite store's file lock (before Ray
+    # starts) and a claim in the store's database, which a driver reaching the file through a server also sees
     # (a file not there yet is served by no server: its claim follows its creation)
     if uri.startswith("sqlite:///"):
         held.enter_context(locks.experiment_lock(locks.lock_path(Path(uri[len("sqlite:///"):]), experiment),
@@ -173,6 +171,7 @@ def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack,
         gpus = 0.0
     engine.check_trial_resources(args.cpus_per_trial, gpus)
     experiment_id = tracking.ensure_experiment(uri, experiment)
+    tracking.set_view(uri, experiment_id, tracking.searched_knobs(configs))
     if not claimed:
         held.enter_context(tracking.server_lock(uri, experiment, locks.owner(), on_lost=_lock_lost))
     settings = engine.SweepSettings(
@@ -236,7 +235,8 @@ def _run(name: str, preset: Preset, args, analysis, held: contextlib.ExitStack) 
         print(f"{name}: interrupted with {unfinished} runs unfinished; re-run the same command to resume")
         return INTERRUPTED
     failed = sum(s == "FAILED" for s in status.values())
-    print(f"{name}: {len(status) - failed} runs finished, {failed} failed")
+    print(f"{name}: {len(status) - failed} runs finished, {failed} failed; in the MLflow UI: "
+          f"{tracking.ui_link(uri, settings.experiment_id)}")
     if not args.no_analysis:
         run_analyses(analysis, uri, experiment, args.out or str(Path("reports") / experiment))
     return 1 if failed else 0
@@ -344,7 +344,7 @@ def _export(name: str, uri: str, experiment_id: str, sweep: str, space: Callable
     from raycredit.study import export_study, summary_lines
 
     study = export_study(uri, experiment_id, sweep, space, base, opt.metric, opt.mode, report / "optuna")
-    link = tracking.run_link(uri, experiment_id, study.best.user_attrs["run_id"]) if study.best else ""
+    link = tracking.ui_link(uri, experiment_id, study.best.user_attrs["run_id"]) if study.best else ""
     for line in summary_lines(study, opt.metric, link):
         print(f"{name}: {line}")
     return study

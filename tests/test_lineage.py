@@ -324,3 +324,40 @@ def test_lineage_tables_pair_branches_with_their_own_trunk():
     trunk = pd.Series(dict(rule="dfa"))
     assert schedule_name(pd.Series(dict(rule="vector_field", parent_epoch=20)), trunk) == "DFA_T20_then_Vec"
     assert schedule_name(pd.Series(dict(rule="dfa")), None) == "DFA_only"
+
+
+def test_lineage_cli_explains_itself_and_refuses_another_searchs_experiment(tmp_path, capsys):
+    """`lineage.py --help` prints its tables and usage (exit 0); a table asked of an experiment that holds another
+    search's runs (schedules of a hand-off) exits 2 with one line naming both, writing nothing."""
+    from mlflow.tracking import MlflowClient
+
+    from analysis import lineage
+
+    from mlflow_checks import new_store
+
+    assert lineage.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: lineage.py {handoff,recovery,exploitability,schedules}") and "`schedules`" in out
+    uri = new_store(tmp_path / "m.db")
+    client = MlflowClient(uri)
+    client.create_run(client.create_experiment("trunks"), tags={"search": "handoff"})
+    before = sorted(tmp_path.rglob("*"))
+    assert lineage.main(["schedules", "--experiment", "trunks", "--tracking-uri", uri,
+                         "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "experiment 'trunks' holds the runs of search 'handoff'" in err[0], err
+    assert "`lineage.py handoff` reads it" in err[0] and sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("search", ["handoff", "schedules"])
+def test_every_branch_of_a_trunk_has_its_own_run_name(search):
+    """The branches of one trunk differ in auxiliary, α, schedule or start epoch, and so do their run names."""
+    from raycredit.engine.trainable import run_label
+
+    from searches_loader import load_search
+
+    configs = expand(load_search(search).PRESETS["smoke"], {"seed": [0]})
+    branches = [c for c in configs if c.lineage.parent_run]
+    assert len(branches) > 2
+    names = [run_label(c) for c in branches]
+    assert len(set(names)) == len(names), sorted(names)

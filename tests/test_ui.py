@@ -74,7 +74,7 @@ def page_shows(driver, url: str, *texts: str, timeout: float = 90) -> str:
     return body
 
 
-def test_a_smoke_search_is_browsable_in_the_mlflow_ui(ray_session, tmp_path, mlflow_ui, browser):
+def test_a_smoke_search_is_browsable_in_the_mlflow_ui(ray_session, tmp_path, mlflow_ui, browser, capsys):
     uri, url = mlflow_ui
     scan = load_search("both_fail_scan")
     rc = scan.main(["--preset", "smoke", "--seeds", "0", "--set", "d=16", "--set", "L=2", "--epochs", "2",
@@ -103,6 +103,16 @@ def test_a_smoke_search_is_browsable_in_the_mlflow_ui(ray_session, tmp_path, mlf
     commit = fa.data.tags.get("mlflow.source.git.commit")
     assert commit is None or commit[:7] in body, body  # a checkout: the run page shows its git commit
     assert (tmp_path / "experiment.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the page the search names at its end (last: the browser keeps a view it opened for the experiment): the
+    # model-training layout (no GenAI sidebar), grouped by rule with the searched knobs, the seed and the
+    # accuracy as columns; one colour and the mean test_acc per rule
+    link = f"{url}/#/experiments/{exp_id}/runs?viewStateShareKey=raycredit&workflowType=machine_learning"
+    assert link.split("/#/")[1] in capsys.readouterr().out
+    body = page_shows(browser, link, "Group by: rule", "Group: fa", "Group: frozen", "Parameters", "Metrics",
+                      "test_acc", "deep_cos", "(average)", "Model registry")
+    browser.save_screenshot(str(tmp_path / "view.png"))
+    for genai in ("Traces\nSessions", "Judges", "Prompts", "Training runs"):
+        assert genai not in body, (genai, body[:2000])
     check_branches_nest_under_their_trunk(tmp_path, uri, url, browser)
 
 

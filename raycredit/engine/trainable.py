@@ -81,11 +81,21 @@ class SweepSettings:
     heartbeat: str = ""  # the sweep's heartbeat actor (`engine.hang.Heartbeats`), by name; "" for none
 
 
+# a scaffold run's name gives its auxiliary and α, and these schedule knobs where they are not their defaults
+SCAFFOLD_SCHEDULE = ("prefit_epochs", "freeze_after", "decay_to", "refit_every", "refit_epochs", "blend_layers")
+
+
 def run_label(cfg: Config) -> str:
-    """Readable name of a trial and its MLflow run; `-norm` marks a local rule trained with credit_norm."""
+    """Readable name of a trial and its MLflow run: rule (`-norm`: a local rule trained with credit_norm), for
+    scaffold its auxiliary, α and changed schedule knobs, model, seed and, for a branch, the trunk epoch it
+    starts from: the branches of one trunk differ by name, e.g. scaffold-norm-time_only-a0.75-d64-L4-seed0-from2."""
     norm = "-norm" if cfg.rule.credit_norm and issubclass(RULES[cfg.rule.rule], LocalRule) else ""
     branch = f"-from{cfg.lineage.parent_epoch}" if cfg.lineage.parent_run else ""
     what = "-exploit" if cfg.exploit.exploitability else "-frozen-model" if cfg.train.freeze_model else ""
+    if cfg.rule.rule == "scaffold":
+        flat, default = cfg.flat(), Config.from_dict({"rule": "scaffold"}).flat()
+        what += f"-{flat['aux_kind']}-a{flat['blend_alpha']:g}" + "".join(
+            f"-{k}={flat[k]:g}" for k in SCAFFOLD_SCHEDULE if flat[k] != default[k])
     return f"{cfg.rule.rule}{norm}{what}-d{cfg.model.d}-L{cfg.model.L}-seed{cfg.train.seed}{branch}"
 
 

@@ -1,4 +1,5 @@
-"""All MLflow calls: the store (`store`), runs (`runs`) and a tracking server's driver lock (`lock`).
+"""All MLflow calls: the store (`store`), runs (`runs`), a tracking server's driver lock (`claim`) and how the
+UI opens an experiment (`view`).
 
 Trials log from inside the trial through `TrialRun`, keyed by a stable run
 key (the config hash): a restored or retried trial finds and continues its
@@ -49,7 +50,6 @@ from raycredit.tracking.runs import (  # noqa: E402
     run_checkpoint,
     run_epochs,
     run_experiment_name,
-    run_link,
     running_keys,
     sweep_runs,
 )
@@ -72,6 +72,7 @@ from raycredit.tracking.store import (  # noqa: E402
     store_token,
     tag_experiment,
 )
+from raycredit.tracking.view import searched_knobs, set_view, ui_link  # noqa: E402
 
 __all__ = ["ATTEMPT_TAG", "DEVICE_TAG", "KEPT_ARTIFACT", "LOCK_MODEL_PREFIX", "NODE_TAG", "PARENT_EPOCH_TAG",
            "PARENT_RUN_TAG", "PID_TAG", "POPULATION_TAG", "REACH_TIMEOUT_S", "RESUMED_TAG", "RUN_KEY_TAG",
@@ -81,5 +82,5 @@ __all__ = ["ATTEMPT_TAG", "DEVICE_TAG", "KEPT_ARTIFACT", "LOCK_MODEL_PREFIX", "N
            "existing_store", "experiment_facts", "experiment_id", "finished_keys", "full_store_error",
            "kept_checkpoint", "load_runs",
            "lock_prefix", "metric_history", "metrics_at", "normalize_uri", "parent_run_id", "record_summary",
-           "redact", "run_checkpoint", "run_epochs", "run_experiment_name", "run_link", "running_keys",
-           "server_lock", "store_token", "sweep_runs", "tag_experiment"]
+           "redact", "run_checkpoint", "run_epochs", "run_experiment_name", "running_keys",
+           "searched_knobs", "server_lock", "set_view", "store_token", "sweep_runs", "tag_experiment", "ui_link"]

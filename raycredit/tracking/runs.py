@@ -132,10 +132,17 @@ class TrialRun:
         retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path=artifact_path))
 
     def stop_monitor(self) -> None:
-        """Stop monitor_system's thread, logging the samples it holds."""
-        if self._monitor is not None:
-            self._monitor.finish()
-            self._monitor = None
+        """Stop monitor_system's thread and log, as one last step, the samples of the interval it was in with
+        one taken now: MLflow's monitor drops them (mlflow 3.17: monitor() returns on shutdown before
+        publishing), which left every run shorter than one interval without a single sample."""
+        monitor, self._monitor = self._monitor, None
+        if monitor is None:
+            return
+        monitor.finish()
+        if any(m._metrics for m in monitor.monitors):  # samples of the unfinished interval
+            monitor.collect_metrics()
+            monitor.publish_metrics(monitor.aggregate_metrics())
+            retry(monitor.mlflow_logger.flush)
 
     def finish(self, status: str = "FINISHED") -> None:
         self.stop_monitor()
@@ -177,15 +184,6 @@ def sweep_runs(uri: str, experiment_id: str, sweep: str) -> list:
     """The MLflow runs (entities) of one sweep's trials, oldest first."""
     return sorted(get_client(uri).search_runs([experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{sweep}'",
                                               max_results=50000), key=lambda r: r.info.start_time)
-
-
-def run_link(uri: str, experiment_id: str, run_id: str) -> str:
-    """Where a run's page is: its URL on a tracking server, or how to open it from a local store."""
-    uri = normalize_uri(uri)
-    page = f"#/experiments/{experiment_id}/runs/{run_id}"
-    if uri.startswith(("http://", "https://")):
-        return f"{redact(uri).rstrip('/')}/{page}"
-    return f"`mlflow ui --backend-store-uri {uri}`, then {page}"
 
 
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
