@@ -25,6 +25,7 @@ order), not bit for bit; resuming a population from its checkpoint is bit-identi
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -256,9 +257,14 @@ class PopulationStepper:
             y = torch.stack([torch.randint(0, self.C, y.shape[1:], generator=g, device=self.device)
                              for g in self.gens])
         self.opt.zero_grad(set_to_none=True)
-        objective, ce, logits = self.batched_step(self.params, self.buffers, x, y, *self.draw(idx.shape[1]))
-        if objective.requires_grad:  # see EagerStepper.step
-            objective.sum().backward()
+        with warnings.catch_warnings():
+            # torch 2.14 has no batching rule for conv1d's aten::unfold_backward under vmap and warns once per
+            # process that it falls back to a loop: the gradients are exact, and nothing a user can change
+            warnings.filterwarnings("ignore", "There is a performance drop because we have not yet implemented "
+                                    "the batching rule", UserWarning)
+            objective, ce, logits = self.batched_step(self.params, self.buffers, x, y, *self.draw(idx.shape[1]))
+            if objective.requires_grad:  # see EagerStepper.step
+                objective.sum().backward()
         grads = [p.grad for p in self.trainable if p.grad is not None]  # none with freeze_model
         if cfg0.train.clip_norm and grads:
             _clip_per_member(grads, cfg0.train.clip_norm)

@@ -14,6 +14,10 @@ import pytest
 from mlflow_checks import new_store, runs_of
 from searches_loader import ROOT
 
+# the machine's 2 CPUs to one trial at a time: one Ray worker process, which imports torch and MLflow once, serves
+# every trial of a sweep (the faults these tests inject need no two trials at once)
+ONE_AT_A_TIME = ["--cpus-per-trial", "2"]
+
 
 def wait_for_runs(uri: str, experiment: str, proc, n: int, timeout: float = 240) -> None:
     deadline = time.time() + timeout
@@ -39,7 +43,7 @@ def test_the_same_search_started_twice_at_once_trains_every_config_once(tmp_path
     cmd = [sys.executable, str(ROOT / "searches" / "both_fail_scan.py"), "--preset", "smoke", "--seeds", "0",
            "--set", "credit_norm=true", "--set", "d=16", "--set", "L=2", "--set", "n_train=500", "--epochs", "3",
            "--tracking-uri", uri, "--storage", str(tmp_path / "ray"), "--experiment", "twice", "--gpus-per-trial",
-           "0", "--no-analysis"]
+           "0", "--no-analysis", *ONE_AT_A_TIME]
     first = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(0.5)
     second = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -127,7 +131,7 @@ def small_sweep(uri: str, storage: Path, experiment: str) -> list[str]:
     return [sys.executable, str(ROOT / "searches" / "both_fail_scan.py"), "--preset", "smoke", "--seeds", "0",
             "--set", "credit_norm=true", "--set", "d=16", "--set", "L=2", "--set", "n_train=500", "--epochs", "6",
             "--tracking-uri", uri, "--storage", str(storage), "--experiment", experiment, "--gpus-per-trial", "0",
-            "--no-analysis"]
+            "--no-analysis", *ONE_AT_A_TIME]
 
 
 def fill(path: Path) -> None:
@@ -153,7 +157,8 @@ def test_a_store_reached_through_a_server_and_directly_has_one_driver(served_sto
     def cmd(uri, experiment, storage):
         return [sys.executable, str(ROOT / "searches" / "both_fail_scan.py"), "--preset", "smoke", "--seeds", "0",
                 "--set", "credit_norm=true", "--epochs", "40", "--tracking-uri", uri, "--storage",
-                str(tmp_path / storage), "--experiment", experiment, "--gpus-per-trial", "0", "--no-analysis"]
+                str(tmp_path / storage), "--experiment", experiment, "--gpus-per-trial", "0", "--no-analysis",
+                *ONE_AT_A_TIME]
 
     def claimed(experiment):
         prefix = tracking.lock_prefix(experiment)
@@ -195,7 +200,7 @@ def test_a_store_rolled_back_to_an_older_copy_is_refused_naming_what_is_missing(
     cmd = [sys.executable, str(ROOT / "searches" / "both_fail_scan.py"), "--preset", "smoke", "--seeds", "0",
            "--set", "credit_norm=true", "--set", "d=16", "--set", "L=2", "--set", "n_train=500", "--epochs", "30",
            "--tracking-uri", uri, "--storage", str(tmp_path / "ray"), "--experiment", "rolled", "--gpus-per-trial",
-           "0", "--no-analysis"]
+           "0", "--no-analysis", *ONE_AT_A_TIME]
 
     def logged() -> int:
         try:
@@ -283,7 +288,7 @@ def test_ctrl_c_at_any_moment_any_number_of_times_ends_in_a_few_lines_and_v_resu
     cmd = [sys.executable, str(ROOT / "searches" / "both_fail_scan.py"), "--preset", "smoke", "--seeds", "0",
            "--set", "credit_norm=true", "--set", "d=16", "--set", "L=2", "--set", "n_train=500", "--epochs", "3",
            "--tracking-uri", uri, "--storage", str(root / "ray"), "--experiment",
-           "ctrlc", "--gpus-per-trial", "0", "--no-analysis"]
+           "ctrlc", "--gpus-per-trial", "0", "--no-analysis", *ONE_AT_A_TIME]
 
     def ours() -> list[int]:
         """Processes of this test's Ray instances (their command lines name RAY_TMPDIR)."""

@@ -96,8 +96,9 @@ def test_the_heartbeat_thread_beats_while_the_trial_is_busy_or_blocked(ray_sessi
     import ray
 
     from raycredit.engine.hang import HEARTBEAT_S, heartbeat
+    from raycredit.engine.heartbeats import heartbeat_actor
 
-    actor = sweep.heartbeat_actor("raycredit-heartbeats-test")
+    actor = heartbeat_actor("raycredit-heartbeats-test")
     stop = heartbeat("raycredit-heartbeats-test", "trial-x")
     try:
         t0 = time.monotonic()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 
 import ray
 from ray import tune
@@ -42,26 +41,6 @@ HANG_LIMITS = {"timeout_s": 0.0, "silent_s": 60.0}
 POLL_S = 1.0  # seconds between the watch's looks at the heartbeats
 MIN_HANG_AFTER_S = 10.0  # the heartbeats come every second; a busy machine can delay a few
 DRIVER_STALL_S = 5.0  # a gap this long between two looks: this driver itself was stopped, and so may its trials
-
-
-@ray.remote(num_cpus=0)
-class Heartbeats:
-    """Counts the heartbeats of each trial's process (`heartbeat`), by trial id: one per sweep driver."""
-
-    def __init__(self):
-        self.counts: Counter = Counter()
-
-    def beat(self, trial_id: str) -> None:
-        self.counts[trial_id] += 1
-
-    def snapshot(self) -> dict[str, int]:
-        return dict(self.counts)
-
-
-def heartbeat_actor(name: str):
-    """The sweep's heartbeat actor, created by its driver, which holds the handle for as long as the sweep runs
-    (a named actor without a handle is ended by Ray)."""
-    return Heartbeats.options(name=name, get_if_exists=True, lifetime=None).remote()
 
 
 class HangWatch(tune.Callback):

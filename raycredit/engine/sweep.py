@@ -27,7 +27,8 @@ from ray import tune
 
 from raycredit.config import Config
 from raycredit.engine.bookkeeper import FAILED_MEMBERS, TRIAL_DONE
-from raycredit.engine.hang import HANG_LIMITS, HangWatch, heartbeat_actor
+from raycredit.engine.hang import HANG_LIMITS, HangWatch
+from raycredit.engine.heartbeats import heartbeat_actor
 from raycredit.engine.trainable import (
     SEARCHED,
     SweepSettings,
