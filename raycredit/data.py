@@ -189,7 +189,7 @@ def mnist1d_cached(n: int, seed: int, folder: Path) -> tuple[np.ndarray, np.ndar
 
 def _read_mnist1d(path: Path, n: int) -> tuple[np.ndarray, np.ndarray] | None:
     try:
-        with np.load(path, allow_pickle=False) as f:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:  # as in `npz`
             x, y = f["x"], f["y"]
     except (OSError, KeyError, ValueError):
         return None
@@ -253,7 +253,9 @@ def npz(cfg: DataConfig) -> Data:
     if not path.is_file():
         raise DataError(f"npz file not found: {path}")
     try:
-        with np.load(path, allow_pickle=False) as f:
+        # the file opened here, not by np.load: numpy 2 leaves its own handle open when a file that starts like
+        # a zip archive is not one (np.load hands the handle to NpzFile, whose constructor then raises)
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
     except Exception as e:
         raise DataError(f"cannot read npz file {path}: {type(e).__name__}: {e}") from None

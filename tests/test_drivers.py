@@ -303,14 +303,15 @@ def test_ctrl_c_at_any_moment_any_number_of_times_ends_in_a_few_lines_and_v_resu
         return found
 
     def run(press) -> tuple[int, str, str]:
-        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        out: list[str] = []
-        reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)
-        reader.start()
-        press(proc, out)
-        err = proc.stderr.read()
-        proc.wait(timeout=300)
-        reader.join(timeout=30)
+        with subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) as proc:
+            out: list[str] = []
+            reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)
+            reader.start()
+            press(proc, out)
+            err = proc.stderr.read()
+            proc.wait(timeout=300)
+            reader.join(timeout=30)
         return proc.returncode, "".join(out), err
 
     def while_starting(proc, out):

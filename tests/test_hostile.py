@@ -1,6 +1,7 @@
 """Round two of the faults a shared cluster produces (issue #29), at unit level: one lock per store whatever its
 spelling, no secret in what a driver writes, no symlink followed."""
 
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -143,16 +144,18 @@ def test_two_processes_opening_one_run_key_at_the_same_instant_get_one_run(tmp_p
 
     uri = new_store(tmp_path / "mlflow.db")
     exp = tracking.ensure_experiment(uri, "race")
-    procs = [subprocess.Popen([sys.executable, "-c", OPEN_KEYS, uri, exp], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    for p in procs:  # both have imported MLflow
-        assert p.stdout.readline() == "ready\n", p.stderr.read()[-2000:]
-    t0 = time.time() + 0.5
-    for p in procs:
-        p.stdin.write(f"{t0}\n")
-        p.stdin.flush()
-    for p in procs:
-        assert p.wait(timeout=120) == 0, p.stderr.read()[-2000:]
+    with contextlib.ExitStack() as running:  # each process waited for, its pipes closed
+        procs = [running.enter_context(subprocess.Popen(
+            [sys.executable, "-c", OPEN_KEYS, uri, exp], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)) for _ in range(2)]
+        for p in procs:  # both have imported MLflow
+            assert p.stdout.readline() == "ready\n", p.stderr.read()[-2000:]
+        t0 = time.time() + 0.5
+        for p in procs:
+            p.stdin.write(f"{t0}\n")
+            p.stdin.flush()
+        for p in procs:
+            assert p.wait(timeout=120) == 0, p.stderr.read()[-2000:]
     _, runs = runs_of(uri, "race")
     keys = sorted(r.data.tags[tracking.RUN_KEY_TAG] for r in runs)
     assert keys == [f"key{k}" for k in range(5)], keys
@@ -207,15 +210,14 @@ def test_the_claim_of_a_driver_killed_on_this_machine_is_taken_over_at_once(tmp_
 
     uri = new_store(tmp_path / "mlflow.db")
     tracking.ensure_experiment(uri, "killed")
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_CLAIM, uri], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline() == "held\n"
-        with pytest.raises(UserError, match=rf"pid {holder.pid} on "):
-            with tracking.server_lock(uri, "killed", locks.owner()):
-                pass
-    finally:
-        holder.kill()
-        holder.wait()
+    with subprocess.Popen([sys.executable, "-c", HOLD_CLAIM, uri], stdout=subprocess.PIPE, text=True) as holder:
+        try:
+            assert holder.stdout.readline() == "held\n"
+            with pytest.raises(UserError, match=rf"pid {holder.pid} on "):
+                with tracking.server_lock(uri, "killed", locks.owner()):
+                    pass
+        finally:
+            holder.kill()
     start = time.time()
     with tracking.server_lock(uri, "killed", locks.owner()):
         assert time.time() - start < 10
