@@ -78,7 +78,7 @@ class SweepSettings:
     source_tags: dict = field(default_factory=dict)  # MLflow's mlflow.source.* / mlflow.user tags of the driver
     sweep: str = ""  # the sweep's Tune experiment name, tagged on every run (raycredit.sweep)
     system_metrics_s: float = 0.0  # seconds between samples of a trial's machine into its run's system/* metrics
-    heartbeat: str = ""  # the sweep's heartbeat actor (`raycredit.heartbeats`), by name; "" for none
+    heartbeat: str = ""  # the sweep's heartbeat actor (`engine.heartbeats`), by name; "" for none
 
 
 # a scaffold run's name gives its auxiliary and α, and these schedule knobs where they are not their defaults
