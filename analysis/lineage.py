@@ -233,20 +233,16 @@ USAGE = f"usage: lineage.py {{{','.join(REPORTS)}}} --experiment NAME [--trackin
 def check_search(tracking_uri: str | None, experiment: str, kind: str) -> None:
     """UserError when `experiment` holds trials of a search other than the one table `kind` reads: the table
     would read them as that search's (a hand-off experiment has no schedules). Reads only."""
+    from raycredit.checks import foreign_run
     from raycredit.errors import UserError
-    from raycredit.tracking import SUMMARY_TAG
-    from raycredit.tracking.client import get_client
-    from raycredit.tracking.store import existing_store, experiment_id
+    from raycredit.tracking.store import existing_store
 
-    search, uri = SEARCHES[kind], existing_store(tracking_uri)
-    runs = get_client(uri).search_runs([experiment_id(uri, experiment)], max_results=20,
-                                       filter_string=f"tags.search != '{search}'")
-    other = next((r for r in runs if SUMMARY_TAG not in r.data.tags), None)
+    other = foreign_run(existing_store(tracking_uri), experiment, SEARCHES[kind])
     if other is not None:
         theirs = next((k for k, v in SEARCHES.items() if v == other.data.tags["search"]), None)
         hint = f"`lineage.py {theirs}` reads it" if theirs else "lineage.py reads no table of that search"
         raise UserError(f"experiment {experiment!r} holds the runs of search {other.data.tags['search']!r}; "
-                        f"`lineage.py {kind}` reads those of searches/{search}.py ({hint})")
+                        f"`lineage.py {kind}` reads those of searches/{SEARCHES[kind]}.py ({hint})")
 
 
 def main(argv: list[str] | None = None) -> int:

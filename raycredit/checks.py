@@ -158,21 +158,26 @@ def store_writable(uri: str, experiment: str) -> None:
         disk.check_writable(artifacts, f"the artifact folder of experiment {experiment!r}")
 
 
-def experiment_owner(uri: str, experiment: str, search: str) -> None:
-    """UserError when experiment `experiment` holds trials of a search other than `search`: its controls
-    (bp, frozen) would be shared with, and silently moved by, a search whose grid differs. Reads only."""
+def foreign_run(uri: str, experiment: str, search: str):
+    """A trial run of a search other than `search` in experiment `experiment` (None when there is none, or no
+    such experiment). Reads only."""
     from raycredit import tracking
     from raycredit.tracking.client import get_client
 
     found = tracking.existing_experiment(uri, experiment)
     if found is None:
-        return
-    others = [r for r in get_client(uri).search_runs([found[0]], filter_string=f"tags.search != '{search}'",
-                                                               max_results=100)
-              if tracking.SUMMARY_TAG not in r.data.tags and "search" in r.data.tags]
-    if others:
-        raise UserError(f"--experiment {experiment!r} holds the runs of search {others[0].data.tags['search']!r} "
-                        f"(e.g. {others[0].info.run_name!r}); {search} writes its own experiment: pass another "
+        return None
+    runs = get_client(uri).search_runs([found[0]], filter_string=f"tags.search != '{search}'", max_results=100)
+    return next((r for r in runs if tracking.SUMMARY_TAG not in r.data.tags and "search" in r.data.tags), None)
+
+
+def experiment_owner(uri: str, experiment: str, search: str) -> None:
+    """UserError when experiment `experiment` holds trials of a search other than `search`: its controls
+    (bp, frozen) would be shared with, and silently moved by, a search whose grid differs. Reads only."""
+    other = foreign_run(uri, experiment, search)
+    if other is not None:
+        raise UserError(f"--experiment {experiment!r} holds the runs of search {other.data.tags['search']!r} "
+                        f"(e.g. {other.info.run_name!r}); {search} writes its own experiment: pass another "
                         "--experiment")
 
 
