@@ -59,11 +59,6 @@ def report(df: pd.DataFrame, out_dir: str | Path, title: str) -> str:
     order = first + [k for k in keys if k not in first]
     table = table.sort_values(order, kind="stable").reset_index(drop=True)
     shown = table[order + ["seeds"]].copy()
-    # knobs a rule does not read are shown as "–", not as a value that looks chosen
-    if "fa_mode" in shown:
-        shown["fa_mode"] = shown["fa_mode"].where(shown["rule"] == "fa", "–")
-    if "credit_norm" in shown:
-        shown["credit_norm"] = shown["credit_norm"].where(~shown["rule"].isin(["bp", "frozen"]), "–")
     for m in ("test_acc", "deep_cos"):
         shown[m] = [mean_std(a, b) for a, b in zip(table[f"{m}_mean"], table[f"{m}_std"], strict=True)]
     shown["vs bp (points)"] = ["–" if pd.isna(v) else f"{100 * v:+.1f}" for v in table["vs_bp"]]

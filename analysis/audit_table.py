@@ -26,7 +26,7 @@ import pandas as pd
 from analysis.summary import load_finished, mean_std
 from analysis.tables import cli_main, markdown_table, write_report
 from raycredit.verdicts import METRICS as PROTOCOL_METRICS
-from raycredit.verdicts import RULE_VERDICTS, VARIANTS, protocol_table, row_columns
+from raycredit.verdicts import RULE_VERDICTS, VARIANTS, protocol_table, row_columns, varies
 
 METRICS = ("test_acc", "deep_cos", "h_norm_L", "g_norm_L", "mode1a", "mode1b", "diverged")
 FLAGS = ("mode1a", "mode1b", "diverged")
@@ -56,7 +56,7 @@ def report(df: pd.DataFrame, out_dir: str | Path, title: str) -> str:
         lines.append("No finished runs.")
         return write_report(lines, pd.DataFrame(), out_dir, "audit_table")
     table = audit(df)
-    shown_keys = [k for k in row_columns(df) if k in ("rule", "d", "L", *VARIANTS) or df[k].nunique(dropna=False) > 1]
+    shown_keys = [k for k in row_columns(df) if k in ("rule", "d", "L", *VARIANTS) or varies(df, k)]
     shown = table[shown_keys + ["seeds"]].copy()
     for m in METRICS:
         pairs = zip(table[f"{m}_mean"], table[f"{m}_std"], table["seeds"], strict=True)

@@ -34,7 +34,7 @@ import pandas as pd
 
 from analysis.tables import cli_main, finished_runs, markdown_table, write_report
 from raycredit.tracking import load_runs
-from raycredit.verdicts import VARIANTS, setting_columns
+from raycredit.verdicts import VARIANTS, setting_columns, varies
 
 CHANCE_FACTOR = 1.5
 BP_MARGIN = 0.02
@@ -83,7 +83,7 @@ def acc(value: float) -> str:
 
 
 def setting_label(row, keys: list[str], df: pd.DataFrame) -> str:
-    shown = [k for k in keys if k in ("d", "L", *VARIANTS) or df[k].nunique(dropna=False) > 1]
+    shown = [k for k in keys if k in ("d", "L", *VARIANTS) or varies(df, k)]
     return " ".join(f"{k}={row[k]}" for k in shown)
 
 

@@ -98,7 +98,7 @@ def recovery_table(df: pd.DataFrame) -> pd.DataFrame:
     if fits.empty:
         return pd.DataFrame()
     rows = []
-    for (t, rule, s_type), g in fits.groupby(["parent_epoch", "rule", "s_type"], sort=True):
+    for (t, rule, s_type), g in fits.groupby(["parent_epoch", "rule", "s_type"], sort=True, dropna=False):
         row = {"snapshot epoch": int(t), "estimator": rule if rule in ("dfa", "state_bridge") else f"{rule} "
                f"({s_type})", "seeds": len(g)}
         row.update({m: mean_pm(g[m]) for m in RECOVERY_METRICS})
@@ -129,7 +129,7 @@ def exploit_table(df: pd.DataFrame) -> pd.DataFrame:
     ks = sorted({int(c.rsplit("/k", 1)[1]) for c in ex.columns if c.startswith("exploit/best_eta/k")})
     rows = []
     for (t, credit, norm, blocks), g in ex.groupby(["snapshot", "credit", "credit_norm", "exploit_blocks"],
-                                                   sort=True):
+                                                   sort=True, dropna=False):
         row = {"snapshot epoch": int(t), "credit": credit, "norm": "norm" if norm else "raw",
                "blocks": blocks, "seeds": len(g), "Gamma": mean_pm(g["deep_cos"]), "rho": mean_pm(g["deep_rho"])}
         for k in ks:

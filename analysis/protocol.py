@@ -32,6 +32,7 @@ from raycredit.verdicts import (
     functional_table,
     protocol_table,
     row_columns,
+    varies,
 )
 
 DESCRIBED = {"test_acc": "test_acc", "deep_nudge": "nudge", "train_loss": "train loss", "deep_cos": "deep cos",
@@ -39,7 +40,7 @@ DESCRIBED = {"test_acc": "test_acc", "deep_nudge": "nudge", "train_loss": "train
 
 
 def shown_keys(df: pd.DataFrame, keys: list[str]) -> list[str]:
-    return [k for k in keys if k in ("rule", "d", "L") or df[k].nunique(dropna=False) > 1]
+    return [k for k in keys if k in ("rule", "d", "L") or varies(df, k)]
 
 
 def report(df: pd.DataFrame, out_dir: str | Path, title: str, threshold_pp: float = THRESHOLD_PP,

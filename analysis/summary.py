@@ -20,6 +20,7 @@ import pandas as pd
 from analysis.both_fail import VARIANTS
 from analysis.tables import cli_main, finished_runs, markdown_table, write_report
 from raycredit.tracking import load_runs
+from raycredit.verdicts import varies
 
 METRICS = ("test_acc", "deep_cos", "deep_rho", "h_norm_L", "mode1a", "diverged")
 NOT_GROUPED = {"seed", "device", "checkpoint_every", "diag_every", "data_dir", "download", "n_classes", "keep_epochs",
@@ -29,7 +30,7 @@ DEPTH_METRICS = {"h_norm_L": "h_norm/l{L}", "g_norm_L": "g_norm/l{L}"}  # read a
 
 def group_columns(df: pd.DataFrame) -> list[str]:
     """rule, credit_norm (always, when recorded) and every other config key that varies."""
-    varying = [c for c in df.columns if c not in NOT_GROUPED and (c in VARIANTS or df[c].nunique(dropna=False) > 1)]
+    varying = [c for c in df.columns if c not in NOT_GROUPED and (c in VARIANTS or varies(df, c))]
     return ["rule"] + [c for c in varying if c != "rule"]
 
 

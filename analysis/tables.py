@@ -10,17 +10,22 @@ from pathlib import Path
 import pandas as pd
 
 from raycredit.errors import UserError
-from raycredit.tracking.results import finished_trials, numeric_or_text  # noqa: F401  (the analyses' own names)
+from raycredit.tracking.results import (  # noqa: F401  (the analyses' own names)
+    applied_params,
+    finished_trials,
+    numeric_or_text,
+)
 from raycredit.tracking.runs import SEARCHED_TAG
 
 
 def finished_runs(runs: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
-    """One row per FINISHED run: its params (typed) and its last value of each metric (NaN when absent)."""
+    """One row per FINISHED run: its params (typed; NaN where a knob does not apply to its rule) and its last
+    value of each metric (NaN when absent)."""
     if runs.empty:
         return pd.DataFrame()
     done = finished_trials(runs)
     out = pd.DataFrame({c.removeprefix("params."): done[c] for c in done.columns if c.startswith("params.")})
-    out = out.apply(numeric_or_text)
+    out = applied_params(out).apply(numeric_or_text)
     drawn = done.get(f"tags.{SEARCHED_TAG}")
     if drawn is not None:  # an Optuna trial's knobs it did not draw are blank, not its config's default
         drawn = [set(d.split(",")) if isinstance(d, str) else None for d in drawn]
@@ -36,9 +41,9 @@ def finished_runs(runs: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
 
 def markdown_table(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
     def cell(v) -> str:
-        if isinstance(v, float):
-            return "–" if v != v else format(v, floatfmt)
-        return str(v)
+        if v is None or v is pd.NA or isinstance(v, float) and v != v:
+            return "–"  # no value: e.g. a knob that does not apply to the row's rule
+        return format(v, floatfmt) if isinstance(v, float) else str(v)
 
     head = "| " + " | ".join(map(str, df.columns)) + " |"
     rule = "|" + "|".join("---" for _ in df.columns) + "|"

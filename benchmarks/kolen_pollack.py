@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from raycredit.rules import make_config
+from raycredit.tracking.provenance import code_version
 from raycredit.train import train
 
 NETS = {"mlp": dict(arch="mlp", d=256, L=2, activation="tanh"), "resmlp": dict(arch="resmlp", d=256, L=4)}
@@ -56,9 +57,9 @@ def main() -> int:
     text = "\n".join([
         "# Kolen-Pollack's defaults within the anchors' budget", "",
         f"`python benchmarks/kolen_pollack.py --seeds {args.seeds} --epochs {args.epochs}` (digits, {args.epochs} "
-        f"epochs; {wall:.0f} s on the 2-core development machine, CPU). The W-B angle is the mean over the "
-        "feedback pairs (`wb_angle`, raycredit/diagnostics.py) at the last epoch; mean ± sample std (ddof=1) over "
-        "seeds.", "", *lines, ""])
+        f"epochs; {wall:.0f} s on the 2-core development machine, CPU; raycredit {code_version()}). The W-B "
+        "angle is the mean over the feedback pairs (`wb_angle`, raycredit/diagnostics.py) at the last epoch; "
+        "mean ± sample std (ddof=1) over seeds.", "", *lines, ""])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     print(f"wrote {args.out}")

@@ -27,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 
 from raycredit.config import Config, param_value
+from raycredit.rules import applied
 
 STUDY_FILE = "study.db"
 PLOTS = ("param_importances.csv", "param_importances.png", "history.png", "parallel_coordinate.png")
@@ -42,7 +43,7 @@ class StudyExport:
     n_stopped: int  # trials ASHA stopped early (COMPLETE with their last value)
     n_unfinished: int  # runs of trials that have not ended, left out
     best: object | None  # optuna FrozenTrial
-    best_params: dict = field(default_factory=dict)  # every param of the best trial's MLflow run
+    best_params: dict = field(default_factory=dict)  # the best trial's MLflow params that apply to its rule
     values: list[float] = field(default_factory=list)  # every COMPLETE trial's value
     n_test: int = 0  # test examples the best run is evaluated on (0: unknown)
     n_classes: int = 0
@@ -112,7 +113,7 @@ def export_study(uri: str, experiment_id: str, sweep: str, space, base: Config, 
                       values=[t.value for t in done])
     if out.best is not None:
         best_run = runs[out.best.user_attrs["run_id"]]
-        out.best_params = dict(best_run.data.params)
+        out.best_params = applied(dict(best_run.data.params))
         out.n_classes = int(best_run.data.tags.get("n_classes", 0))
         out.n_test = _test_examples(best_run)
     return out

@@ -66,17 +66,24 @@ VERDICTS = ("(a)", "(b)", "(c)", "(d)")
 RULE_VERDICTS = ("(a)", "(b)", "(d)")  # per rule row; (c) is a setting's and seed's
 
 
+def varies(df, column: str) -> bool:
+    """Whether the rows differ in `column`. A blank in a rule knob's column says that the knob does not apply
+    to the row's rule (`raycredit.rules.applied`), so only the rows with a value count there; elsewhere (an
+    Optuna trial that did not draw the knob) a blank counts as a value of its own."""
+    return df[column].nunique(dropna=column in RULE_KNOBS) > 1
+
+
 def setting_columns(df) -> list[str]:
     fields = set().union(*(SECTIONS[s].__dataclass_fields__ for s in ("model", "data", "train")))
     varying = [c for c in df.columns if c not in NOT_SETTING and c not in BASE_SETTING and c in fields
-               and df[c].nunique(dropna=False) > 1]
+               and varies(df, c)]
     return BASE_SETTING + sorted(varying)
 
 
 def row_columns(df) -> list[str]:
     """Setting, rule, credit_norm (always: the reference study's normalization is a confound to see) and any
     other rule or optimizer knob that varies."""
-    knobs = sorted(c for c in df.columns if c in RULE_KNOBS and (c in VARIANTS or df[c].nunique(dropna=False) > 1))
+    knobs = sorted(c for c in df.columns if c in RULE_KNOBS and (c in VARIANTS or varies(df, c)))
     return setting_columns(df) + ["rule"] + knobs
 
 

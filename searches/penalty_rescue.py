@@ -11,11 +11,11 @@ then analysis/summary.py (accuracy, deep cos and rho per rule and lam).
     python searches/penalty_rescue.py --preset mnist1d     # the same question on MNIST-1D, on 2 CPU cores
     python searches/penalty_rescue.py --address auto --data-dir ~/data/cifar10
 
-Cost: smoke is 10 trials, 30 s on 2 CPU cores (measured by `python -m pytest
-tests/test_searches.py -k smoke_preset --durations=5` in one running local Ray
-instance, on a contended host); mnist1d is 60 trials of 30 epochs (docs/results/penalty_rescue_mnist1d.md
-has the measured wall time); paper is 60 trials of 30 CIFAR-10 epochs, not
-timed here (credit_bridge's value net makes it the slowest rule).
+Cost: bp, which has no penalty, trains once per seed. smoke is 9 trials (30 s on 2 CPU cores measured
+when it trained bp once per lam, 10 trials, by `python -m pytest tests/test_searches.py -k smoke_preset
+--durations=5` in one running local Ray instance, on a contended host); mnist1d is 51 trials of 30 epochs
+(docs/results/penalty_rescue_mnist1d.md has the wall time measured with 60); paper is 51 trials of 30
+CIFAR-10 epochs, not timed here (credit_bridge's value net makes it the slowest rule).
 """
 
 import sys

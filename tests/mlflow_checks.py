@@ -67,7 +67,7 @@ def assert_one_complete_run_per_trial(uri: str, experiment: str, n_trials: int, 
     for r in runs:
         assert r.info.status == "FINISHED", (r.info.run_name, r.info.status)
         assert {"rule", "search", "dataset", "seed", "code_version"} <= set(r.data.tags)
-        assert {"rule", "d", "L", "lr", "penalty_lam", "seed", "epochs"} <= set(r.data.params)
+        assert {"rule", "d", "L", "lr", "seed", "epochs"} <= set(r.data.params)
         for metric in ("test_acc", "epoch"):
             steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, metric))
             assert steps == list(range(1, epochs + 1)), (r.info.run_name, metric, steps)

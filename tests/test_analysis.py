@@ -156,3 +156,30 @@ def test_seeds_whose_diagnostics_ran_in_different_dtypes_are_not_averaged():
         finished_trials(mixed)
     fine = pd.DataFrame([run("ep", 0, 1.0, "float64"), run("ep", 1, 0.0), run("fa", 0, 0.0), run("fa", 1, 0.0)])
     assert len(finished_trials(fine)) == 4
+
+
+def test_a_knob_a_rule_does_not_read_is_blank_in_every_table_even_from_an_older_store():
+    """Runs logged before raycredit left unused knobs out (bp and frozen with credit_norm=True, dfa with fa_mode)
+    read as if they had not been: blank (NA) in the typed table, "–" in a markdown table, and not a column that
+    "varies" because of them; integers and booleans keep their type around the blanks."""
+    import pandas as pd
+
+    from analysis.tables import applied_params, markdown_table, numeric_or_text
+    from raycredit.verdicts import row_columns, varies
+
+    logged = pd.DataFrame({"rule": ["bp", "frozen", "fa", "dfa", "vector_field"],
+                           "credit_norm": ["True"] * 5, "fa_mode": ["lillicrap"] * 5, "vf_dirs": ["4"] * 5,
+                           "fit_l2": ["0.0001"] * 5, "d": ["64"] * 5})
+    df = applied_params(logged).apply(numeric_or_text)
+    assert df["credit_norm"].isna().tolist() == [True, True, False, False, False]
+    assert df["fa_mode"].isna().tolist() == [True, True, False, True, True]
+    assert df["vf_dirs"].isna().tolist() == [True, True, True, True, False]
+    assert str(df["credit_norm"].dtype) == "boolean" and str(df["vf_dirs"].dtype) == "Int64"
+    assert df["d"].dtype.kind == "i" and df["fit_l2"].notna().tolist() == [False, True, False, False, False]
+    assert not any(varies(df, k) for k in ("credit_norm", "fa_mode", "vf_dirs", "fit_l2"))
+    assert row_columns(df)[-2:] == ["rule", "credit_norm"]  # credit_norm always, the other knobs not
+    rows = markdown_table(df[["rule", "credit_norm", "vf_dirs"]]).splitlines()[2:]
+    assert rows == ["| bp | – | – |", "| frozen | – | – |", "| fa | True | – |", "| dfa | True | – |",
+                    "| vector_field | True | 4 |"]
+    ex = applied_params(pd.DataFrame({"rule": ["bp"], "credit_norm": ["False"], "exploitability": ["True"]}))
+    assert ex["credit_norm"].tolist() == ["False"]  # a measurement on bp's credit reads credit_norm

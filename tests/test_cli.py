@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from mlflow_checks import new_store
+from quiet import assert_quiet
 
 TINY_FLAGS = ["--n-train", "256", "--n-test", "128", "--input-dim", "16", "--d", "16", "--L", "2",
               "--probe-size", "32", "--rho-dirs", "4", "--device", "cpu", "--no-progress"]
@@ -19,6 +20,7 @@ def test_train_writes_result_json_and_resumes(tmp_path):
     p = cli("train", "--rule", "dfa", "--dataset", "synthetic", "--epochs", "2", "--seed", "0", "--out", str(out),
             *TINY_FLAGS)
     assert p.returncode == 0, p.stderr
+    assert_quiet(p.stdout, p.stderr)
     r = json.loads((out / "result.json").read_text())
     assert set(r) >= {"config", "final", "history"}
     assert r["config"]["rule"]["rule"] == "dfa" and r["config"]["train"]["epochs"] == 2

@@ -24,6 +24,7 @@ from raycredit.train import train
 from mlflow_checks import assert_one_complete_run_per_trial, new_store, runs_of
 from node_loss_driver import CONFIGS, EXPERIMENT
 from ports import free_port, wait_for_port
+from quiet import assert_quiet
 from searches_loader import load_search
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,6 +122,7 @@ def test_interrupted_killed_and_restarted_cluster_sweep_completes_once(head, tmp
 
     p = subprocess.run(cmd, cwd=tmp_path, env=run_env(head.address), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert_quiet(p.stdout, p.stderr)  # the search and its analyses
     assert "resuming sweep" in p.stdout
     assert "of these configs already have a finished run" in p.stdout
     assert "notice: the Ray cluster has no GPUs" in p.stdout
@@ -158,6 +160,7 @@ def test_optuna_search_killed_and_rerun_completes_its_trials_once(head, tmp_path
 
     p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert_quiet(p.stdout, p.stderr)  # the Optuna search and its export
     assert "resuming search" in p.stdout and "best test_acc" in p.stdout
     client, runs = runs_of(uri, "optuna")
     trials = [r for r in runs if SUMMARY_TAG not in r.data.tags]
@@ -277,6 +280,7 @@ def test_a_lineage_search_killed_after_its_trunk_retrains_nothing_and_finishes_e
 
     p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert_quiet(p.stdout, p.stderr)  # the lineage search and its analysis
     assert "1 of these configs already have a finished run" in p.stdout
     assert "continue_DFA" in (tmp_path / "reports" / "handoff.md").read_text()
     client, runs = runs_of(uri, "killed")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from mlflow_checks import new_store, runs_of
+from quiet import assert_quiet
 from searches_loader import ROOT
 
 # the machine's 2 CPUs to one trial at a time: one Ray worker process, which imports torch and MLflow once, serves
@@ -82,6 +83,7 @@ def test_storage_filled_mid_sweep_fails_trials_with_the_reason_and_a_rerun_compl
         (disk / "filler").unlink()
         again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+        assert_quiet(again.stdout, again.stderr)
         assert_one_complete_run_per_trial(uri, "full", 4, 6)
 
 
@@ -110,6 +112,7 @@ def test_the_stores_disk_filled_mid_sweep_fails_trials_in_one_line_each_and_a_re
         (disk / "filler").unlink()
         again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+        assert_quiet(again.stdout, again.stderr)
         assert_one_complete_run_per_trial(uri, "storefull", 4, 6)
 
 
@@ -244,6 +247,7 @@ def test_a_store_rolled_back_to_an_older_copy_is_refused_naming_what_is_missing(
     copy(tmp_path / "current.db", db)
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert_quiet(done.stdout, done.stderr)
     assert_one_complete_run_per_trial(uri, "rolled", 4, 30)
     assert not list((tmp_path / "ray").glob("*/checkpoints/*/checkpoint.pt"))  # only the record is left
     copy(tmp_path / "backup.db", db)

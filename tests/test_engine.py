@@ -9,7 +9,7 @@ from raycredit.checkpoint import CHECKPOINT_FILE
 from raycredit.config import Config
 from raycredit.data import load_data
 from raycredit.errors import UserError
-from raycredit.rules import make_config
+from raycredit.rules import applied, make_config
 from raycredit.search import run_search
 
 from mlflow_checks import assert_one_complete_run_per_trial, new_store, runs_of
@@ -244,9 +244,11 @@ def test_32_trials_log_every_epoch_into_sqlite_without_losing_a_point(ray_sessio
         logged = con.execute("SELECT COUNT(*) FROM metrics JOIN runs ON metrics.run_uuid = runs.run_uuid "
                              "WHERE runs.experiment_id = ?", (int(exp_id),)).fetchone()[0]
     assert logged == sum(points_per_run[c.rule.rule] for c in configs)
-    # params are the config and nothing else (no URIs, tokens or environment); tags are raycredit's own
+    # params are the config's knobs that apply to the run's rule and nothing else (no URIs, tokens or
+    # environment); tags are raycredit's own
     for r in runs:
-        assert set(r.data.params) == set(configs[0].flat())
+        assert set(r.data.params) == set(applied(next(c for c in configs if c.key() == r.data.tags[
+            tracking.RUN_KEY_TAG]).flat()))
         assert {t for t in r.data.tags if not t.startswith("mlflow.")} == {
             "rule", "search", "dataset", "seed", "code_version", "n_classes", "diverged", tracking.RUN_KEY_TAG,
             tracking.ATTEMPT_TAG, tracking.NODE_TAG, tracking.PID_TAG, tracking.DEVICE_TAG}
@@ -276,7 +278,7 @@ def test_a_population_trial_logs_each_member_as_its_own_run(ray_session, tmp_pat
     assert len({r.data.tags[tracking.POPULATION_TAG] for r in runs}) == 1  # one trial trained them all
     for cfg in configs:
         run = by_key[cfg.key()]
-        assert run.info.status == "FINISHED" and run.data.params == {k: str(v) for k, v in cfg.flat().items()}
+        assert run.info.status == "FINISHED" and run.data.params == {k: str(v) for k, v in applied(cfg.flat()).items()}
         assert run.info.run_name == engine.run_label(cfg)
         alone = train(cfg)["history"]
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "test_loss")]

@@ -116,6 +116,7 @@ def test_every_measured_cell_picks_one_configuration_per_seed_of_its_stage(prese
     import pandas as pd
 
     from raycredit.reference.measure import measure
+    from raycredit.rules import applied
     from raycredit.search import expand
 
     from searches_loader import load_search
@@ -128,7 +129,7 @@ def test_every_measured_cell_picks_one_configuration_per_seed_of_its_stage(prese
         extra = dict(zip(stage.args[::2], stage.args[1::2], strict=True))
         ov = {**overrides, **({"seed": [int(x) for x in extra["--seeds"].split(",")]} if "--seeds" in extra else {})}
         configs = expand(load_search(name).PRESETS[stage.preset], ov)
-        runs = pd.DataFrame([{**c.flat(), "run_id": c.key()} for c in configs])
+        runs = pd.DataFrame([{**applied(c.flat()), "run_id": c.key()} for c in configs])  # as `results` reads them
         for metric in {spec["metric"] for t in s.tables.values() if t.stage == name
                        for spec in (t.spec(*cell) for cell in t.measured())}:
             runs[metric] = 0.5

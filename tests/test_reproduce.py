@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from mlflow_checks import assert_one_complete_run_per_trial, new_store, runs_of
+from quiet import assert_quiet
 from searches_loader import ROOT, load_search
 
 
@@ -85,6 +86,7 @@ def test_a_reproduction_killed_twice_at_random_points_finishes_every_run_once(tm
         proc.communicate()
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, (seed, done.stdout[-3000:], done.stderr[-3000:])
+    assert_quiet(done.stdout, done.stderr)  # every stage's search and analyses, and the verdicts
     assert "toy_lq: all 8 runs already finished" in done.stdout, (seed, done.stdout[-3000:])
     assert_one_complete_run_per_trial(uri, "reproduce-smoke-toy_lq", 8, 4)
     assert_one_complete_run_per_trial(uri, "reproduce-smoke-scaffold_blend", 10, 3)

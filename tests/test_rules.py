@@ -1,13 +1,17 @@
 """The maths of the rules and diagnostics, without Ray."""
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from raycredit.config import SECTIONS
 from raycredit.data import load_data
 from raycredit.diagnostics import diagnose, probe_forward
+from raycredit.errors import ConfigError
 from raycredit.models import build_model
-from raycredit.rules import RULES, build_rule, make_config
+from raycredit.rules import RULES, build_rule, make_config, unused_knobs, validate
 from raycredit.rules.base import LocalRule, rms_normalize
 from raycredit.train import train
 
@@ -218,3 +222,79 @@ def test_rms_normalize():
     a = torch.randn(5, 40) * torch.logspace(-3, 3, 5)[:, None]
     n = rms_normalize(a)
     torch.testing.assert_close(n.pow(2).mean(-1).sqrt(), torch.ones(5), rtol=1e-3, atol=1e-3)
+
+
+# a valid value other than the default for every knob of the rule section (a new knob must be added here)
+OTHER = dict(penalty_lam=0.1, credit_norm=True, fa_mode="reference", feedback_scale=0.5, train_embedding=True,
+             fit_l2=1e-2, ep_beta=0.05, ep_steps=5, ep_step_size=0.01, ep_credit="state_diff", s_type="deltaL",
+             vf_dirs=2, vf_eps=0.05, one_sided=True, tw=0.5, shuffle_control=True, tgw=0.5, cb_samples=2,
+             cb_sigma=0.1, cb_temp=0.5, warmup_ratio=0.5, blend_alpha=0.5, aux_kind="time_only", freeze_after=1,
+             decay_to=0.0, prefit_epochs=1, refit_every=1, refit_epochs=2, blend_layers=1, aux_width=8, aux_lr=1e-2)
+# where a knob acts only once another is set, both runs of its test set that one
+CONTEXT = {"decay_to": {"freeze_after": 1}, "refit_epochs": {"refit_every": 1, "epochs": 4}}
+SMALL = dict(n_train=128, n_test=64, d=8, L=2, epochs=2, batch_size=32, probe_size=32, rho_dirs=2, diag_every=2)
+
+
+def trained(tiny, **knobs) -> tuple:
+    """What a short run ends with: its model and rule state, and its last epoch's metrics (time_s aside)."""
+    return _trained(tuple(sorted({**tiny, **SMALL, **knobs}.items())))
+
+
+@functools.cache
+def _trained(knobs: tuple) -> tuple:
+    # the rule knobs after make_config, which sets those that the rule does not read to their defaults: here
+    # they must reach it
+    knobs, out = dict(knobs), {}
+    cfg = make_config({k: v for k, v in knobs.items() if k not in OTHER}).replace(
+        **{k: v for k, v in knobs.items() if k in OTHER})
+    validate(cfg)
+    train(cfg, on_epoch=lambda e, m, fn: out.update(metrics=m, state=fn()))
+    metrics = {k: v for k, v in out["metrics"].items() if k != "time_s"}
+    return out["state"]["model"], out["state"]["rule"], metrics
+
+
+def same_run(a: tuple, b: tuple) -> bool:
+    def equal(u, v):
+        if isinstance(u, dict):
+            return isinstance(v, dict) and u.keys() == v.keys() and all(equal(u[k], v[k]) for k in u)
+        if isinstance(u, list | tuple):
+            return isinstance(v, list | tuple) and len(u) == len(v) and all(map(equal, u, v))
+        return torch.equal(u, v) if torch.is_tensor(u) else u == v
+
+    return equal(list(a), list(b))
+
+
+def test_other_covers_every_rule_knob():
+    assert set(OTHER) == set(SECTIONS["rule"].__dataclass_fields__) - {"rule"}
+
+
+@pytest.mark.parametrize("name", list(RULES))
+def test_a_knob_a_rule_does_not_declare_changes_nothing_in_its_run(tiny, name):
+    """Every rule knob that `name` does not declare (`Rule.uses`) set to another value at once: the run ends in
+    the same state and metrics, bit for bit. So a run that does not log them (`rules.applied`) hides nothing."""
+    unused = unused_knobs(name)
+    assert unused == set(OTHER) - RULES[name].uses()
+    assert same_run(trained(tiny, rule=name), trained(tiny, rule=name, **{k: OTHER[k] for k in unused}))
+
+
+@pytest.mark.parametrize(("name", "knob"), [(n, k) for n in RULES for k in sorted(RULES[n].uses())])
+def test_a_knob_a_rule_declares_changes_its_run_or_is_refused(tiny, name, knob):
+    """The other direction: a declared knob acts (a different end state or metrics), or the rule refuses its
+    other value (kolen_pollack and sign_symmetry are fa in lillicrap form only)."""
+    context = {"rule": name, **CONTEXT.get(knob, {})}
+    try:
+        changed = trained(tiny, **context, **{knob: OTHER[knob]})
+    except ConfigError as e:
+        assert e.args[0].startswith(f"{knob}:")
+        return
+    assert not same_run(trained(tiny, **context), changed)
+
+
+def test_a_config_sets_the_knobs_its_rule_does_not_read_to_their_defaults():
+    """So that two configs that train alike are one trial: a grid's bp under two penalty_lam is one run."""
+    plain = make_config({"rule": "bp"})
+    assert make_config({"rule": "bp", "penalty_lam": 0.1, "credit_norm": True}).key() == plain.key()
+    assert make_config({"rule": "dfa", "penalty_lam": 0.1}).rule.penalty_lam == 0.1
+    measured = make_config({"rule": "bp", "credit_norm": True, "exploitability": True, "parent_run": "x",
+                            "parent_epoch": 1})
+    assert measured.rule.credit_norm  # an exploitability measurement normalizes bp's credit with it

@@ -2,17 +2,21 @@
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from raycredit.config import SECTIONS
 from raycredit.flags import overrides_from, search_parser
-from raycredit.rules import make_config
+from raycredit.rules import make_config, unused_knobs
 from raycredit.search import expand
 
 from mlflow_checks import assert_one_complete_run_per_trial, new_store
 from searches_loader import ROOT, load_search
 
+RULE_KNOBS = set(SECTIONS["rule"].__dataclass_fields__) - {"rule"}
+
 GRID_SEARCHES = ["penalty_rescue", "warmup_tgw_ablation", "scaffold_blend", "synthetic_ladder"]  # and audit, below
-PAPER_TRIALS = {"both_fail_scan": 480, "penalty_rescue": 60, "warmup_tgw_ablation": 192, "scaffold_blend": 99,
+PAPER_TRIALS = {"both_fail_scan": 480, "penalty_rescue": 51, "warmup_tgw_ablation": 192, "scaffold_blend": 99,
                 "synthetic_ladder": 432, "audit": 21, "anchors": 70, "synthetic_depth": 6,
                 # the lineage searches: trunks and their branches (docstrings)
                 "handoff": 66, "snapshot_recovery": 54, "exploitability": 165, "schedules": 7, "toy_lq": 12}
@@ -75,7 +79,8 @@ def test_both_fail_scan_crosses_fa_and_dfa_with_credit_norm_and_keeps_its_contro
     cs = configs(load_search("both_fail_scan"), "--data-dir", "/data")
     local = [c for c in cs if c.rule.rule in ("fa", "dfa")]
     assert {c.rule.credit_norm for c in local} == {True, False} and len(local) == 320
-    assert all(c.rule.fa_mode == "reference" for c in cs)
+    assert {c.rule.fa_mode for c in cs if c.rule.rule == "fa"} == {"reference"}
+    assert {c.rule.fa_mode for c in cs if c.rule.rule != "fa"} == {"lillicrap"}  # not theirs: the default
     assert {c.rule.rule for c in cs if c not in local} == {"bp", "frozen"}
     assert len([c for c in cs if c.rule.rule == "bp"]) == 80  # one per (d, L, seed): no duplicate controls
 
@@ -113,8 +118,17 @@ def test_smoke_preset_runs_into_a_scratch_store(ray_session, tmp_path, name):
 
     df = raycredit.results(f"{name}-smoke", tracking_uri=uri)
     assert sorted(df["run_key"]) == sorted(c.key() for c in smoke)
-    assert df["d"].dtype.kind == "i" and df["credit_norm"].dtype == bool and df["test_acc"].between(0, 1).all()
+    assert df["d"].dtype.kind == "i" and df["test_acc"].between(0, 1).all()
     assert set(df["epoch"]) == {smoke[0].train.epochs}
+    # a knob that a run's rule does not read is neither in its MLflow params nor a value in the table
+    from raycredit.tracking import load_runs
+
+    runs = load_runs(uri, f"{name}-smoke").set_index("run_id")
+    for _, row in df.iterrows():
+        unused = unused_knobs(row["rule"])
+        assert {k for k in df.columns if k in RULE_KNOBS and pd.isna(row[k])} == unused & set(df.columns)
+        assert not [k for k in unused if pd.notna(runs.loc[row["run_id"]].get(f"params.{k}"))]
+    assert str(df["credit_norm"].dtype) == ("boolean" if df["credit_norm"].isna().any() else "bool")
 
 
 def test_audit_smoke_with_two_seeds_ends_with_one_audit_row_per_rule(ray_session, tmp_path):

@@ -37,6 +37,7 @@ from raycredit.errors import UserError
 from raycredit.knobs import stable_hash
 from raycredit.lineage import Parent, kept_epochs
 from raycredit.population import member_data
+from raycredit.rules import applied
 from raycredit.start import Start, resolve_start
 from raycredit.tracking import (
     DEVICE_TAG,
@@ -250,9 +251,9 @@ def trial_summary(key: str, epoch: int, results: list[dict], done: bool, failed:
 
 
 def open_run(s, cfg: Config, key: str, name: str, data, tags: dict | None = None) -> TrialRun:
-    """The trial's MLflow run for cfg (found by its key, or created) with its params, tags and its dataset as
-    an MLflow input (name, digest of the data config and shapes, shapes as its profile)."""
-    run = TrialRun(s.tracking_uri, s.experiment_id, key, run_name=name, params=cfg.flat(),
+    """The trial's MLflow run for cfg (found by its key, or created) with its params (`rules.applied`), tags and
+    its dataset as an MLflow input (name, digest of the data config and shapes, shapes as its profile)."""
+    run = TrialRun(s.tracking_uri, s.experiment_id, key, run_name=name, params=applied(cfg.flat()),
                    tags={"rule": cfg.rule.rule, "search": s.search, "dataset": cfg.data.dataset,
                          "seed": cfg.train.seed, "code_version": s.code_version, "n_classes": data.n_classes,
                          **({SWEEP_TAG: s.sweep} if s.sweep else {}), **s.source_tags, **(tags or {})})

@@ -8,10 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from raycredit.config import SECTIONS
 from raycredit.errors import UserError
 from raycredit.reference import SELECTOR_KEYS, Table
 
 RANKED = ("max", "min", "mid")  # "mid": the middle one of the distinct values (the lower of two)
+RULE_KNOBS = frozenset(SECTIONS["rule"].__dataclass_fields__) - {"rule"}
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,8 @@ def matches(column: pd.Series, want) -> pd.Series:
 
 
 def select(runs: pd.DataFrame, spec: dict) -> pd.DataFrame:
-    """The runs a selector picks: exact knobs first, then "max"/"min"/">x"/"<x" among those."""
+    """The runs a selector picks: exact knobs first, then "max"/"min"/">x"/"<x" among those. A rule knob that
+    does not apply to a run's rule (blank in `results`: frozen has no credit_norm) does not set the run apart."""
     ranked = []
     for knob, want in spec.items():
         if knob in SELECTOR_KEYS or knob == "readout":
@@ -48,7 +51,7 @@ def select(runs: pd.DataFrame, spec: dict) -> pd.DataFrame:
         if isinstance(want, str) and (want in RANKED or want[:1] in "<>"):
             ranked.append((knob, want))
         else:
-            runs = runs[matches(runs[knob], want)]
+            runs = runs[matches(runs[knob], want) | (runs[knob].isna() if knob in RULE_KNOBS else False)]
     for knob, want in ranked:
         col = pd.to_numeric(runs[knob], errors="coerce")
         if want in RANKED:

@@ -100,6 +100,9 @@ class Rule(nn.Module):
     architectures: ClassVar[tuple[str, ...]] = ("resmlp",)  # rules with per-layer d-vector nets are ResMLP-only
     # the rule's own defaults for knobs of any section (`raycredit.rules.make_config`); an explicit value wins
     defaults: ClassVar[dict] = {}
+    # the rule section's knobs this class reads besides `rule`; a subclass names only its own (`uses` adds up
+    # the hierarchy's). A run does not log the others: they do not apply to it
+    knobs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: Config, model: nn.Module, n_classes: int):
         super().__init__()
@@ -114,6 +117,11 @@ class Rule(nn.Module):
         self.h_shape: tuple[int, ...] = tuple(model.h_shape)
         self.h_shapes: list[tuple[int, ...]] = [tuple(s) for s in model.h_shapes]
         self.n_classes = n_classes
+
+    @classmethod
+    def uses(cls) -> frozenset[str]:
+        """The rule section's knobs that this rule reads (its own `knobs` and its base classes')."""
+        return frozenset(k for c in cls.__mro__ for k in vars(c).get("knobs", ()))
 
     @classmethod
     def check_config(cls, cfg: Config) -> None:
@@ -211,6 +219,7 @@ class LocalRule(Rule):
     """
 
     model_learns = True
+    knobs = ("credit_norm", "penalty_lam")
 
     def __init__(self, cfg: Config, model: nn.Module, n_classes: int):
         super().__init__(cfg, model, n_classes)

@@ -18,6 +18,8 @@ from raycredit.rules.dfa import DFAWarmup
 
 
 class CreditBridge(DFAWarmup):
+    knobs = ("s_type", "tgw", "cb_samples", "cb_sigma", "cb_temp")
+
     def __init__(self, cfg, model, n_classes):
         super().__init__(cfg, model, n_classes)
         self.cond = Conditioning(self.cfg.s_type, n_classes, self.d, self.feedback_generator(cfg, stream=1))

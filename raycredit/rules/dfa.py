@@ -31,6 +31,7 @@ def dfa_credits(B: Feedback, logits: torch.Tensor, y: torch.Tensor) -> list[torc
 
 class DFA(LocalRule):
     architectures = tuple(ARCHITECTURES)
+    knobs = ("feedback_scale",)
     def __init__(self, cfg, model, n_classes):
         super().__init__(cfg, model, n_classes)
         self.B = dfa_feedback(self.h_shapes, n_classes, self.cfg.feedback_scale, self.feedback_generator(cfg))
@@ -48,6 +49,7 @@ class DFAWarmup(DFA):
     """A learned-credit rule that uses DFA's credit for the first `warmup_ratio` of the epochs."""
 
     architectures = ("resmlp",)  # its credit nets take one d-vector per layer
+    knobs = ("warmup_ratio", "aux_width", "aux_lr")
 
     def __init__(self, cfg, model, n_classes):
         super().__init__(cfg, model, n_classes)

@@ -27,6 +27,7 @@ from raycredit.rules.base import LocalRule, task_loss
 
 class EP(LocalRule):
     architectures = tuple(ARCHITECTURES)
+    knobs = ("ep_beta", "ep_steps", "ep_step_size", "ep_credit")
     def energy(self, model, h0: torch.Tensor, free: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
         """Summed over the batch: every sample's states only feel their own energy."""
         prev, e = h0, 0.0

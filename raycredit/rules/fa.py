@@ -36,6 +36,7 @@ def feedback_linears(model) -> list[str]:
 
 class FA(LocalRule):
     architectures = tuple(ARCHITECTURES)
+    knobs = ("fa_mode", "feedback_scale")
 
     def __init__(self, cfg, model, n_classes):
         super().__init__(cfg, model, n_classes)

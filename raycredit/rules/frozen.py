@@ -34,6 +34,7 @@ HESSIAN_ROWS = 4096  # rows the Hessian is computed on (an evenly strided subset
 
 class Frozen(Rule):
     architectures = tuple(ARCHITECTURES)
+    knobs = ("train_embedding", "fit_l2")
 
     def __init__(self, cfg, model, n_classes):
         super().__init__(cfg, model, n_classes)

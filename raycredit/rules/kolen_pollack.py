@@ -44,6 +44,7 @@ class LearnedFeedback(nn.Module):
 class KolenPollack(FA):
     architectures = ("resmlp", "mlp", "vit_mini", "cnn1d")  # small_cnn's depthwise convolution has no feedback path
     defaults = {"optimizer": "adamw", "weight_decay": 5.0, "feedback_scale": 0.1}
+    knobs = ("aux_lr",)  # B is a parameter of the rule, trained at aux_lr
 
     def __init__(self, cfg, model, n_classes):
         super().__init__(cfg, model, n_classes)

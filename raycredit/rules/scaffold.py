@@ -61,6 +61,9 @@ STATE_KINDS = ("vector_field", "random_trainable", "shuffled_trainable", "zero_t
 
 class Scaffold(DFA):
     architectures = ("resmlp",)  # its auxiliary nets take one d-vector per layer
+    knobs = ("s_type", "warmup_ratio", "blend_alpha", "aux_kind", "freeze_after", "decay_to", "prefit_epochs",
+             "refit_every", "refit_epochs", "blend_layers", "aux_width", "aux_lr",
+             "vf_dirs", "vf_eps", "one_sided", "tw")  # the last four: the vector-field objective its aux learns
 
     @classmethod
     def check_config(cls, cfg):

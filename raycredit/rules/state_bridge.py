@@ -12,6 +12,8 @@ from raycredit.rules.base import LocalRule, mlp
 
 
 class StateBridge(LocalRule):
+    knobs = ("aux_width", "aux_lr")
+
     def __init__(self, cfg, model, n_classes):
         super().__init__(cfg, model, n_classes)
         width = self.cfg.aux_width or 2 * self.d

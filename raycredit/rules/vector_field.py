@@ -70,6 +70,8 @@ def field_input(h: torch.Tensor, l: int, L: int, s: torch.Tensor) -> torch.Tenso
 
 
 class VectorField(DFAWarmup):
+    knobs = ("s_type", "vf_dirs", "vf_eps", "one_sided", "tw", "shuffle_control")
+
     def __init__(self, cfg, model, n_classes):
         super().__init__(cfg, model, n_classes)
         self.cond = Conditioning(self.cfg.s_type, n_classes, self.d, self.feedback_generator(cfg, stream=1))

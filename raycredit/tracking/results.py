@@ -13,13 +13,36 @@ NOT_CONFIG = ("params.seed", "params.device")
 
 def numeric_or_text(s):
     """The column as numbers when every value parses (MLflow stores params as strings), as booleans when every
-    value is True/False, else unchanged."""
+    value is True/False, else unchanged. Where some rows have no value (a knob that does not apply to their
+    rule), pandas' nullable types keep integers and booleans what they are."""
     import pandas as pd
 
-    if set(s.dropna()) <= {"True", "False"} and s.notna().any():
-        return s.map({"True": True, "False": False})
+    given = s.dropna()
+    if set(given) <= {"True", "False"} and len(given):
+        return s.map({"True": True, "False": False}).astype("boolean" if len(given) < len(s) else bool)
     converted = pd.to_numeric(s, errors="coerce")
-    return converted if converted.notna().sum() == s.notna().sum() else s
+    if converted.notna().sum() != len(given):
+        return s
+    if len(given) < len(s) and given.astype(str).str.fullmatch(r"-?\d+").all():
+        return converted.astype("Int64")
+    return converted
+
+
+def applied_params(params):
+    """A table of runs' params (config keys as columns, as logged) with each row's knobs that its run does not
+    read blanked (`raycredit.rules.applied`): runs logged before raycredit left them out still have them."""
+    import pandas as pd
+
+    from raycredit.rules import unused_knobs
+
+    if "rule" not in params or params.empty:
+        return params
+    params = params.copy()
+    exploit = params.get("exploitability", pd.Series("False", index=params.index)).astype(str) == "True"
+    for (rule, ex), rows in params.groupby([params["rule"], exploit], dropna=False):
+        blank = sorted(unused_knobs(str(rule), bool(ex)) & set(params.columns))
+        params.loc[rows.index, blank] = None
+    return params
 
 
 def finished_trials(runs):
@@ -51,8 +74,8 @@ def check_dtypes(done) -> None:
 
 
 def finished_table(runs):
-    """One row per finished trial of load_runs' table: its params (typed; config keys as column names), its
-    last value of every metric, its run id and run key."""
+    """One row per finished trial of load_runs' table: its params (typed; config keys as column names; blank
+    where a knob does not apply to its rule), its last value of every metric, its run id and run key."""
     import pandas as pd
 
     done = finished_trials(runs)
@@ -62,7 +85,7 @@ def finished_table(runs):
     metrics = pd.DataFrame({c.removeprefix("metrics."): done[c].astype(float) for c in done.columns
                             if c.startswith("metrics.")}, index=done.index)
     ids = pd.DataFrame({"run_id": done["run_id"], "run_key": done.get(f"tags.{RUN_KEY_TAG}")}, index=done.index)
-    return pd.concat([params.apply(numeric_or_text), metrics, ids], axis=1).reset_index(drop=True)
+    return pd.concat([applied_params(params).apply(numeric_or_text), metrics, ids], axis=1).reset_index(drop=True)
 
 
 def results(experiment: str, tracking_uri: str | None = None):

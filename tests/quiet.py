@@ -1,0 +1,11 @@
+"""What an entry point prints as a process: no line a user cannot act on (a warning, a traceback)."""
+
+import re
+
+NOISE = re.compile(r"Warning\b|\bWARNING\b|Traceback \(most recent call last\)|DeprecationWarning")
+
+
+def assert_quiet(*texts: str) -> None:
+    """No warning or traceback line in the outputs of a run that succeeded (stdout and stderr)."""
+    noisy = [line for text in texts for line in text.splitlines() if NOISE.search(line)]
+    assert not noisy, "\n".join(noisy[:20])
