@@ -2,7 +2,7 @@
 pays before it trains.
 
 Runs the test suite's small sweep (the smoke scan shrunk to 4 trials of 6 epochs on 500 examples, one trial
-at a time) in a scratch folder, samples every process started meanwhile (psutil, every 0.3 s) and prints the
+at a time) in a scratch folder, samples the driver's process tree (psutil, every 0.3 s) and prints the
 CPU seconds (user + system, as last sampled) per kind of process: the driver, the trial's Ray worker, the
 heartbeat actor's, Ray's own daemons; and the seconds that the trials' epochs took (their time_s).
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = ("searches/", "ImplicitFunc", "Heartbeats", "gcs_server", "raylet", "dashboard.py", "DashboardAgent",
+KINDS = ("searches/", "ray::ImplicitFu", "Heartbeats", "gcs_server", "raylet", "dashboard.py", "DashboardAgent",
          "RuntimeEnvAgent", "log_monitor", "autoscaler", "ray::IDLE")
 
 
@@ -33,7 +33,8 @@ def training_seconds(uri: str) -> float:
 
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("launch").experiment_id])
-    return sum(m.value for r in runs for m in client.get_metric_history(r.info.run_id, "time_s"))
+    # time_s counts from a run's start (a resumed run's goes on), so its last value is the run's
+    return sum(max(m.value for m in client.get_metric_history(r.info.run_id, "time_s")) for r in runs)
 
 
 def main() -> int:
@@ -44,13 +45,17 @@ def main() -> int:
                "--experiment", "launch", "--gpus-per-trial", "0", "--cpus-per-trial", "2", "--no-analysis"]
         t0 = time.time()
         proc = subprocess.Popen(cmd, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        seen: dict[int, tuple[str, float]] = {}
+        driver, seen = psutil.Process(proc.pid), {}
         while proc.poll() is None:
-            for p in psutil.process_iter(["cmdline", "create_time"]):
+            try:
+                tree = [driver, *driver.children(recursive=True)]  # Ray's daemons, and its workers under raylet
+            except psutil.Error:  # the driver has just ended
+                break
+            for p in tree:
                 try:
-                    if p.info["create_time"] >= t0 - 1:
-                        cpu = p.cpu_times()
-                        seen[p.pid] = (kind(p.info["cmdline"] or [p.name()]), cpu.user + cpu.system)
+                    cpu = p.cpu_times()
+                    seen[p.pid] = (kind(p.cmdline() or ["(ended before its command line was read)"]),
+                                   cpu.user + cpu.system)
                 except psutil.Error:  # it ended between the listing and the reading
                     pass
             time.sleep(0.3)

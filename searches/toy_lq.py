@@ -22,7 +22,7 @@ state, so its scale is not theirs: compare its ordering. docs/results/toy_lq_pap
 Then analysis/toy_lq.py prints the reference study's table layout.
 
 Cost: smoke is 4 trials of 320 steps (26.9 s on 2 CPU cores, docs/PERFORMANCE.md); paper and trained are 12
-trials of 8000 steps on 10k samples each (315 s and 398 s on 2 CPU cores, docs/results/toy_lq_paper.md).
+trials of 8000 steps on 10k samples each (377 s and 460 s on 2 CPU cores, docs/results/toy_lq_paper.md).
 """
 
 import sys

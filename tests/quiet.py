@@ -6,6 +6,8 @@ NOISE = re.compile(r"Warning\b|\bWARNING\b|Traceback \(most recent call last\)|D
 
 
 def assert_quiet(*texts: str) -> None:
-    """No warning or traceback line in the outputs of a run that succeeded (stdout and stderr)."""
-    noisy = [line for text in texts for line in text.splitlines() if NOISE.search(line)]
-    assert not noisy, "\n".join(noisy[:20])
+    """No warning or traceback line in the outputs of a run that succeeded (stdout and stderr); the message
+    shows each noisy line with what follows it (a traceback's frames)."""
+    lines = [line for text in texts for line in text.splitlines()]
+    noisy = [i for i, line in enumerate(lines) if NOISE.search(line)]
+    assert not noisy, "\n".join("\n".join(lines[i:i + 25]) for i in noisy[:3])

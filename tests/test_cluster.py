@@ -286,6 +286,8 @@ def test_a_lineage_search_killed_after_its_trunk_retrains_nothing_and_finishes_e
     client, runs = runs_of(uri, "killed")
     keys = [r.data.tags[RUN_KEY_TAG] for r in runs]
     assert len(runs) == 13 and len(set(keys)) == 13, keys
+    names = sorted(r.info.run_name for r in runs)  # what the UI lists: every branch says what distinguishes it
+    assert len(set(names)) == 13, names
     again = client.get_run(trunk.info.run_id)
     assert again.info.end_time == trunk.info.end_time and again.data.metrics == trunk.data.metrics
     assert sorted(m.step for m in client.get_metric_history(trunk.info.run_id, "test_acc")) == list(range(1, 5))

@@ -114,3 +114,23 @@ def test_the_heartbeat_thread_beats_while_the_trial_is_busy_or_blocked(ray_sessi
     time.sleep(2 * HEARTBEAT_S)
     assert ray.get(actor.snapshot.remote())["trial-x"] == after
     ray.kill(actor)
+
+
+def test_a_worker_ended_by_sigterm_inside_a_gc_callback_prints_no_traceback():
+    """Ray's SIGTERM handler raises SystemExit wherever the worker is; where Python cannot raise it (a weakref
+    callback) it would print a traceback into the driver's output. That one is dropped; any other unraisable
+    exception still reaches the hook that was there before."""
+    import sys
+
+    from raycredit.engine.trainable import quiet_sigterm_exit
+
+    seen, saved = [], sys.unraisablehook
+    sys.unraisablehook = seen.append
+    try:
+        quiet_sigterm_exit()
+        quiet_sigterm_exit()  # a reused worker's next trial installs nothing more
+        for exc in (SystemExit(1), ValueError("x")):
+            sys.unraisablehook(SimpleNamespace(exc_value=exc))
+    finally:
+        sys.unraisablehook = saved
+    assert [type(u.exc_value) for u in seen] == [ValueError]

@@ -11,6 +11,7 @@ from raycredit.rules import make_config, unused_knobs
 from raycredit.search import expand
 
 from mlflow_checks import assert_one_complete_run_per_trial, new_store
+from quiet import assert_quiet
 from searches_loader import ROOT, load_search
 
 RULE_KNOBS = set(SECTIONS["rule"].__dataclass_fields__) - {"rule"}
@@ -102,12 +103,13 @@ def test_seeds_override_reaches_the_also_grids():
 
 
 @pytest.mark.parametrize("name", GRID_SEARCHES)
-def test_smoke_preset_runs_into_a_scratch_store(ray_session, tmp_path, name):
+def test_smoke_preset_runs_into_a_scratch_store(ray_session, tmp_path, capfd, name):
     mod = load_search(name)
     uri = new_store(tmp_path / "mlflow.db")
     rc = mod.main(["--preset", "smoke", "--tracking-uri", uri, "--storage", str(tmp_path / "ray"),
                    "--out", str(tmp_path / "report"), "--gpus-per-trial", "0"])
     assert rc == 0
+    assert_quiet(*capfd.readouterr())  # the search, its analyses and plots, as the driver prints them
     smoke = configs(mod, "--preset", "smoke")
     assert_one_complete_run_per_trial(uri, f"{name}-smoke", len(smoke), smoke[0].train.epochs)
     table = (tmp_path / "report" / "summary.md").read_text().splitlines()
@@ -131,7 +133,7 @@ def test_smoke_preset_runs_into_a_scratch_store(ray_session, tmp_path, name):
     assert str(df["credit_norm"].dtype) == ("boolean" if df["credit_norm"].isna().any() else "bool")
 
 
-def test_audit_smoke_with_two_seeds_ends_with_one_audit_row_per_rule(ray_session, tmp_path):
+def test_audit_smoke_with_two_seeds_ends_with_one_audit_row_per_rule(ray_session, tmp_path, capfd):
     import statistics
 
     import pandas as pd
@@ -143,6 +145,7 @@ def test_audit_smoke_with_two_seeds_ends_with_one_audit_row_per_rule(ray_session
     rc = mod.main(["--preset", "smoke", "--seeds", "0,1", "--tracking-uri", uri, "--storage", str(tmp_path / "ray"),
                    "--out", str(tmp_path / "report"), "--gpus-per-trial", "0"])
     assert rc == 0
+    assert_quiet(*capfd.readouterr())
     smoke = configs(mod, "--preset", "smoke", "--seeds", "0,1")
     assert_one_complete_run_per_trial(uri, "audit-smoke", len(smoke), smoke[0].train.epochs)
     text = (tmp_path / "report" / "audit_table.md").read_text()

@@ -92,11 +92,12 @@ def connect(address: str | None, verbose: bool = True) -> None:
     if ray.is_initialized():
         return
     STARTED.update(local=address is None, joined=address is not None)
+    # Ray's notice that the instance uses token authentication (a new local one's default, which raycredit keeps;
+    # a `ray start` cluster's with ~/.ray/auth_token): only with -v (ray 2.60:
+    # authentication_token_setup._warn_token_auth_enabled, on every ray.init)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+        logging.WARNING if verbose else logging.ERROR)
     if address is None:
-        # Ray's notice that a new local instance uses token authentication (its default, which raycredit keeps):
-        # only with -v (ray 2.60: authentication_token_setup._warn_token_auth_enabled, on every ray.init)
-        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
-            logging.WARNING if verbose else logging.ERROR)
         with interrupt_after(), worker_environment():
             ray.init(address="local", include_dashboard=False, log_to_driver=True, logging_level=level)
         return

@@ -9,6 +9,7 @@ exactly `train(cfg)`), nothing else happens here.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -27,6 +28,7 @@ def trainable(config: dict, settings: dict, base: dict | None = None) -> None:
     drew, applied on top of `base`, and the run key then includes the trial id (two draws may coincide)."""
     s = SweepSettings(**settings)
     torch.set_num_threads(max(1, int(s.cpus_per_trial)))
+    quiet_sigterm_exit()
     book = Bookkeeper(s, *trial_members(config, base))
     kind = measure if book.cfgs[0].exploit.exploitability else train_all
     if not book.open(config.get(SEARCHED)):
@@ -37,6 +39,23 @@ def trainable(config: dict, settings: dict, base: dict | None = None) -> None:
         starts = book.starts()
         if starts:
             kind(book, starts)
+
+
+def quiet_sigterm_exit() -> None:
+    """Let this worker process end on SIGTERM without a traceback in the driver's output. Ray's handler raises
+    SystemExit wherever the worker is (ray 2.60 `worker.sigterm_handler`; ray PR #57086 describes it); when
+    that is a garbage-collection callback, Python cannot raise it there and prints it as an ignored exception,
+    at the end of every sweep on a `ray start` cluster, whose raylet then stops the job's idle workers."""
+    previous = sys.unraisablehook
+    if getattr(previous, "raycredit", False):
+        return
+
+    def hook(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, SystemExit):
+            previous(unraisable)
+
+    hook.raycredit = True
+    sys.unraisablehook = hook
 
 
 def train_all(book: Bookkeeper, starts: list[Start]) -> None:
