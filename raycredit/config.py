@@ -210,6 +210,8 @@ SECTIONS: dict[str, type] = {
     "exploit": ExploitConfig,
 }
 KEY_SECTION: dict[str, str] = {f.name: s for s, cls in SECTIONS.items() for f in fields(cls)}
+# the rule section's knobs besides `rule` itself: a rule reads some of them (`raycredit.rules.unused_knobs`)
+RULE_KNOBS: frozenset[str] = frozenset(f.name for f in fields(RuleConfig)) - {"rule"}
 
 
 def param_value(key: str, text: str) -> Any:

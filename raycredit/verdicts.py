@@ -45,6 +45,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from itertools import combinations
 
+from raycredit.config import RULE_KNOBS as RULE_SECTION_KNOBS
 from raycredit.config import SECTIONS
 
 BASE_SETTING = ["dataset", "d", "L", "epochs"]
@@ -52,7 +53,7 @@ OPTIMIZER_KNOBS = {"optimizer", "weight_decay"}  # a rule's own optimizer: a row
 NOT_SETTING = {"rule", "seed", "device", "checkpoint_every"} | OPTIMIZER_KNOBS | set(
     SECTIONS["rule"].__dataclass_fields__) | set(SECTIONS["diag"].__dataclass_fields__)
 VARIANTS = ["credit_norm"]  # rule knobs that split a setting's runs of one rule, always reported
-RULE_KNOBS = (set(SECTIONS["rule"].__dataclass_fields__) - {"rule"}) | OPTIMIZER_KNOBS
+RULE_KNOBS = RULE_SECTION_KNOBS | OPTIMIZER_KNOBS
 THRESHOLD_PP = 2.0
 GROWTH = 100.0
 FLOOR_RATIO = 1e-3

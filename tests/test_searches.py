@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from raycredit.config import SECTIONS
+from raycredit.config import RULE_KNOBS
 from raycredit.flags import overrides_from, search_parser
 from raycredit.rules import make_config, unused_knobs
 from raycredit.search import expand
@@ -13,8 +13,6 @@ from raycredit.search import expand
 from mlflow_checks import assert_one_complete_run_per_trial, new_store
 from quiet import assert_quiet
 from searches_loader import ROOT, load_search
-
-RULE_KNOBS = set(SECTIONS["rule"].__dataclass_fields__) - {"rule"}
 
 GRID_SEARCHES = ["penalty_rescue", "warmup_tgw_ablation", "scaffold_blend", "synthetic_ladder"]  # and audit, below
 PAPER_TRIALS = {"both_fail_scan": 480, "penalty_rescue": 51, "warmup_tgw_ablation": 192, "scaffold_blend": 99,

@@ -8,12 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from raycredit.config import SECTIONS
+from raycredit.config import RULE_KNOBS
 from raycredit.errors import UserError
 from raycredit.reference import SELECTOR_KEYS, Table
 
 RANKED = ("max", "min", "mid")  # "mid": the middle one of the distinct values (the lower of two)
-RULE_KNOBS = frozenset(SECTIONS["rule"].__dataclass_fields__) - {"rule"}
 
 
 @dataclass(frozen=True)

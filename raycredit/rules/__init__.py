@@ -5,7 +5,7 @@ against the rule; `build_rule` checks again (a config built by `Config.from_dict
 `applied` keeps, of a config's knobs, those that apply to its rule (what its run logs, what tables show).
 """
 
-from raycredit.config import SECTIONS, Config
+from raycredit.config import RULE_KNOBS, SECTIONS, Config
 from raycredit.errors import ConfigError
 from raycredit.rules.base import LocalRule, Rule
 from raycredit.rules.bp import BP
@@ -65,7 +65,7 @@ def unused_knobs(rule: str, exploitability: bool = False) -> frozenset[str]:
     if rule not in RULES:
         return frozenset()
     used = RULES[rule].uses() | ({"credit_norm"} if exploitability else set())
-    return frozenset(SECTIONS["rule"].__dataclass_fields__) - {"rule"} - used
+    return RULE_KNOBS - used
 
 
 def applied(knobs: dict) -> dict:
