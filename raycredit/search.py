@@ -62,12 +62,9 @@ def expand(preset: Preset, ov: dict) -> list[Config]:
         for space in spaces:
             space["seed"] = seeds
     dicts = Preset(spaces[0], preset.fixed, also=tuple(spaces[1:])).configs(ov)
-    configs, seen = [], set()
-    for cfg in with_branches([make_config(d).flat() for d in dicts], preset.branches):
-        if cfg.key() not in seen:
-            seen.add(cfg.key())
-            configs.append(cfg)
-    return configs
+    # one config per key, in first-seen order (two grids, or a grid and a rule's unused knobs, may coincide)
+    return list({cfg.key(): cfg for cfg in with_branches([make_config(d).flat() for d in dicts],
+                                                           preset.branches)}.values())
 
 
 Analysis = Callable[[str, str, str], object]  # (tracking uri, experiment, output folder) -> anything
@@ -251,7 +248,8 @@ def _finished_already(uri: str, experiment: str, name: str, args, configs: list[
     if found is None or not {c.key() for c in configs} <= tracking.finished_keys(uri, found[0]):
         return False
     print(f"{name}: all {len(configs)} runs already finished in {experiment!r} at {tracking.redact(uri)}; nothing "
-          "to train (pass a new --experiment to train them again)", flush=True)
+          "to train (pass a new --experiment to train them again); in the MLflow UI: "
+          f"{tracking.ui_link(uri, found[0])}", flush=True)
     if not args.no_analysis:
         run_analyses(analysis, uri, experiment, args.out or str(Path("reports") / experiment))
     return True

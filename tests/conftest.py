@@ -9,6 +9,10 @@ import pytest
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# the suite runs several processes that each use OpenMP threads (pytest's workers, drivers, trials) on a few
+# cores; OpenMP's default is to spin while it waits, which then takes the cores from the thread it waits for
+# (`benchmarks/launch_cost.py --at-once 2`, docs/PERFORMANCE.md). Read as torch loads, so set before it does.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 TINY = dict(dataset="synthetic", n_train=512, n_test=256, input_dim=16, d=32, L=3, mlp_ratio=2.0,
             epochs=2, batch_size=64, probe_size=64, rho_dirs=8, device="cpu")
@@ -19,9 +23,10 @@ SYSTEM_MODULES = {"test_cluster", "test_drivers", "test_engine", "test_ui"}
 SYSTEM_FIXTURES = {"ray_session", "served_store", "mlflow_server"}
 
 
-def pytest_collection_modifyitems(items):
+def pytest_collection_modifyitems(config, items):
     """Each test's tier (pyproject.toml's markers): `science` and `system` where a test says so, `system` for
-    the modules and fixtures above, `unit` otherwise."""
+    the modules and fixtures above, `unit` otherwise. Run by several workers (pytest-xdist), the system tier
+    goes first: its tests are the long ones, and the many short unit tests then even out the workers' ends."""
     for item in items:
         if item.get_closest_marker("science") or item.get_closest_marker("system"):
             continue
@@ -30,6 +35,8 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.system)
         else:
             item.add_marker(pytest.mark.unit)
+    if getattr(config.option, "numprocesses", None):
+        items.sort(key=lambda item: item.get_closest_marker("system") is None)
 
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")

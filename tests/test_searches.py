@@ -9,8 +9,9 @@ from raycredit.config import RULE_KNOBS
 from raycredit.flags import overrides_from, search_parser
 from raycredit.rules import make_config, unused_knobs
 from raycredit.search import expand
+from raycredit.tracking import RUN_KEY_TAG, SUMMARY_TAG
 
-from mlflow_checks import assert_one_complete_run_per_trial, new_store
+from mlflow_checks import assert_one_complete_run_per_trial, new_store, runs_of
 from quiet import assert_quiet
 from searches_loader import ROOT, load_search
 
@@ -129,6 +130,33 @@ def test_smoke_preset_runs_into_a_scratch_store(ray_session, tmp_path, capfd, na
         assert {k for k in df.columns if k in RULE_KNOBS and pd.isna(row[k])} == unused & set(df.columns)
         assert not [k for k in unused if pd.notna(runs.loc[row["run_id"]].get(f"params.{k}"))]
     assert str(df["credit_norm"].dtype) == ("boolean" if df["credit_norm"].isna().any() else "bool")
+
+
+# the searches whose smoke presets no other test runs and whose analyses no smoke test draws (synthetic_depth's is
+# the summary), shrunk by flags (what they print is the point here, not their numbers): one seed, fewer epochs
+# or examples; the report each one's analysis writes
+SHRUNK = {"anchors": (["--epochs", "1", "--set", "d=32"], "anchors.md"),
+          "snapshot_recovery": (["--epochs", "2", "--set", "n_train=500", "--set", "n_test=200"], "recovery.md"),
+          "exploitability": (["--set", "n_train=500", "--set", "n_test=200",
+                              "--set", "exploit_batches=2", "--set", "exploit_held_out=100"], "exploitability.md"),
+          "schedules": (["--set", "n_train=500", "--set", "n_test=200"], "schedules.md")}
+
+
+@pytest.mark.parametrize("name", SHRUNK)
+def test_every_other_smoke_preset_runs_quietly_into_a_scratch_store(ray_session, tmp_path, capfd, name):
+    mod = load_search(name)
+    uri = new_store(tmp_path / "mlflow.db")
+    flags, report = SHRUNK[name]
+    argv = ["--preset", "smoke", "--seeds", "0", *flags]
+    rc = mod.main([*argv, "--tracking-uri", uri, "--storage", str(tmp_path / "ray"), "--out",
+                   str(tmp_path / "report"), "--gpus-per-trial", "0"])
+    assert rc == 0
+    assert_quiet(*capfd.readouterr())  # the search, each of its stages, its analysis and plots
+    _, runs = runs_of(uri, f"{name}-smoke")
+    trials = [r for r in runs if SUMMARY_TAG not in r.data.tags]  # trunks, branches, measurements
+    assert sorted(r.data.tags[RUN_KEY_TAG] for r in trials) == sorted(c.key() for c in configs(mod, *argv))
+    assert {r.info.status for r in trials} == {"FINISHED"}
+    assert (tmp_path / "report" / report).read_text().strip()
 
 
 def test_audit_smoke_with_two_seeds_ends_with_one_audit_row_per_rule(ray_session, tmp_path, capfd):

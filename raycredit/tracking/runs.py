@@ -38,12 +38,14 @@ class TrialRun:
         from mlflow.entities import Param
 
         self.client, self.uri, self._monitor = get_client(uri), uri, None
-        with store_mutex(uri):  # two processes opening one key at once: the second finds the first's run
+        # two processes opening one key at once: the second finds the first's run, with its params (logged under
+        # the mutex too, or both would insert them: one run, a duplicate-key error in the second)
+        with store_mutex(uri):
             self._open(experiment_id, key, run_name, tags)
-        # also after a kill between create_run and this call: a run is found but its params are missing
-        missing = [Param(k, str(v)) for k, v in params.items() if k not in self._logged]
-        if missing:
-            retry(lambda: self.client.log_batch(self.run_id, params=missing))
+            # also after a kill between create_run and this call: a run is found but its params are missing
+            missing = [Param(k, str(v)) for k, v in params.items() if k not in self._logged]
+            if missing:
+                retry(lambda: self.client.log_batch(self.run_id, params=missing))
         if self.attempt > 1 and not self.finished:
             self.set_tags({ATTEMPT_TAG: self.attempt})
 
