@@ -48,11 +48,11 @@ def launch(folder: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def sample(procs: list[subprocess.Popen]) -> dict[int, tuple[int, str, float]]:
-    """{pid: (launch, kind, CPU seconds as last sampled)} over the launches' process trees until they end."""
+def sample(procs: list[subprocess.Popen]) -> dict[int, tuple[str, float]]:
+    """{pid: (kind, CPU seconds as last sampled)} over the launches' process trees until they end."""
     seen = {}
     while any(p.poll() is None for p in procs):
-        for n, proc in enumerate(procs):
+        for proc in procs:
             try:
                 tree = [psutil.Process(proc.pid)]
                 tree += tree[0].children(recursive=True)  # Ray's daemons, and its workers under raylet
@@ -61,7 +61,7 @@ def sample(procs: list[subprocess.Popen]) -> dict[int, tuple[int, str, float]]:
             for p in tree:
                 try:
                     cpu = p.cpu_times()
-                    seen[p.pid] = (n, kind(p.cmdline() or ["(ended before its command line was read)"]),
+                    seen[p.pid] = (kind(p.cmdline() or ["(ended before its command line was read)"]),
                                    cpu.user + cpu.system)
                 except psutil.Error:  # it ended between the listing and the reading
                     pass
@@ -87,7 +87,7 @@ def main() -> int:
                 return 1
         trained = [training_seconds(f"sqlite:///{tmp}/launch{n}/mlflow.db") for n in range(args.at_once)]
     total, count = collections.Counter(), collections.Counter()
-    for _, k, cpu in seen.values():
+    for k, cpu in seen.values():
         total[k] += cpu
         count[k] += 1
     print("| process | count | CPU s |\n|---|---|---|")
