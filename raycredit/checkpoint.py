@@ -7,6 +7,7 @@ run exactly. A population member's checkpoint has exactly the same form.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 from pathlib import Path
@@ -31,9 +32,10 @@ def run_checkpoint_path(folder: str | os.PathLike, epoch: int | None = None) -> 
     return folder / CHECKPOINT_FILE if epoch is None else folder / f"epoch-{epoch}" / CHECKPOINT_FILE
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
+def load_checkpoint(path, data: bytes | None = None) -> dict:
+    """The checkpoint in the file `path`, or in `data` (its bytes, read from wherever `path` names)."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path if data is None else io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         # torch's advice here is weights_only=False, which would run whatever the file holds
         raise UserError(f"cannot read checkpoint {path}: not a torch file of tensors and plain data "

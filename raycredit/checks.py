@@ -6,16 +6,16 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from raycredit.errors import UserError
+from raycredit.storage import Place
 
 STORE_MARKER = "raycredit-store.json"
 
 
-def store(sweep: Path, uri: str, experiment: str, keys: list[str]) -> None:
+def store(sweep: Place, uri: str, experiment: str, keys: list[str]) -> None:
     """The tracking store is the record: refuse to resume the sweep folder `sweep` into a store that is not
     the one it started with (deleted and re-created, replaced, another one), or that is behind the sweep's own
     record (a restored backup, a copy): a run missing, or fewer epochs logged, than the sweep's checkpoints
@@ -28,9 +28,9 @@ def store(sweep: Path, uri: str, experiment: str, keys: list[str]) -> None:
     if not marker.exists():
         return
     try:
-        record = json.loads(marker.read_text())
+        record = json.loads(marker.read_bytes())
         recorded, runs = record["token"], dict(record.get("runs", {}))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, UserError, ValueError, KeyError, TypeError, AttributeError):
         recorded, runs = None, {}
     found = tracking.existing_experiment(uri, experiment)
     fix = (f"point --tracking-uri at the sweep's original store, or start the sweep over with a new --storage "
@@ -55,39 +55,34 @@ def store(sweep: Path, uri: str, experiment: str, keys: list[str]) -> None:
                         f"logged, {e} recorded: {fix}")
 
 
-def checkpoint_epochs(root: Path) -> dict[str, int]:
+def checkpoint_epochs(root: Place) -> dict[str, int]:
     """{run key: epoch} of every checkpoint the sweep's trials left under `root` (one run's, or a population's
     members'); files a trial would set aside (unreadable, a symlink, another user's) are skipped here."""
-    import stat
-
-    import torch
+    from raycredit.checkpoint import CHECKPOINT_FILE, load_checkpoint
 
     out: dict[str, int] = {}
-    for path in root.glob("*/checkpoint.pt"):
+    for name in root.children():
+        path = root / name / CHECKPOINT_FILE
         try:
-            st = path.lstat()
-            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
-                continue
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            members = ckpt["population"] if "population" in ckpt else {path.parent.name: ckpt}
+            ckpt = load_checkpoint(path, path.read_bytes())
+            members = ckpt["population"] if "population" in ckpt else {name: ckpt}
             out.update({k: int(c["epoch"]) for k, c in members.items()})
         except Exception:  # whatever a damaged file raises: the trial sets it aside itself
             continue
     return out
 
 
-def record_store(sweep: Path, uri: str, experiment_id: str) -> None:
+def record_store(sweep: Place, uri: str, experiment_id: str) -> None:
     """Record the store's token in `sweep`/raycredit-store.json (once, when the sweep starts)."""
     from raycredit import tracking
 
     marker = sweep / STORE_MARKER
     if not marker.exists():
-        sweep.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"token": tracking.store_token(uri, experiment_id)}))
+        marker.write_bytes(json.dumps({"token": tracking.store_token(uri, experiment_id)}).encode())
 
 
 @contextlib.contextmanager
-def recording_runs(sweep: Path, uri: str, experiment_id: str) -> Iterator[None]:
+def recording_runs(sweep: Place, uri: str, experiment_id: str) -> Iterator[None]:
     """Run a sweep, then add the epochs its runs logged to its record (`record_runs`), however it ends."""
     try:
         yield
@@ -95,20 +90,20 @@ def recording_runs(sweep: Path, uri: str, experiment_id: str) -> Iterator[None]:
         record_runs(sweep, uri, experiment_id)
 
 
-def record_runs(sweep: Path, uri: str, experiment_id: str) -> None:
+def record_runs(sweep: Place, uri: str, experiment_id: str) -> None:
     """Add to the sweep's record the epochs its runs have logged (`store` refuses a store behind them); a
     record that cannot be written (a full disk) is left as it was."""
-    from raycredit import disk, tracking
+    from raycredit import tracking
 
     marker = sweep / STORE_MARKER
     try:
-        record = json.loads(marker.read_text())
+        record = json.loads(marker.read_bytes())
         runs = record.setdefault("runs", {})
         for r in tracking.sweep_runs(uri, experiment_id, sweep.name):
             key = r.data.tags.get(tracking.RUN_KEY_TAG)
             if key:
                 runs[key] = max(int(runs.get(key, 0)), int(r.data.metrics.get("epoch", 0)))
-        disk.replace_file(marker, lambda f: f.write(json.dumps(record).encode()))
+        marker.write_bytes(json.dumps(record).encode())
     except Exception:  # the record is a safeguard: the sweep's outcome stands without it
         return
 

@@ -100,7 +100,11 @@ def search_parser(name: str, doc: str, presets: dict, default_preset: str,
                         "NVIDIA GPUs) into its MLflow run's system/* metrics (default 2; 0: off)")
     add_tracking_uri(p)
     p.add_argument("--experiment", help=f"MLflow experiment (default {name}-<preset>)")
-    p.add_argument("--storage", default="ray_results", help="Ray Tune storage path (shared on multi-node clusters)")
+    p.add_argument("--storage", default="ray_results",
+                   help="where Ray Tune and the trials keep the sweep's state and checkpoints: a folder (on a "
+                        "multi-node cluster, one every node mounts) or object storage every node reaches, e.g. "
+                        "s3://bucket/prefix, with the client's own credentials (AWS_ACCESS_KEY_ID, "
+                        "AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL or ~/.aws) (default ray_results)")
     p.add_argument("--no-analysis", action="store_true", help="skip the analysis after the sweep")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="Ray Tune's trial tables and Ray's and MLflow's INFO logs (default: a progress line every "

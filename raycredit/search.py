@@ -10,6 +10,7 @@ line and touches neither MLflow nor the Tune storage.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import itertools
 import logging
 import os
@@ -26,6 +27,7 @@ from raycredit.interrupts import INTERRUPTED, sweep_interrupts
 from raycredit.knobs import stable_hash
 from raycredit.lineage import Branch, check_lineage, lineage_levels, with_branches
 from raycredit.rules import make_config
+from raycredit.storage import Place, check_restorable, storage_root
 
 # the reference study's design choices, off by default (the published algorithms): replicating presets set them
 REFERENCE = {"credit_norm": True, "fa_mode": "reference"}
@@ -67,7 +69,8 @@ def expand(preset: Preset, ov: dict) -> list[Config]:
                                                            preset.branches)}.values())
 
 
-Analysis = Callable[[str, str, str], object]  # (tracking uri, experiment, output folder) -> anything
+# a function of (tracking uri, experiment, output folder), or its "module:function" name, imported when it runs
+Analysis = Callable[[str, str, str], object] | str
 
 
 def run_search(name: str, doc: str, presets: dict[str, Preset], *, default_preset: str = "paper",
@@ -117,7 +120,8 @@ def run_search(name: str, doc: str, presets: dict[str, Preset], *, default_prese
 
 def run_analyses(analysis: Analysis | tuple[Analysis, ...] | None, uri: str, experiment: str, out: str) -> None:
     for fn in analysis if isinstance(analysis, tuple) else (analysis,) if analysis is not None else ():
-        fn(uri, experiment, out)
+        module, _, name = fn.partition(":") if isinstance(fn, str) else ("", "", "")
+        (getattr(importlib.import_module(module), name) if module else fn)(uri, experiment, out)
 
 
 def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack, sweep_id: str,
@@ -136,11 +140,7 @@ def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack,
     for c in configs:  # an npz file's labels say how many outputs the model has
         c.check_model_size(classes[c.data])
     start.check_outside_parents(configs, uri, experiment)
-    if "://" in args.storage:
-        raise UserError(f"--storage {args.storage!r}: trial checkpoints need a filesystem path "
-                        "(on a multi-node cluster, a folder every node mounts)")
-    storage = str(Path(args.storage).expanduser().resolve())
-    disk.check_writable(Path(storage), "--storage")
+    storage = storage_root(args.storage)
     address = engine.resolve_address(args.address)
     # one driver per experiment: a second launch refuses in one line, by a SQLite store's file lock (before Ray
     # starts) and a claim in the store's database, which a driver reaching the file through a server also sees
@@ -154,7 +154,7 @@ def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack,
     if claimed:
         held.enter_context(tracking.server_lock(uri, experiment, locks.owner(), on_lost=_lock_lost))
     sweep = f"{experiment}-{sweep_id}"
-    checks.store(Path(storage) / sweep, uri, experiment, keys)
+    checks.store(Place.of(storage) / sweep, uri, experiment, keys)
     engine.OUTPUT.update(verbose=args.verbose)
     engine.tune_logging(args.verbose)
     engine.connect(address, verbose=args.verbose)
@@ -175,7 +175,7 @@ def _prepare(name: str, args, configs: list[Config], held: contextlib.ExitStack,
         search=name, experiment_id=experiment_id, tracking_uri=uri,
         code_version=provenance.code_version(), cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus,
         source_tags=provenance.source_tags(name), sweep=sweep, system_metrics_s=args.system_metrics)
-    checks.record_store(Path(storage) / sweep, uri, settings.experiment_id)
+    checks.record_store(Place.of(storage) / sweep, uri, settings.experiment_id)
     return storage, settings, sweep
 
 
@@ -224,7 +224,7 @@ def _run(name: str, preset: Preset, args, analysis, held: contextlib.ExitStack) 
         print(f"notice: {done} of these configs already have a finished run in {experiment!r} and are not "
               "retrained; pass a new --experiment to run them again (e.g. after changing the code)")
     with sweep_interrupts(uri, settings.experiment_id, [c.key() for c in configs]), \
-            checks.recording_runs(Path(storage) / sweep, uri, settings.experiment_id):
+            checks.recording_runs(Place.of(storage) / sweep, uri, settings.experiment_id):
         status = run_stages(configs, settings, sweep, storage, args)
         tracking.close_stale_runs(uri, settings.experiment_id, status)
     unfinished = sum(s == "KILLED" for s in status.values())
@@ -297,11 +297,12 @@ def _run_optuna(name: str, preset: Preset, args, analysis, space: Callable, held
                                 seed=base.train.seed)
     if args.export_study:
         return _export_only(name, args, base, space, opt, sweep_id)
+    check_restorable(args.storage)
     uri, experiment = _experiment(name, args)
     storage, settings, sweep = _prepare(name, args, [base, probe], held, sweep_id, [], uri, experiment)
     print(f"{name}: Optuna (TPE) + ASHA, {samples} trials on top of {experiment!r} at {tracking.redact(uri)}")
     with sweep_interrupts(uri, settings.experiment_id, None), \
-            checks.recording_runs(Path(storage) / sweep, uri, settings.experiment_id):
+            checks.recording_runs(Place.of(storage) / sweep, uri, settings.experiment_id):
         out = engine.run_optuna(base, opt, settings, name=sweep, storage=storage,
                                 max_failures=args.max_failures)
         tracking.close_stale_runs(uri, settings.experiment_id, out.status, out.early)

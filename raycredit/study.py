@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from raycredit.config import Config, param_value
 from raycredit.rules import applied
 
 STUDY_FILE = "study.db"
+SPARSE_REGIME = "Some regimes for parameter"  # PED-ANOVA's warning (optuna 5, importance/_ped_anova/evaluator.py)
 PLOTS = ("param_importances.csv", "param_importances.png", "history.png", "parallel_coordinate.png")
 
 
@@ -136,11 +138,21 @@ def _importances_and_plots(study, complete: list, folder: Path) -> None:
         return
     # PED-ANOVA is Optuna's own (numpy); the default fANOVA needs scikit-learn, which raycredit does not install
     evaluator = optuna.importance.PedAnovaImportanceEvaluator()
-    importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.filterwarnings("always", SPARSE_REGIME, UserWarning)
+        importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    sparse = sorted({m[1] for w in caught if (m := re.match(SPARSE_REGIME + r" `(\w+)`", str(w.message)))})
+    for w in caught:
+        if not re.match(SPARSE_REGIME, str(w.message)):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if sparse:  # a conditional knob (e.g. aux_lr) drawn in one trial or none under some of its conditions
+        print(f"notice: {', '.join(sparse)}: fewer than 2 of the {len(complete)} trials under some of their "
+              "conditions, so their importances in param_importances.csv are rough; more trials refine them")
     pd.DataFrame({"param": list(importances), "importance": list(importances.values()),
                   "evaluator": "PED-ANOVA"}).to_csv(folder / "param_importances.csv", index=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", SPARSE_REGIME, UserWarning)  # said once above; the plot recomputes
         width = max(8, 2 * len(importances))  # Optuna's default size overlaps the axes' labels
         for name, draw in (("param_importances.png", lambda: vis.plot_param_importances(study, evaluator=evaluator)),
                            ("history.png", lambda: vis.plot_optimization_history(study)),

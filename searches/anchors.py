@@ -32,7 +32,6 @@ measured wall time).
 
 import sys
 
-from analysis import anchors
 from raycredit.search import Preset, run_search
 
 MLP = {"arch": ["mlp"], "d": [256], "L": [2], "activation": ["tanh"]}
@@ -86,7 +85,7 @@ PRESETS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_search("anchors", __doc__, PRESETS, default_preset="smoke", analysis=anchors.run, argv=argv)
+    return run_search("anchors", __doc__, PRESETS, default_preset="smoke", analysis="analysis.anchors:run", argv=argv)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ timed here (EP's relaxation adds about ep_steps forward/backward passes a step).
 
 import sys
 
-from analysis import audit_table, plots
 from raycredit.search import REFERENCE, Preset, run_search
 
 RULES = ["bp", "fa", "ep", "dfa", "credit_bridge", "state_bridge", "frozen"]
@@ -56,7 +55,7 @@ PRESETS = {
 
 def main(argv: list[str] | None = None) -> int:
     return run_search("audit", __doc__, PRESETS, default_preset="paper",
-                      analysis=(audit_table.run, plots.run), argv=argv)
+                      analysis=("analysis.audit_table:run", "analysis.plots:run"), argv=argv)
 
 
 if __name__ == "__main__":

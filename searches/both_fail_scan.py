@@ -24,7 +24,6 @@ CIFAR-10 epochs (the reference study needed about 3 GPU-minutes a run).
 
 import sys
 
-from analysis import both_fail, plots
 from raycredit.search import REFERENCE, Preset, run_search
 
 
@@ -59,7 +58,7 @@ PRESETS = {
 
 def main(argv: list[str] | None = None) -> int:
     return run_search("both_fail_scan", __doc__, PRESETS, default_preset="paper",
-                      analysis=(both_fail.run, plots.run), argv=argv)
+                      analysis=("analysis.both_fail:run", "analysis.plots:run"), argv=argv)
 
 
 if __name__ == "__main__":

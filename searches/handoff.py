@@ -28,7 +28,6 @@ here."""
 
 import sys
 
-from analysis import lineage
 from raycredit.search import MNIST1D, REFERENCE, Branch, Preset, run_search
 
 DISSECTION = [{"aux_kind": k} for k in ("random_trainable", "shuffled_trainable", "zero_target", "time_only",
@@ -82,8 +81,8 @@ PRESETS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_search("handoff", __doc__, PRESETS, default_preset="paper", analysis=lineage.report_handoff,
-                      argv=argv)
+    return run_search("handoff", __doc__, PRESETS, default_preset="paper",
+                      analysis="analysis.lineage:report_handoff", argv=argv)
 
 
 if __name__ == "__main__":

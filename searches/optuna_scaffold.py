@@ -26,7 +26,6 @@ here (ASHA decides how many run to the end).
 
 import sys
 
-from analysis import plots, summary
 from raycredit.rules.scaffold import aux_kinds
 from raycredit.search import REFERENCE, Preset, run_search
 
@@ -68,8 +67,8 @@ PRESETS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_search("optuna_scaffold", __doc__, PRESETS, default_preset="paper", analysis=(summary.run, plots.run),
-                      space=space, argv=argv)
+    return run_search("optuna_scaffold", __doc__, PRESETS, default_preset="paper",
+                      analysis=("analysis.summary:run", "analysis.plots:run"), space=space, argv=argv)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ CIFAR-10 epochs, not timed here (credit_bridge's value net makes it the slowest 
 
 import sys
 
-from analysis import plots, summary
 from raycredit.search import MNIST1D, REFERENCE, Preset, run_search
 
 RULES = ["dfa", "fa", "state_bridge", "credit_bridge", "bp"]
@@ -58,7 +57,7 @@ PRESETS = {
 
 def main(argv: list[str] | None = None) -> int:
     return run_search("penalty_rescue", __doc__, PRESETS, default_preset="paper",
-                      analysis=(summary.run, plots.run), argv=argv)
+                      analysis=("analysis.summary:run", "analysis.plots:run"), argv=argv)
 
 
 if __name__ == "__main__":

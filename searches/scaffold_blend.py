@@ -23,7 +23,6 @@ forward passes a step)."""
 
 import sys
 
-from analysis import plots, summary
 from raycredit.rules.scaffold import aux_kinds
 from raycredit.search import MNIST1D, REFERENCE, Preset, run_search
 
@@ -62,7 +61,7 @@ PRESETS = {
 
 def main(argv: list[str] | None = None) -> int:
     return run_search("scaffold_blend", __doc__, PRESETS, default_preset="paper",
-                      analysis=(summary.run, plots.run), argv=argv)
+                      analysis=("analysis.summary:run", "analysis.plots:run"), argv=argv)
 
 
 if __name__ == "__main__":

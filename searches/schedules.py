@@ -22,7 +22,6 @@ Cost: mnist1d is 21 trials, 10.9 min on 2 CPU cores as a stage of reproduce.py -
 
 import sys
 
-from analysis import lineage
 from raycredit.search import MNIST1D, REFERENCE, Branch, Preset, run_search
 
 
@@ -67,8 +66,8 @@ PRESETS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_search("schedules", __doc__, PRESETS, default_preset="paper", analysis=lineage.report_schedules,
-                      argv=argv)
+    return run_search("schedules", __doc__, PRESETS, default_preset="paper",
+                      analysis="analysis.lineage:report_schedules", argv=argv)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ Cost: mnist1d is 18 trials, 3.0 min on 2 CPU cores as a stage of reproduce.py --
 
 import sys
 
-from analysis import lineage
 from raycredit.search import MNIST1D, Branch, Preset, run_search
 
 ESTIMATORS = [{"rule": "dfa"}, {"rule": "state_bridge"}, {"rule": "credit_bridge", "s_type": "eT"},
@@ -62,7 +61,7 @@ PRESETS = {
 
 def main(argv: list[str] | None = None) -> int:
     return run_search("snapshot_recovery", __doc__, PRESETS, default_preset="paper",
-                      analysis=lineage.report_recovery, argv=argv)
+                      analysis="analysis.lineage:report_recovery", argv=argv)
 
 
 if __name__ == "__main__":

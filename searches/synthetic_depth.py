@@ -18,7 +18,6 @@ Cost: smoke is 8 trials of 8 epochs on 4000 examples; paper 6 trials of 30 epoch
 
 import sys
 
-from analysis import summary
 from raycredit.search import Preset, run_search
 
 PRESETS = {
@@ -38,7 +37,8 @@ PRESETS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_search("synthetic_depth", __doc__, PRESETS, default_preset="smoke", analysis=summary.run, argv=argv)
+    return run_search("synthetic_depth", __doc__, PRESETS, default_preset="smoke", analysis="analysis.summary:run",
+                      argv=argv)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ paper trial."""
 
 import sys
 
-from analysis import plots, summary
 from raycredit.search import REFERENCE, Preset, run_search
 
 RULES = ["dfa", "state_bridge", "credit_bridge", "vector_field"]
@@ -68,7 +67,7 @@ PRESETS = {
 
 def main(argv: list[str] | None = None) -> int:
     return run_search("synthetic_ladder", __doc__, PRESETS, default_preset="paper",
-                      analysis=(summary.run, plots.run), argv=argv)
+                      analysis=("analysis.summary:run", "analysis.plots:run"), argv=argv)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ trials of 8000 steps on 10k samples each (377 s and 460 s on 2 CPU cores, docs/r
 
 import sys
 
-from analysis import toy_lq
 from raycredit.search import Preset, run_search
 
 RULES = ["dfa", "state_bridge", "credit_bridge"]
@@ -64,7 +63,7 @@ PRESETS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_search("toy_lq", __doc__, PRESETS, default_preset="smoke", analysis=toy_lq.run, argv=argv)
+    return run_search("toy_lq", __doc__, PRESETS, default_preset="smoke", analysis="analysis.toy_lq:run", argv=argv)
 
 
 if __name__ == "__main__":

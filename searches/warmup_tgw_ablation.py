@@ -19,7 +19,6 @@ host); paper is 192 trials of 80 synthetic epochs at d=128, not timed here."""
 
 import sys
 
-from analysis import plots, summary
 from raycredit.search import REFERENCE, Preset, run_search
 
 PRESETS = {
@@ -54,7 +53,7 @@ PRESETS = {
 
 def main(argv: list[str] | None = None) -> int:
     return run_search("warmup_tgw_ablation", __doc__, PRESETS, default_preset="paper",
-                      analysis=(summary.run, plots.run), argv=argv)
+                      analysis=("analysis.summary:run", "analysis.plots:run"), argv=argv)
 
 
 if __name__ == "__main__":

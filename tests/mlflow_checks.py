@@ -1,8 +1,11 @@
 """Assertions about what a sweep left in MLflow, and runs logged the way a trial logs them (without Ray)."""
 
 import atexit
+import contextlib
+import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -74,3 +77,22 @@ def assert_one_complete_run_per_trial(uri: str, experiment: str, n_trials: int, 
         arts = [a.path for a in client.list_artifacts(r.info.run_id, "checkpoint")]
         assert arts == ["checkpoint/checkpoint.pt"], arts
     return runs
+
+
+def wait_closed(path: Path, timeout: float = 120) -> None:
+    """Wait until no other process has `path` (or its SQLite journal files) open."""
+    names = {str(path), f"{path}-wal", f"{path}-shm"}
+    deadline = time.time() + timeout
+    while True:
+        holders = set()
+        for fd in Path("/proc").glob("[0-9]*/fd/*"):
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) in names:
+                    holders.add(fd.parts[2])
+        holders.discard(str(os.getpid()))
+        if not holders:
+            return
+        assert time.time() < deadline, f"processes {sorted(holders)} still hold {path}"
+        time.sleep(0.5)
+
+

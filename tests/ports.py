@@ -35,11 +35,12 @@ SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 @contextmanager
-def server(cmd: list[str], port: int, log: Path):
-    """Run cmd in its own process group, logging to log; yield once it listens on port; then stop that group."""
+def server(cmd: list[str], port: int, log: Path, env: dict | None = None):
+    """Run cmd in its own process group (with `env` added to the environment), logging to log; yield once it
+    listens on port; then stop that group."""
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, **SERVER_ENV})
+                                env={**os.environ, **SERVER_ENV, **(env or {})})
         try:
             wait_for_port(port, proc, log)
             yield proc

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mlflow_checks import new_store, runs_of
+from mlflow_checks import new_store, runs_of, wait_closed
 from quiet import assert_quiet
 from searches_loader import ROOT
 
@@ -253,25 +253,6 @@ def test_a_store_rolled_back_to_an_older_copy_is_refused_naming_what_is_missing(
     assert not list((tmp_path / "ray").glob("*/checkpoints/*/checkpoint.pt"))  # only the record is left
     copy(tmp_path / "backup.db", db)
     refused()
-
-
-def wait_closed(path: Path, timeout: float = 120) -> None:
-    """Wait until no other process has `path` (or its SQLite journal files) open."""
-    import os
-
-    names = {str(path), f"{path}-wal", f"{path}-shm"}
-    deadline = time.time() + timeout
-    while True:
-        holders = set()
-        for fd in Path("/proc").glob("[0-9]*/fd/*"):
-            with contextlib.suppress(OSError):
-                if os.readlink(fd) in names:
-                    holders.add(fd.parts[2])
-        holders.discard(str(os.getpid()))
-        if not holders:
-            return
-        assert time.time() < deadline, f"processes {sorted(holders)} still hold {path}"
-        time.sleep(0.5)
 
 
 def test_ctrl_c_at_any_moment_any_number_of_times_ends_in_a_few_lines_and_v_resumes():

@@ -81,21 +81,22 @@ def test_writing_a_checkpoint_never_goes_through_a_planted_symlink(tmp_path):
 def test_a_symlinked_checkpoint_or_trial_folder_is_set_aside_not_used(tmp_path, capsys):
     import os
 
-    from raycredit.engine.bookkeeper import own_folder, read_checkpoint
+    from raycredit.engine.trialfile import own_folder, read_checkpoint
+    from raycredit.storage import Place
 
     v = victim(tmp_path)
     root = tmp_path / "checkpoints"
     folder = root / "trialkey"
     folder.mkdir(parents=True)
     (folder / "checkpoint.pt").symlink_to(v)
-    assert read_checkpoint(folder / "checkpoint.pt", "trialkey", []) == {}
+    assert read_checkpoint(Place.of(folder / "checkpoint.pt"), "trialkey", []) == {}
     out = capsys.readouterr().out
     assert "is a symbolic link" in out and "set aside" in out and out.count("\n") == 1
     assert not os.path.lexists(folder / "checkpoint.pt") and v.read_text() == "theirs"
 
     planted = root / "other"
     planted.symlink_to(v.parent)
-    own_folder(planted)
+    own_folder(Place.of(planted))
     assert planted.is_dir() and not planted.is_symlink() and sorted(os.listdir(v.parent)) == ["precious.txt"]
     assert "was a symbolic link" in capsys.readouterr().out
 

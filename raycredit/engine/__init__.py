@@ -17,13 +17,14 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 _FROM = {
-    "bookkeeper": ("FAILURE_TAG", "SET_ASIDE_TAG", "open_run"),
+    "bookkeeper": ("FAILURE_TAG", "open_run"),
     "cluster": ("check_shared_storage", "check_trial_resources", "cluster_gpus", "connect", "disconnect",
                 "resolve_address", "storage_visibility"),
     "hang": ("HANG_LIMITS", "MIN_HANG_AFTER_S", "HangWatch"),
     "sweep": ("OUTPUT", "BoundSpace", "OptunaSettings", "SearchOutcome", "check_trusted", "run_optuna",
               "run_trials", "space_check", "tune_logging"),
     "trainable": ("SweepSettings", "run_label", "trainable"),
+    "trialfile": ("SET_ASIDE_TAG",),
 }
 _MODULE = {name: module for module, names in _FROM.items() for name in names}
 __all__ = sorted(_MODULE)

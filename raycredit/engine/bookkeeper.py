@@ -3,10 +3,11 @@
 A trial trains one config, or several as a population, each with its own MLflow run (`raycredit.tracking`).
 Every epoch the bookkeeper logs each member's metrics to its run and reports to Tune; every
 `checkpoint_every` epochs it replaces the trial's checkpoint file `<storage>/<sweep>/checkpoints/<trial key>/
-checkpoint.pt` atomically, from which a restored, retried or moved trial resumes. A trial of one config keeps
-that config's checkpoint there; a population's file holds every unfinished member's. A member that finishes
-gets its own file beside it, logged to its run with its kept epochs (`checkpoint.run_checkpoint_path`'s
-layout). A trial that cannot go on fails cleanly: its runs say why, and Tune is told.
+checkpoint.pt` atomically (`engine.trialfile`, in a folder or object storage), from which a restored, retried
+or moved trial resumes. A trial of one config keeps that config's checkpoint there; a population's file holds
+every unfinished member's. A member that finishes gets its own file, logged to its run with its kept epochs
+(`checkpoint.run_checkpoint_path`'s layout). A trial that cannot go on fails cleanly: its runs say why, and
+Tune is told.
 """
 
 from __future__ import annotations
@@ -15,33 +16,26 @@ import contextlib
 import dataclasses
 import os
 import shutil
-import time
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from ray import tune
 
-from raycredit.checkpoint import (
-    CHECKPOINT_FILE,
-    CHECKPOINT_FORMAT,
-    check_own_file,
-    checkpoint_due,
-    load_checkpoint,
-    run_checkpoint_path,
-    save_checkpoint,
-)
+from raycredit.checkpoint import CHECKPOINT_FILE, checkpoint_due, run_checkpoint_path, save_checkpoint
 from raycredit.config import Config
 from raycredit.disk import DiskFull, is_full
 from raycredit.engine.hang import heartbeat
+from raycredit.engine.trialfile import keep_checkpoint, own_folder, read_checkpoint, write_checkpoint
 from raycredit.errors import UserError
 from raycredit.knobs import stable_hash
 from raycredit.lineage import Parent, kept_epochs
 from raycredit.population import member_data
 from raycredit.rules import applied
 from raycredit.start import Start, resolve_start
+from raycredit.storage import Place
 from raycredit.tracking import (
     DEVICE_TAG,
-    KEPT_ARTIFACT,
     NODE_TAG,
     PARENT_EPOCH_TAG,
     PARENT_RUN_TAG,
@@ -56,7 +50,6 @@ from raycredit.tracking import (
 )
 
 FAILURE_TAG = "raycredit.failure"  # why the latest attempt failed, when it failed cleanly (a full disk)
-SET_ASIDE_TAG = "raycredit.checkpoint_set_aside"  # where an unreadable trial checkpoint was moved
 # reported with every result: 1 once every run of the trial is finished (Tune's own "done" is also 1 for a
 # trial a scheduler stopped early)
 TRIAL_DONE = "runs_done"
@@ -71,12 +64,21 @@ class Bookkeeper:
         self.s, self.cfgs, self.keys, self.names, self.key = s, cfgs, keys, names, trial_key
         self.epochs = cfgs[0].train.epochs
         self.data = member_data(cfgs)
-        self.folder = Path(s.checkpoint_root) / trial_key
+        self.folder = Place.of(s.checkpoint_root) / trial_key  # in the sweep's storage
         self.path = self.folder / CHECKPOINT_FILE
+        self._local: Path | None = None
         self.kept = [set(kept_epochs(c)) - {self.epochs} for c in cfgs]
         self.alone: list[str] = []  # keys of members that failed on their own (a bad parent checkpoint)
         self.runs: list[TrialRun] = []
         self.todo: list[int] = []
+
+    @property
+    def local(self) -> Path:
+        """Where files on their way to MLflow and parents' checkpoints on their way in go: the trial's own folder,
+        or, on object storage, a temporary one on this node (made when first needed)."""
+        if self._local is None:
+            self._local = self.folder.local or Path(tempfile.mkdtemp(prefix=f"raycredit-{self.key[:40]}-"))
+        return self._local
 
     def open(self, searched: list[str] | None) -> bool:
         """Open (or find) every member's run; False, with the failure reported to Tune, when the tracking
@@ -149,7 +151,7 @@ class Bookkeeper:
                 self.fail_alone(i, "its parent checkpoint was unusable when its trial started")
                 continue
             try:
-                starts[i] = resolve_start(self.cfgs[i], saved.get(self.keys[i]), self.data[i], self.folder,
+                starts[i] = resolve_start(self.cfgs[i], saved.get(self.keys[i]), self.data[i], self.local,
                                           self.s.tracking_uri, self.s.experiment_id)
             except UserError as e:  # its parent's checkpoint is bad: this member fails alone, its siblings train
                 print(f"error: {self.names[i]}: {e}", flush=True)
@@ -187,7 +189,7 @@ class Bookkeeper:
         """Everything a finished run owes MLflow: its last finite checkpoint, the divergence tag, FINISHED.
         Done before the trial's last report: a scheduler may stop the trial inside that report (SystemExit)."""
         if ckpt is not None:
-            member_path = run_checkpoint_path(self.folder / self.keys[i])
+            member_path = run_checkpoint_path(self.local / self.keys[i])
             member_path.parent.mkdir(parents=True, exist_ok=True)
             save_checkpoint(ckpt, member_path)
             self.runs[i].log_checkpoint(member_path)
@@ -197,7 +199,9 @@ class Bookkeeper:
     def report(self, epoch: int, results: list[dict]) -> None:
         done = all(self.runs[i].finished for i in self.todo)
         if done:
-            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder.remove()
+            if self._local is not None:
+                shutil.rmtree(self._local, ignore_errors=True)
         tune.report(trial_summary(self.key, epoch, results, done, tuple(self.alone)))
 
     def finished_at_start(self, starts: list[Start]) -> bool:
@@ -226,7 +230,7 @@ class Bookkeeper:
         if checkpoint_fn is not None and (due or keep):
             new = {self.keys[self.todo[j]]: c for j, c in enumerate(checkpoint_fn()) if c is not None}
             for i in keep:
-                keep_checkpoint(self.folder / self.keys[i], epoch, new[self.keys[i]], self.runs[i])
+                keep_checkpoint(self.local / self.keys[i], epoch, new[self.keys[i]], self.runs[i])
             if due:
                 write_checkpoint(self.path, new, population=len(self.cfgs) > 1)
         if epoch == self.epochs:
@@ -275,62 +279,6 @@ def lineage_tags(s, cfg: Config) -> dict:
         return {PARENT_RUN_TAG: parent.ref, PARENT_EPOCH_TAG: parent.epoch}
     run_id = parent_run_id(s.tracking_uri, parent.ref, s.experiment_id if parent.kind == "run_key" else None)
     return {PARENT_RUN_TAG: run_id, PARENT_EPOCH_TAG: parent.epoch, "mlflow.parentRunId": run_id}
-
-
-def keep_checkpoint(folder: Path, epoch: int, ckpt: dict, run: TrialRun) -> None:
-    """A kept epoch (train.keep_epochs): its checkpoint, logged to the run as checkpoint/epoch-<e>/."""
-    path = run_checkpoint_path(folder, epoch)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(ckpt, path)
-    run.log_checkpoint(path, KEPT_ARTIFACT.format(epoch=epoch))
-    path.unlink()
-
-
-def write_checkpoint(path: Path, members: dict[str, dict], population: bool) -> None:
-    """The trial's checkpoint file: a one-config trial's checkpoint itself, or a population's
-    {"population": {member key: checkpoint}} of its members still training."""
-    save_checkpoint({"format": CHECKPOINT_FORMAT, "population": members} if population
-                    else next(iter(members.values())), path)
-
-
-def set_aside(path: Path, root: Path, name: str) -> Path:
-    """Move `path` (the entry itself, never a symlink's target) to <root>/set_aside/<name>-<time>, kept to
-    inspect; returns where it went."""
-    aside = root / "set_aside" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    aside.parent.mkdir(exist_ok=True)
-    os.replace(path, aside)
-    return aside
-
-
-def own_folder(folder: Path) -> None:
-    """Make the trial's folder, as a directory of its own: a symlink planted in its place in shared storage is
-    moved to <checkpoints>/set_aside/ (the link, never its target) with a warning, not written through."""
-    if folder.is_symlink():
-        aside = set_aside(folder, folder.parent, f"{folder.name}.symlink")
-        print(f"warning: {folder} was a symbolic link (to {os.readlink(aside)}), which raycredit never makes; set "
-              f"aside as {aside}", flush=True)
-    folder.mkdir(parents=True, exist_ok=True)
-
-
-def read_checkpoint(path: Path, key: str, runs: list[TrialRun]) -> dict[str, dict]:
-    """{member key: checkpoint} of the trial's file at `path` ({} when there is none); `key` names the member of
-    a one-config trial. An unreadable file (truncated by a full disk or a crash, corrupt), or one that is not
-    this user's own regular file (a symlink, another user's file in shared storage), is moved to
-    <checkpoints>/set_aside/ (a symlink itself, never its target), noted on `runs` and in the trial's log, and
-    the trial starts over from scratch: its epochs are recomputed (the runs keep the ones they logged)."""
-    if not os.path.lexists(path):
-        return {}
-    try:
-        check_own_file(path)
-        ckpt = load_checkpoint(path)
-    except UserError as e:
-        # beside the trials' folders, not in its own (which goes once the trial finishes)
-        aside = set_aside(path, path.parent.parent, f"{path.parent.name}-{path.name}.corrupt")
-        print(f"warning: {e}; set aside as {aside}, the trial starts over from scratch", flush=True)
-        for run in runs:
-            run.set_tags({SET_ASIDE_TAG: str(aside)})
-        return {}
-    return ckpt["population"] if "population" in ckpt else {key: ckpt}
 
 
 def fail_cleanly(runs: list[TrialRun], key: str, e: Exception) -> None:

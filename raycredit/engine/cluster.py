@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from raycredit.errors import UserError
+from raycredit.storage import Place, display, is_uri, join
 
 
 def resolve_address(address: str | None) -> str | None:
@@ -189,53 +190,62 @@ def check_trial_resources(cpus: float, gpus: float) -> None:
                             f"{most:g}); a trial would wait forever")
 
 
-def _reads(path: str, token: str) -> bool:
+def _reads(where: str, token: str) -> bool:
     try:
-        return Path(path).read_text() == token
-    except OSError:
+        return Place.of(where).read_bytes() == token.encode()
+    except (OSError, UserError):
         return False
 
 
 def storage_visibility(storage: str) -> dict[str, bool]:
     """On a cluster of more than one node: {node: whether it reads the file this driver writes into
-    `storage`} (created if missing), from a zero-CPU task pinned to each alive node; {} on one node."""
+    `storage` (a folder, created if missing, or object storage, with each node's own credentials)}, from a
+    zero-CPU task pinned to each alive node; {} on one node."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     nodes = [n for n in ray.nodes() if n["Alive"]]
     if len(nodes) < 2:
         return {}
-    Path(storage).mkdir(parents=True, exist_ok=True)
-    probe = Path(storage) / f".raycredit-probe-{uuid.uuid4().hex}"
-    probe.write_text(probe.name)
+    name = f".raycredit-probe-{uuid.uuid4().hex}"
+    probe = Place.of(storage) / name
+    probe.write_bytes(name.encode())
     try:
         task = ray.remote(num_cpus=0, max_retries=0)(_reads)
         refs = {f"{n['NodeManagerAddress']} (node {n['NodeID'][:8]})": task.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(str(probe), probe.name)
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+                join(storage, name), name)
             for n in nodes}
         try:
             return dict(zip(refs, ray.get(list(refs.values()), timeout=120), strict=True))
         except ray.exceptions.GetTimeoutError:
-            raise UserError(f"--storage {storage}: could not check within 120 s that every node of the cluster "
-                            "can read it (a node is unresponsive?)") from None
+            raise UserError(f"--storage {display(storage)}: could not check within 120 s that every node of the "
+                            "cluster can read it (a node is unresponsive?)") from None
     finally:
-        probe.unlink(missing_ok=True)
+        probe.remove()
 
 
 def check_shared_storage(storage: str) -> None:
-    """UserError when a multi-node cluster has nodes that cannot see `storage`: a trial moved to such a
+    """UserError when a multi-node cluster has nodes that cannot read `storage`: a trial moved to such a
     node would not find its checkpoint. Leaves no folder behind when it fails."""
-    top = Path(storage)
-    while not top.parent.exists():
-        top = top.parent
-    existed = top.exists()
+    if is_uri(storage):
+        top, existed = None, True
+    else:
+        top = Path(storage)
+        while not top.parent.exists():
+            top = top.parent
+        existed = top.exists()
     try:
         seen = storage_visibility(storage)
         blind = [node for node, ok in seen.items() if not ok]
         if blind:
-            raise UserError(f"--storage {storage} is node-local: {len(blind)} of {len(seen)} nodes cannot read it "
-                            f"({', '.join(blind[:3])}{', ...' if len(blind) > 3 else ''}); on a multi-node "
-                            "cluster pass a folder that every node mounts (e.g. NFS)")
+            nodes = f"{len(blind)} of {len(seen)} nodes cannot read it ({', '.join(blind[:3])}" + (
+                ", ...)" if len(blind) > 3 else ")")
+            if is_uri(storage):
+                raise UserError(f"--storage {display(storage)}: {nodes}; give every node the storage's "
+                                "credentials and network access")
+            raise UserError(f"--storage {storage} is node-local: {nodes}; on a multi-node cluster pass a folder "
+                            "that every node mounts (e.g. NFS), or object storage")
     except UserError:
         if not existed:
             shutil.rmtree(top, ignore_errors=True)

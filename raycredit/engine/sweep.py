@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from raycredit.engine.trainable import (
 )
 from raycredit.errors import UserError
 from raycredit.rules import validate
+from raycredit.storage import Place, display, join
 
 
 def progress_reporter():
@@ -130,22 +130,21 @@ def _fit(settings: SweepSettings, *, name: str, storage: str, max_failures: int,
          fresh: Callable[[], dict], base: dict | None = None, restore: bool = True):
     """Resume the Tune experiment storage/name (when `restore`), or start it with the Tuner arguments fresh()
     returns (progress_reporter among them goes to the RunConfig); returns (ResultGrid, the trials' settings)."""
-    path = os.path.join(storage, name)
+    path = join(storage, name)
     beats = f"raycredit-heartbeats-{name}" if HANG_LIMITS["silent_s"] > 0 else ""
     actor = heartbeat_actor(beats) if beats else None  # held to the end of the sweep: unheld, Ray would end it
-    settings = replace(settings, checkpoint_root=os.path.join(path, "checkpoints"), heartbeat=beats)
+    settings = replace(settings, checkpoint_root=join(path, "checkpoints"), heartbeat=beats)
     resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
     fn = tune.with_resources(tune.with_parameters(trainable, settings=asdict(settings), base=base), resources)
     keep_credentials_out_of_runtime_env()
     verbose = OUTPUT["verbose"]
     if restore and tune.Tuner.can_restore(path):
         check_trusted(path)
-        print(f"resuming {kind} from {path}")
+        print(f"resuming {kind} from {display(path)}")
         tuner = tune.Tuner.restore(path, fn, resume_errored=True)
     else:
-        ckpts = settings.checkpoint_root
-        if os.path.isdir(ckpts) and os.listdir(ckpts):
-            print(f"resuming {kind} in {path}: unfinished trials continue from their checkpoints")
+        if Place.of(settings.checkpoint_root).children():
+            print(f"resuming {kind} in {display(path)}: unfinished trials continue from their checkpoints")
         kw = fresh()
         reporter = kw.pop("progress_reporter", None)
         tuner = tune.Tuner(fn, run_config=tune.RunConfig(
@@ -284,5 +283,5 @@ def run_optuna(base: Config, opt: OptunaSettings, settings: SweepSettings, *, na
         out.status[last["run_key"]] = "FAILED" if r.error else "FINISHED" if full or out.complete else "KILLED"
         if out.complete and not full and not r.error:
             out.early.add(last["run_key"])
-            shutil.rmtree(Path(settings.checkpoint_root) / last["run_key"], ignore_errors=True)
+            (Place.of(settings.checkpoint_root) / last["run_key"]).remove()
     return out
