@@ -1,9 +1,10 @@
-"""Driver of test_cluster's node-loss test, run as its own process: `python node_loss_driver.py OUT`.
+"""Driver of test_cluster's node-loss test, run as its own process: `python node_loss_driver.py OUT STORAGE`.
 
 Builds a `ray.cluster_utils.Cluster` on 127.0.0.1 (a head without GPUs and two worker nodes with one
-logical GPU each), checks that every node sees the storage folder, runs CONFIGS as one sweep at 0.5 GPU
-a trial, and removes one worker node (all its processes killed) as soon as a trial has logged
-REMOVE_AT epochs. Writes OUT/result.json; the cluster is shut down on the way out, whatever happens.
+logical GPU each), checks that every node reads the sweep's STORAGE (a folder, or object storage that the
+nodes reach with the credentials of this process's environment), runs CONFIGS as one sweep at 0.5 GPU a
+trial, and removes one worker node (all its processes killed) as soon as a trial has logged REMOVE_AT
+epochs. Writes OUT/result.json; the cluster is shut down on the way out, whatever happens.
 """
 
 import json
@@ -24,12 +25,12 @@ REMOVE_AT = 2
 EXPERIMENT = "node-loss"
 
 
-def main(out: Path) -> None:
+def main(out: Path, storage: str) -> None:
     import ray
     from mlflow.tracking import MlflowClient
     from ray.cluster_utils import Cluster
 
-    uri, storage = new_store(out / "mlflow.db"), str(out / "ray")
+    uri = new_store(out / "mlflow.db")
     node = dict(node_ip_address="127.0.0.1", include_dashboard=False)
     cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=1, num_gpus=0, **node))
     try:
@@ -68,4 +69,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2])

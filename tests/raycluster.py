@@ -21,13 +21,16 @@ class Head:
         self.dashboard, self.env, self.dashboard_url = dashboard, env or {}, ""
 
     def start(self) -> None:
-        port, dash = free_port(), free_port()
+        port, dash, agent = free_port(), free_port(), free_port()
         self.starts += 1
         self.log = open(self.logdir / f"ray_start_{self.starts}.log", "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address=127.0.0.1",
              f"--port={port}", "--num-cpus=2", "--num-gpus=0", f"--include-dashboard={str(self.dashboard).lower()}",
-             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats"],
+             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats",
+             # the job server hands a job to its node's agent over HTTP, by default on port 52365, which another
+             # Ray instance on this machine (another test's) may hold: then no agent takes jobs
+             f"--dashboard-agent-listen-port={agent}"],
             stdout=self.log, stderr=subprocess.STDOUT,
             env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **self.env})
         self.dashboard_url = f"http://127.0.0.1:{dash}" if self.dashboard else ""

@@ -190,12 +190,19 @@ def assert_exported_study(folder, trials, summary):
 
 
 def test_a_worker_node_removed_mid_sweep_loses_nothing(tmp_path):
-    """ray.cluster_utils.Cluster, head + 2 worker nodes with a logical GPU each; one worker node is
-    removed (processes killed) once a trial on it has logged 2 epochs."""
-    p = subprocess.run([sys.executable, str(ROOT / "tests" / "node_loss_driver.py"), str(tmp_path)], cwd=tmp_path,
-                       env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}, capture_output=True, text=True,
-                       timeout=600)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    """ray.cluster_utils.Cluster, head + 2 worker nodes with a logical GPU each, sharing no folder: the sweep's
+    storage is a bucket on moto's S3 server, which every node reads (the per-node probe) with the credentials
+    of its environment; one worker node is removed (processes killed) once a trial on it has logged 2 epochs,
+    and that trial resumes on another node from its checkpoint object. (A shared folder's side of the probe:
+    test_engine's node-local storage test and test_storage.)"""
+    from s3server import s3_server
+
+    with s3_server(tmp_path / "s3.log") as s3:
+        p = subprocess.run([sys.executable, str(ROOT / "tests" / "node_loss_driver.py"), str(tmp_path),
+                            f"s3://{s3.bucket}/sweeps"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                           env={**os.environ, **s3.env(), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        assert not [k for k in s3.keys("sweeps/") if k.endswith("/checkpoint.pt")]
     result = json.loads((tmp_path / "result.json").read_text())
     assert len(result["visibility"]) == 3 and all(result["visibility"].values()), result["visibility"]
     assert result["status"] == {c.key(): "FINISHED" for c in CONFIGS}

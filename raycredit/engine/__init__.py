@@ -1,7 +1,7 @@
 """All Ray calls: connecting to a cluster (`cluster`), the Tune trainable (`trainable`) and what a trial owes
-MLflow, its checkpoint and Tune (`bookkeeper`), running and resuming a sweep (`sweep`), the hang watch (`hang`)
-and its heartbeat actor (`heartbeats`). One trial trains one config, or several as a population, each with its
-own MLflow run.
+MLflow, its checkpoint and Tune (`bookkeeper`; the checkpoint file itself, in a folder or object storage:
+`trialfile`), running and resuming a sweep (`sweep`), the hang watch (`hang`) and its heartbeat actor
+(`heartbeats`). One trial trains one config, or several as a population, each with its own MLflow run.
 
 The names below load their module on first use (PEP 562): a Ray worker that only hosts the heartbeat actor
 imports this package without torch, MLflow or Tune.
