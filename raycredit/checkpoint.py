@@ -17,6 +17,7 @@ import torch
 from raycredit import disk
 from raycredit.config import Config
 from raycredit.errors import UserError
+from raycredit.storage import Place
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -48,26 +49,19 @@ def load_checkpoint(path, data: bytes | None = None) -> dict:
     return ckpt
 
 
-def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
-    """Write atomically (`disk.replace_file`): a crash or a full disk mid-write leaves the previous checkpoint
-    intact, a symlink planted in shared storage is never written through, and a full disk raises
-    disk.DiskFull naming the path and the free space."""
-    # through a Python file: torch's own file writer reports a full disk as "unexpected pos 64 vs 0"
-    disk.replace_file(Path(path), lambda f: torch.save(ckpt, f))
-
-
-def check_own_file(path: str | os.PathLike) -> None:
-    """UserError unless `path` is a regular file of this user: a symlink, or a file another user of shared storage
-    owns, is not read as this sweep's own checkpoint."""
-    import stat
-
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode):
-        raise UserError(f"{path} is a symbolic link (to {os.readlink(path)}), which raycredit never writes: refused")
-    if not stat.S_ISREG(st.st_mode):
-        raise UserError(f"{path} is not a regular file: refused")
-    if st.st_uid != os.getuid():
-        raise UserError(f"{path} belongs to another user (uid {st.st_uid}), not to this sweep's: refused")
+def save_checkpoint(ckpt: dict, where: str | os.PathLike | Place) -> None:
+    """Write atomically to a path, or to a `storage.Place` in a folder or object storage. In a folder
+    (`disk.replace_file`) a crash or a full disk mid-write leaves the previous checkpoint intact, a symlink planted
+    in shared storage is never written through, and a full disk raises disk.DiskFull naming the path and the free
+    space; in object storage the object is replaced whole (`Place.write_bytes`)."""
+    place = where if isinstance(where, Place) else Place.of(where)
+    if place.local is not None:
+        # through a Python file: torch's own file writer reports a full disk as "unexpected pos 64 vs 0"
+        disk.replace_file(place.local, lambda f: torch.save(ckpt, f))
+        return
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    place.write_bytes(buf.getvalue())
 
 
 def checkpoint_dict(cfg: Config, epoch: int, model, rule, optimizer_state: dict, generator: torch.Generator,

@@ -5,7 +5,7 @@ sweep's record of its tracking store and Tune's experiment live under one root.
 
 In a local folder a Place keeps what shared storage needs: a file is replaced atomically and never written
 through a symlink planted in its place (`disk.replace_file`), and only this user's own regular files are read
-(`checkpoint.check_own_file`). An object store has neither symlinks nor owners: an object is replaced whole by
+(`check_own_file`). An object store has neither symlinks nor owners: an object is replaced whole by
 one upload, and who may write a bucket is the bucket's policy. Credentials come from the storage client's own
 environment variables and files (for S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL,
 ~/.aws/credentials); a URI that carries them is refused, since Tune writes its storage URI into its state.
@@ -26,9 +26,9 @@ def is_uri(where: str) -> bool:
     return "://" in str(where)
 
 
-def check_uri(where: str, flag: str = "--storage") -> None:
-    """UserError unless `where` is an object-storage URI raycredit can use: one pyarrow knows, with no
-    credentials in it (Tune writes its storage URI into its state files and Ray's logs)."""
+def check_uri(where: str, flag: str = "--storage") -> Place:
+    """The Place of `where`, an object-storage URI raycredit can use (UserError otherwise): one pyarrow knows,
+    with no credentials in it (Tune writes its storage URI into its state files and Ray's logs)."""
     parts = urlsplit(where)
     if parts.username or parts.password:
         raise UserError(f"{flag}: credentials in the URI would be written into Tune's state in clear; give them "
@@ -37,7 +37,7 @@ def check_uri(where: str, flag: str = "--storage") -> None:
     if parts.scheme == "file":
         raise UserError(f"{flag} {where}: pass a local folder as a path, not a file:// URI")
     try:
-        Place.of(where)
+        return Place.of(where)
     except (ValueError, NotImplementedError, ImportError) as e:  # pyarrow's ArrowInvalid, ArrowNotImplementedError
         raise UserError(f"{flag} {display(where)}: {first_line(e)} (use a folder, or a URI such as "
                         "s3://bucket/prefix or gs://bucket/prefix)") from None
@@ -64,6 +64,20 @@ def display(where: str) -> str:
 def first_line(e: BaseException) -> str:
     text = str(e).strip()
     return (text.splitlines()[0] if text else type(e).__name__)[:300]
+
+
+def check_own_file(path: str | os.PathLike) -> None:
+    """UserError unless `path` is a regular file of this user: a symlink, or a file another user of shared storage
+    owns, is not read as this sweep's own checkpoint."""
+    import stat
+
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise UserError(f"{path} is a symbolic link (to {os.readlink(path)}), which raycredit never writes: refused")
+    if not stat.S_ISREG(st.st_mode):
+        raise UserError(f"{path} is not a regular file: refused")
+    if st.st_uid != os.getuid():
+        raise UserError(f"{path} belongs to another user (uid {st.st_uid}), not to this sweep's: refused")
 
 
 class Place:
@@ -134,8 +148,6 @@ class Place:
     def read_bytes(self) -> bytes:
         """The file's bytes; locally only this user's own regular file (UserError otherwise)."""
         if self.fs is None:
-            from raycredit.checkpoint import check_own_file
-
             check_own_file(self.path)
             return Path(self.path).read_bytes()
         with self.fs.open_input_stream(self.path) as f:
@@ -207,8 +219,7 @@ def check_restorable(where: str, flag: str = "--storage") -> None:
 def check_storage(where: str, flag: str = "--storage") -> None:
     """UserError unless `where`, an object-storage URI, can be written, read back and deleted by this process
     (reachable endpoint, existing bucket, valid credentials); leaves nothing there."""
-    check_uri(where, flag)
-    probe = Place.of(where) / f".raycredit-probe-{uuid.uuid4().hex}"
+    probe = check_uri(where, flag) / f".raycredit-probe-{uuid.uuid4().hex}"
     try:
         probe.write_bytes(b"probe")
         if probe.read_bytes() != b"probe":

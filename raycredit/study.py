@@ -141,12 +141,14 @@ def _importances_and_plots(study, complete: list, folder: Path) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.filterwarnings("always", SPARSE_REGIME, UserWarning)
         importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
-    sparse = sorted({m[1] for w in caught if (m := re.match(SPARSE_REGIME + r" `(\w+)`", str(w.message)))})
+    sparse = set()
     for w in caught:
-        if not re.match(SPARSE_REGIME, str(w.message)):
+        if m := re.match(SPARSE_REGIME + r" `(\w+)`", str(w.message)):
+            sparse.add(m[1])
+        else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if sparse:  # a conditional knob (e.g. aux_lr) drawn in one trial or none under some of its conditions
-        print(f"notice: {', '.join(sparse)}: fewer than 2 of the {len(complete)} trials under some of their "
+        print(f"notice: {', '.join(sorted(sparse))}: fewer than 2 of the {len(complete)} trials under some of their "
               "conditions, so their importances in param_importances.csv are rough; more trials refine them")
     pd.DataFrame({"param": list(importances), "importance": list(importances.values()),
                   "evaluator": "PED-ANOVA"}).to_csv(folder / "param_importances.csv", index=False)

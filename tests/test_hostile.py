@@ -104,7 +104,7 @@ def test_a_symlinked_checkpoint_or_trial_folder_is_set_aside_not_used(tmp_path, 
 def test_another_users_checkpoint_is_refused(tmp_path, monkeypatch):
     import os
 
-    from raycredit.checkpoint import check_own_file
+    from raycredit.storage import check_own_file
 
     f = tmp_path / "checkpoint.pt"
     f.write_bytes(b"x")

@@ -7,7 +7,6 @@ population's {"population": {member key: checkpoint}} of its members still train
 
 from __future__ import annotations
 
-import io
 import os
 import time
 from pathlib import Path
@@ -21,14 +20,10 @@ SET_ASIDE_TAG = "raycredit.checkpoint_set_aside"  # where an unreadable trial ch
 
 
 def write_checkpoint(place: Place, members: dict[str, dict], population: bool) -> None:
-    """Replace the trial's checkpoint file at `place` (`Place.write_bytes`: atomically; a full local disk raises
-    disk.DiskFull) with a one-config trial's checkpoint itself, or a population's members'."""
-    import torch
-
-    buf = io.BytesIO()
-    torch.save({"format": CHECKPOINT_FORMAT, "population": members} if population else next(iter(members.values())),
-               buf)
-    place.write_bytes(buf.getvalue())
+    """Replace the trial's checkpoint file at `place` (`checkpoint.save_checkpoint`: atomically) with a one-config
+    trial's checkpoint itself, or a population's members'."""
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "population": members} if population
+                    else next(iter(members.values())), place)
 
 
 def read_checkpoint(place: Place, key: str, runs: list[TrialRun]) -> dict[str, dict]:
