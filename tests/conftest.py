@@ -65,10 +65,13 @@ def tiny():
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray instance for all engine tests: 2 CPUs and one logical GPU (no CUDA needed)."""
+    """One local Ray instance for all engine tests: 1 CPU and one logical GPU (no CUDA needed). One CPU runs one
+    trial at a time where a test asks for a whole one: each trial process imports torch, MLflow and Tune (about
+    5 CPU-s, the suite's largest cost), and the trials of a sweep then share one process (`reuse_actors`). The
+    tests of concurrency ask for fractions of it."""
     import ray
 
-    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=1, num_gpus=1, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -25,7 +25,7 @@ from mlflow_checks import assert_one_complete_run_per_trial, new_store, runs_of
 from node_loss_driver import CONFIGS, EXPERIMENT
 from quiet import assert_quiet
 from raycluster import Head
-from searches_loader import load_search
+from searches_loader import ONE_AT_A_TIME, load_search
 
 ROOT = Path(__file__).resolve().parents[1]
 # smoke preset, --seeds 0, one credit_norm: 4 rules x 2 d x 2 L; trained shorter and on less data than the
@@ -46,7 +46,7 @@ def scan_cmd(tmp: Path, experiment: str):
             "--set", "credit_norm=true", "--epochs", str(SMOKE_EPOCHS), "--set", "n_train=1000",
             "--address", "auto", "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}",
             "--storage", str(tmp / "ray"),
-            "--experiment", experiment, "--out", str(tmp / "reports")]
+            "--experiment", experiment, "--out", str(tmp / "reports"), *ONE_AT_A_TIME]
 
 
 def run_env(address: str) -> dict:
@@ -111,7 +111,7 @@ def test_optuna_search_killed_and_rerun_completes_its_trials_once(head, tmp_path
     uri = new_store(tmp_path / "mlflow.db")
     cmd = [sys.executable, str(ROOT / "searches" / "optuna_scaffold.py"), "--preset", "smoke", "--address", "auto",
            "--tracking-uri", uri, "--storage", str(tmp_path / "ray"), "--experiment", "optuna",
-           "--out", str(tmp_path / "reports"), "--num-samples", "4"]
+           "--out", str(tmp_path / "reports"), "--num-samples", "4", *ONE_AT_A_TIME]
     env = run_env(head.address)
     with open(tmp_path / "driver.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -234,7 +234,8 @@ def test_a_lineage_search_killed_after_its_trunk_retrains_nothing_and_finishes_e
     cmd = [sys.executable, str(ROOT / "searches" / "handoff.py"), "--preset", "smoke", "--seeds", "0",
            "--set", "d=16", "--set", "L=2", "--set", "n_train=500", "--epochs", "4", "--address", "auto",
            "--tracking-uri", uri,
-           "--storage", str(tmp_path / "ray"), "--experiment", "killed", "--out", str(tmp_path / "reports")]
+           "--storage", str(tmp_path / "ray"), "--experiment", "killed", "--out", str(tmp_path / "reports"),
+           *ONE_AT_A_TIME]
     env = run_env(head.address)
     with open(tmp_path / "driver.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -13,11 +13,7 @@ import pytest
 
 from mlflow_checks import new_store, runs_of, wait_closed
 from quiet import assert_quiet
-from searches_loader import ROOT
-
-# the machine's 2 CPUs to one trial at a time: one Ray worker process, which imports torch and MLflow once, serves
-# every trial of a sweep (the faults these tests inject need no two trials at once)
-ONE_AT_A_TIME = ["--cpus-per-trial", "2"]
+from searches_loader import ONE_AT_A_TIME, ROOT
 
 
 def wait_for_runs(uri: str, experiment: str, proc, n: int, timeout: float = 240) -> None:

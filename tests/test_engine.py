@@ -24,7 +24,7 @@ def test_four_quarter_gpu_trials_share_one_gpu_at_once(ray_session, tmp_path):
                                      L=2, epochs=3, probe_size=32, rho_dirs=2, diag_every=3, seed=s, device="cpu"))
                for s in range(4)]
     settings = engine.SweepSettings(search="packing", experiment_id=exp_id, tracking_uri=uri, code_version="test",
-                                    cpus_per_trial=0.5, gpus_per_trial=0.25, system_metrics_s=0.2)
+                                    cpus_per_trial=0.25, gpus_per_trial=0.25, system_metrics_s=0.2)
     status = engine.run_trials(configs, settings, name="packing", storage=str(tmp_path / "ray"), max_failures=0)
     assert sorted(status.values()) == ["FINISHED"] * 4
     runs = assert_one_complete_run_per_trial(uri, "packing", 4, 3)
@@ -231,7 +231,7 @@ def test_16_trials_log_every_epoch_into_sqlite_without_losing_a_point(ray_sessio
                                      d=8, L=2, epochs=3, probe_size=16, rho_dirs=2, seed=s, device="cpu"))
                for s in range(16)]
     settings = engine.SweepSettings(search="load", experiment_id=exp_id, tracking_uri=uri, code_version="test",
-                                    cpus_per_trial=0.25, gpus_per_trial=0)
+                                    cpus_per_trial=0.125, gpus_per_trial=0)
     status = engine.run_trials(configs, settings, name="load", storage=str(tmp_path / "ray"), max_failures=0)
     assert status == {c.key(): "FINISHED" for c in configs}
     runs = assert_one_complete_run_per_trial(uri, "load", 16, 3)
@@ -335,7 +335,7 @@ def test_a_population_trial_resumes_from_its_checkpoint(ray_session, tmp_path):
 
 @pytest.mark.parametrize("argv, words", [
     (["--cpus-per-trial", "100"], "--cpus-per-trial 100: no node of the Ray cluster has that many CPUs (the largest "
-                                  "has 2)"),
+                                  "has 1)"),
     (["--gpus-per-trial", "2"], "--gpus-per-trial 2: no node of the Ray cluster has that many GPUs (the largest "
                                 "has 1)"),
 ])

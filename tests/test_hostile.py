@@ -268,7 +268,7 @@ def test_no_planted_secret_leaves_a_sweep_even_through_a_tracking_server_outage(
     import time
 
     from ports import free_port, server
-    from searches_loader import ROOT
+    from searches_loader import ONE_AT_A_TIME, ROOT
 
     secrets = {"password": "PWPLANTED0d1", "git": "ghpPLANTED2e3", "aws_id": "AKIAPLANTED4f5",
                "aws_key": "AWSPLANTED6a7", "github": "GHTOKENPLANTED8b9"}
@@ -290,7 +290,8 @@ def test_no_planted_secret_leaves_a_sweep_even_through_a_tracking_server_outage(
             cmd = [sys.executable, str(ROOT / "searches" / "both_fail_scan.py"), "--preset", "smoke", "--seeds",
                    "0", "--set", "credit_norm=true", "--set", "d=16", "--set", "L=2", "--set", "n_train=500",
                    "--epochs", "6", "--tracking-uri", uri, "--storage", str(root / "ray"), "--out",
-                   str(root / "report"), "--experiment", "secrets", "--gpus-per-trial", "0", "--max-failures", "4"]
+                   str(root / "report"), "--experiment", "secrets", "--gpus-per-trial", "0", "--max-failures", "4",
+                   *ONE_AT_A_TIME]
             proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     text=True)
             deadline = time.time() + 240

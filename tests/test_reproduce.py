@@ -13,7 +13,7 @@ import pytest
 
 from mlflow_checks import assert_one_complete_run_per_trial, new_store, runs_of
 from quiet import assert_quiet
-from searches_loader import ROOT, load_search
+from searches_loader import ONE_AT_A_TIME, ROOT, load_search
 
 
 def test_list_prints_every_stage_with_its_trials_and_starts_nothing(tmp_path, capsys, monkeypatch):
@@ -70,7 +70,7 @@ def test_a_reproduction_killed_twice_at_random_points_finishes_every_run_once(tm
     (tmp_path / "driver.py").write_text(DRIVER)
     uri = new_store(tmp_path / "mlflow_runs" / "mlflow.db")
     cmd = [sys.executable, str(tmp_path / "driver.py"), "--preset", "smoke", "--tracking-uri", uri,
-           "--gpus-per-trial", "0"]
+           "--gpus-per-trial", "0", *ONE_AT_A_TIME]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     seed = time.time_ns()
     rng = random.Random(seed)
@@ -94,7 +94,7 @@ def test_a_reproduction_killed_twice_at_random_points_finishes_every_run_once(tm
     _, runs = runs_of(uri, "reproduce-smoke-toy_lq")
     by_key = {r.data.tags[RUN_KEY_TAG]: r for r in runs}
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the trials (cpus_per_trial=1)
+    torch.set_num_threads(2)  # as in the trials (ONE_AT_A_TIME)
     try:
         for cfg in expand(load_search("toy_lq").PRESETS["smoke"], {"seed": [0, 1], "epochs": 4})[:3]:
             expected = train(cfg)["final"]

@@ -18,13 +18,14 @@ from mlflow_checks import assert_one_complete_run_per_trial, new_store, wait_clo
 from ports import free_port
 from quiet import assert_quiet
 from s3server import KEYS, s3_server
-from searches_loader import ROOT, load_search
+from searches_loader import ONE_AT_A_TIME, ROOT, load_search
 
 pytestmark = pytest.mark.system
 
 EPOCHS = 12
 SHRUNK = ["--preset", "smoke", "--seeds", "0", "--set", "credit_norm=true", "--set", "d=16", "--set", "L=2",
-          "--set", "n_train=500", "--epochs", str(EPOCHS), "--set", "checkpoint_every=2", "--gpus-per-trial", "0"]
+          "--set", "n_train=500", "--epochs", str(EPOCHS), "--set", "checkpoint_every=2", "--gpus-per-trial", "0",
+          *ONE_AT_A_TIME]
 
 
 def epochs_logged(db: Path) -> int:
@@ -95,7 +96,7 @@ def test_a_sweep_on_s3_killed_and_rerun_through_an_outage_finishes_every_run_onc
 
         by_key = {r.data.tags[RUN_KEY_TAG]: r for r in runs}
         threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # as in the trials (cpus_per_trial=1)
+        torch.set_num_threads(2)  # as in the trials (ONE_AT_A_TIME)
         try:
             for cfg in expand(load_search("both_fail_scan").PRESETS["smoke"], {
                     "seed": [0], "credit_norm": True, "d": 16, "L": 2, "n_train": 500, "epochs": EPOCHS,
@@ -171,7 +172,7 @@ def test_a_lineage_search_on_s3_with_a_tracking_server_whose_artifacts_are_on_s3
                 cmd = [sys.executable, str(ROOT / "searches" / "snapshot_recovery.py"), "--preset", "smoke", "--seeds",
                        "0", "--epochs", "2", "--set", "n_train=500", "--set", "n_test=200", "--tracking-uri", uri,
                        "--storage", f"s3://{s3.bucket}/sweeps", "--out", str(root / "report"), "--gpus-per-trial",
-                       "0"]
+                       "0", *ONE_AT_A_TIME]
                 p = subprocess.run(cmd, cwd=root, env={**os.environ, **env}, capture_output=True, text=True,
                                    timeout=400)
                 assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
