@@ -9,7 +9,7 @@ import time
 import ray
 from ray import tune
 
-HEARTBEAT_S = 1.0  # seconds between a trial's heartbeats
+from raycredit.engine.heartbeats import HEARTBEAT_S
 
 
 def heartbeat(actor_name: str, trial_id: str):
@@ -39,7 +39,6 @@ def heartbeat(actor_name: str, trial_id: str):
 # sweep must obey the flags of the command that resumes it, so the watch reads them from here.
 HANG_LIMITS = {"timeout_s": 0.0, "silent_s": 60.0}
 POLL_S = 1.0  # seconds between the watch's looks at the heartbeats
-MIN_HANG_AFTER_S = 10.0  # the heartbeats come every second; a busy machine can delay a few
 DRIVER_STALL_S = 5.0  # a gap this long between two looks: this driver itself was stopped, and so may its trials
 
 

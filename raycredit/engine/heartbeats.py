@@ -11,6 +11,11 @@ from collections import Counter
 
 import ray
 
+HEARTBEAT_S = 1.0  # seconds between a trial's heartbeats (`raycredit.engine.hang.heartbeat`)
+# the least --hang-after: a busy machine can delay a few beats. Here, not in `hang`, because the driver checks
+# its flags before it imports Tune (which `hang` does: a second of CPU on a refused command)
+MIN_HANG_AFTER_S = 10.0
+
 
 @ray.remote(num_cpus=0)
 class Heartbeats:
