@@ -43,7 +43,7 @@ def head(tmp_path_factory):
 
 def scan_cmd(tmp: Path, experiment: str):
     return [sys.executable, str(ROOT / "searches" / "both_fail_scan.py"), "--preset", "smoke", "--seeds", "0",
-            "--set", "credit_norm=true", "--epochs", str(SMOKE_EPOCHS), "--set", "n_train=1000",
+            "--set", "credit_norm=true", "--epochs", str(SMOKE_EPOCHS), "--set", "n_train=500",
             "--address", "auto", "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}",
             "--storage", str(tmp / "ray"),
             "--experiment", experiment, "--out", str(tmp / "reports"), *ONE_AT_A_TIME]

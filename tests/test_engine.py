@@ -415,11 +415,11 @@ def test_tune_state_that_another_user_could_rewrite_is_not_trusted(tmp_path):
     engine.check_trusted(str(tmp_path))
 
 
-@pytest.mark.parametrize("loss", ["deleted", "run_removed"])
-def test_a_sweep_whose_store_was_lost_is_refused_not_resumed_mid_way(ray_session, tmp_path, capsys, loss):
-    """Store deleted (or runs lost) between an interruption and the re-run: one line, exit 2, no run whose
-    history starts mid-way. (A finished trial's checkpoint folder is gone, so the lost run of a trial is seen
-    through a trial that still has its checkpoint: one is put back here as an interrupted trial leaves it.)"""
+def test_a_sweep_whose_store_was_lost_is_refused_not_resumed_mid_way(ray_session, tmp_path, capsys):
+    """Runs lost, then the whole store deleted, between an interruption and the re-run: one line each, exit 2,
+    no run whose history starts mid-way. (A finished trial's checkpoint folder is gone, so the lost run of a
+    trial is seen through a trial that still has its checkpoint: one is put back here as an interrupted trial
+    leaves it.)"""
     import shutil
     import subprocess
     import sys
@@ -436,23 +436,24 @@ def test_a_sweep_whose_store_was_lost_is_refused_not_resumed_mid_way(ray_session
             "--storage", str(tmp_path / "ray"), "--gpus-per-trial", "0", "--no-analysis", "--experiment", "lost"]
     assert scan.main(argv) == 0
     [sweep] = [p for p in (tmp_path / "ray").iterdir() if p.is_dir()]
-    if loss == "deleted":
-        for f in tmp_path.glob("m.db*"):
-            f.unlink()
-        shutil.rmtree(tmp_path / "artifacts", ignore_errors=True)
-        words = "was started with another tracking store"
-    else:
-        client = MlflowClient(f"sqlite:///{db}")
-        run = client.search_runs([client.get_experiment_by_name("lost").experiment_id])[0]
-        key = run.data.tags[tracking.RUN_KEY_TAG]
-        (sweep / "checkpoints" / key).mkdir(parents=True)
-        client.delete_run(run.info.run_id)
-        words = "1 runs of the sweep"
-    # the re-run is a new process, as a user's is (this one's MLflow client keeps the deleted file open)
-    p = subprocess.run([sys.executable, str(ROOT / "searches" / "both_fail_scan.py"), *argv], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=300)
-    err = p.stderr.strip().splitlines()
-    assert p.returncode == 2 and len(err) == 1 and words in err[0] and "--tracking-uri" in err[0], p.stderr[-3000:]
+
+    def refused(words: str) -> None:
+        # the re-run is a new process, as a user's is (this one's MLflow client keeps a deleted file open)
+        p = subprocess.run([sys.executable, str(ROOT / "searches" / "both_fail_scan.py"), *argv], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
+        err = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(err) == 1 and words in err[0] and "--tracking-uri" in err[0], \
+            p.stderr[-3000:]
+
+    client = MlflowClient(f"sqlite:///{db}")
+    run = client.search_runs([client.get_experiment_by_name("lost").experiment_id])[0]
+    (sweep / "checkpoints" / run.data.tags[tracking.RUN_KEY_TAG]).mkdir(parents=True)
+    client.delete_run(run.info.run_id)
+    refused("1 runs of the sweep")
+    for f in tmp_path.glob("m.db*"):
+        f.unlink()
+    shutil.rmtree(tmp_path / "artifacts", ignore_errors=True)
+    refused("was started with another tracking store")
 
 
 def test_a_truncated_trial_checkpoint_is_set_aside_and_the_trial_starts_over(ray_session, tmp_path):

@@ -22,7 +22,7 @@ from searches_loader import ONE_AT_A_TIME, ROOT, load_search
 
 pytestmark = pytest.mark.system
 
-EPOCHS = 12
+EPOCHS = 6
 SHRUNK = ["--preset", "smoke", "--seeds", "0", "--set", "credit_norm=true", "--set", "d=16", "--set", "L=2",
           "--set", "n_train=500", "--epochs", str(EPOCHS), "--set", "checkpoint_every=2", "--gpus-per-trial", "0",
           *ONE_AT_A_TIME]
@@ -150,89 +150,68 @@ def test_bad_object_storage_exits_2_in_one_line_and_writes_nothing(tmp_path, cap
     assert sorted(p.name for p in tmp_path.iterdir()) == ["iam.log", "s3.log"]
 
 
-def test_a_lineage_search_on_s3_with_a_tracking_server_whose_artifacts_are_on_s3():
-    """Sweep storage and MLflow's artifacts both on S3 (a tracking server with --artifacts-destination s3://…):
-    the branches read their trunk's kept checkpoint back from S3 through the server, every run's checkpoint
-    lands in the bucket, the report is written, and `raycredit diagnose` reproduces a run from its S3
-    checkpoint."""
+def test_a_lineage_search_submitted_as_a_ray_job_with_its_storage_and_mlflow_artifacts_on_s3(tmp_path):
+    """`ray job submit --working-dir . -- python searches/snapshot_recovery.py --address auto …` to a `ray start
+    --head` cluster whose node holds the S3 credentials, with the sweep's storage and MLflow's artifacts (a
+    tracking server with --artifacts-destination s3://…) on S3: the search's lines stream back through the
+    job's logs without a warning or a key, the branches read their trunk's kept checkpoint back from S3
+    through the server, every run's checkpoint lands in the bucket, the report is written, and `raycredit
+    diagnose` reproduces a branch from its S3 checkpoint."""
     from raycredit.tracking import PARENT_RUN_TAG, SUMMARY_TAG
 
     from mlflow_checks import runs_of
     from ports import server
-
-    root = Path(tempfile.mkdtemp(prefix="rcs3"))
-    try:
-        with s3_server(root / "s3.log") as s3:
-            env = {**s3.env(), "MLFLOW_S3_ENDPOINT_URL": s3.endpoint}
-            port = free_port()
-            with server([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                         "--backend-store-uri", f"sqlite:///{root / 'srv.db'}", "--artifacts-destination",
-                         f"s3://{s3.bucket}/mlflow", "--workers", "1"], port, root / "srv.log", env):
-                uri = f"http://127.0.0.1:{port}"
-                cmd = [sys.executable, str(ROOT / "searches" / "snapshot_recovery.py"), "--preset", "smoke", "--seeds",
-                       "0", "--epochs", "2", "--set", "n_train=500", "--set", "n_test=200", "--tracking-uri", uri,
-                       "--storage", f"s3://{s3.bucket}/sweeps", "--out", str(root / "report"), "--gpus-per-trial",
-                       "0", *ONE_AT_A_TIME]
-                p = subprocess.run(cmd, cwd=root, env={**os.environ, **env}, capture_output=True, text=True,
-                                   timeout=400)
-                assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-                assert_quiet(p.stdout, p.stderr)
-                _, runs = runs_of(uri, "snapshot_recovery-smoke")
-                trials = [r for r in runs if SUMMARY_TAG not in r.data.tags]
-                branches = [r for r in trials if PARENT_RUN_TAG in r.data.tags]
-                assert branches and {r.info.status for r in trials} == {"FINISHED"}
-                stored = s3.keys("mlflow/")
-                for r in trials:  # every run's last checkpoint is an object in the bucket
-                    assert any(k.startswith("mlflow/") and r.info.run_id in k and k.endswith("checkpoint.pt")
-                               for k in stored), r.info.run_name
-                assert not [k for k in s3.keys("sweeps/") if k.endswith("/checkpoint.pt")]
-                assert (root / "report" / "recovery.md").read_text().strip()
-                d = subprocess.run([sys.executable, "-m", "raycredit.cli", "diagnose", "--run-id",
-                                    branches[0].info.run_id, "--tracking-uri", uri, "--null-draws", "0"], cwd=root,
-                                   env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-                                   timeout=300)
-                assert d.returncode == 0, d.stdout[-3000:] + d.stderr[-3000:]
-                assert_quiet(d.stdout, d.stderr)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def test_a_smoke_search_submitted_as_a_ray_job_to_a_head_node_with_s3_storage(tmp_path):
-    """`ray job submit --working-dir . -- python searches/both_fail_scan.py --address auto …` to a `ray start
-    --head` cluster whose node holds the S3 credentials: the search's lines stream back through the job's
-    logs, its runs are in MLflow, its storage is the bucket, and no key is in the job's output."""
-    from raycredit.tracking import SUMMARY_TAG
-
-    from mlflow_checks import runs_of
     from raycluster import Head
 
     with s3_server(tmp_path / "s3.log") as s3:
-        head = Head(tmp_path, dashboard=True, env=s3.env())
-        head.start()
-        try:
-            uri = new_store(tmp_path / "mlflow.db")
-            # a `ray start` cluster has token authentication on where ~/.ray/auth_token exists; the job client
-            # then needs RAY_AUTH_MODE=token to use the same token (ray 2.60)
-            auth = {"RAY_AUTH_MODE": "token"} if (Path.home() / ".ray" / "auth_token").exists() else {}
-            env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-            deadline = time.time() + 120
-            while True:  # the head's job agent registers some seconds after its dashboard answers
-                p = subprocess.run(
-                    [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address", head.dashboard_url,
-                     "--working-dir", ".", "--", "python", "searches/both_fail_scan.py", *SHRUNK, "--epochs", "2",
-                     "--address", "auto", "--tracking-uri", uri, "--storage", f"s3://{s3.bucket}/jobs",
-                     "--experiment", "job", "--out", str(tmp_path / "report")],
-                    cwd=ROOT, env={**env, **auth}, capture_output=True, text=True, timeout=400)
-                if "No available agent to submit job" not in p.stderr or time.time() > deadline:
-                    break
-                time.sleep(2)
+        env = {**s3.env(), "MLFLOW_S3_ENDPOINT_URL": s3.endpoint}
+        port = free_port()
+        with server([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                     "--backend-store-uri", f"sqlite:///{tmp_path / 'srv.db'}", "--artifacts-destination",
+                     f"s3://{s3.bucket}/mlflow", "--workers", "1"], port, tmp_path / "srv.log", env):
+            uri = f"http://127.0.0.1:{port}"
+            head = Head(tmp_path, dashboard=True, env=env)
+            head.start()
+            try:
+                # a `ray start` cluster has token authentication on where ~/.ray/auth_token exists; the job
+                # client then needs RAY_AUTH_MODE=token to use the same token (ray 2.60)
+                auth = {"RAY_AUTH_MODE": "token"} if (Path.home() / ".ray" / "auth_token").exists() else {}
+                client_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+                deadline = time.time() + 120
+                while True:  # the head's job agent registers some seconds after its dashboard answers
+                    p = subprocess.run(
+                        [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address",
+                         head.dashboard_url, "--working-dir", ".", "--", "python", "searches/snapshot_recovery.py",
+                         "--preset", "smoke", "--seeds", "0", "--epochs", "2", "--set", "n_train=500", "--set",
+                         "n_test=200", "--gpus-per-trial", "0", "--address", "auto", "--tracking-uri", uri, "--storage",
+                         f"s3://{s3.bucket}/sweeps", "--out", str(tmp_path / "report"), *ONE_AT_A_TIME],
+                        cwd=ROOT, env={**client_env, **auth}, capture_output=True, text=True, timeout=400)
+                    if "No available agent to submit job" not in p.stderr or time.time() > deadline:
+                        break
+                    time.sleep(2)
+            finally:
+                head.stop()
             assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-            assert "both_fail_scan: 4 runs finished, 0 failed" in p.stdout, p.stdout[-3000:]
-            assert "# Both-fail scan" in p.stdout  # the analysis, printed by the job's driver
+            # the job's own lines: between `ray job submit`'s "Tailing logs" and its verdict
+            job = p.stdout.split("Tailing logs until the job exits")[-1].rsplit("------", 1)[0]
+            assert "snapshot_recovery: " in job and "runs finished, 0 failed" in job, p.stdout[-3000:]
+            assert_quiet(job)
             assert KEYS["AWS_SECRET_ACCESS_KEY"] not in p.stdout + p.stderr
-            _, runs = runs_of(uri, "job")
+            _, runs = runs_of(uri, "snapshot_recovery-smoke")
             trials = [r for r in runs if SUMMARY_TAG not in r.data.tags]
-            assert sorted(r.info.status for r in trials) == ["FINISHED"] * 4
-            assert [k for k in s3.keys("jobs/") if k.endswith("raycredit-store.json")]
-        finally:
-            head.stop()
+            branches = [r for r in trials if PARENT_RUN_TAG in r.data.tags]
+            assert branches and {r.info.status for r in trials} == {"FINISHED"}
+            stored = s3.keys("mlflow/")
+            for r in trials:  # every run's last checkpoint is an object in the bucket
+                assert any(k.startswith("mlflow/") and r.info.run_id in k and k.endswith("checkpoint.pt")
+                           for k in stored), r.info.run_name
+            left = s3.keys("sweeps/")
+            assert not [k for k in left if k.endswith("/checkpoint.pt")], left
+            assert [k for k in left if k.endswith("raycredit-store.json")], left  # the sweep's record
+            assert (tmp_path / "report" / "recovery.md").read_text().strip()
+            d = subprocess.run([sys.executable, "-m", "raycredit.cli", "diagnose", "--run-id",
+                                branches[0].info.run_id, "--tracking-uri", uri, "--null-draws", "0"], cwd=tmp_path,
+                               env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                               timeout=300)
+            assert d.returncode == 0, d.stdout[-3000:] + d.stderr[-3000:]
+            assert_quiet(d.stdout, d.stderr)
