@@ -23,10 +23,17 @@ SYSTEM_MODULES = {"test_cluster", "test_drivers", "test_engine", "test_ui"}
 SYSTEM_FIXTURES = {"ray_session", "served_store", "mlflow_server"}
 
 
+# the modules whose tests take longest (a minute or more each: kills, restarts, outages, a browser), longest first
+LONGEST = ("test_reproduce", "test_s3", "test_cluster", "test_drivers", "test_hostile", "test_ui")
+TIERS = ("system", "science", "unit")
+
+
 def pytest_collection_modifyitems(config, items):
     """Each test's tier (pyproject.toml's markers): `science` and `system` where a test says so, `system` for
-    the modules and fixtures above, `unit` otherwise. Run by several workers (pytest-xdist), the system tier
-    goes first: its tests are the long ones, and the many short unit tests then even out the workers' ends."""
+    the modules and fixtures above, `unit` otherwise. Then the longest first (the modules above, the rest of the
+    system tier, science, unit): the workers (pytest-xdist, given at most two tests ahead by addopts'
+    --maxschedchunk) take the next test in this order whenever one ends, so the short unit tests even out
+    their ends. Each worker collects and sorts, xdist checks that they agree."""
     for item in items:
         if item.get_closest_marker("science") or item.get_closest_marker("system"):
             continue
@@ -35,8 +42,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.system)
         else:
             item.add_marker(pytest.mark.unit)
-    if getattr(config.option, "numprocesses", None):
-        items.sort(key=lambda item: item.get_closest_marker("system") is None)
+
+    def rank(item) -> tuple[int, int]:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        tier = next(i for i, t in enumerate(TIERS) if item.get_closest_marker(t))
+        return tier, LONGEST.index(module) if module in LONGEST else len(LONGEST)
+
+    items.sort(key=rank)
 
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")

@@ -141,10 +141,12 @@ def test_smoke_preset_runs_into_a_scratch_store(ray_session, tmp_path, capfd, na
 # the summary), shrunk by flags (what they print is the point here, not their numbers): one seed, fewer epochs
 # or examples; the report each one's analysis writes
 SHRUNK = {"anchors": (["--epochs", "1", "--set", "d=32"], "anchors.md"),
-          "snapshot_recovery": (["--epochs", "2", "--set", "n_train=500", "--set", "n_test=200"], "recovery.md"),
-          "exploitability": (["--set", "n_train=500", "--set", "n_test=200",
-                              "--set", "exploit_batches=2", "--set", "exploit_held_out=100"], "exploitability.md"),
-          "schedules": (["--set", "n_train=500", "--set", "n_test=200"], "schedules.md")}
+          "snapshot_recovery": (["--epochs", "2", "--set", "d=16", "--set", "L=2", "--set", "n_train=500",
+                                 "--set", "n_test=200"], "recovery.md"),
+          "exploitability": (["--set", "d=16", "--set", "L=2", "--set", "n_train=500", "--set", "n_test=200",
+                              "--set", "exploit_batches=2", "--set", "exploit_held_out=100",
+                              "--set", "exploit_etas=0.1,1"], "exploitability.md"),
+          "schedules": (["--set", "d=16", "--set", "n_train=500", "--set", "n_test=200"], "schedules.md")}
 
 
 @pytest.mark.parametrize("name", SHRUNK)
