@@ -156,8 +156,9 @@ def test_a_lineage_search_submitted_as_a_ray_job_with_its_storage_and_mlflow_art
     --head` cluster whose node holds the S3 credentials, with the sweep's storage and MLflow's artifacts (a
     tracking server with --artifacts-destination s3://…) on S3: the search's lines stream back through the
     job's logs without a warning or a key, the branches read their trunk's kept checkpoint back from S3
-    through the server, every run's checkpoint lands in the bucket, the report is written, and `raycredit
-    diagnose` reproduces a branch from its S3 checkpoint."""
+    through the server, every run's checkpoint lands in the bucket, the report is written, `raycredit
+    diagnose` reproduces a branch from its S3 checkpoint, and `raycredit train --from-run` branches from a run's
+    kept epoch in the bucket."""
     from raycredit.tracking import PARENT_RUN_TAG, SUMMARY_TAG
 
     from mlflow_checks import runs_of
@@ -216,3 +217,23 @@ def test_a_lineage_search_submitted_as_a_ray_job_with_its_storage_and_mlflow_art
                                timeout=300)
             assert d.returncode == 0, d.stdout[-3000:] + d.stderr[-3000:]
             assert_quiet(d.stdout, d.stderr)
+            # `raycredit train --from-run`: a branch of a run whose kept epoch the server holds in the bucket
+            import json
+
+            from mlflow.tracking import MlflowClient
+
+            from raycredit.cli import main as raycredit
+
+            tiny = ["--rule", "dfa", "--epochs", "4", "--n-train", "256", "--n-test", "128", "--d", "16", "--L", "2",
+                    "--probe-size", "32", "--rho-dirs", "4", "--device", "cpu", "--no-progress"]
+            assert raycredit(["train", *tiny, "--keep-epochs", "2", "--out", str(tmp_path / "trunk")]) == 0
+            client = MlflowClient(uri)
+            run_id = client.create_run(client.create_experiment("trunks")).info.run_id
+            client.log_artifact(run_id, str(tmp_path / "trunk" / "epoch-2" / "checkpoint.pt"), "checkpoint/epoch-2")
+            assert [k for k in s3.keys("mlflow/") if run_id in k and "/checkpoint/epoch-2/" in k]
+            assert raycredit(["train", *tiny, "--from-run", run_id, "--from-epoch", "2", "--tracking-uri", uri,
+                              "--out", str(tmp_path / "branch")]) == 0
+            drop = lambda h: {k: v for k, v in h.items() if k != "time_s"}  # noqa: E731
+            want, got = ([drop(h) for h in json.loads((tmp_path / d / "result.json").read_text())["history"]]
+                         for d in ("trunk", "branch"))
+            assert got == want  # a branch that changes nothing: the trunk's history
