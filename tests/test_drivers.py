@@ -58,60 +58,59 @@ def test_the_same_search_started_twice_at_once_trains_every_config_once(tmp_path
     assert_one_complete_run_per_trial(uri, "twice", 4, 3)
 
 
-def test_a_disk_filled_mid_sweep_fails_trials_with_the_reason_and_a_rerun_completes_the_sweep(tmp_path):
-    """--storage and the SQLite store each on a small tmpfs. A file fills the storage's disk once the first run
-    has started: the trials that cannot checkpoint fail with one line naming the path and the free space (no
-    retry, nothing left RUNNING). That file deleted, the same command again, and a file fills the store's disk
-    once the re-run has logged an epoch: every trial that cannot write to the store fails with one line naming
-    it and its free space, the driver ends with one line (exit 1), no traceback anywhere (MLflow logs each SQL
-    error with one). That file deleted too, the same command takes up the runs left failed or RUNNING and
-    finishes every run, each epoch logged once."""
-    import sqlite3
-
+def test_storage_filled_mid_sweep_fails_trials_with_the_reason_and_a_rerun_completes_the_sweep(tmp_path):
+    """--storage on a small tmpfs that a file fills once the first epoch is logged: the trials that cannot
+    checkpoint fail with one line naming the path and the free space (no retry, nothing left RUNNING); once
+    the file is deleted, the same command finishes every run, each epoch logged once."""
     from mlflow_checks import assert_one_complete_run_per_trial
 
-    def epochs_logged() -> int:
-        with contextlib.closing(sqlite3.connect(f"file:{store / 'mlflow.db'}?mode=ro", uri=True)) as con:
-            return con.execute("SELECT COUNT(*) FROM metrics WHERE key = 'epoch'").fetchone()[0]
-
-    with small_disk(tmp_path / "storage") as storage, small_disk(tmp_path / "store") as store:
-        uri = new_store(store / "mlflow.db")
-        cmd = small_sweep(uri, storage / "ray", "full")
+    with small_disk(tmp_path / "disk") as disk:
+        uri = new_store(tmp_path / "mlflow.db")
+        cmd = small_sweep(uri, disk / "ray", "full")
         proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wait_for_runs(uri, "full", proc, 1)
-        fill(storage / "filler")
+        fill(disk / "filler")
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 1, out[-2000:] + err[-3000:]
         failed = [line for line in out.splitlines() if " failed: no space left writing " in line]
-        assert failed and all(str(storage / "ray") in line and "0 B free on its filesystem" in line
-                              for line in failed), out[-3000:]
+        assert failed and all(str(disk / "ray") in line and "0 B free on its filesystem" in line for line in failed)
         _, runs = runs_of(uri, "full")
         assert not [r for r in runs if r.info.status == "RUNNING"]
         assert all(r.data.tags.get("raycredit.failure") for r in runs if r.info.status == "FAILED")
-        (storage / "filler").unlink()
+        (disk / "filler").unlink()
+        again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+        assert_quiet(again.stdout, again.stderr)
+        assert_one_complete_run_per_trial(uri, "full", 4, 6)
 
-        before = epochs_logged()
+
+def test_the_stores_disk_filled_mid_sweep_fails_trials_in_one_line_each_and_a_rerun_completes(tmp_path):
+    """The SQLite store on a small tmpfs that a file fills once the first epoch is logged: every trial that
+    cannot write to it fails with one line naming the store and its free space, the driver ends with one line
+    (exit 1), no traceback anywhere (MLflow logs each SQL error with one); once the file is deleted, the same
+    command takes up the runs left RUNNING and finishes every run, each epoch logged once."""
+    from mlflow_checks import assert_one_complete_run_per_trial
+
+    with small_disk(tmp_path / "disk") as disk:
+        uri = new_store(disk / "mlflow.db")
+        cmd = small_sweep(uri, tmp_path / "ray", "storefull")
         proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 240
-        while epochs_logged() == before:
-            assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
-            time.sleep(0.2)
-        fill(store / "filler")
+        wait_for_runs(uri, "storefull", proc, 1)
+        fill(disk / "filler")
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 1, out[-2000:] + err[-3000:]
         assert "Traceback" not in out + err, (out + err)[-5000:]
         failed = [line for line in out.splitlines() if " failed: " in line]
         # the free space as the trial saw it: a few KiB may come free again (a journal deleted) before it looks
-        assert failed and all(re.search(rf"no space left writing {re.escape(str(store / 'mlflow.db'))} \([\d.]+ "
+        assert failed and all(re.search(rf"no space left writing {re.escape(str(disk / 'mlflow.db'))} \([\d.]+ "
                                         r"(B|KiB) free on its filesystem\)", line) for line in failed), failed
         last = [line for line in err.splitlines() if "error:" in line]
         assert len(last) == 1 and "a disk filled up during the sweep" in last[0], err[-3000:]
-        (store / "filler").unlink()
-
+        (disk / "filler").unlink()
         again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
         assert_quiet(again.stdout, again.stderr)
-        assert_one_complete_run_per_trial(uri, "full", 4, 6)
+        assert_one_complete_run_per_trial(uri, "storefull", 4, 6)
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 state, the trials' checkpoints and its record, with the AWS clients' standard variables for endpoint and keys."""
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -159,6 +160,9 @@ def test_a_lineage_search_submitted_as_a_ray_job_with_its_storage_and_mlflow_art
     through the server, every run's checkpoint lands in the bucket, the report is written, `raycredit
     diagnose` reproduces a branch from its S3 checkpoint, and `raycredit train --from-run` branches from a run's
     kept epoch in the bucket."""
+    from mlflow.tracking import MlflowClient
+
+    from raycredit.cli import main as raycredit
     from raycredit.tracking import PARENT_RUN_TAG, SUMMARY_TAG
 
     from mlflow_checks import runs_of
@@ -218,12 +222,6 @@ def test_a_lineage_search_submitted_as_a_ray_job_with_its_storage_and_mlflow_art
             assert d.returncode == 0, d.stdout[-3000:] + d.stderr[-3000:]
             assert_quiet(d.stdout, d.stderr)
             # `raycredit train --from-run`: a branch of a run whose kept epoch the server holds in the bucket
-            import json
-
-            from mlflow.tracking import MlflowClient
-
-            from raycredit.cli import main as raycredit
-
             tiny = ["--rule", "dfa", "--epochs", "4", "--n-train", "256", "--n-test", "128", "--d", "16", "--L", "2",
                     "--probe-size", "32", "--rho-dirs", "4", "--device", "cpu", "--no-progress"]
             assert raycredit(["train", *tiny, "--keep-epochs", "2", "--out", str(tmp_path / "trunk")]) == 0
