@@ -34,19 +34,20 @@ def pytest_collection_modifyitems(config, items):
     system tier, science, unit): the workers (pytest-xdist, given at most two tests ahead by addopts'
     --maxschedchunk) take the next test in this order whenever one ends, so the short unit tests even out
     their ends. Each worker collects and sorts, xdist checks that they agree."""
+    def module(item) -> str:
+        return item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+
     for item in items:
         if item.get_closest_marker("science") or item.get_closest_marker("system"):
             continue
-        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
-        if module in SYSTEM_MODULES or SYSTEM_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if module(item) in SYSTEM_MODULES or SYSTEM_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.system)
         else:
             item.add_marker(pytest.mark.unit)
 
     def rank(item) -> tuple[int, int]:
-        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
         tier = next(i for i, t in enumerate(TIERS) if item.get_closest_marker(t))
-        return tier, LONGEST.index(module) if module in LONGEST else len(LONGEST)
+        return tier, LONGEST.index(module(item)) if module(item) in LONGEST else len(LONGEST)
 
     items.sort(key=rank)
 
