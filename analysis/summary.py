@@ -19,6 +19,7 @@ import pandas as pd
 
 from analysis.both_fail import VARIANTS
 from analysis.tables import cli_main, finished_runs, markdown_table, write_report
+from raycredit.config import Config
 from raycredit.tracking import load_runs
 from raycredit.verdicts import varies
 
@@ -29,9 +30,11 @@ DEPTH_METRICS = {"h_norm_L": "h_norm/l{L}", "g_norm_L": "g_norm/l{L}"}  # read a
 
 
 def group_columns(df: pd.DataFrame) -> list[str]:
-    """rule, credit_norm (always, when recorded) and every other config key that varies."""
+    """rule, credit_norm (always, when recorded) and every other config key that varies, in the order the
+    config declares them (MLflow returns params in no fixed order, and the rows are sorted by these columns)."""
+    order = {k: i for i, k in enumerate(Config().flat())}
     varying = [c for c in df.columns if c not in NOT_GROUPED and (c in VARIANTS or varies(df, c))]
-    return ["rule"] + [c for c in varying if c != "rule"]
+    return ["rule"] + sorted((c for c in varying if c != "rule"), key=lambda c: (order.get(c, len(order)), c))
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:

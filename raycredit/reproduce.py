@@ -5,7 +5,8 @@ A stage is one search script run with one of its presets into the experiment `<p
 `reproduce-<preset>`); stages run in the preset's order, and each search runs its own lineage stages (trunks
 before branches). Re-running the same command skips the stages whose every run has finished and resumes the
 others (each search's own guarantees: nothing trains twice); Ctrl-C or a killed driver at any point loses
-nothing. The driver starts no Ray itself: each stage's search does, as it would alone.
+nothing. The driver starts no Ray itself: the first stage's search starts (or joins) it as it would alone, and
+the later stages use the same instance (`engine.kept`), stopped once the last stage has run.
 """
 
 from __future__ import annotations
@@ -199,7 +200,7 @@ def run(doc: str, presets: dict[str, Plan], verify, argv: list[str] | None = Non
     prefix, report folder, preset=, stages=)` writes the report once every stage has run and returns the count of
     each verdict (analysis/verify.py's `run`)."""
     args = parser(doc, presets).parse_args(argv)
-    from raycredit import tracking
+    from raycredit import engine, tracking
 
     prefix = args.experiment or f"reproduce-{args.preset}"
     out = Path(args.out or Path("reports") / prefix)
@@ -213,14 +214,15 @@ def run(doc: str, presets: dict[str, Plan], verify, argv: list[str] | None = Non
               f"{tracking.redact(uri)}", flush=True)
         print_plan(planned, uri, prefix, estimate=True, threads=max(1, int(args.cpus_per_trial)))
         failed, t0 = 0, time.perf_counter()
-        for p in planned:
-            code = run_stage(p)
-            if code in (2, INTERRUPTED):
-                if code == INTERRUPTED:
-                    print("reproduce: interrupted; re-run the same command to finish what is missing",
-                          file=sys.stderr)
-                return code
-            failed += code != 0
+        with engine.kept():
+            for p in planned:
+                code = run_stage(p)
+                if code in (2, INTERRUPTED):
+                    if code == INTERRUPTED:
+                        print("reproduce: interrupted; re-run the same command to finish what is missing",
+                              file=sys.stderr)
+                    return code
+                failed += code != 0
         counts = verify(uri, prefix, str(out), preset=args.preset, stages=[p.name for p in planned])
         print(f"reproduce: {len(planned)} stages and the verdicts in {(time.perf_counter() - t0) / 60:.1f} min "
               "(this command's wall time)")

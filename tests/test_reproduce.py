@@ -35,6 +35,37 @@ def test_an_unknown_stage_exits_2_naming_the_stages(flag, tmp_path, capsys, monk
     assert not list(tmp_path.iterdir())
 
 
+def test_the_stages_share_one_ray_instance_stopped_once_after_the_last(tmp_path, capsys, monkeypatch):
+    """Each stage's search connects and disconnects as it would alone; inside the reproduction the instance the
+    first stage started stays up for the next, and is stopped once, after the last stage (no Ray here: the
+    stages are stand-ins that do what a search does with the connection)."""
+    import ray
+
+    from raycredit import reproduce
+    from raycredit.engine import cluster
+
+    monkeypatch.chdir(tmp_path)
+    events = []
+    monkeypatch.setattr(ray, "shutdown", lambda: events.append("shutdown"))
+    monkeypatch.setattr(reproduce, "print_plan", lambda *a, **k: None)
+
+    def stage(p):
+        if not cluster.STARTED["local"]:  # what `connect` does when Ray is not yet running here
+            cluster.STARTED["local"] = True
+            events.append("start")
+        events.append(p.name)
+        cluster.disconnect()  # what every search does as it ends
+        return 0
+
+    monkeypatch.setattr(reproduce, "run_stage", stage)
+    drv = load_search("reproduce")
+    assert reproduce.run(drv.__doc__, drv.PRESETS, lambda *a, **k: {}, [
+        "--preset", "smoke", "--only", "toy_lq,handoff", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 0
+    assert events == ["start", "toy_lq", "handoff", "shutdown"], events
+    assert capsys.readouterr().out.count("stopping the local Ray instance") == 1
+    assert cluster.KEPT == [0] and not cluster.STARTED["local"]
+
+
 DRIVER = '''
 import sys
 from analysis import verify

@@ -19,7 +19,7 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 _FROM = {
     "bookkeeper": ("FAILURE_TAG", "open_run"),
     "cluster": ("check_shared_storage", "check_trial_resources", "cluster_gpus", "connect", "disconnect",
-                "resolve_address", "storage_visibility"),
+                "kept", "resolve_address", "storage_visibility"),
     "hang": ("HANG_LIMITS", "HangWatch"),
     "heartbeats": ("MIN_HANG_AFTER_S",),
     "sweep": ("OUTPUT", "BoundSpace", "OptunaSettings", "SearchOutcome", "check_trusted", "run_optuna",

@@ -79,6 +79,7 @@ def speaks_http2(host: str, port: int, timeout: float = 5.0) -> bool:
 
 
 STARTED: dict[str, bool] = {"local": False, "joined": False}  # what `connect` did, for `disconnect`
+KEPT = [0]  # how many `kept` blocks are open: `disconnect` waits for the last one to end
 
 
 def connect(address: str | None, verbose: bool = True) -> None:
@@ -151,11 +152,27 @@ def worker_environment() -> Iterator[None]:
         os.environ.update(held)
 
 
+@contextlib.contextmanager
+def kept() -> Iterator[None]:
+    """Keep what `connect` starts or joins in the body until the body ends: `disconnect` then happens once, at
+    its end. A reproduction's stages share one local instance so (it takes seconds to start and to stop)."""
+    KEPT[0] += 1
+    try:
+        yield
+    finally:
+        KEPT[0] -= 1
+        if not KEPT[0]:
+            disconnect()
+
+
 def disconnect() -> None:
-    """Leave the cluster `connect` joined, or stop the local instance it started (which takes seconds: say so)."""
+    """Leave the cluster `connect` joined, or stop the local instance it started (which takes seconds: say so);
+    inside a `kept` block, nothing yet."""
     import signal
     import threading
 
+    if KEPT[0]:
+        return
     import ray
 
     if STARTED["local"]:

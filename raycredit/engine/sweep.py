@@ -270,7 +270,8 @@ def run_optuna(base: Config, opt: OptunaSettings, settings: SweepSettings, *, na
                                   grace_period=min(opt.grace_period, base.train.epochs))
         return dict(tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=opt.max_concurrent), scheduler=scheduler,
-            num_samples=opt.num_samples, trial_name_creator=trial_name, trial_dirname_creator=trial_dirname))
+            num_samples=opt.num_samples, trial_name_creator=trial_name, trial_dirname_creator=trial_dirname,
+            reuse_actors=True))
 
     grid, settings = _fit(settings, name=name, storage=storage, max_failures=max_failures, kind="search",
                           fresh=fresh, base=base.to_dict())
