@@ -28,6 +28,15 @@ LONGEST = ("test_reproduce", "test_s3", "test_cluster", "test_drivers", "test_ho
 TIERS = ("system", "science", "unit")
 
 
+def pytest_configure(config):
+    """Each pytest worker computes on its share of the cores (read as torch loads, which the test modules do
+    after this): two workers of torch's default two threads each on 2 cores spent about 15% more CPU-s on the
+    unit tier than two of one thread. The trials set their own (`cpus_per_trial`), and so do the tests that
+    compare numbers with them; the drivers and servers that tests start inherit it."""
+    workers = getattr(config, "workerinput", {}).get("workercount") or getattr(config.option, "numprocesses", 0) or 1
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+
+
 def pytest_collection_modifyitems(config, items):
     """Each test's tier (pyproject.toml's markers): `science` and `system` where a test says so, `system` for
     the modules and fixtures above, `unit` otherwise. Then the longest first (the modules above, the rest of the
