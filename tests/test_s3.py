@@ -231,7 +231,7 @@ def test_a_lineage_search_submitted_as_a_ray_job_with_its_storage_and_mlflow_art
             assert [k for k in s3.keys("mlflow/") if run_id in k and "/checkpoint/epoch-2/" in k]
             assert raycredit(["train", *tiny, "--from-run", run_id, "--from-epoch", "2", "--tracking-uri", uri,
                               "--out", str(tmp_path / "branch")]) == 0
-            drop = lambda h: {k: v for k, v in h.items() if k != "time_s"}  # noqa: E731
-            want, got = ([drop(h) for h in json.loads((tmp_path / d / "result.json").read_text())["history"]]
+            want, got = ([{k: v for k, v in h.items() if k != "time_s"}
+                          for h in json.loads((tmp_path / d / "result.json").read_text())["history"]]
                          for d in ("trunk", "branch"))
             assert got == want  # a branch that changes nothing: the trunk's history
