@@ -18,10 +18,9 @@ under <out>/optuna (`raycredit.study`; `--export-study` alone re-exports).
     python searches/optuna_scaffold.py --preset smoke
     python searches/optuna_scaffold.py --address auto --data-dir ~/data/cifar10 --num-samples 64
 
-Cost: smoke is 6 trials of at most 4 epochs on synthetic data: 24.1 s and 30.4 CPU-s on 2 CPU
-cores from an empty folder at 67c194e, Ray's start-up and the study's export included
-(`time python searches/optuna_scaffold.py --preset smoke`; 35.7 s and 54.9 CPU-s at 3e08371, when every trial
-started its own worker process); paper is 64 trials of up to 100 CIFAR-10 epochs, not timed
+Cost: smoke is 6 trials of at most 4 epochs on synthetic data: 23.5 s on 2 CPU cores from an empty folder at
+ec93139, Ray's start-up and the study's export included (`time python searches/optuna_scaffold.py --preset
+smoke`; 37.7 s at 3e08371, when every trial started its own worker process); paper is 64 trials of up to 100 CIFAR-10 epochs, not timed
 here (ASHA decides how many run to the end).
 """
 
