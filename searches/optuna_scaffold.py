@@ -20,8 +20,8 @@ under <out>/optuna (`raycredit.study`; `--export-study` alone re-exports).
 
 Cost: smoke is 6 trials of at most 4 epochs on synthetic data: 23.5 s on 2 CPU cores from an empty folder at
 ec93139, Ray's start-up and the study's export included (`time python searches/optuna_scaffold.py --preset
-smoke`; 37.7 s at 3e08371, when every trial started its own worker process); paper is 64 trials of up to 100 CIFAR-10 epochs, not timed
-here (ASHA decides how many run to the end).
+smoke`; 37.7 s at 3e08371, when every trial started its own worker process); paper is 64 trials of up to 100
+CIFAR-10 epochs, not timed here (ASHA decides how many run to the end).
 """
 
 import sys
