@@ -193,6 +193,8 @@ def test_a_store_rolled_back_to_an_older_copy_is_refused_naming_what_is_missing(
     import os
     import sqlite3
 
+    import psutil
+
     from mlflow_checks import assert_one_complete_run_per_trial
 
     db = tmp_path / "m.db"
@@ -232,11 +234,17 @@ def test_a_store_rolled_back_to_an_older_copy_is_refused_naming_what_is_missing(
     while logged() < backed_up + 3:
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
         time.sleep(0.2)
+    # the driver with everything it started: its Ray workers are not in its process group, and one left to end
+    # on its own once its raylet is gone (up to a second or more) could finish its trial's last epochs and
+    # remove its checkpoint, leaving nothing ahead of the backup for the re-run to find
+    tree = psutil.Process(proc.pid).children(recursive=True)
     os.killpg(proc.pid, signal.SIGKILL)
+    for p in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
     proc.communicate()
-    # the driver's Ray workers are not in its process group: they end on their own once its raylet is gone, and
-    # one may log an epoch and save its checkpoint meanwhile; "current" is the store once nothing writes to it
     wait_closed(db)
+    assert list((tmp_path / "ray").glob("*/checkpoints/*/checkpoint.pt"))  # the premise: a trial was cut mid-way
     copy(db, tmp_path / "current.db")
     copy(tmp_path / "backup.db", db)
     line = refused()
