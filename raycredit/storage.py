@@ -216,14 +216,30 @@ def check_restorable(where: str, flag: str = "--storage") -> None:
                         "folder (on a cluster, one that every node mounts)")
 
 
+# seconds the preflight's probe of Google Cloud Storage retries before it calls the storage unreachable: the
+# client's own default is many minutes (more than 100 s measured against a closed port), right for trials
+# riding out an outage but not for a typo in a command
+PROBE_RETRY_S = 15
+
+
 def check_storage(where: str, flag: str = "--storage") -> None:
     """UserError unless `where`, an object-storage URI, can be written, read back and deleted by this process
-    (reachable endpoint, existing bucket, valid credentials); leaves nothing there."""
-    probe = check_uri(where, flag) / f".raycredit-probe-{uuid.uuid4().hex}"
+    (reachable endpoint, existing bucket, valid credentials); leaves nothing there. A missing bucket is refused,
+    never made: pyarrow's Google Cloud Storage client creates the bucket of a folder it is asked to make."""
+    check_uri(where, flag)
+    parts = urlsplit(where)
+    if parts.scheme in ("gs", "gcs") and "retry_limit_seconds" not in parts.query:
+        where = urlunsplit(parts._replace(query="&".join(filter(None, [parts.query,
+                                                                       f"retry_limit_seconds={PROBE_RETRY_S}"]))))
+    place = check_uri(where, flag)
+    bucket = Place(place.path.split("/", 1)[0], place.fs)
+    probe = place / f".raycredit-probe-{uuid.uuid4().hex}"
     try:
+        if not bucket.exists():
+            raise UserError(f"{flag} {display(where)}: there is no bucket {bucket.path} (raycredit makes none)")
         probe.write_bytes(b"probe")
         if probe.read_bytes() != b"probe":
             raise OSError("the object read back differs from the one written")
         probe.remove()
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: pyarrow's ArrowInvalid, a request the server refused
         raise UserError(f"{flag} {display(where)}: cannot write there: {first_line(e)}") from None

@@ -123,7 +123,7 @@ def test_a_sweep_on_s3_killed_and_rerun_through_an_outage_finishes_every_run_onc
 
 
 BAD = {  # (storage, what the one line says)
-    "missing bucket": ("s3://no-such-bucket/sweeps", "Bucket 'no-such-bucket' not found"),
+    "missing bucket": ("s3://no-such-bucket/sweeps", "there is no bucket no-such-bucket (raycredit makes none)"),
     "unsupported scheme": ("ftp2://host/sweeps", "Unrecognized filesystem type"),
     "credentials in the URI": ("s3://AKIAX:hunter2@raycredit/sweeps", "credentials in the URI"),
 }

@@ -1,0 +1,66 @@
+"""A real Google Cloud Storage-compatible server for tests: the index's gcp-storage-emulator (its JSON API) on
+127.0.0.1, in its own process group, stopped (that group only) afterwards; never a mock inside the test's process.
+
+The clients reach it as they reach Google: `gs://bucket/prefix`, with the endpoint in the URI's query (pyarrow's
+`scheme` and `endpoint_override`) and the credentials in the standard variable GOOGLE_APPLICATION_CREDENTIALS, a
+service-account key made here (signed tokens need no network; the emulator accepts any)."""
+
+import json
+import shutil
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ports import free_port, server
+
+
+@dataclass(frozen=True)
+class GCS:
+    endpoint: str  # 127.0.0.1:<port>
+    bucket: str
+    key_file: Path
+    private_key: str  # the secret of key_file, which nothing may print or store
+    proc: object
+
+    def uri(self, prefix: str) -> str:
+        return f"gs://{self.bucket}/{prefix}?scheme=http&endpoint_override={self.endpoint}"
+
+    def env(self) -> dict[str, str]:
+        return {"GOOGLE_APPLICATION_CREDENTIALS": str(self.key_file)}
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """The objects' names under `prefix`."""
+        import pyarrow.fs
+
+        fs = pyarrow.fs.GcsFileSystem(anonymous=True, scheme="http", endpoint_override=self.endpoint)
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(f"{self.bucket}/{prefix}".rstrip("/"), recursive=True,
+                                                         allow_not_found=True))
+        return sorted(i.path.split("/", 1)[1] for i in infos if i.type == pyarrow.fs.FileType.File)
+
+
+def service_account_key(path: Path) -> str:
+    """Write a service-account key file with a fresh RSA key to `path`; return its private key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    path.write_text(json.dumps({
+        "type": "service_account", "project_id": "raycredit-test", "private_key_id": "test", "private_key": pem,
+        "client_email": "sweeps@raycredit-test.iam.gserviceaccount.com", "client_id": "1",
+        "token_uri": "http://127.0.0.1:9/token"}))  # never asked: the client signs its own tokens
+    return pem
+
+
+@contextmanager
+def gcs_server(folder: Path, bucket: str = "raycredit"):
+    """A GCS server with `bucket` made, its log and key file in `folder`; it keeps its objects in memory (kept on
+    disk, a folder's marker object and the objects under it would be one path there)."""
+    port = free_port()
+    beside = Path(sys.executable).with_name("gcp-storage-emulator")  # this interpreter's, not another on PATH
+    exe = str(beside) if beside.exists() else shutil.which("gcp-storage-emulator") or "gcp-storage-emulator"
+    key = service_account_key(folder / "gcs-key.json")
+    cmd = [exe, "start", "--in-memory", "--host", "127.0.0.1", "--port", str(port), "--default-bucket", bucket]
+    with server(cmd, port, folder / "gcs.log") as proc:
+        yield GCS(f"127.0.0.1:{port}", bucket, folder / "gcs-key.json", key, proc)
