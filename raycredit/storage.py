@@ -217,8 +217,8 @@ def check_restorable(where: str, flag: str = "--storage") -> None:
 
 
 # seconds the preflight's probe of Google Cloud Storage retries before it calls the storage unreachable: the
-# client's own default is many minutes (more than 100 s measured against a closed port), right for trials
-# riding out an outage but not for a typo in a command
+# client's own limit (google-cloud-cpp's STORAGE_CLIENT_DEFAULT_MAXIMUM_RETRY_PERIOD, 15 minutes) is right for
+# trials riding out an outage, not for a mistyped endpoint or a machine without credentials
 PROBE_RETRY_S = 15
 
 
@@ -226,7 +226,6 @@ def check_storage(where: str, flag: str = "--storage") -> None:
     """UserError unless `where`, an object-storage URI, can be written, read back and deleted by this process
     (reachable endpoint, existing bucket, valid credentials); leaves nothing there. A missing bucket is refused,
     never made: pyarrow's Google Cloud Storage client creates the bucket of a folder it is asked to make."""
-    check_uri(where, flag)
     parts = urlsplit(where)
     if parts.scheme in ("gs", "gcs") and "retry_limit_seconds" not in parts.query:
         where = urlunsplit(parts._replace(query="&".join(filter(None, [parts.query,
