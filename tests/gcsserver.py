@@ -27,7 +27,14 @@ class GCS:
         return f"gs://{self.bucket}/{prefix}?scheme=http&endpoint_override={self.endpoint}"
 
     def env(self) -> dict[str, str]:
-        return {"GOOGLE_APPLICATION_CREDENTIALS": str(self.key_file)}
+        """The standard variables: the key, and the project that a client making a bucket would make it in."""
+        return {"GOOGLE_APPLICATION_CREDENTIALS": str(self.key_file), "GOOGLE_CLOUD_PROJECT": "raycredit-test"}
+
+    def has_bucket(self, name: str) -> bool:
+        import pyarrow.fs
+
+        fs = pyarrow.fs.GcsFileSystem(anonymous=True, scheme="http", endpoint_override=self.endpoint)
+        return fs.get_file_info(name).type != pyarrow.fs.FileType.NotFound
 
     def keys(self, prefix: str = "") -> list[str]:
         """The objects' names under `prefix`."""

@@ -38,13 +38,13 @@ def test_the_preflight_takes_a_gcs_bucket_it_can_write_and_refuses_a_bad_one_in_
         check_storage(gcs.uri("sweeps"))
         assert not [k for k in gcs.keys() if "probe" in k], gcs.keys()
         closed = f"gs://raycredit/sweeps?scheme=http&endpoint_override=127.0.0.1:{free_port()}"
-        for name, storage, words in [
+        for name, where, words in [
                 ("missing bucket", gcs.uri("sweeps").replace("raycredit", "no-such-bucket", 1),
                  "there is no bucket no-such-bucket (raycredit makes none)"),
                 ("no endpoint", closed, "cannot write there")]:
             db = tmp_path / f"{name}.db"
             began = time.monotonic()
-            code = scan.main([*SHRUNK, "--tracking-uri", f"sqlite:///{db}", "--storage", storage])
+            code = scan.main([*SHRUNK, "--tracking-uri", f"sqlite:///{db}", "--storage", where])
             took = time.monotonic() - began
             out, err = capsys.readouterr()
             lines = err.strip().splitlines()
@@ -54,3 +54,4 @@ def test_the_preflight_takes_a_gcs_bucket_it_can_write_and_refuses_a_bad_one_in_
             assert not db.exists(), name
             assert took < 60, (name, took)  # a hang guard, not a speed target: the client's own limit is 15 min
         assert not [k for k in gcs.keys() if "probe" in k], gcs.keys()
+        assert not gcs.has_bucket("no-such-bucket")  # pyarrow's create_dir would have made it, in the project
