@@ -2,7 +2,7 @@
 127.0.0.1, reached as Google is: the endpoint in the URI's query, a service-account key in
 GOOGLE_APPLICATION_CREDENTIALS.
 
-Only the preflight: that server (gcp-storage-emulator, the one GCS server on the index) answers a folder's
+Only the preflight: that server (gcp-storage-emulator, the GCS server found on the index) answers a folder's
 listing with nothing where Google lists its entries, so the sweep's own reading of its folders (which checkpoints
 exist) could not be told apart from the server's faults. Sweeps on object storage are proven on S3
 (tests/test_s3.py), through the same pyarrow layer."""
