@@ -6,13 +6,11 @@ The clients reach it as they reach Google: `gs://bucket/prefix`, with the endpoi
 service-account key made here (signed tokens need no network; the emulator accepts any)."""
 
 import json
-import shutil
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ports import free_port, server
+from ports import free_port, script, server
 
 
 @dataclass(frozen=True)
@@ -21,7 +19,6 @@ class GCS:
     bucket: str
     key_file: Path
     private_key: str  # the secret of key_file, which nothing may print or store
-    proc: object
 
     def uri(self, prefix: str) -> str:
         return f"gs://{self.bucket}/{prefix}?scheme=http&endpoint_override={self.endpoint}"
@@ -30,19 +27,23 @@ class GCS:
         """The standard variables: the key, and the project that a client making a bucket would make it in."""
         return {"GOOGLE_APPLICATION_CREDENTIALS": str(self.key_file), "GOOGLE_CLOUD_PROJECT": "raycredit-test"}
 
+    def look(self):
+        """A client of the test's own, without the key under test."""
+        import pyarrow.fs
+
+        return pyarrow.fs.GcsFileSystem(anonymous=True, scheme="http", endpoint_override=self.endpoint)
+
     def has_bucket(self, name: str) -> bool:
         import pyarrow.fs
 
-        fs = pyarrow.fs.GcsFileSystem(anonymous=True, scheme="http", endpoint_override=self.endpoint)
-        return fs.get_file_info(name).type != pyarrow.fs.FileType.NotFound
+        return self.look().get_file_info(name).type != pyarrow.fs.FileType.NotFound
 
     def keys(self, prefix: str = "") -> list[str]:
         """The objects' names under `prefix`."""
         import pyarrow.fs
 
-        fs = pyarrow.fs.GcsFileSystem(anonymous=True, scheme="http", endpoint_override=self.endpoint)
-        infos = fs.get_file_info(pyarrow.fs.FileSelector(f"{self.bucket}/{prefix}".rstrip("/"), recursive=True,
-                                                         allow_not_found=True))
+        infos = self.look().get_file_info(pyarrow.fs.FileSelector(f"{self.bucket}/{prefix}".rstrip("/"),
+                                                                  recursive=True, allow_not_found=True))
         return sorted(i.path.split("/", 1)[1] for i in infos if i.type == pyarrow.fs.FileType.File)
 
 
@@ -65,9 +66,8 @@ def gcs_server(folder: Path, bucket: str = "raycredit"):
     """A GCS server with `bucket` made, its log and key file in `folder`; it keeps its objects in memory (kept on
     disk, a folder's marker object and the objects under it would be one path there)."""
     port = free_port()
-    beside = Path(sys.executable).with_name("gcp-storage-emulator")  # this interpreter's, not another on PATH
-    exe = str(beside) if beside.exists() else shutil.which("gcp-storage-emulator") or "gcp-storage-emulator"
     key = service_account_key(folder / "gcs-key.json")
-    cmd = [exe, "start", "--in-memory", "--host", "127.0.0.1", "--port", str(port), "--default-bucket", bucket]
-    with server(cmd, port, folder / "gcs.log") as proc:
-        yield GCS(f"127.0.0.1:{port}", bucket, folder / "gcs-key.json", key, proc)
+    cmd = [script("gcp-storage-emulator"), "start", "--in-memory", "--host", "127.0.0.1", "--port", str(port),
+           "--default-bucket", bucket]
+    with server(cmd, port, folder / "gcs.log"):
+        yield GCS(f"127.0.0.1:{port}", bucket, folder / "gcs-key.json", key)

@@ -2,12 +2,20 @@
 server run in its own process group and stopped (that group only) afterwards."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def script(name: str) -> str:
+    """The console script `name` of this interpreter's environment (not another on PATH), else PATH's."""
+    beside = Path(sys.executable).with_name(name)
+    return str(beside) if beside.exists() else shutil.which(name) or name
 
 
 def free_port() -> int:

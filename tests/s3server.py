@@ -2,13 +2,11 @@
 moto[server]) on 127.0.0.1, in its own process group, stopped (that group only) afterwards; never a mock
 inside the test's process."""
 
-import shutil
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ports import free_port, server
+from ports import free_port, script, server
 
 # moto accepts any credentials unless told to check them; these are what the trials' client sends
 KEYS = {"AWS_ACCESS_KEY_ID": "raycredit-test-key", "AWS_SECRET_ACCESS_KEY": "raycredit-test-secret-do-not-print",
@@ -38,9 +36,7 @@ class S3:
 
 
 def moto_command(port: int) -> list[str]:
-    beside = Path(sys.executable).with_name("moto_server")  # this interpreter's, not another on PATH
-    exe = str(beside) if beside.exists() else shutil.which("moto_server") or "moto_server"
-    return [exe, "-H", "127.0.0.1", "-p", str(port)]
+    return [script("moto_server"), "-H", "127.0.0.1", "-p", str(port)]
 
 
 @contextmanager

@@ -28,14 +28,13 @@ def test_the_preflight_takes_a_gcs_bucket_it_can_write_and_refuses_a_bad_one_in_
     the client's own retries of many minutes), exit 2 in one line each, before any trial, with no store made,
     no object written and no key printed."""
     from raycredit import storage
-    from raycredit.storage import check_storage
 
     scan = load_search("both_fail_scan")
     monkeypatch.setattr(storage, "PROBE_RETRY_S", 3)  # the limit the probe adds, shorter than a user's 15 s
     with gcs_server(tmp_path) as gcs:
         for k, v in gcs.env().items():
             monkeypatch.setenv(k, v)  # read as each client is made
-        check_storage(gcs.uri("sweeps"))
+        storage.check_storage(gcs.uri("sweeps"))
         assert not [k for k in gcs.keys() if "probe" in k], gcs.keys()
         closed = f"gs://raycredit/sweeps?scheme=http&endpoint_override=127.0.0.1:{free_port()}"
         for name, where, words in [
