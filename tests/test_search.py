@@ -55,3 +55,27 @@ def test_the_default_paper_preset_without_data_points_to_the_smoke_preset(tmp_pa
     [line] = capsys.readouterr().err.strip().splitlines()
     assert "needs --data-dir" in line and "(preset 'paper'; `--preset smoke` needs no data" in line, line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_optuna_searcher_tells_optuna_each_trials_final_value_without_a_repeated_step():
+    """A trial that a restored search resumes from raycredit's checkpoint file reports Tune's iteration 1 again
+    (Tune holds no checkpoint of it, so its count restarts). Tune's OptunaSearch would report that step to Optuna
+    a second time, and Optuna warns (an error here: pyproject's filterwarnings); the searcher tells Optuna the
+    final value once, as the trial ends."""
+    import optuna
+
+    from raycredit.engine.sweep import FinalValueSearch
+
+    def space(trial):
+        trial.suggest_float("x", 0.0, 1.0)
+
+    storage = optuna.storages.InMemoryStorage()
+    searcher = FinalValueSearch(space, metric="test_acc", mode="max", storage=storage,
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    config = searcher.suggest("t0")
+    for epoch, acc in [(1, 0.25), (2, 0.5), (3, 0.625), (4, 0.75)]:  # epochs 3 and 4 after the resume: steps 1, 2
+        searcher.on_trial_result("t0", {"test_acc": acc, "epoch": epoch, "training_iteration": 1 + (epoch - 1) % 2})
+    searcher.on_trial_complete("t0", {"test_acc": 0.75, "epoch": 4, "training_iteration": 2})
+    (trial,) = optuna.load_study(study_name="optuna", storage=storage).trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == 0.75
+    assert trial.params == {"x": config["x"]}

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import ray
 from ray import tune
+from ray.tune.search.optuna import OptunaSearch
 
 from raycredit.config import Config
 from raycredit.engine.bookkeeper import FAILED_MEMBERS, TRIAL_DONE
@@ -243,6 +244,18 @@ def space_check(space: Callable, base: Config) -> Config:
     return drawn
 
 
+class FinalValueSearch(OptunaSearch):
+    """Tune's OptunaSearch, telling Optuna each trial's final value only. OptunaSearch also reports every
+    result to its Optuna trial, with Tune's training_iteration as the step, for Optuna's pruners; this search
+    has none (ASHA stops trials, counting epochs), TPE ranks trials by the value they are told at the end,
+    and a trial ASHA stops is told its last result. Tune's iteration count restarts at 1 when a restored
+    search resumes a trial from raycredit's checkpoint file (Tune holds no checkpoint of it), and Optuna
+    then warns, on every resume, that the step was already reported."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        pass
+
+
 @dataclass
 class SearchOutcome:
     status: dict[str, str]  # run key -> FINISHED / FAILED / KILLED
@@ -261,10 +274,9 @@ def run_optuna(base: Config, opt: OptunaSettings, settings: SweepSettings, *, na
     import optuna
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
     def fresh() -> dict:
-        searcher = OptunaSearch(opt.space, metric=opt.metric, mode=opt.mode,
+        searcher = FinalValueSearch(opt.space, metric=opt.metric, mode=opt.mode,
                                 sampler=optuna.samplers.TPESampler(seed=opt.seed))
         scheduler = ASHAScheduler(metric=opt.metric, mode=opt.mode, time_attr="epoch", max_t=base.train.epochs,
                                   grace_period=min(opt.grace_period, base.train.epochs))
