@@ -130,8 +130,9 @@ BAD = {  # (storage, what the one line says)
 
 
 def test_bad_object_storage_exits_2_in_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
-    """A missing bucket, an unknown scheme, keys inside the URI, keys the server does not know, and an endpoint
-    nothing answers: one line each, exit 2, before any trial, with no store, folder or object made."""
+    """A missing bucket, an unknown scheme, keys inside the URI, keys the server does not know, an endpoint
+    nothing answers, and an Optuna search (which could not resume safely there): one line each, exit 2, before
+    any trial, with no store, folder or object made."""
     scan = load_search("both_fail_scan")
     with s3_server(tmp_path / "s3.log") as s3, s3_server(tmp_path / "iam.log", check_credentials=True) as iam:
         closed = f"http://127.0.0.1:{free_port()}"
@@ -148,6 +149,15 @@ def test_bad_object_storage_exits_2_in_one_line_and_writes_nothing(tmp_path, cap
             assert code == 2 and len(lines) == 1 and words in lines[0], (name, out, err)
             assert "hunter2" not in out + err and KEYS["AWS_SECRET_ACCESS_KEY"] not in out + err, name
             assert not db.exists(), name
+        # an Optuna search resumes by unpickling Tune's state, whose writer a bucket cannot show: refused
+        monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
+        db = tmp_path / "optuna.db"
+        code = load_search("optuna_scaffold").main(["--preset", "smoke", "--tracking-uri", f"sqlite:///{db}",
+                                                   "--storage", "s3://raycredit/sweeps"])
+        out, err = capsys.readouterr()
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and "an Optuna search resumes by unpickling" in lines[0], (out, err)
+        assert not db.exists()
         assert s3.keys() == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["iam.log", "s3.log"]
 
