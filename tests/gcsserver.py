@@ -13,6 +13,8 @@ from pathlib import Path
 
 from ports import free_port, server
 
+PROJECT = "raycredit-test"  # the key's project, where a client making a bucket would make it
+
 
 @dataclass(frozen=True)
 class GCS:
@@ -26,13 +28,14 @@ class GCS:
 
     def env(self) -> dict[str, str]:
         """The standard variables: the key, and the project that a client making a bucket would make it in."""
-        return {"GOOGLE_APPLICATION_CREDENTIALS": str(self.key_file), "GOOGLE_CLOUD_PROJECT": "raycredit-test"}
+        return {"GOOGLE_APPLICATION_CREDENTIALS": str(self.key_file), "GOOGLE_CLOUD_PROJECT": PROJECT}
 
     def look(self):
         """A client of the test's own, without the key under test."""
         import pyarrow.fs
 
-        return pyarrow.fs.GcsFileSystem(anonymous=True, scheme="http", endpoint_override=self.endpoint)
+        return pyarrow.fs.GcsFileSystem(anonymous=True, scheme="http", endpoint_override=self.endpoint,
+                                        project_id=PROJECT)
 
     def read(self, key: str) -> bytes:
         with self.look().open_input_stream(f"{self.bucket}/{key}") as f:
@@ -60,8 +63,8 @@ def service_account_key(path: Path) -> str:
     pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
     path.write_text(json.dumps({
-        "type": "service_account", "project_id": "raycredit-test", "private_key_id": "test", "private_key": pem,
-        "client_email": "sweeps@raycredit-test.iam.gserviceaccount.com", "client_id": "1",
+        "type": "service_account", "project_id": PROJECT, "private_key_id": "test", "private_key": pem,
+        "client_email": f"sweeps@{PROJECT}.iam.gserviceaccount.com", "client_id": "1",
         "token_uri": "http://127.0.0.1:9/token"}))  # never asked: the client signs its own tokens
     return pem
 
@@ -78,14 +81,11 @@ def binary() -> str:
 @contextmanager
 def gcs_server(folder: Path, bucket: str = "raycredit"):
     """A GCS server with `bucket` made, its log and key file in `folder`; it keeps its objects in memory."""
-    import pyarrow.fs
-
     port = free_port()
     key = service_account_key(folder / "gcs-key.json")
     cmd = [binary(), "-backend", "memory", "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
            "-log-level", "warn"]
     with server(cmd, port, folder / "gcs.log"):
         gcs = GCS(f"127.0.0.1:{port}", bucket, folder / "gcs-key.json", key)
-        pyarrow.fs.GcsFileSystem(anonymous=True, scheme="http", endpoint_override=gcs.endpoint,
-                                 project_id="raycredit-test").create_dir(bucket)
+        gcs.look().create_dir(bucket)
         yield gcs

@@ -79,6 +79,12 @@ def assert_one_complete_run_per_trial(uri: str, experiment: str, n_trials: int, 
     return runs
 
 
+def trial_checkpoints(store, prefix: str = "sweeps/") -> dict[str, str]:
+    """{trial key: object} of the trials' checkpoint files among the objects of `store` (tests/s3server.py's
+    S3, tests/gcsserver.py's GCS) under `prefix`."""
+    return {k.split("/")[-2]: k for k in store.keys(prefix) if "/checkpoints/" in k and k.endswith("/checkpoint.pt")}
+
+
 def wait_closed(path: Path, timeout: float = 120) -> None:
     """Wait until no other process has `path` (or its SQLite journal files) open."""
     names = {str(path), f"{path}-wal", f"{path}-shm"}

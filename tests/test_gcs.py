@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from gcsserver import gcs_server
-from mlflow_checks import assert_one_complete_run_per_trial, new_store, wait_closed
+from mlflow_checks import assert_one_complete_run_per_trial, new_store, trial_checkpoints, wait_closed
 from ports import free_port
-from quiet import assert_quiet
+from quiet import assert_quiet, leaks
 from searches_loader import ROOT, load_search
 
 pytestmark = pytest.mark.system
@@ -83,20 +83,16 @@ def test_a_sweep_on_gcs_killed_and_rerun_finishes_every_run_once_and_leaks_no_ke
                    "--epochs", str(EPOCHS), "--set", "checkpoint_every=2", "--gpus-per-trial", "0",
                    "--tracking-uri", uri, "--storage", gcs.uri("sweeps"), "--experiment", "gcs", "--no-analysis"]
 
-            def checkpoints() -> dict[str, str]:
-                return {k.split("/")[-2]: k for k in gcs.keys("sweeps/")
-                        if "/checkpoints/" in k and k.endswith("/checkpoint.pt")}
-
             proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     text=True, start_new_session=True)
             deadline = time.time() + 240
-            while not checkpoints():
+            while not trial_checkpoints(gcs):
                 assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
                 time.sleep(0.2)
             os.killpg(proc.pid, signal.SIGKILL)
             first = proc.communicate()
             wait_closed(db)  # the driver's Ray workers end on their own once its raylet is gone
-            left_by_kill = checkpoints()
+            left_by_kill = trial_checkpoints(gcs)
             assert left_by_kill, "every trial finished before the kill took effect"
             p = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=400)
             assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
@@ -106,17 +102,12 @@ def test_a_sweep_on_gcs_killed_and_rerun_finishes_every_run_once_and_leaks_no_ke
             resumed = {r.data.tags[RUN_KEY_TAG]: int(r.data.tags.get(RESUMED_TAG, 0)) for r in runs}
             assert {resumed[k] for k in left_by_kill} - {0}, (resumed, left_by_kill)
             left = gcs.keys("sweeps/")
-            assert not checkpoints(), left
+            assert not trial_checkpoints(gcs), left
             assert [k for k in left if k.endswith("raycredit-store.json")], left  # the sweep's record
-            objects = [gcs.read(k) for k in left]
+            objects = {k: gcs.read(k) for k in left}
         assert sorted(d.name for d in root.iterdir() if d.is_dir()) == ["artifacts", "rt"]
         secret = gcs.private_key.splitlines()[5]  # a line of the key's base64 body
-        leaks = [what for what, text in (("first driver", "".join(first)), ("driver", p.stdout + p.stderr))
-                 if secret in text]
-        leaks += [str(f) for f in (root / "rt").rglob("*") if f.is_file() and not f.is_symlink()
-                  and secret.encode() in f.read_bytes()]
-        leaks += [f"object {k}" for k, data in zip(left, objects, strict=True) if secret.encode() in data]
-        leaks += [f.name for f in root.glob("mlflow.db*") if secret.encode() in f.read_bytes()]
-        assert not leaks, leaks
+        found = leaks(secret, {"first driver": "".join(first), "driver": p.stdout + p.stderr}, root, objects)
+        assert not found, found
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from mlflow_checks import assert_one_complete_run_per_trial, new_store, wait_closed
+from mlflow_checks import assert_one_complete_run_per_trial, new_store, trial_checkpoints, wait_closed
 from ports import free_port
-from quiet import assert_quiet
+from quiet import assert_quiet, leaks
 from s3server import KEYS, s3_server
 from searches_loader import ONE_AT_A_TIME, ROOT, load_search
 
@@ -33,11 +33,6 @@ SHRUNK = ["--preset", "smoke", "--seeds", "0", "--set", "credit_norm=true", "--s
 def epochs_logged(db: Path) -> int:
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
         return int(con.execute("SELECT COUNT(*) FROM metrics WHERE key = 'epoch'").fetchone()[0])
-
-
-def checkpoints(s3) -> dict[str, str]:
-    """{trial key: object} of the trials' checkpoint files in the bucket."""
-    return {k.split("/")[-2]: k for k in s3.keys("sweeps/") if "/checkpoints/" in k and k.endswith("/checkpoint.pt")}
 
 
 def test_a_sweep_on_s3_killed_and_rerun_through_an_outage_finishes_every_run_once_and_leaks_no_key():
@@ -64,13 +59,13 @@ def test_a_sweep_on_s3_killed_and_rerun_through_an_outage_finishes_every_run_onc
             proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     text=True, start_new_session=True)
             deadline = time.time() + 240
-            while not checkpoints(s3):
+            while not trial_checkpoints(s3):
                 assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
                 time.sleep(0.2)
             os.killpg(proc.pid, signal.SIGKILL)
             first = proc.communicate()
             wait_closed(db)  # the driver's Ray workers end on their own once its raylet is gone
-            left_by_kill = checkpoints(s3)
+            left_by_kill = trial_checkpoints(s3)
             assert left_by_kill, "every trial finished before the kill took effect"
             # the re-run, with the S3 server frozen for 30 s once it has logged an epoch
             before = epochs_logged(db)
@@ -90,9 +85,9 @@ def test_a_sweep_on_s3_killed_and_rerun_through_an_outage_finishes_every_run_onc
             resumed = {r.data.tags[RUN_KEY_TAG]: int(r.data.tags.get(RESUMED_TAG, 0)) for r in runs}
             assert {resumed[k] for k in left_by_kill} - {0} and all(resumed[k] >= 2 for k in left_by_kill), resumed
             left = s3.keys("sweeps/")
-            assert not checkpoints(s3), left
+            assert not trial_checkpoints(s3), left
             assert [k for k in left if k.endswith("raycredit-store.json")], left  # the sweep's record
-            objects = [s3.client().get_object(Bucket=s3.bucket, Key=k)["Body"].read() for k in left]
+            objects = {k: s3.client().get_object(Bucket=s3.bucket, Key=k)["Body"].read() for k in left}
         # Ray's session and the store's artifacts (the runs' final checkpoints): no ray_results, no trial folder
         assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["artifacts", "rt"]
 
@@ -110,14 +105,9 @@ def test_a_sweep_on_s3_killed_and_rerun_through_an_outage_finishes_every_run_onc
         finally:
             torch.set_num_threads(threads)
 
-        secret = KEYS["AWS_SECRET_ACCESS_KEY"].encode()
-        leaks = [what for what, text in (("first driver", "".join(first)), ("driver", out + err))
-                 if secret.decode() in text]
-        leaks += [str(f) for f in (root / "rt").rglob("*") if f.is_file() and not f.is_symlink()
-                  and secret in f.read_bytes()]
-        leaks += [f"s3 object {i}" for i, data in enumerate(objects) if secret in data]
-        leaks += [f.name for f in root.glob("mlflow.db*") if secret in f.read_bytes()]
-        assert not leaks, leaks
+        found = leaks(KEYS["AWS_SECRET_ACCESS_KEY"], {"first driver": "".join(first), "driver": out + err}, root,
+                      objects)
+        assert not found, found
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
